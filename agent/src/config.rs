@@ -1,0 +1,129 @@
+//! Agent settings: command-line flags, each with a `TTG_…` environment variable.
+
+use std::time::Duration;
+
+use ttg_proto::telemetry::LogFormat;
+
+/// `ttg-agent` configuration.
+#[derive(clap::Parser, Clone, Debug)]
+#[command(
+    name = "ttg-agent",
+    version,
+    about = "TTG worker agent: claims chunks from Redis Streams, computes them, completes them atomically"
+)]
+pub struct Config {
+    /// Server gRPC URL for the session (default http://127.0.0.1:50051).
+    #[arg(long, env = "TTG_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+
+    /// Redis URL (default redis://127.0.0.1:6379).
+    #[arg(long, env = "TTG_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// Prefix of every Redis key (default "ttg:"); must match the server's.
+    #[arg(long, env = "TTG_PREFIX", default_value = "ttg:")]
+    pub prefix: String,
+
+    /// Agent id, also its consumer name (default <host>-<pid>-<random>); must be unique.
+    #[arg(long, env = "TTG_AGENT_ID")]
+    pub agent_id: Option<String>,
+
+    /// Chunks computed at once (default: number of CPUs).
+    #[arg(long, env = "TTG_CONCURRENCY")]
+    pub concurrency: Option<u32>,
+
+    /// Kernels to offer, comma-separated (default: every built-in kernel).
+    #[arg(long, env = "TTG_KERNELS", value_delimiter = ',')]
+    pub kernels: Vec<String>,
+
+    /// On SIGTERM, how long to finish held chunks before abandoning them to be reclaimed (default 30s).
+    #[arg(long, env = "TTG_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Log format: text or json (default text).
+    #[arg(long, env = "TTG_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Check what clap's types cannot; the message names the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(c) = self.concurrency {
+            if !(1..=1024).contains(&c) {
+                return Err(format!("--concurrency must be in 1..=1024, got {c}"));
+            }
+        }
+        if let Some(id) = &self.agent_id {
+            if !ttg_proto::keys::valid_run_id(id) {
+                return Err(
+                    "--agent-id must be 1..=64 characters of letters, digits and '-'".into(),
+                );
+            }
+        }
+        if self.prefix.is_empty() || self.prefix.len() > 64 {
+            return Err("--prefix must be 1..=64 characters".into());
+        }
+        redis::Client::open(self.redis_url.as_str())
+            .map_err(|e| format!("--redis-url is not a valid Redis URL: {e}"))?;
+        tonic::transport::Endpoint::from_shared(self.server.clone())
+            .map_err(|e| format!("--server is not a valid URL: {e}"))?;
+        Ok(())
+    }
+
+    /// Concurrency to use.
+    pub fn effective_concurrency(&self) -> u32 {
+        self.concurrency.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1)
+        })
+    }
+
+    /// Agent id to use.
+    pub fn effective_agent_id(&self) -> String {
+        self.agent_id.clone().unwrap_or_else(|| {
+            let host: String = hostname()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .take(40)
+                .collect();
+            format!(
+                "{}-{}-{:04x}",
+                if host.is_empty() { "agent" } else { &host },
+                std::process::id(),
+                rand_u16()
+            )
+        })
+    }
+
+    /// Settings for tests and embedding: everything default but these.
+    pub fn for_test(server: &str, redis_url: &str, prefix: &str, concurrency: u32) -> Self {
+        use clap::Parser;
+        let mut c = Config::parse_from(["ttg-agent"]);
+        c.server = server.to_string();
+        c.redis_url = redis_url.to_string();
+        c.prefix = prefix.to_string();
+        c.concurrency = Some(concurrency);
+        c
+    }
+}
+
+/// This machine's host name.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_default()
+}
+
+fn rand_u16() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish() as u16
+}

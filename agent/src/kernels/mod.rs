@@ -1,0 +1,107 @@
+//! Kernels: the computations agents run. A kernel declares itself (its
+//! [`KernelSpec`], shared with the server through `ttg-proto` so `Submit` can
+//! validate arguments) and computes one chunk's values. Adding a kernel is one
+//! file here plus one line in [`Registry::builtin`].
+
+pub mod placeholder;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use ttg_proto::kernels::KernelSpec;
+
+/// One chunk to compute.
+#[derive(Debug, Clone)]
+pub struct ChunkInput {
+    /// Run id.
+    pub run_id: String,
+    /// Chunk index.
+    pub chunk_index: u64,
+    /// First parameter (inclusive).
+    pub start: u64,
+    /// One past the last parameter.
+    pub end: u64,
+    /// Validated arguments, defaults filled in.
+    pub args: HashMap<String, String>,
+    /// Attempt number (1 = first delivery).
+    pub attempt: u32,
+}
+
+/// Why a chunk produced no values.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// The computation failed; the attempt counts as failed.
+    #[error("{0}")]
+    Failed(String),
+    /// The chunk was aborted (run cancelled, agent stopping).
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// Future returned by [`Kernel::compute`].
+pub type ComputeFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Vec<f64>, KernelError>> + Send + 'a>>;
+
+/// A computation over a range of parameters.
+pub trait Kernel: Send + Sync {
+    /// Name and declared arguments.
+    fn spec(&self) -> &'static KernelSpec;
+    /// Values of parameters `chunk.start .. chunk.end`, in order, one each.
+    /// Must return promptly with [`KernelError::Cancelled`] once `cancel` fires.
+    fn compute<'a>(
+        &'a self,
+        chunk: &'a ChunkInput,
+        cancel: &'a CancellationToken,
+    ) -> ComputeFuture<'a>;
+}
+
+/// The kernels an agent offers, by name.
+#[derive(Clone, Default)]
+pub struct Registry {
+    kernels: HashMap<&'static str, Arc<dyn Kernel>>,
+}
+
+impl Registry {
+    /// Every built-in kernel.
+    pub fn builtin() -> Self {
+        let mut r = Registry::default();
+        r.add(Arc::new(placeholder::Placeholder));
+        r
+    }
+
+    /// Add (or replace) a kernel.
+    pub fn add(&mut self, k: Arc<dyn Kernel>) {
+        self.kernels.insert(k.spec().name, k);
+    }
+
+    /// Keep only the named kernels; unknown names are an error naming them.
+    pub fn only(mut self, names: &[String]) -> Result<Self, String> {
+        for n in names {
+            if !self.kernels.contains_key(n.as_str()) {
+                let mut known: Vec<_> = self.kernels.keys().copied().collect();
+                known.sort_unstable();
+                return Err(format!(
+                    "unknown kernel {n:?} (known: {})",
+                    known.join(", ")
+                ));
+            }
+        }
+        self.kernels.retain(|k, _| names.iter().any(|n| n == k));
+        Ok(self)
+    }
+
+    /// Kernel by name.
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Kernel>> {
+        self.kernels.get(name)
+    }
+
+    /// Names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.kernels.keys().map(|s| s.to_string()).collect();
+        v.sort();
+        v
+    }
+}

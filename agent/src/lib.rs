@@ -1,0 +1,99 @@
+//! `ttg-agent`: TTG's worker.
+//!
+//! Modules, in reading order:
+//! - [`config`]: flags and their defaults.
+//! - [`kernels`]: the `Kernel` trait, the registry, one file per kernel.
+//! - [`worker`]: the claim loop — XREADGROUP, compute, atomic completion.
+//! - [`session`]: the gRPC session to the server (the agent's lease).
+//!
+//! [`run`] ties them together: claim until `shutdown`, then drain (finish what
+//! is held, bounded by the drain timeout), say Bye, return.
+
+pub mod config;
+pub mod kernels;
+pub mod session;
+pub mod worker;
+
+use std::sync::{Arc, Mutex};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+
+/// Why the agent could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad settings.
+    #[error("{0}")]
+    Config(String),
+    /// Redis client could not be built.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// How a run of the agent ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Every held chunk finished; said Bye.
+    Drained,
+    /// The drain timeout passed; unfinished chunks were left to be reclaimed.
+    Abandoned,
+}
+
+/// Run the agent until `shutdown` is cancelled, then drain.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Exit, Error> {
+    config.validate().map_err(Error::Config)?;
+    let registry = if config.kernels.is_empty() {
+        kernels::Registry::builtin()
+    } else {
+        kernels::Registry::builtin()
+            .only(&config.kernels)
+            .map_err(|e| Error::Config(format!("--kernels: {e}")))?
+    };
+    let agent_id = config.effective_agent_id();
+    let worker = Arc::new(worker::Worker::new(
+        agent_id.clone(),
+        &config.redis_url,
+        &config.prefix,
+        registry,
+        config.effective_concurrency(),
+    )?);
+    tracing::info!(agent = %agent_id, concurrency = worker.concurrency(), kernels = ?worker.kernel_names(),
+        redis = %ttg_proto::redis_conn::redact_url(&config.redis_url), server = %config.server, "ttg-agent starting");
+
+    let session_stop = CancellationToken::new();
+    let ending = Arc::new(Mutex::new(session::Ending::Abandon));
+    let session = tokio::spawn(session::run(
+        config.server.clone(),
+        worker.clone(),
+        session_stop.clone(),
+        ending.clone(),
+    ));
+
+    let tracker = TaskTracker::new();
+    worker.clone().claim_loop(shutdown, tracker.clone()).await;
+    tracker.close();
+    tracing::info!(agent = %agent_id, held = worker.held().len(), timeout = ?config.drain_timeout, "draining");
+    let exit = if tokio::time::timeout(config.drain_timeout, tracker.wait())
+        .await
+        .is_ok()
+    {
+        Exit::Drained
+    } else {
+        worker.abort();
+        tracker.wait().await;
+        Exit::Abandoned
+    };
+    if let Ok(mut e) = ending.lock() {
+        *e = if exit == Exit::Drained {
+            session::Ending::Bye
+        } else {
+            session::Ending::Abandon
+        };
+    }
+    session_stop.cancel();
+    let _ = session.await;
+    tracing::info!(agent = %agent_id, exit = ?exit, "ttg-agent stopped");
+    Ok(exit)
+}

@@ -1,0 +1,42 @@
+//! `ttg-agent` binary: parse flags, run until SIGTERM/SIGINT, drain, exit 0.
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use ttg_agent::{Config, Exit};
+
+#[tokio::main]
+async fn main() {
+    let config = Config::parse();
+    if let Err(msg) = config.validate() {
+        eprintln!("ttg-agent: {msg}");
+        std::process::exit(64);
+    }
+    ttg_proto::telemetry::init_logging(config.log_format, "info");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_cancels(shutdown.clone()));
+    match ttg_agent::run(config, shutdown).await {
+        Ok(Exit::Drained) => {}
+        Ok(Exit::Abandoned) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("ttg-agent: {e}");
+            std::process::exit(64);
+        }
+    }
+}
+
+/// SIGTERM and SIGINT both start the drain.
+async fn signal_cancels(token: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    token.cancel();
+}

@@ -1,0 +1,138 @@
+//! The agent's session with the server: Hello, heartbeats carrying the chunks
+//! held, commands from the server, Bye on a clean exit. The session is the
+//! agent's lease; the work goes on without it (Redis is the source of truth),
+//! and it reconnects with back-off whenever the server is unreachable.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+use ttg_proto::v1::agent_gateway_client::AgentGatewayClient;
+use ttg_proto::v1::{agent_message, server_message, AgentMessage, Bye, Heartbeat, Hello};
+
+use crate::worker::Worker;
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// How the session should end once `stop` fires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// Say Bye: nothing is held, nothing to reclaim.
+    Bye,
+    /// Drop the stream without Bye, so the server reclaims what is held at once.
+    Abandon,
+}
+
+/// Keep a session open until `stop` fires, then end it as `ending` says.
+pub async fn run(
+    server: String,
+    worker: Arc<Worker>,
+    stop: CancellationToken,
+    ending: Arc<std::sync::Mutex<Ending>>,
+) {
+    let mut backoff = BACKOFF_MIN;
+    while !stop.is_cancelled() {
+        match serve(&server, &worker, &stop, &ending, &mut backoff).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(agent = %worker.agent_id(), server = %server, error = %e, retry_in = ?backoff, "session down; reconnecting");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+async fn serve(
+    server: &str,
+    worker: &Worker,
+    stop: &CancellationToken,
+    ending: &std::sync::Mutex<Ending>,
+    backoff: &mut Duration,
+) -> Result<(), String> {
+    let channel = Endpoint::from_shared(server.to_string())
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let mut client = AgentGatewayClient::new(channel);
+    let (tx, rx) = mpsc::channel::<AgentMessage>(16);
+    let hello = AgentMessage {
+        msg: Some(agent_message::Msg::Hello(Hello {
+            agent_id: worker.agent_id().to_string(),
+            host: crate::config::hostname(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            concurrency: worker.concurrency(),
+            kernels: worker.kernel_names(),
+            pid: std::process::id(),
+        })),
+    };
+    tx.send(hello)
+        .await
+        .map_err(|_| "session closed".to_string())?;
+    let mut inbound = client
+        .session(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| format!("session: {}", s.message()))?
+        .into_inner();
+    let welcome = match tokio::time::timeout(Duration::from_secs(5), inbound.message()).await {
+        Ok(Ok(Some(m))) => match m.msg {
+            Some(server_message::Msg::Welcome(w)) => w,
+            _ => return Err("expected Welcome".into()),
+        },
+        Ok(Err(s)) => return Err(format!("session refused: {}", s.message())),
+        Ok(Ok(None)) => return Err("session closed before Welcome".into()),
+        Err(_) => return Err("no Welcome within 5s".into()),
+    };
+    *backoff = BACKOFF_MIN;
+    tracing::info!(agent = %worker.agent_id(), server = %welcome.server_id, lease_ms = welcome.lease_ms, "session open");
+    let mut tick = tokio::time::interval(Duration::from_millis(
+        welcome.heartbeat_interval_ms.clamp(50, 60_000),
+    ));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let hb = AgentMessage { msg: Some(agent_message::Msg::Heartbeat(Heartbeat {
+                    held: worker.held(),
+                    completed_total: worker.completed_total(),
+                })) };
+                tx.send(hb).await.map_err(|_| "session closed".to_string())?;
+            }
+            m = inbound.message() => match m {
+                Ok(Some(msg)) => {
+                    if let Some(server_message::Msg::CancelRun(c)) = msg.msg {
+                        worker.cancel_run(&c.run_id);
+                    }
+                }
+                Ok(None) => return Err("server closed the session".into()),
+                Err(s) => return Err(format!("session broken: {}", s.message())),
+            },
+            _ = stop.cancelled() => {
+                let how = ending.lock().map(|e| *e).unwrap_or(Ending::Abandon);
+                if how == Ending::Bye {
+                    let bye = AgentMessage { msg: Some(agent_message::Msg::Bye(Bye { reason: "drained".into() })) };
+                    let _ = tx.send(bye).await;
+                    drop(tx);
+                    // Wait until the server has read Bye and closed its side.
+                    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                        while let Ok(Some(_)) = inbound.message().await {}
+                    }).await;
+                }
+                return Ok(());
+            }
+        }
+    }
+}

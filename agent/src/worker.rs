@@ -1,0 +1,620 @@
+//! The claim loop: read tasks with XREADGROUP as this agent's consumer, compute
+//! them with `concurrency` chunks in flight, and complete each with ONE atomic
+//! script (result + counters + event + ack). Redis trouble never loses a
+//! chunk: a completion is retried until Redis answers (it is idempotent: first
+//! result wins, XACK of an acked entry is a no-op), and an entry this agent
+//! cannot finish stays pending in its name, for the server to reclaim.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::streams::StreamReadReply;
+use redis::{RedisResult, Value};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use ttg_proto::keys::{Keys, GROUP};
+use ttg_proto::redis_conn::{self, is_transient};
+use ttg_proto::stream::{
+    decode_task, event_body, exact_decimal, pack_values, parse_state, Completion, Failure, Scripts,
+    ATTEMPT_FIELD, TASK_FIELD, TRACEPARENT_FIELD,
+};
+use ttg_proto::v1::{event, ChunkCompleted, ChunkFailed, HeldChunk, RunStarted, RunState, Task};
+
+use crate::kernels::{ChunkInput, KernelError, Registry};
+
+/// Longest XREADGROUP BLOCK; also how soon a drain notices it should stop claiming.
+const READ_BLOCK: Duration = Duration::from_millis(1_000);
+/// Back-off bounds for Redis retries.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// What this agent knows of a run it has seen.
+struct RunLocal {
+    state: RunState,
+    /// Cancelled when the run is cancelled: aborts its in-flight chunks.
+    cancel: CancellationToken,
+}
+
+/// The agent's work side.
+pub struct Worker {
+    agent_id: String,
+    keys: Keys,
+    client: redis::Client,
+    conn: ConnectionManager,
+    scripts: Scripts,
+    registry: Registry,
+    concurrency: u32,
+    held: Mutex<HashMap<String, HeldChunk>>,
+    runs: Mutex<HashMap<String, RunLocal>>,
+    completed: AtomicU64,
+    /// Hard stop: abandons in-flight chunks (left pending, to be reclaimed).
+    abort: CancellationToken,
+}
+
+/// Next back-off delay.
+fn next_backoff(d: Duration) -> Duration {
+    (d * 2).min(BACKOFF_MAX)
+}
+
+fn bulk(v: Option<&Value>) -> Option<&[u8]> {
+    match v {
+        Some(Value::BulkString(b)) => Some(b.as_slice()),
+        _ => None,
+    }
+}
+
+impl Worker {
+    /// A worker for `agent_id`; connects to Redis lazily.
+    pub fn new(
+        agent_id: String,
+        redis_url: &str,
+        prefix: &str,
+        registry: Registry,
+        concurrency: u32,
+    ) -> RedisResult<Self> {
+        let client = redis::Client::open(redis_url)?;
+        let conn = redis_conn::manager(&client)?;
+        Ok(Self {
+            agent_id,
+            keys: Keys::new(prefix),
+            client,
+            conn,
+            scripts: Scripts::new(),
+            registry,
+            concurrency,
+            held: Mutex::new(HashMap::new()),
+            runs: Mutex::new(HashMap::new()),
+            completed: AtomicU64::new(0),
+            abort: CancellationToken::new(),
+        })
+    }
+
+    /// Agent id (its consumer name).
+    pub fn agent_id(&self) -> &str {
+        &self.agent_id
+    }
+
+    /// Kernels offered.
+    pub fn kernel_names(&self) -> Vec<String> {
+        self.registry.names()
+    }
+
+    /// Chunks computed at once.
+    pub fn concurrency(&self) -> u32 {
+        self.concurrency
+    }
+
+    /// Chunks held right now, for heartbeats.
+    pub fn held(&self) -> Vec<HeldChunk> {
+        self.held
+            .lock()
+            .map(|h| h.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Chunks completed (counted or duplicate) since start.
+    pub fn completed_total(&self) -> u64 {
+        self.completed.load(Ordering::Relaxed)
+    }
+
+    /// Abandon every in-flight chunk now (after a drain timeout).
+    pub fn abort(&self) {
+        self.abort.cancel();
+    }
+
+    /// The server says `run_id` was cancelled: abort its chunks at once and
+    /// drop any further ones without computing them.
+    pub fn cancel_run(&self, run_id: &str) {
+        if let Ok(mut runs) = self.runs.lock() {
+            let r = runs.entry(run_id.to_string()).or_insert_with(|| RunLocal {
+                state: RunState::Cancelled,
+                cancel: self.abort.child_token(),
+            });
+            r.state = RunState::Cancelled;
+            r.cancel.cancel();
+        }
+        tracing::info!(run = %run_id, agent = %self.agent_id, "run cancelled: aborting its chunks");
+    }
+
+    fn streams(&self) -> Vec<String> {
+        self.registry
+            .names()
+            .iter()
+            .map(|k| self.keys.tasks(k))
+            .collect()
+    }
+
+    async fn ensure_groups(&self) -> RedisResult<()> {
+        let mut c = self.conn.clone();
+        for s in self.streams() {
+            let r: RedisResult<()> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(&s)
+                .arg(GROUP)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(&mut c)
+                .await;
+            match r {
+                Err(e) if e.code() == Some("BUSYGROUP") => {}
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Claim and compute until `stop` is cancelled; chunks already claimed are
+    /// handed to `tracker` and keep running after this returns.
+    pub async fn claim_loop(self: Arc<Self>, stop: CancellationToken, tracker: TaskTracker) {
+        let slots = Arc::new(Semaphore::new(self.concurrency as usize));
+        let streams = self.streams();
+        let mut blocking: Option<MultiplexedConnection> = None;
+        let mut groups_ready = false;
+        let mut backoff = BACKOFF_MIN;
+        while !stop.is_cancelled() {
+            // Claim only what we can start now: chunks held but not computing
+            // would wait here instead of on an idle agent.
+            let first = tokio::select! {
+                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                _ = stop.cancelled() => return,
+            };
+            let mut permits = vec![first];
+            while let Ok(p) = slots.clone().try_acquire_owned() {
+                permits.push(p);
+            }
+            if !groups_ready {
+                match self.ensure_groups().await {
+                    Ok(()) => groups_ready = true,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot create consumer groups; retrying");
+                        drop(permits);
+                        sleep_or_stop(&mut backoff, &stop).await;
+                        continue;
+                    }
+                }
+            }
+            if blocking.is_none() {
+                match redis_conn::blocking(&self.client, READ_BLOCK).await {
+                    Ok(c) => blocking = Some(c),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "redis unreachable; retrying");
+                        drop(permits);
+                        sleep_or_stop(&mut backoff, &stop).await;
+                        continue;
+                    }
+                }
+            }
+            let Some(conn) = blocking.as_mut() else {
+                continue;
+            };
+            let mut cmd = redis::cmd("XREADGROUP");
+            cmd.arg("GROUP")
+                .arg(GROUP)
+                .arg(&self.agent_id)
+                .arg("COUNT")
+                .arg(permits.len())
+                .arg("BLOCK")
+                .arg(READ_BLOCK.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&streams);
+            for _ in &streams {
+                cmd.arg(">");
+            }
+            // Not raced against `stop`: dropping a read in flight could lose
+            // entries Redis already delivered to us. A read lasts ≤ READ_BLOCK.
+            let reply: RedisResult<Option<StreamReadReply>> = cmd.query_async(conn).await;
+            let reply = match reply {
+                Ok(r) => {
+                    backoff = BACKOFF_MIN;
+                    r
+                }
+                Err(e) => {
+                    if e.code() == Some("NOGROUP") {
+                        // Redis lost its data (restart without AOF) or a stream was deleted.
+                        groups_ready = false;
+                    } else if is_transient(&e) {
+                        blocking = None;
+                    }
+                    tracing::warn!(error = %e, "XREADGROUP failed; retrying");
+                    drop(permits);
+                    sleep_or_stop(&mut backoff, &stop).await;
+                    continue;
+                }
+            };
+            for key in reply.map(|r| r.keys).unwrap_or_default() {
+                for entry in key.ids {
+                    // COUNT applies per stream, so several kernels' streams can
+                    // yield more entries than free slots: extras wait for one.
+                    let permit = permits.pop();
+                    let slots = slots.clone();
+                    let w = self.clone();
+                    let stream = key.key.clone();
+                    tracker.spawn(async move {
+                        let _permit = match permit {
+                            Some(p) => p,
+                            None => match slots.acquire_owned().await {
+                                Ok(p) => p,
+                                Err(_) => return,
+                            },
+                        };
+                        w.process(stream, entry.id, entry.map).await;
+                    });
+                }
+            }
+        }
+    }
+
+    /// Run `op` until Redis answers, backing off on transient errors. Gives up
+    /// (None) on a non-transient error or once the agent aborts.
+    async fn persist<T, F, Fut>(&self, what: &str, mut op: F) -> Option<T>
+    where
+        F: FnMut(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = RedisResult<T>>,
+    {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            match op(self.conn.clone()).await {
+                Ok(v) => return Some(v),
+                Err(e) if is_transient(&e) => {
+                    tracing::warn!(agent = %self.agent_id, error = %e, "{what}: redis unavailable; retrying");
+                }
+                Err(e) => {
+                    tracing::error!(agent = %self.agent_id, error = %e, "{what} failed");
+                    return None;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = self.abort.cancelled() => return None,
+            }
+            backoff = next_backoff(backoff);
+        }
+    }
+
+    /// The run's cancel token if the run is active; None if it is cancelled,
+    /// finished or unknown (its chunks are then dropped unanswered). The first
+    /// chunk of a run seen by this agent marks the run RUNNING.
+    async fn run_gate(&self, run_id: &str) -> Option<CancellationToken> {
+        if let Ok(runs) = self.runs.lock() {
+            if let Some(r) = runs.get(run_id) {
+                return matches!(r.state, RunState::Queued | RunState::Running)
+                    .then(|| r.cancel.clone());
+            }
+        }
+        let body = event_body(
+            run_id,
+            event::Kind::RunStarted(RunStarted {
+                agent_id: self.agent_id.clone(),
+            }),
+        );
+        let (run_key, events_key) = (self.keys.run(run_id), self.keys.events(run_id));
+        let state: String = self
+            .persist("start run", |mut c| {
+                let mut inv = self.scripts.start.key(&run_key);
+                inv.key(&events_key).arg(&body);
+                async move { inv.invoke_async(&mut c).await }
+            })
+            .await?;
+        let state = if state.is_empty() {
+            RunState::Unspecified
+        } else {
+            parse_state(&state)
+        };
+        let mut runs = self.runs.lock().ok()?;
+        if runs.len() > 4_096 {
+            runs.retain(|_, r| matches!(r.state, RunState::Queued | RunState::Running));
+        }
+        let r = runs.entry(run_id.to_string()).or_insert_with(|| RunLocal {
+            state,
+            cancel: self.abort.child_token(),
+        });
+        matches!(r.state, RunState::Queued | RunState::Running).then(|| r.cancel.clone())
+    }
+
+    fn mark_run(&self, run_id: &str, state: RunState) {
+        if let Ok(mut runs) = self.runs.lock() {
+            if let Some(r) = runs.get_mut(run_id) {
+                r.state = state;
+            }
+        }
+    }
+
+    fn run_cancelled(&self, run_id: &str) -> bool {
+        self.runs
+            .lock()
+            .ok()
+            .and_then(|r| r.get(run_id).map(|r| r.state == RunState::Cancelled))
+            .unwrap_or(false)
+    }
+
+    /// Ack and delete an entry without a result (run cancelled or gone).
+    async fn drop_entry(&self, stream: &str, entry_id: &str) {
+        self.persist("drop entry", |mut c| {
+            let mut p = redis::pipe();
+            p.cmd("XACK").arg(stream).arg(GROUP).arg(entry_id).ignore();
+            p.cmd("XDEL").arg(stream).arg(entry_id).ignore();
+            async move { p.query_async::<()>(&mut c).await }
+        })
+        .await;
+    }
+
+    async fn process(
+        self: Arc<Self>,
+        stream: String,
+        entry_id: String,
+        fields: HashMap<String, Value>,
+    ) {
+        let task = match bulk(fields.get(TASK_FIELD)).map(decode_task) {
+            Some(Ok(t)) => t,
+            Some(Err(e)) => {
+                tracing::error!(agent = %self.agent_id, entry = %entry_id, error = %e, "corrupt task entry dropped");
+                self.drop_entry(&stream, &entry_id).await;
+                return;
+            }
+            None => {
+                tracing::error!(agent = %self.agent_id, entry = %entry_id, "task entry without a task dropped");
+                self.drop_entry(&stream, &entry_id).await;
+                return;
+            }
+        };
+        let attempt = bulk(fields.get(ATTEMPT_FIELD))
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .and_then(|s| s.parse::<u32>().ok())
+            .unwrap_or(1);
+        let traceparent = bulk(fields.get(TRACEPARENT_FIELD))
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
+        let (run_id, chunk) = (task.run_id.clone(), task.chunk_index);
+
+        let Some(run_cancel) = self.run_gate(&run_id).await else {
+            tracing::debug!(run = %run_id, chunk, agent = %self.agent_id, "run not active: chunk dropped");
+            self.drop_entry(&stream, &entry_id).await;
+            return;
+        };
+        if let Ok(mut h) = self.held.lock() {
+            h.insert(
+                entry_id.clone(),
+                HeldChunk {
+                    run_id: run_id.clone(),
+                    chunk_index: chunk,
+                    entry_id: entry_id.clone(),
+                    attempt,
+                },
+            );
+        }
+        let input = ChunkInput {
+            run_id: run_id.clone(),
+            chunk_index: chunk,
+            start: task.start,
+            end: task.end,
+            args: task.args.clone(),
+            attempt,
+        };
+        let began = Instant::now();
+        let outcome = match self.registry.get(&task.kernel) {
+            Some(k) => k.compute(&input, &run_cancel).await,
+            None => Err(KernelError::Failed(format!(
+                "agent does not offer kernel {:?}",
+                task.kernel
+            ))),
+        };
+        let compute_ms = began.elapsed().as_millis() as u64;
+        match outcome.and_then(|v| check_values(&task, v)) {
+            Ok(values) => {
+                self.complete(&stream, &entry_id, &task, attempt, &values, compute_ms)
+                    .await
+            }
+            Err(KernelError::Cancelled) if self.run_cancelled(&run_id) => {
+                self.drop_entry(&stream, &entry_id).await;
+            }
+            Err(KernelError::Cancelled) => {
+                // Agent aborting: leave the entry pending in our name; it is
+                // reclaimed when our session ends without Bye.
+                tracing::warn!(run = %run_id, chunk, agent = %self.agent_id, "chunk abandoned");
+            }
+            Err(KernelError::Failed(msg)) => {
+                self.fail(&stream, &entry_id, &task, attempt, &msg, &traceparent)
+                    .await;
+            }
+        }
+        if let Ok(mut h) = self.held.lock() {
+            h.remove(&entry_id);
+        }
+    }
+
+    async fn complete(
+        &self,
+        stream: &str,
+        entry_id: &str,
+        task: &Task,
+        attempt: u32,
+        values: &[f64],
+        compute_ms: u64,
+    ) {
+        let run_id = &task.run_id;
+        let sum: f64 = values.iter().sum();
+        let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let body = event_body(
+            run_id,
+            event::Kind::ChunkCompleted(ChunkCompleted {
+                chunk_index: task.chunk_index,
+                start: task.start,
+                end: task.end,
+                agent_id: self.agent_id.clone(),
+                attempt,
+                sum,
+                compute_ms,
+            }),
+        );
+        let packed = pack_values(values);
+        let (sum_s, min_s, max_s) = (exact_decimal(sum), exact_decimal(min), exact_decimal(max));
+        let k = &self.keys;
+        let keys = [
+            k.run(run_id),
+            k.done(run_id),
+            k.results(run_id),
+            k.events(run_id),
+            stream.to_string(),
+            k.dead_bits(run_id),
+        ];
+        let reply: Option<(i64, String)> = self
+            .persist("complete", |mut c| {
+                let mut inv = self.scripts.complete.prepare_invoke();
+                for key in &keys {
+                    inv.key(key);
+                }
+                inv.arg(GROUP)
+                    .arg(entry_id)
+                    .arg(task.chunk_index)
+                    .arg(values.len())
+                    .arg(&sum_s)
+                    .arg(&min_s)
+                    .arg(&max_s)
+                    .arg(&packed)
+                    .arg(&body)
+                    .arg(run_id);
+                async move { inv.invoke_async(&mut c).await }
+            })
+            .await;
+        let Some((code, state)) = reply else { return };
+        self.completed.fetch_add(1, Ordering::Relaxed);
+        match Completion::from_reply(code, &state) {
+            Completion::Counted(s) => {
+                tracing::debug!(run = %run_id, chunk = task.chunk_index, agent = %self.agent_id, attempt, compute_ms, "chunk completed");
+                if s != RunState::Running {
+                    tracing::info!(run = %run_id, agent = %self.agent_id, state = s.as_str_name(), "run finished");
+                    self.mark_run(run_id, s);
+                }
+            }
+            Completion::Duplicate => {
+                tracing::info!(run = %run_id, chunk = task.chunk_index, agent = %self.agent_id, "duplicate result ignored (first result wins)");
+            }
+            Completion::Inactive(s) => self.mark_run(run_id, s),
+            Completion::UnknownRun => self.mark_run(run_id, RunState::Unspecified),
+        }
+    }
+
+    async fn fail(
+        &self,
+        stream: &str,
+        entry_id: &str,
+        task: &Task,
+        attempt: u32,
+        error: &str,
+        traceparent: &[u8],
+    ) {
+        let run_id = &task.run_id;
+        // Bound what a failing kernel can write into Redis and events.
+        let error: String = error
+            .chars()
+            .rev()
+            .take(2_000)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let body = |dead: bool| {
+            event_body(
+                run_id,
+                event::Kind::ChunkFailed(ChunkFailed {
+                    chunk_index: task.chunk_index,
+                    agent_id: self.agent_id.clone(),
+                    attempt,
+                    error: error.clone(),
+                    dead,
+                }),
+            )
+        };
+        let (retry_body, dead_body) = (body(false), body(true));
+        let task_bytes = ttg_proto::stream::encode(task);
+        let k = &self.keys;
+        let keys = [
+            k.run(run_id),
+            k.done(run_id),
+            k.dead_bits(run_id),
+            k.dead_letters(run_id),
+            k.events(run_id),
+            stream.to_string(),
+        ];
+        let reply: Option<(i64, String)> = self
+            .persist("fail", |mut c| {
+                let mut inv = self.scripts.fail.prepare_invoke();
+                for key in &keys {
+                    inv.key(key);
+                }
+                inv.arg(GROUP)
+                    .arg(entry_id)
+                    .arg(task.chunk_index)
+                    .arg(&task_bytes)
+                    .arg(attempt)
+                    .arg(task.max_attempts.max(1))
+                    .arg(&error)
+                    .arg(traceparent)
+                    .arg(&retry_body)
+                    .arg(&dead_body)
+                    .arg(run_id);
+                async move { inv.invoke_async(&mut c).await }
+            })
+            .await;
+        if let Some((code, state)) = reply {
+            let f = Failure::from_reply(code, &state);
+            tracing::warn!(run = %run_id, chunk = task.chunk_index, agent = %self.agent_id, attempt, error = %error, outcome = ?f, "chunk attempt failed");
+            if let Failure::DeadLettered(s) = f {
+                self.mark_run(run_id, s);
+            }
+        }
+    }
+}
+
+/// A kernel must give one finite value per parameter.
+fn check_values(task: &Task, values: Vec<f64>) -> Result<Vec<f64>, KernelError> {
+    let n = (task.end - task.start) as usize;
+    if values.len() != n {
+        return Err(KernelError::Failed(format!(
+            "kernel returned {} values for {n} parameters",
+            values.len()
+        )));
+    }
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        return Err(KernelError::Failed(format!(
+            "kernel returned {} for parameter {}; values must be finite",
+            values[i],
+            task.start + i as u64
+        )));
+    }
+    Ok(values)
+}
+
+async fn sleep_or_stop(backoff: &mut Duration, stop: &CancellationToken) {
+    tokio::select! {
+        _ = tokio::time::sleep(*backoff) => {}
+        _ = stop.cancelled() => {}
+    }
+    *backoff = next_backoff(*backoff);
+}

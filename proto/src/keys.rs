@@ -1,0 +1,118 @@
+//! Redis key names. Every key lives under one prefix (default `ttg:`) so two
+//! installations, or two tests, can share one Redis.
+
+/// Consumer group every agent reads the tasks streams through.
+pub const GROUP: &str = "agents";
+
+/// Key builder for one prefix.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Keys under `prefix` (e.g. `"ttg:"`).
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The prefix itself.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Tasks stream of one kernel: agents read only the streams of kernels they offer.
+    pub fn tasks(&self, kernel: &str) -> String {
+        format!("{}tasks:{kernel}", self.prefix)
+    }
+
+    /// Run hash: `spec` (protobuf RunSpec) plus counters the scripts update.
+    pub fn run(&self, run_id: &str) -> String {
+        format!("{}run:{run_id}", self.prefix)
+    }
+
+    /// Bitmap with one bit per chunk: set once the chunk's result is stored.
+    pub fn done(&self, run_id: &str) -> String {
+        format!("{}run:{run_id}:done", self.prefix)
+    }
+
+    /// Bitmap with one bit per chunk: set while the chunk is dead-lettered.
+    pub fn dead_bits(&self, run_id: &str) -> String {
+        format!("{}run:{run_id}:deadbits", self.prefix)
+    }
+
+    /// Dead-letter stream of a run: `c` chunk, `a` attempt, `err` last error,
+    /// `t` the task record (so `retry` can re-queue it).
+    pub fn dead_letters(&self, run_id: &str) -> String {
+        format!("{}run:{run_id}:dead", self.prefix)
+    }
+
+    /// Hash chunk index → packed little-endian f64 values of the chunk.
+    pub fn results(&self, run_id: &str) -> String {
+        format!("{}run:{run_id}:results", self.prefix)
+    }
+
+    /// Stream of the run's events (field `e`: protobuf Event).
+    pub fn events(&self, run_id: &str) -> String {
+        format!("{}run:{run_id}:events", self.prefix)
+    }
+
+    /// Sorted set of run ids scored by submit time.
+    pub fn runs(&self) -> String {
+        format!("{}runs", self.prefix)
+    }
+
+    /// Sorted set of agent ids scored by lease expiry (ms since epoch).
+    pub fn agents(&self) -> String {
+        format!("{}agents", self.prefix)
+    }
+
+    /// String: protobuf AgentInfo of one agent (its last heartbeat).
+    pub fn agent(&self, agent_id: &str) -> String {
+        format!("{}agent:{agent_id}", self.prefix)
+    }
+}
+
+/// A new run id: 10 base-36 characters of milliseconds (time-sortable for the
+/// next century) and 6 random ones.
+pub fn new_run_id(now_ms: i64, random: u64) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::with_capacity(17);
+    let mut t = now_ms.max(0) as u64;
+    let mut head = [b'0'; 10];
+    for slot in head.iter_mut().rev() {
+        *slot = DIGITS[(t % 36) as usize];
+        t /= 36;
+    }
+    out.extend_from_slice(&head);
+    out.push(b'-');
+    let mut r = random;
+    for _ in 0..6 {
+        out.push(DIGITS[(r % 36) as usize]);
+        r /= 36;
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Whether `s` looks like a run id (guards key construction against odd input).
+pub fn valid_run_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_sort_by_time() {
+        let a = new_run_id(1_700_000_000_000, 5);
+        let b = new_run_id(1_700_000_000_001, 0);
+        assert!(a < b, "{a} < {b}");
+        assert_eq!(a.len(), 17);
+        assert!(valid_run_id(&a));
+        assert!(!valid_run_id("a b"));
+        assert!(!valid_run_id(""));
+    }
+}

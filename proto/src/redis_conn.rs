@@ -1,0 +1,86 @@
+//! Connecting to Redis with bounded timeouts, so a Redis that is down or hung
+//! turns into a prompt error instead of a hang.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Client, RedisResult};
+
+/// How long a connection attempt may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long an ordinary command may take.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A reconnecting, multiplexed connection for ordinary (non-blocking) commands.
+/// Reconnects are bounded (3 tries, ≤ 1 s apart), so a caller sees an error
+/// within a few seconds when Redis is down and succeeds again once it is back.
+/// The connection is made lazily on first use, so a process can start while
+/// Redis is down and serve `Unavailable` until it comes back.
+pub fn manager(client: &Client) -> RedisResult<ConnectionManager> {
+    let cfg = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_number_of_retries(3)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_secs(1));
+    ConnectionManager::new_lazy_with_config(client.clone(), cfg)
+}
+
+/// A dedicated connection for blocking commands (XREAD/XREADGROUP BLOCK), which
+/// would stall every other command pipelined on a shared connection.
+/// `block` is the longest BLOCK the caller will use.
+pub async fn blocking(client: &Client, block: Duration) -> RedisResult<MultiplexedConnection> {
+    let cfg = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(block + RESPONSE_TIMEOUT));
+    client
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await
+}
+
+/// The URL with any password replaced by `***`, for logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((auth, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => format!("{scheme}://***@{host}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_never_reach_logs() {
+        assert_eq!(
+            redact_url("redis://u:secret@h:6379/0"),
+            "redis://u:***@h:6379/0"
+        );
+        assert_eq!(redact_url("rediss://secret@h"), "rediss://***@h");
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+    }
+}
+
+/// Whether a Redis error will likely heal by itself (Redis down, restarting,
+/// loading its AOF, connection dropped), so the caller should back off and
+/// retry rather than give up.
+pub fn is_transient(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || e.is_unrecoverable_error()
+        || matches!(
+            e.code(),
+            Some("LOADING") | Some("TRYAGAIN") | Some("MASTERDOWN")
+        )
+}

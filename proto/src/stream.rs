@@ -1,0 +1,459 @@
+//! Record encodings and the atomic Redis scripts.
+//!
+//! Layout (all keys from [`crate::keys::Keys`]):
+//! - tasks stream entry: `t` = protobuf [`Task`], `a` = attempt (decimal),
+//!   `tp` = W3C traceparent. The attempt is outside the protobuf so a script
+//!   can re-queue with `attempt + 1` by copying `t` as is.
+//! - run hash: `spec` = protobuf [`RunSpec`]; `state` (enum name); `total`,
+//!   `done`, `dead`, `count` (integers); `sum` (HINCRBYFLOAT, long double in
+//!   Redis); `min`, `max` (the shortest decimal of an f64); `created_ms`,
+//!   `started_ms`, `finished_ms`; `enqueued` (tasks written so far).
+//! - done bitmap: bit `i` set once chunk `i` is counted — "first result wins".
+//! - results hash: chunk index → packed little-endian f64.
+//! - events stream: `e` = protobuf [`Event`]. The Rust side encodes the event's
+//!   body (`run_id` and its `kind`); the scripts append `time_ms` and `progress`
+//!   (and whole terminal events) as extra protobuf fields, which is valid
+//!   protobuf: fields may come in any order and concatenated messages merge.
+
+use std::collections::HashMap;
+
+use prost::Message;
+use redis::Script;
+
+use crate::v1::{event, Aggregate, Event, Progress, RunSpec, RunState, RunStatus, Task};
+
+/// Tasks stream entry field holding the protobuf Task.
+pub const TASK_FIELD: &str = "t";
+/// Tasks stream entry field holding the attempt number.
+pub const ATTEMPT_FIELD: &str = "a";
+/// Tasks stream entry field holding the W3C traceparent.
+pub const TRACEPARENT_FIELD: &str = "tp";
+/// Events stream entry field holding the protobuf Event.
+pub const EVENT_FIELD: &str = "e";
+
+/// A record read from Redis could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Protobuf bytes were malformed.
+    #[error("malformed {what}: {source}")]
+    Protobuf {
+        /// Which record.
+        what: &'static str,
+        /// Decoder's complaint.
+        #[source]
+        source: prost::DecodeError,
+    },
+    /// A field was missing or of the wrong shape.
+    #[error("malformed {what}: {detail}")]
+    Field {
+        /// Which record.
+        what: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+/// Encode a record.
+pub fn encode<M: Message>(m: &M) -> Vec<u8> {
+    m.encode_to_vec()
+}
+
+/// Decode a task record.
+pub fn decode_task(bytes: &[u8]) -> Result<Task, DecodeError> {
+    Task::decode(bytes).map_err(|source| DecodeError::Protobuf {
+        what: "task",
+        source,
+    })
+}
+
+/// Decode a run spec.
+pub fn decode_spec(bytes: &[u8]) -> Result<RunSpec, DecodeError> {
+    RunSpec::decode(bytes).map_err(|source| DecodeError::Protobuf {
+        what: "run spec",
+        source,
+    })
+}
+
+/// Decode an event read from the events stream, setting its id.
+pub fn decode_event(id: &str, bytes: &[u8]) -> Result<Event, DecodeError> {
+    let mut e = Event::decode(bytes).map_err(|source| DecodeError::Protobuf {
+        what: "event",
+        source,
+    })?;
+    e.id = id.to_string();
+    Ok(e)
+}
+
+/// Body of an event (run id and kind); the scripts add time and progress.
+pub fn event_body(run_id: &str, kind: event::Kind) -> Vec<u8> {
+    Event {
+        run_id: run_id.to_string(),
+        kind: Some(kind),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// Whether an event ends its run's event stream.
+pub fn is_terminal(e: &Event) -> bool {
+    matches!(
+        e.kind,
+        Some(event::Kind::RunCompleted(_)) | Some(event::Kind::RunCancelled(_))
+    )
+}
+
+/// Pack values as little-endian f64.
+pub fn pack_values(values: &[f64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len() * 8);
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+/// Unpack little-endian f64 values.
+pub fn unpack_values(bytes: &[u8]) -> Result<Vec<f64>, DecodeError> {
+    if bytes.len() % 8 != 0 {
+        return Err(DecodeError::Field {
+            what: "result",
+            detail: format!("{} bytes is not a whole number of f64", bytes.len()),
+        });
+    }
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|c| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            f64::from_le_bytes(b)
+        })
+        .collect())
+}
+
+/// Parse a run state name as stored in the run hash.
+pub fn parse_state(s: &str) -> RunState {
+    RunState::from_str_name(s).unwrap_or(RunState::Unspecified)
+}
+
+/// Whether a state is final.
+pub fn is_finished(s: RunState) -> bool {
+    matches!(
+        s,
+        RunState::Succeeded | RunState::Failed | RunState::Cancelled
+    )
+}
+
+/// The run hash as a [`RunStatus`] (chunks in flight and message left empty:
+/// they come from agents' heartbeats, not from the hash).
+pub fn run_status_from_hash(
+    h: &HashMap<String, Vec<u8>>,
+    now_ms: i64,
+) -> Result<RunStatus, DecodeError> {
+    let spec_bytes = h.get("spec").ok_or(DecodeError::Field {
+        what: "run",
+        detail: "no spec".into(),
+    })?;
+    let spec = decode_spec(spec_bytes)?;
+    let text = |k: &str| h.get(k).map(|v| String::from_utf8_lossy(v).into_owned());
+    let int = |k: &str| text(k).and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
+    let float = |k: &str| text(k).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    let state = parse_state(&text("state").unwrap_or_default());
+    let count = int("count").max(0) as u64;
+    let sum = float("sum");
+    let started = int("started_ms");
+    let finished = int("finished_ms");
+    let end = if finished > 0 { finished } else { now_ms };
+    let secs = (end - started) as f64 / 1000.0;
+    let rate = if started > 0 && secs > 0.0 {
+        count as f64 / secs
+    } else {
+        0.0
+    };
+    Ok(RunStatus {
+        state: state as i32,
+        progress: Some(Progress {
+            chunks_total: int("total").max(0) as u64,
+            chunks_done: int("done").max(0) as u64,
+            chunks_dead: int("dead").max(0) as u64,
+            params_done: count,
+        }),
+        chunks_in_flight: 0,
+        aggregate: Some(Aggregate {
+            count,
+            sum,
+            min: float("min"),
+            max: float("max"),
+            mean: if count > 0 { sum / count as f64 } else { 0.0 },
+        }),
+        created_ms: spec.created_ms,
+        started_ms: started,
+        finished_ms: finished,
+        params_per_second: rate,
+        message: String::new(),
+        spec: Some(spec),
+    })
+}
+
+/// Lua shared by every script: protobuf field encoders, the clock, event
+/// emission and the end-of-run check. Redis's Lua 5.1 numbers are doubles,
+/// exact for the integers used here (< 2^53).
+const PRELUDE: &str = r#"
+local function varint(n)
+  local out = {}
+  n = math.floor(n)
+  while n >= 128 do
+    out[#out + 1] = string.char(n % 128 + 128)
+    n = math.floor(n / 128)
+  end
+  out[#out + 1] = string.char(n)
+  return table.concat(out)
+end
+local function f_varint(field, n) return varint(field * 8) .. varint(n) end
+local function f_bytes(field, s) return varint(field * 8 + 2) .. varint(#s) .. s end
+local function f_double(field, x) return varint(field * 8 + 1) .. struct.pack('<d', x) end
+local function num(v) return tonumber(v) or 0 end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function progress(run)
+  local v = redis.call('HMGET', run, 'total', 'done', 'dead', 'count')
+  return f_bytes(4, f_varint(1, num(v[1])) .. f_varint(2, num(v[2])) .. f_varint(3, num(v[3])) .. f_varint(4, num(v[4])))
+end
+local function emit(run, events, body, ts)
+  redis.call('XADD', events, '*', 'e', body .. f_varint(3, ts) .. progress(run))
+end
+local function aggregate(run)
+  local v = redis.call('HMGET', run, 'count', 'sum', 'min', 'max')
+  local c, s = num(v[1]), num(v[2])
+  local mean = 0
+  if c > 0 then mean = s / c end
+  return f_varint(1, c) .. f_double(2, s) .. f_double(3, num(v[3])) .. f_double(4, num(v[4])) .. f_double(5, mean)
+end
+local function active(state) return state == 'QUEUED' or state == 'RUNNING' end
+-- Ends the run once every chunk is done or dead; returns the state after.
+local function finish_if_done(run, events, run_id, ts)
+  local v = redis.call('HMGET', run, 'total', 'done', 'dead', 'state')
+  local state = v[4]
+  if not active(state) then return state end
+  if num(v[2]) + num(v[3]) < num(v[1]) then return state end
+  local code = 3
+  state = 'SUCCEEDED'
+  if num(v[3]) > 0 then state = 'FAILED'; code = 4 end
+  redis.call('HSET', run, 'state', state, 'finished_ms', ts)
+  emit(run, events, f_bytes(2, run_id) .. f_bytes(13, f_varint(1, code) .. f_bytes(2, aggregate(run))), ts)
+  return state
+end
+"#;
+
+/// Complete one chunk, atomically: ack and delete the delivery; if the run is
+/// active and the chunk has no result yet, store the values, count them, emit
+/// ChunkCompleted and end the run if this was the last chunk.
+///
+/// A chunk that was dead-lettered and then completes (a zombie's late result)
+/// is rescued: it stops counting as dead.
+///
+/// KEYS: run, done, results, events, tasks, dead bitmap.
+/// ARGV: group, entry id, chunk index, value count, sum, min, max, packed
+/// values, ChunkCompleted event body, run id.
+/// Returns `{code, state}`: code 1 counted, 0 duplicate (a result was already
+/// stored), 2 run not active, -1 run unknown.
+const COMPLETE: &str = r#"
+local run = KEYS[1]
+redis.call('XACK', KEYS[5], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[5], ARGV[2])
+local state = redis.call('HGET', run, 'state')
+if not state then return {-1, ''} end
+if not active(state) then return {2, state} end
+if redis.call('GETBIT', KEYS[2], ARGV[3]) == 1 then return {0, state} end
+redis.call('SETBIT', KEYS[2], ARGV[3], 1)
+if redis.call('GETBIT', KEYS[6], ARGV[3]) == 1 then
+  redis.call('SETBIT', KEYS[6], ARGV[3], 0)
+  redis.call('HINCRBY', run, 'dead', -1)
+end
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[8])
+redis.call('HINCRBY', run, 'done', 1)
+redis.call('HINCRBY', run, 'count', ARGV[4])
+redis.call('HINCRBYFLOAT', run, 'sum', ARGV[5])
+local mm = redis.call('HMGET', run, 'min', 'max')
+if not mm[1] or tonumber(ARGV[6]) < tonumber(mm[1]) then redis.call('HSET', run, 'min', ARGV[6]) end
+if not mm[2] or tonumber(ARGV[7]) > tonumber(mm[2]) then redis.call('HSET', run, 'max', ARGV[7]) end
+local ts = now_ms()
+if state == 'QUEUED' then redis.call('HSET', run, 'state', 'RUNNING', 'started_ms', ts) end
+emit(run, KEYS[4], ARGV[9], ts)
+return {1, finish_if_done(run, KEYS[4], ARGV[10], ts)}
+"#;
+
+/// Record a failed attempt, atomically: ack and delete the delivery; if the
+/// run is active and the chunk has no result, either re-queue the task with
+/// attempt + 1 or, when no attempts are left, put it in the run's dead-letter
+/// stream, count it dead and end the run if it was the last chunk.
+///
+/// KEYS: run, done, dead bitmap, dead-letter stream, events, tasks.
+/// ARGV: group, entry id, chunk index, task bytes, attempt, max attempts,
+/// error, traceparent, ChunkFailed body (dead = false), ChunkFailed body
+/// (dead = true), run id.
+/// Returns `{code, state}`: 1 re-queued, 3 dead-lettered, 0 chunk already
+/// has a result, 2 run not active, -1 run unknown.
+const FAIL: &str = r#"
+local run = KEYS[1]
+redis.call('XACK', KEYS[6], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[6], ARGV[2])
+local state = redis.call('HGET', run, 'state')
+if not state then return {-1, ''} end
+if not active(state) then return {2, state} end
+if redis.call('GETBIT', KEYS[2], ARGV[3]) == 1 then return {0, state} end
+local ts = now_ms()
+if tonumber(ARGV[5]) < tonumber(ARGV[6]) then
+  redis.call('XADD', KEYS[6], '*', 't', ARGV[4], 'a', tonumber(ARGV[5]) + 1, 'tp', ARGV[8])
+  emit(run, KEYS[5], ARGV[9], ts)
+  return {1, state}
+end
+if redis.call('GETBIT', KEYS[3], ARGV[3]) == 0 then
+  redis.call('SETBIT', KEYS[3], ARGV[3], 1)
+  redis.call('HINCRBY', run, 'dead', 1)
+  redis.call('XADD', KEYS[4], '*', 'c', ARGV[3], 'a', ARGV[5], 'err', ARGV[7], 't', ARGV[4])
+end
+emit(run, KEYS[5], ARGV[10], ts)
+return {3, finish_if_done(run, KEYS[5], ARGV[11], ts)}
+"#;
+
+/// Mark a run started when an agent first claims one of its chunks.
+/// KEYS: run, events. ARGV: RunStarted event body.
+/// Returns the run's state after ('' if the run is unknown).
+const START: &str = r#"
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return '' end
+if state == 'QUEUED' then
+  local ts = now_ms()
+  redis.call('HSET', KEYS[1], 'state', 'RUNNING', 'started_ms', ts)
+  emit(KEYS[1], KEYS[2], ARGV[1], ts)
+  return 'RUNNING'
+end
+return state
+"#;
+
+/// Cancel a run if it is still active.
+/// KEYS: run, events. ARGV: RunCancelled event body.
+/// Returns the state after ('' if the run is unknown).
+const CANCEL: &str = r#"
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return '' end
+if not active(state) then return state end
+local ts = now_ms()
+redis.call('HSET', KEYS[1], 'state', 'CANCELLED', 'finished_ms', ts)
+emit(KEYS[1], KEYS[2], ARGV[1], ts)
+return 'CANCELLED'
+"#;
+
+/// The scripts, compiled once per process. `Script::invoke_async` runs them
+/// with EVALSHA and reloads them on NOSCRIPT (after a Redis restart).
+pub struct Scripts {
+    /// See [`COMPLETE`].
+    pub complete: Script,
+    /// See [`FAIL`].
+    pub fail: Script,
+    /// See [`START`].
+    pub start: Script,
+    /// See [`CANCEL`].
+    pub cancel: Script,
+}
+
+impl Default for Scripts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Scripts {
+    /// Build the scripts (prelude + body).
+    pub fn new() -> Self {
+        let s = |body: &str| Script::new(&format!("{PRELUDE}\n{body}"));
+        Self {
+            complete: s(COMPLETE),
+            fail: s(FAIL),
+            start: s(START),
+            cancel: s(CANCEL),
+        }
+    }
+}
+
+/// Outcome of the failure script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Re-queued with attempt + 1.
+    Requeued,
+    /// No attempts left: dead-lettered; the run's state after.
+    DeadLettered(RunState),
+    /// The chunk already had a result: nothing to do.
+    AlreadyDone,
+    /// The run is not active (or unknown): dropped.
+    Inactive,
+}
+
+impl Failure {
+    /// Interpret the script's `{code, state}` reply.
+    pub fn from_reply(code: i64, state: &str) -> Self {
+        match code {
+            1 => Failure::Requeued,
+            3 => Failure::DeadLettered(parse_state(state)),
+            0 => Failure::AlreadyDone,
+            _ => Failure::Inactive,
+        }
+    }
+}
+
+/// Outcome of the completion script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Completion {
+    /// Values stored and counted; the run's state after.
+    Counted(RunState),
+    /// The chunk already had a result: nothing changed but the ack.
+    Duplicate,
+    /// The run is no longer active (cancelled or finished): acked, dropped.
+    Inactive(RunState),
+    /// No such run (deleted or expired): acked, dropped.
+    UnknownRun,
+}
+
+impl Completion {
+    /// Interpret the script's `{code, state}` reply.
+    pub fn from_reply(code: i64, state: &str) -> Self {
+        match code {
+            1 => Completion::Counted(parse_state(state)),
+            0 => Completion::Duplicate,
+            2 => Completion::Inactive(parse_state(state)),
+            _ => Completion::UnknownRun,
+        }
+    }
+}
+
+/// Shortest decimal that parses back to `v` exactly (what Rust's Display
+/// prints for f64), for HINCRBYFLOAT and the min/max fields.
+pub fn exact_decimal(v: f64) -> String {
+    format!("{v}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip() {
+        let v = vec![0.0, -1.5, 13.99, f64::MAX];
+        assert_eq!(unpack_values(&pack_values(&v)).unwrap(), v);
+        assert!(unpack_values(&[1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn decimals_round_trip() {
+        for v in [0.1, 5000355.0, 1e300, -2.5e-300, 999.99] {
+            assert_eq!(exact_decimal(v).parse::<f64>().unwrap(), v);
+        }
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(decode_task(&[0xff, 0xff, 0xff]).is_err());
+        assert!(decode_event("1-0", &[0x0a, 0x05, 0x01]).is_err());
+    }
+}

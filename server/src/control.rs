@@ -1,0 +1,139 @@
+//! `ControlPlane`: thin handlers that call the [`Store`] and convert its errors once.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use ttg_proto::v1::control_plane_server::ControlPlane;
+use ttg_proto::v1::{
+    CancelRequest, CancelResponse, Event, GetResultsRequest, ListAgentsRequest, ListAgentsResponse,
+    ListRunsRequest, ListRunsResponse, ResultChunk, RunStatus, StatusRequest, SubmitRequest,
+    SubmitResponse, WatchRequest,
+};
+
+use crate::error::Error;
+use crate::gateway::Sessions;
+use crate::store::Store;
+
+/// Most runs one ListRuns returns.
+pub const MAX_LIST: u32 = 1_000;
+
+/// The ControlPlane service.
+pub struct Control {
+    store: Arc<Store>,
+    sessions: Arc<Sessions>,
+    shutdown: CancellationToken,
+}
+
+impl Control {
+    /// A control plane over `store`, pushing cancels to `sessions`.
+    pub fn new(store: Arc<Store>, sessions: Arc<Sessions>, shutdown: CancellationToken) -> Self {
+        Self {
+            store,
+            sessions,
+            shutdown,
+        }
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn to_status_stream<T: Send + 'static>(rx: mpsc::Receiver<Result<T, Error>>) -> BoxStream<T> {
+    Box::pin(ReceiverStream::new(rx).map(|r| r.map_err(Status::from)))
+}
+
+#[tonic::async_trait]
+impl ControlPlane for Control {
+    async fn submit(
+        &self,
+        request: Request<SubmitRequest>,
+    ) -> Result<Response<SubmitResponse>, Status> {
+        let (run_id, chunks) = self.store.submit(request.get_ref()).await?;
+        Ok(Response::new(SubmitResponse { run_id, chunks }))
+    }
+
+    async fn status(&self, request: Request<StatusRequest>) -> Result<Response<RunStatus>, Status> {
+        Ok(Response::new(
+            self.store.status(&request.get_ref().run_id).await?,
+        ))
+    }
+
+    type WatchStream = BoxStream<Event>;
+
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let req = request.into_inner();
+        // Fail fast with NotFound as the call's status, not inside the stream.
+        self.store.spec(&req.run_id).await?;
+        let (tx, rx) = mpsc::channel(256);
+        let store = self.store.clone();
+        let stop = self.shutdown.child_token();
+        tokio::spawn(async move {
+            store
+                .watch(&req.run_id, &req.after_event_id, tx, stop)
+                .await
+        });
+        Ok(Response::new(to_status_stream(rx)))
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<CancelRequest>,
+    ) -> Result<Response<CancelResponse>, Status> {
+        let req = request.get_ref();
+        let state = self.store.cancel(&req.run_id, &req.reason).await?;
+        self.sessions.broadcast_cancel(&req.run_id);
+        Ok(Response::new(CancelResponse {
+            state: state as i32,
+        }))
+    }
+
+    async fn list_runs(
+        &self,
+        request: Request<ListRunsRequest>,
+    ) -> Result<Response<ListRunsResponse>, Status> {
+        let limit = match request.get_ref().limit {
+            0 => 50,
+            n if n <= MAX_LIST => n,
+            n => {
+                return Err(
+                    Error::invalid("limit", format!("must be in 1..={MAX_LIST}, got {n}")).into(),
+                )
+            }
+        };
+        Ok(Response::new(ListRunsResponse {
+            runs: self.store.list_runs(limit).await?,
+        }))
+    }
+
+    async fn list_agents(
+        &self,
+        _: Request<ListAgentsRequest>,
+    ) -> Result<Response<ListAgentsResponse>, Status> {
+        let mut agents = self.store.live_agents().await?;
+        agents.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        Ok(Response::new(ListAgentsResponse { agents }))
+    }
+
+    type GetResultsStream = BoxStream<ResultChunk>;
+
+    async fn get_results(
+        &self,
+        request: Request<GetResultsRequest>,
+    ) -> Result<Response<Self::GetResultsStream>, Status> {
+        let req = request.into_inner();
+        self.store.spec(&req.run_id).await?;
+        // A small channel bounds memory: the store reads the next batch only
+        // as fast as the client takes chunks.
+        let (tx, rx) = mpsc::channel(16);
+        let store = self.store.clone();
+        tokio::spawn(async move { store.results(&req.run_id, tx).await });
+        Ok(Response::new(to_status_stream(rx)))
+    }
+}

@@ -1,0 +1,78 @@
+//! The server's one error type, and its one conversion to a gRPC status.
+
+use ttg_proto::stream::DecodeError;
+
+/// Everything that can go wrong serving a request.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed or out of range.
+    #[error("{field}: {message}")]
+    InvalidArgument {
+        /// Request field (e.g. `chunk_size`, `args.work_ms`).
+        field: String,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+    /// No such run.
+    #[error("run {0} not found")]
+    RunNotFound(String),
+    /// The operation does not apply to the run's current state.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Redis answered with an error or could not be reached.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// A Redis call did not finish within the request deadline.
+    #[error("redis did not answer within {0:?}")]
+    RedisTimeout(std::time::Duration),
+    /// A record in Redis could not be decoded.
+    #[error("corrupt record: {0}")]
+    Corrupt(#[from] DecodeError),
+    /// The server is shutting down.
+    #[error("server is shutting down")]
+    ShuttingDown,
+    /// Start-up failed (bad listener, bad Redis URL, transport error).
+    #[error("{0}")]
+    Startup(String),
+}
+
+impl Error {
+    /// Shorthand for [`Error::InvalidArgument`].
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        use tonic::Status;
+        match e {
+            Error::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
+            Error::RunNotFound(_) => Status::not_found(e.to_string()),
+            Error::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
+            // Whether a retry can help decides the code: a dropped connection,
+            // refused connect or timeout will heal when Redis is back, so the
+            // client should retry (Unavailable); a Redis error reply (wrong
+            // type, script error) will not, so it is Internal and logged.
+            Error::Redis(ref r) if ttg_proto::redis_conn::is_transient(r) => {
+                tracing::warn!(error = %r, "redis unavailable");
+                Status::unavailable("redis is unavailable; retry later")
+            }
+            Error::RedisTimeout(_) => {
+                tracing::warn!(error = %e, "redis timeout");
+                Status::unavailable(format!("{e}; retry later"))
+            }
+            Error::ShuttingDown => Status::unavailable(e.to_string()),
+            Error::Redis(_) | Error::Corrupt(_) | Error::Startup(_) => {
+                tracing::error!(error = %e, "internal error");
+                Status::internal("internal error; see server log")
+            }
+        }
+    }
+}
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

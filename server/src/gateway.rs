@@ -1,0 +1,253 @@
+//! `AgentGateway.Session`: one bidirectional stream per agent, which is its
+//! lease. The server records the agent in Redis at Hello and at every
+//! heartbeat (so any replica can list it), pushes commands to it, and forgets
+//! it at Bye or when the stream ends.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use ttg_proto::keys::valid_run_id;
+use ttg_proto::now_ms;
+use ttg_proto::v1::agent_gateway_server::AgentGateway;
+use ttg_proto::v1::{
+    agent_message, server_message, AgentInfo, AgentMessage, CancelRun, ServerMessage, Welcome,
+};
+
+use crate::store::Store;
+
+/// How long a new session may take to say Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Outbound = mpsc::Sender<Result<ServerMessage, Status>>;
+
+/// Sessions held by this replica: agent id → its outbound channel.
+#[derive(Default)]
+pub struct Sessions {
+    inner: Mutex<HashMap<String, (u64, Outbound)>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Sessions {
+    fn insert(&self, agent_id: &str, tx: Outbound) -> u64 {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut m) = self.inner.lock() {
+            m.insert(agent_id.to_string(), (n, tx));
+        }
+        n
+    }
+
+    /// Remove only the session numbered `n`: a reconnected agent's newer
+    /// session must survive the old one's clean-up.
+    fn remove(&self, agent_id: &str, n: u64) {
+        if let Ok(mut m) = self.inner.lock() {
+            if m.get(agent_id).is_some_and(|(k, _)| *k == n) {
+                m.remove(agent_id);
+            }
+        }
+    }
+
+    /// Number of sessions held.
+    pub fn len(&self) -> usize {
+        self.inner.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Whether no session is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Tell every agent of this replica to drop `run_id`'s chunks at once.
+    pub fn broadcast_cancel(&self, run_id: &str) {
+        let msg = ServerMessage {
+            msg: Some(server_message::Msg::CancelRun(CancelRun {
+                run_id: run_id.to_string(),
+            })),
+        };
+        if let Ok(m) = self.inner.lock() {
+            for (_, tx) in m.values() {
+                // A full channel means the agent is not reading; it still learns
+                // of the cancel when its next completion is refused.
+                let _ = tx.try_send(Ok(msg.clone()));
+            }
+        }
+    }
+}
+
+/// The AgentGateway service.
+pub struct Gateway {
+    store: Arc<Store>,
+    sessions: Arc<Sessions>,
+    server_id: String,
+    heartbeat_interval: Duration,
+    lease: Duration,
+    shutdown: CancellationToken,
+}
+
+impl Gateway {
+    /// A gateway recording agents in `store`.
+    pub fn new(
+        store: Arc<Store>,
+        sessions: Arc<Sessions>,
+        server_id: String,
+        heartbeat_interval: Duration,
+        lease: Duration,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            store,
+            sessions,
+            server_id,
+            heartbeat_interval,
+            lease,
+            shutdown,
+        }
+    }
+}
+
+/// How a session ended.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// The agent said Bye.
+    Bye,
+    /// The stream ended or broke without Bye (agent killed, connection reset).
+    Dropped,
+    /// No heartbeat within the lease (agent frozen, network cut).
+    LeaseExpired,
+    /// This server is shutting down; the agent will reconnect elsewhere.
+    ServerShutdown,
+}
+
+#[tonic::async_trait]
+impl AgentGateway for Gateway {
+    type SessionStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send>>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        let store = self.store.clone();
+        let sessions = self.sessions.clone();
+        let server_id = self.server_id.clone();
+        let (interval, lease) = (self.heartbeat_interval, self.lease);
+        let shutdown = self.shutdown.child_token();
+        tokio::spawn(async move {
+            let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+                Ok(Ok(Some(AgentMessage {
+                    msg: Some(agent_message::Msg::Hello(h)),
+                }))) => h,
+                _ => {
+                    let _ = tx
+                        .send(Err(Status::invalid_argument(
+                            "first message of a session must be Hello",
+                        )))
+                        .await;
+                    return;
+                }
+            };
+            if !valid_run_id(&hello.agent_id) {
+                let _ = tx
+                    .send(Err(Status::invalid_argument(
+                        "hello.agent_id: must be 1..=64 characters of letters, digits and '-'",
+                    )))
+                    .await;
+                return;
+            }
+            let agent_id = hello.agent_id.clone();
+            let mut info = AgentInfo {
+                agent_id: agent_id.clone(),
+                host: hello.host,
+                version: hello.version,
+                concurrency: hello.concurrency,
+                kernels: hello.kernels,
+                connected_ms: now_ms(),
+                last_heartbeat_ms: now_ms(),
+                held: Vec::new(),
+                server_id: server_id.clone(),
+                pid: hello.pid,
+            };
+            if let Err(e) = store.put_agent(&info, lease).await {
+                let _ = tx.send(Err(e.into())).await;
+                return;
+            }
+            let n = sessions.insert(&agent_id, tx.clone());
+            tracing::info!(agent = %agent_id, host = %info.host, concurrency = info.concurrency, "agent session opened");
+            let welcome = ServerMessage {
+                msg: Some(server_message::Msg::Welcome(Welcome {
+                    heartbeat_interval_ms: interval.as_millis() as u64,
+                    lease_ms: lease.as_millis() as u64,
+                    server_id,
+                })),
+            };
+            let end = if tx.send(Ok(welcome)).await.is_err() {
+                End::Dropped
+            } else {
+                serve(&mut inbound, &mut info, &store, lease, &shutdown).await
+            };
+            sessions.remove(&agent_id, n);
+            match end {
+                End::ServerShutdown => {
+                    // Leave the record: the agent keeps working and reconnects
+                    // to another replica; its lease in Redis says it is alive.
+                    tracing::info!(agent = %agent_id, "session closed by server shutdown");
+                }
+                End::Bye | End::Dropped | End::LeaseExpired => {
+                    if let Err(e) = store.remove_agent(&agent_id).await {
+                        tracing::warn!(agent = %agent_id, error = %e, "could not remove agent record");
+                    }
+                    tracing::info!(agent = %agent_id, end = ?end, "agent session ended");
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+async fn serve(
+    inbound: &mut Streaming<AgentMessage>,
+    info: &mut AgentInfo,
+    store: &Store,
+    lease: Duration,
+    shutdown: &CancellationToken,
+) -> End {
+    let mut deadline = Instant::now() + lease;
+    loop {
+        let msg = tokio::select! {
+            _ = shutdown.cancelled() => return End::ServerShutdown,
+            r = tokio::time::timeout_at(deadline, inbound.message()) => r,
+        };
+        match msg {
+            Err(_) => return End::LeaseExpired,
+            Ok(Err(_)) | Ok(Ok(None)) => return End::Dropped,
+            Ok(Ok(Some(AgentMessage { msg: Some(m) }))) => match m {
+                agent_message::Msg::Heartbeat(hb) => {
+                    deadline = Instant::now() + lease;
+                    info.held = hb.held;
+                    info.last_heartbeat_ms = now_ms();
+                    if let Err(e) = store.put_agent(info, lease).await {
+                        // Redis trouble must not end a live agent's session: it
+                        // keeps computing, and the next heartbeat tries again.
+                        tracing::warn!(agent = %info.agent_id, error = %e, "heartbeat not recorded");
+                    }
+                }
+                agent_message::Msg::Bye(b) => {
+                    tracing::info!(agent = %info.agent_id, reason = %b.reason, "agent said bye");
+                    return End::Bye;
+                }
+                agent_message::Msg::Hello(_) => {
+                    tracing::warn!(agent = %info.agent_id, "second Hello ignored");
+                }
+            },
+            Ok(Ok(Some(AgentMessage { msg: None }))) => {}
+        }
+    }
+}

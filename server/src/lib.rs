@@ -1,0 +1,112 @@
+//! `ttg-server`: TTG's control plane.
+//!
+//! Modules, in the order a newcomer should read them:
+//! - [`config`]: flags and their defaults.
+//! - [`store`]: runs and agents on Redis — submit, status, cancel, watch,
+//!   results. Every Redis call has a deadline. No tonic types.
+//! - [`control`]: the `ttg.v1.ControlPlane` gRPC handlers (thin).
+//! - [`gateway`]: the `ttg.v1.AgentGateway.Session` stream — an agent's lease.
+//! - [`error`]: the one error type and its one conversion to `tonic::Status`.
+//!
+//! [`run`] serves all of it plus `grpc.health.v1.Health` and server
+//! reflection (v1 and v1alpha) on one listener until `shutdown` is cancelled.
+
+pub mod config;
+pub mod control;
+pub mod error;
+pub mod gateway;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use ttg_proto::v1::agent_gateway_server::AgentGatewayServer;
+use ttg_proto::v1::control_plane_server::ControlPlaneServer;
+
+pub use config::Config;
+pub use error::Error;
+
+/// One reflection builder per version (`build_*` consumes it). Both versions'
+/// descriptors are registered in both, so either client (grpcurl 1.8 speaks
+/// v1alpha only) lists every service, both reflection services included.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .include_reflection_service(false)
+        .register_encoded_file_descriptor_set(ttg_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+}
+
+/// Serve on `listener` until `shutdown` is cancelled. Order on shutdown:
+/// health turns NOT_SERVING, sessions and watches end (agents keep working
+/// and reconnect), then the listener closes.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let store = Arc::new(
+        store::Store::new(&config.redis_url, &config.prefix, config.redis_timeout)
+            .map_err(|e| Error::Startup(format!("redis: {e}")))?,
+    );
+    let sessions = Arc::new(gateway::Sessions::default());
+    let server_id = format!("srv-{:08x}", rand::random::<u32>());
+    let control = control::Control::new(store.clone(), sessions.clone(), shutdown.clone());
+    let gateway = gateway::Gateway::new(
+        store.clone(),
+        sessions.clone(),
+        server_id.clone(),
+        config.heartbeat_interval,
+        config.lease,
+        shutdown.clone(),
+    );
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<ControlPlaneServer<control::Control>>()
+        .await;
+    health
+        .set_serving::<AgentGatewayServer<gateway::Gateway>>()
+        .await;
+    let reflection_v1 = reflection()
+        .build_v1()
+        .map_err(|e| Error::Startup(format!("reflection: {e}")))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| Error::Startup(format!("reflection: {e}")))?;
+
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Startup(e.to_string()))?;
+    tracing::info!(%addr, server = %server_id, redis = %ttg_proto::redis_conn::redact_url(&config.redis_url), prefix = %config.prefix, "ttg-server listening");
+
+    let stop = shutdown.clone();
+    let drained = async move {
+        stop.cancelled().await;
+        health
+            .set_not_serving::<ControlPlaneServer<control::Control>>()
+            .await;
+        health
+            .set_not_serving::<AgentGatewayServer<gateway::Gateway>>()
+            .await;
+        tracing::info!("shutting down");
+    };
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        // Keepalives find a peer that vanished without closing its socket
+        // (network cut); a killed process's socket is closed by its kernel.
+        .http2_keepalive_interval(Some(Duration::from_secs(5)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(ControlPlaneServer::new(control))
+        .add_service(AgentGatewayServer::new(gateway))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drained)
+        .await
+        .map_err(|e| Error::Startup(format!("transport: {e}")))
+}

@@ -1,0 +1,45 @@
+//! `ttg-server` binary: parse flags, validate them, bind, serve until SIGTERM/SIGINT.
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use ttg_server::Config;
+
+#[tokio::main]
+async fn main() {
+    let config = Config::parse();
+    if let Err(msg) = config.validate() {
+        eprintln!("ttg-server: {msg}");
+        std::process::exit(64);
+    }
+    ttg_proto::telemetry::init_logging(config.log_format, "info");
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("ttg-server: cannot listen on {}: {e}", config.listen);
+            std::process::exit(69);
+        }
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_cancels(shutdown.clone()));
+    if let Err(e) = ttg_server::run(listener, config, shutdown).await {
+        tracing::error!(error = %e, "server failed");
+        std::process::exit(1);
+    }
+}
+
+/// SIGTERM and SIGINT both cancel the one token.
+async fn signal_cancels(token: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    token.cancel();
+}

@@ -1,0 +1,650 @@
+//! Runs and agents on Redis: submit, status, cancel, listing, watch and
+//! results. Knows nothing of tonic; every Redis call has a deadline so a Redis
+//! that is down or hung becomes [`Error::RedisTimeout`] or [`Error::Redis`],
+//! never a hang.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::streams::StreamReadReply;
+use redis::{RedisResult, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use ttg_proto::chunking::{chunk_count, chunk_range};
+use ttg_proto::keys::{new_run_id, valid_run_id, Keys, GROUP};
+use ttg_proto::stream::{
+    self, decode_event, decode_spec, encode, event_body, is_finished, is_terminal, parse_state,
+    run_status_from_hash, unpack_values, Scripts, ATTEMPT_FIELD, EVENT_FIELD, TASK_FIELD,
+};
+use ttg_proto::v1::{
+    event, AgentInfo, Event, Progress, ResultChunk, RunCancelled, RunSpec, RunState, RunStatus,
+    RunSubmitted, SubmitRequest, Task,
+};
+use ttg_proto::{kernels, now_ms, redis_conn};
+
+use crate::error::{Error, Result};
+
+/// Largest `params` a run may have.
+pub const MAX_PARAMS: u64 = 10_000_000_000;
+/// Largest `chunk_size`.
+pub const MAX_CHUNK_SIZE: u64 = 1_000_000;
+/// Most chunks one run may have.
+pub const MAX_CHUNKS: u64 = 1_000_000;
+/// Most attempts per chunk.
+pub const MAX_ATTEMPTS: u32 = 100;
+/// Longest run name.
+pub const MAX_NAME: usize = 128;
+/// Default parameters per chunk.
+pub const DEFAULT_CHUNK_SIZE: u64 = 100;
+/// Default attempts per chunk.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// Tasks written per pipelined, atomic batch at Submit.
+const SUBMIT_BATCH: u64 = 2_000;
+/// Longest a Watch blocks in XREAD before it checks the run and the client.
+const WATCH_BLOCK: Duration = Duration::from_millis(1_000);
+/// Chunks fetched per HMGET when streaming results.
+const RESULTS_BATCH: u64 = 256;
+
+/// A Submit request that passed validation, defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidSubmit {
+    /// Parameters.
+    pub params: u64,
+    /// Parameters per chunk.
+    pub chunk_size: u64,
+    /// Number of chunks.
+    pub chunks: u64,
+    /// Kernel name.
+    pub kernel: String,
+    /// Arguments with defaults filled in.
+    pub args: BTreeMap<String, String>,
+    /// Attempts per chunk.
+    pub max_attempts: u32,
+    /// Run name.
+    pub name: String,
+}
+
+/// Check a Submit request; errors name the field and the allowed range.
+pub fn validate_submit(req: &SubmitRequest) -> Result<ValidSubmit> {
+    if !(1..=MAX_PARAMS).contains(&req.params) {
+        return Err(Error::invalid(
+            "params",
+            format!("must be in 1..={MAX_PARAMS}, got {}", req.params),
+        ));
+    }
+    let chunk_size = req.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE);
+    if !(1..=MAX_CHUNK_SIZE).contains(&chunk_size) {
+        return Err(Error::invalid(
+            "chunk_size",
+            format!("must be in 1..={MAX_CHUNK_SIZE}, got {chunk_size}"),
+        ));
+    }
+    let chunks = chunk_count(req.params, chunk_size);
+    if chunks > MAX_CHUNKS {
+        return Err(Error::invalid(
+            "chunk_size",
+            format!(
+                "{} params in chunks of {chunk_size} make {chunks} chunks; at most {MAX_CHUNKS} chunks per run are allowed (use chunk_size >= {})",
+                req.params,
+                req.params.div_ceil(MAX_CHUNKS)
+            ),
+        ));
+    }
+    let kernel = if req.kernel.is_empty() {
+        "placeholder"
+    } else {
+        req.kernel.as_str()
+    };
+    let spec = kernels::find(kernel).ok_or_else(|| {
+        Error::invalid(
+            "kernel",
+            format!(
+                "unknown kernel {kernel:?} (known: {})",
+                kernels::known_names()
+            ),
+        )
+    })?;
+    let args =
+        kernels::validate_args(spec, &req.args).map_err(|e| Error::invalid(e.field, e.message))?;
+    let max_attempts = req.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
+    if !(1..=MAX_ATTEMPTS).contains(&max_attempts) {
+        return Err(Error::invalid(
+            "max_attempts",
+            format!("must be in 1..={MAX_ATTEMPTS}, got {max_attempts}"),
+        ));
+    }
+    if req.name.chars().count() > MAX_NAME || req.name.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "name",
+            format!("must be at most {MAX_NAME} printable characters"),
+        ));
+    }
+    Ok(ValidSubmit {
+        params: req.params,
+        chunk_size,
+        chunks,
+        kernel: kernel.to_string(),
+        args,
+        max_attempts,
+        name: req.name.clone(),
+    })
+}
+
+/// Check a run id from a request before it is used in a key.
+pub fn check_run_id(run_id: &str) -> Result<()> {
+    if valid_run_id(run_id) {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "run_id",
+            "must be 1..=64 characters of letters, digits and '-' (as printed by submit)",
+        ))
+    }
+}
+
+/// Runs and agents in Redis.
+pub struct Store {
+    keys: Keys,
+    client: redis::Client,
+    conn: ConnectionManager,
+    scripts: Arc<Scripts>,
+    deadline: Duration,
+}
+
+impl Store {
+    /// A store on `redis_url` under `prefix`; connects lazily.
+    pub fn new(redis_url: &str, prefix: &str, deadline: Duration) -> Result<Self> {
+        let client = redis::Client::open(redis_url)?;
+        let conn = redis_conn::manager(&client)?;
+        Ok(Self {
+            keys: Keys::new(prefix),
+            client,
+            conn,
+            scripts: Arc::new(Scripts::new()),
+            deadline,
+        })
+    }
+
+    /// Key names.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// A clone of the shared connection.
+    pub fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    async fn timed<T>(&self, fut: impl Future<Output = RedisResult<T>>) -> Result<T> {
+        match tokio::time::timeout(self.deadline, fut).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(Error::RedisTimeout(self.deadline)),
+        }
+    }
+
+    /// Create the consumer group of a tasks stream if it is missing. Created at
+    /// id 0, so tasks added before the group existed are still delivered.
+    pub async fn ensure_group(&self, stream_key: &str) -> Result<()> {
+        let mut c = self.conn();
+        let mut cmd = redis::cmd("XGROUP");
+        cmd.arg("CREATE")
+            .arg(stream_key)
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM");
+        let fut = cmd.query_async::<()>(&mut c);
+        match tokio::time::timeout(self.deadline, fut).await {
+            Err(_) => Err(Error::RedisTimeout(self.deadline)),
+            Ok(Err(e)) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Ok(r) => Ok(r?),
+        }
+    }
+
+    /// Validate, store the run and queue its tasks. Returns the run id and
+    /// the number of chunks once every task is in Redis.
+    pub async fn submit(&self, req: &SubmitRequest) -> Result<(String, u64)> {
+        let v = validate_submit(req)?;
+        let created = now_ms();
+        let run_id = new_run_id(created, rand::random());
+        let spec = RunSpec {
+            run_id: run_id.clone(),
+            params: v.params,
+            chunk_size: v.chunk_size,
+            total_chunks: v.chunks,
+            kernel: v.kernel.clone(),
+            args: v.args.clone().into_iter().collect(),
+            max_attempts: v.max_attempts,
+            name: v.name.clone(),
+            created_ms: created,
+            traceparent: String::new(),
+        };
+        let tasks_key = self.keys.tasks(&v.kernel);
+        self.ensure_group(&tasks_key).await?;
+
+        let run_key = self.keys.run(&run_id);
+        let submitted = Event {
+            run_id: run_id.clone(),
+            time_ms: created,
+            progress: Some(Progress {
+                chunks_total: v.chunks,
+                ..Default::default()
+            }),
+            kind: Some(event::Kind::RunSubmitted(RunSubmitted {
+                params: v.params,
+                chunks: v.chunks,
+                kernel: v.kernel.clone(),
+            })),
+            ..Default::default()
+        };
+        let mut p = redis::pipe();
+        p.atomic()
+            .hset_multiple(
+                &run_key,
+                &[
+                    ("state", RunState::Queued.as_str_name().as_bytes().to_vec()),
+                    ("spec", encode(&spec)),
+                    ("total", v.chunks.to_string().into_bytes()),
+                    ("done", b"0".to_vec()),
+                    ("dead", b"0".to_vec()),
+                    ("count", b"0".to_vec()),
+                    ("sum", b"0".to_vec()),
+                    ("created_ms", created.to_string().into_bytes()),
+                    ("enqueued", b"0".to_vec()),
+                ],
+            )
+            .ignore()
+            .zadd(self.keys.runs(), &run_id, created)
+            .ignore()
+            .xadd(
+                self.keys.events(&run_id),
+                "*",
+                &[(EVENT_FIELD, encode(&submitted))],
+            )
+            .ignore();
+        let mut c = self.conn();
+        self.timed(p.query_async::<()>(&mut c)).await?;
+
+        // One pipelined MULTI per batch: the tasks and the `enqueued` counter
+        // land together, so the counter always says exactly what is queued.
+        let mut task = Task {
+            run_id: run_id.clone(),
+            kernel: v.kernel.clone(),
+            args: spec.args.clone(),
+            max_attempts: v.max_attempts,
+            ..Default::default()
+        };
+        let mut first = 0;
+        while first < v.chunks {
+            let last = (first + SUBMIT_BATCH).min(v.chunks);
+            let mut p = redis::pipe();
+            p.atomic();
+            for i in first..last {
+                let (start, end) = chunk_range(v.params, v.chunk_size, i);
+                task.chunk_index = i;
+                task.start = start;
+                task.end = end;
+                p.cmd("XADD")
+                    .arg(&tasks_key)
+                    .arg("*")
+                    .arg(TASK_FIELD)
+                    .arg(encode(&task))
+                    .arg(ATTEMPT_FIELD)
+                    .arg(1)
+                    .ignore();
+            }
+            p.hset(&run_key, "enqueued", last).ignore();
+            self.timed(p.query_async::<()>(&mut c)).await?;
+            first = last;
+        }
+        tracing::info!(run = %run_id, params = v.params, chunks = v.chunks, kernel = %v.kernel, "run submitted");
+        Ok((run_id, v.chunks))
+    }
+
+    async fn run_hash(&self, run_id: &str) -> Result<HashMap<String, Vec<u8>>> {
+        check_run_id(run_id)?;
+        let mut c = self.conn();
+        let h: HashMap<String, Vec<u8>> = self
+            .timed(
+                redis::cmd("HGETALL")
+                    .arg(self.keys.run(run_id))
+                    .query_async(&mut c),
+            )
+            .await?;
+        if h.is_empty() {
+            return Err(Error::RunNotFound(run_id.to_string()));
+        }
+        Ok(h)
+    }
+
+    /// Spec of a run.
+    pub async fn spec(&self, run_id: &str) -> Result<RunSpec> {
+        check_run_id(run_id)?;
+        let mut c = self.conn();
+        let b: Option<Vec<u8>> = self
+            .timed(
+                redis::cmd("HGET")
+                    .arg(self.keys.run(run_id))
+                    .arg("spec")
+                    .query_async(&mut c),
+            )
+            .await?;
+        let b = b.ok_or_else(|| Error::RunNotFound(run_id.to_string()))?;
+        Ok(decode_spec(&b)?)
+    }
+
+    /// State, counters, aggregate, chunks in flight and why it waits, if it does.
+    pub async fn status(&self, run_id: &str) -> Result<RunStatus> {
+        let h = self.run_hash(run_id).await?;
+        let mut st = run_status_from_hash(&h, now_ms())?;
+        let agents = self.live_agents().await?;
+        self.annotate(&mut st, &agents);
+        Ok(st)
+    }
+
+    fn annotate(&self, st: &mut RunStatus, agents: &[AgentInfo]) {
+        let Some(spec) = st.spec.as_ref() else { return };
+        st.chunks_in_flight = agents
+            .iter()
+            .flat_map(|a| a.held.iter())
+            .filter(|h| h.run_id == spec.run_id)
+            .count() as u64;
+        let state = RunState::try_from(st.state).unwrap_or(RunState::Unspecified);
+        if matches!(state, RunState::Queued | RunState::Running)
+            && !agents
+                .iter()
+                .any(|a| a.kernels.iter().any(|k| *k == spec.kernel))
+        {
+            st.message = format!("waiting for an agent offering {}", spec.kernel);
+        }
+    }
+
+    /// Cancel an active run. Returns the state after; a run that already
+    /// ended is [`Error::FailedPrecondition`].
+    pub async fn cancel(&self, run_id: &str, reason: &str) -> Result<RunState> {
+        check_run_id(run_id)?;
+        let body = event_body(
+            run_id,
+            event::Kind::RunCancelled(RunCancelled {
+                reason: reason.chars().take(256).collect(),
+            }),
+        );
+        let mut c = self.conn();
+        let mut inv = self.scripts.cancel.key(self.keys.run(run_id));
+        inv.key(self.keys.events(run_id)).arg(body);
+        let state: String = self.timed(inv.invoke_async(&mut c)).await?;
+        if state.is_empty() {
+            return Err(Error::RunNotFound(run_id.to_string()));
+        }
+        let s = parse_state(&state);
+        if s != RunState::Cancelled {
+            return Err(Error::FailedPrecondition(format!(
+                "run {run_id} already ended {}; only QUEUED or RUNNING runs can be cancelled",
+                s.as_str_name()
+            )));
+        }
+        tracing::info!(run = %run_id, "run cancelled");
+        Ok(s)
+    }
+
+    /// The newest `limit` runs, newest first.
+    pub async fn list_runs(&self, limit: u32) -> Result<Vec<RunStatus>> {
+        let mut c = self.conn();
+        let ids: Vec<String> = self
+            .timed(
+                redis::cmd("ZREVRANGE")
+                    .arg(self.keys.runs())
+                    .arg(0)
+                    .arg(limit.saturating_sub(1))
+                    .query_async(&mut c),
+            )
+            .await?;
+        let mut p = redis::pipe();
+        for id in &ids {
+            p.cmd("HGETALL").arg(self.keys.run(id));
+        }
+        let hashes: Vec<HashMap<String, Vec<u8>>> = self.timed(p.query_async(&mut c)).await?;
+        let agents = self.live_agents().await?;
+        let now = now_ms();
+        let mut out = Vec::with_capacity(ids.len());
+        for h in hashes.iter().filter(|h| !h.is_empty()) {
+            match run_status_from_hash(h, now) {
+                Ok(mut st) => {
+                    self.annotate(&mut st, &agents);
+                    out.push(st)
+                }
+                Err(e) => tracing::warn!(error = %e, "skipping corrupt run record"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Agents whose lease has not expired.
+    pub async fn live_agents(&self) -> Result<Vec<AgentInfo>> {
+        let now = now_ms();
+        let mut c = self.conn();
+        let ids: Vec<String> = self
+            .timed(
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(self.keys.agents())
+                    .arg(now)
+                    .arg("+inf")
+                    .query_async(&mut c),
+            )
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.keys.agent(id)).collect();
+        let raw: Vec<Option<Vec<u8>>> = self
+            .timed(redis::cmd("MGET").arg(&keys).query_async(&mut c))
+            .await?;
+        Ok(raw
+            .into_iter()
+            .flatten()
+            .filter_map(|b| prost::Message::decode(b.as_slice()).ok())
+            .collect())
+    }
+
+    /// Record an agent's session and extend its lease to now + `lease`.
+    pub async fn put_agent(&self, info: &AgentInfo, lease: Duration) -> Result<()> {
+        let lease_ms = lease.as_millis() as i64;
+        let mut p = redis::pipe();
+        p.cmd("SET")
+            .arg(self.keys.agent(&info.agent_id))
+            .arg(encode(info))
+            .arg("PX")
+            .arg(lease_ms * 2)
+            .ignore()
+            .zadd(self.keys.agents(), &info.agent_id, now_ms() + lease_ms)
+            .ignore()
+            // Entries of agents gone for a long while are garbage; drop them here
+            // so the set stays the size of the fleet.
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(self.keys.agents())
+            .arg("-inf")
+            .arg(now_ms() - 3_600_000)
+            .ignore();
+        let mut c = self.conn();
+        self.timed(p.query_async::<()>(&mut c)).await
+    }
+
+    /// Forget an agent (it said Bye, or its session ended).
+    pub async fn remove_agent(&self, agent_id: &str) -> Result<()> {
+        let mut p = redis::pipe();
+        p.del(self.keys.agent(agent_id))
+            .ignore()
+            .zrem(self.keys.agents(), agent_id)
+            .ignore();
+        let mut c = self.conn();
+        self.timed(p.query_async::<()>(&mut c)).await
+    }
+
+    /// Stream a run's events after `after` into `tx` until the run ends, the
+    /// receiver goes away or `stop` is cancelled. The first error ends it.
+    pub async fn watch(
+        &self,
+        run_id: &str,
+        after: &str,
+        tx: mpsc::Sender<Result<Event>>,
+        stop: CancellationToken,
+    ) {
+        if let Err(e) = self.watch_inner(run_id, after, &tx, &stop).await {
+            let _ = tx.send(Err(e)).await;
+        }
+    }
+
+    async fn watch_inner(
+        &self,
+        run_id: &str,
+        after: &str,
+        tx: &mpsc::Sender<Result<Event>>,
+        stop: &CancellationToken,
+    ) -> Result<()> {
+        let events_key = self.keys.events(run_id);
+        let run_key = self.keys.run(run_id);
+        let mut last = if after.is_empty() {
+            "0-0".to_string()
+        } else {
+            after.to_string()
+        };
+        // XREAD BLOCK holds its connection: give each watcher its own so it
+        // never stalls the shared one.
+        let mut blocking = self
+            .timed(redis_conn::blocking(&self.client, WATCH_BLOCK))
+            .await?;
+        let mut c = self.conn();
+        loop {
+            if stop.is_cancelled() {
+                return Err(Error::ShuttingDown);
+            }
+            if tx.is_closed() {
+                return Ok(());
+            }
+            let reply: Option<StreamReadReply> = self
+                .timed(
+                    redis::cmd("XREAD")
+                        .arg("COUNT")
+                        .arg(1000)
+                        .arg("BLOCK")
+                        .arg(WATCH_BLOCK.as_millis() as u64)
+                        .arg("STREAMS")
+                        .arg(&events_key)
+                        .arg(&last)
+                        .query_async(&mut blocking),
+                )
+                .await?;
+            let entries = reply.map(|r| r.keys).unwrap_or_default();
+            let mut got_any = false;
+            for key in entries {
+                for entry in key.ids {
+                    got_any = true;
+                    last = entry.id.clone();
+                    let Some(Value::BulkString(bytes)) = entry.map.get(EVENT_FIELD) else {
+                        tracing::warn!(run = %run_id, id = %entry.id, "event without payload skipped");
+                        continue;
+                    };
+                    let ev = match decode_event(&entry.id, bytes) {
+                        Ok(ev) => ev,
+                        Err(e) => {
+                            tracing::warn!(run = %run_id, id = %entry.id, error = %e, "corrupt event skipped");
+                            continue;
+                        }
+                    };
+                    let terminal = is_terminal(&ev);
+                    if tx.send(Ok(ev)).await.is_err() {
+                        return Ok(());
+                    }
+                    if terminal {
+                        return Ok(());
+                    }
+                }
+            }
+            if !got_any {
+                // Nothing new: the run may have ended before `after`, or been
+                // deleted. Otherwise keep waiting.
+                let state: Option<String> = self
+                    .timed(
+                        redis::cmd("HGET")
+                            .arg(&run_key)
+                            .arg("state")
+                            .query_async(&mut c),
+                    )
+                    .await?;
+                match state {
+                    None => return Err(Error::RunNotFound(run_id.to_string())),
+                    Some(s) if is_finished(parse_state(&s)) => {
+                        // The terminal event may have landed between XREAD and
+                        // HGET: read once more without blocking before ending.
+                        let more: Option<StreamReadReply> = self
+                            .timed(
+                                redis::cmd("XREAD")
+                                    .arg("COUNT")
+                                    .arg(1)
+                                    .arg("STREAMS")
+                                    .arg(&events_key)
+                                    .arg(&last)
+                                    .query_async(&mut c),
+                            )
+                            .await?;
+                        if more
+                            .map(|r| r.keys.iter().all(|k| k.ids.is_empty()))
+                            .unwrap_or(true)
+                        {
+                            return Ok(());
+                        }
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+
+    /// Stream every stored chunk result of a run, in chunk order.
+    pub async fn results(&self, run_id: &str, tx: mpsc::Sender<Result<ResultChunk>>) {
+        if let Err(e) = self.results_inner(run_id, &tx).await {
+            let _ = tx.send(Err(e)).await;
+        }
+    }
+
+    async fn results_inner(
+        &self,
+        run_id: &str,
+        tx: &mpsc::Sender<Result<ResultChunk>>,
+    ) -> Result<()> {
+        let spec = self.spec(run_id).await?;
+        let key = self.keys.results(run_id);
+        let mut c = self.conn();
+        let mut first = 0;
+        while first < spec.total_chunks {
+            let last = (first + RESULTS_BATCH).min(spec.total_chunks);
+            let idx: Vec<u64> = (first..last).collect();
+            let vals: Vec<Option<Vec<u8>>> = self
+                .timed(redis::cmd("HMGET").arg(&key).arg(&idx).query_async(&mut c))
+                .await?;
+            for (i, v) in idx.into_iter().zip(vals) {
+                let Some(bytes) = v else { continue };
+                let values = unpack_values(&bytes)?;
+                let (start, _) = chunk_range(spec.params, spec.chunk_size, i);
+                if tx
+                    .send(Ok(ResultChunk {
+                        chunk_index: i,
+                        start,
+                        values,
+                    }))
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
+            }
+            first = last;
+        }
+        Ok(())
+    }
+}
+
+/// Re-exported for tests that inspect state names.
+pub use stream::is_finished as state_is_finished;
