@@ -1,1 +1,252 @@
-fn main() {}
+//! `ttgctl`: the user's front door to TTG — submit sweeps, watch them, read
+//! results, manage runs, and run a whole local cluster with `up` / `demo`.
+//!
+//! Modules: [`client`] (connection, errors → exit codes), [`output`]
+//! (text/JSON), one module per subcommand ([`submit`], [`watch`], [`status`],
+//! [`results`], [`up`], [`demo`]), [`cluster`] (local processes), [`sys`].
+//!
+//! Exit codes: 0 success, 1 run failed or cancelled, 2 usage error or
+//! rejected request, 3 server unavailable.
+
+mod client;
+mod cluster;
+mod demo;
+mod output;
+mod results;
+mod status;
+mod submit;
+mod sys;
+mod up;
+mod watch;
+
+use std::net::SocketAddr;
+
+use clap::{Parser, Subcommand};
+
+use client::{CliError, EXIT_USAGE};
+use output::Format;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ttgctl",
+    version,
+    about = "Submit, watch and manage TTG parameter sweeps; run a local cluster",
+    after_help = "Exit codes: 0 success, 1 run failed or cancelled, 2 usage error or rejected request, 3 server unavailable."
+)]
+struct Cli {
+    /// Server URL (default http://127.0.0.1:50051).
+    #[arg(
+        long,
+        global = true,
+        env = "TTG_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    server: String,
+
+    /// Output format of read commands: text or json (default text).
+    #[arg(
+        short = 'o',
+        long = "output",
+        global = true,
+        value_enum,
+        default_value = "text"
+    )]
+    format: Format,
+
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Submit a sweep: `ttgctl submit --params 10000 --watch`.
+    Submit {
+        /// Number of parameters, 1..=10^10.
+        #[arg(long)]
+        params: u64,
+        /// Parameters per chunk, 1..=10^6 (default 100).
+        #[arg(long)]
+        chunk_size: Option<u64>,
+        /// Kernel (default placeholder).
+        #[arg(long, default_value = "placeholder")]
+        kernel: String,
+        /// Kernel argument key=value, repeatable (e.g. --arg work_ms=1).
+        #[arg(long = "arg", value_name = "KEY=VALUE")]
+        args: Vec<String>,
+        /// Attempts per chunk before dead-lettering, 1..=100 (default 3).
+        #[arg(long)]
+        max_attempts: Option<u32>,
+        /// Name of the run (default none).
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Watch the run to its end after submitting.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Show a run's state, counters and aggregate.
+    Status {
+        /// Run id.
+        run: String,
+    },
+    /// Follow a run's progress to its end (resumes if the stream drops).
+    Watch {
+        /// Run id.
+        run: String,
+        /// Resume after this event id (default: from the start).
+        #[arg(long, default_value = "")]
+        after: String,
+    },
+    /// Cancel a queued or running run.
+    Cancel {
+        /// Run id.
+        run: String,
+        /// Reason, recorded in the run's events (default none).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// List runs, newest first.
+    Runs {
+        /// How many, 1..=1000 (default 50).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// List agents with a live session.
+    Agents,
+    /// Export a run's values in parameter order.
+    Results {
+        /// Run id.
+        run: String,
+        /// Export format: csv or json (default csv).
+        #[arg(short = 'o', long = "output", value_enum, default_value = "csv")]
+        format: results::ResultsFormat,
+        /// Write to this file instead of stdout.
+        #[arg(long)]
+        file: Option<String>,
+    },
+    /// Run a local cluster (Redis, server, agents) until Ctrl-C.
+    Up {
+        /// Number of agents (default 3).
+        #[arg(long, default_value_t = 3)]
+        agents: u32,
+        /// Chunks each agent computes at once (default: number of CPUs).
+        #[arg(long)]
+        concurrency: Option<u32>,
+        /// Use this Redis instead of starting a private redis-server.
+        #[arg(long)]
+        redis_url: Option<String>,
+        /// Address the server listens on (default 127.0.0.1:50051).
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        listen: SocketAddr,
+        /// Redis key prefix (default ttg:).
+        #[arg(long, default_value = "ttg:")]
+        prefix: String,
+    },
+    /// Run a local cluster, a placeholder sweep watched to the end, and check its sum.
+    Demo {
+        /// Number of parameters (default 10000).
+        #[arg(long, default_value_t = 10_000)]
+        params: u64,
+        /// Number of agents (default 3).
+        #[arg(long, default_value_t = 3)]
+        agents: u32,
+        /// Chunks each agent computes at once (default 1).
+        #[arg(long, default_value_t = 1)]
+        concurrency: u32,
+        /// Simulated work per parameter in ms (default 1: about 3.4 s for 10,000 over 3 agents).
+        #[arg(long, default_value_t = 1)]
+        work_ms: u64,
+        /// Use this Redis instead of starting a private redis-server.
+        #[arg(long)]
+        redis_url: Option<String>,
+    },
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let code = match dispatch(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ttgctl: {e}");
+            e.code
+        }
+    };
+    std::process::exit(code);
+}
+
+async fn dispatch(cli: Cli) -> Result<i32, CliError> {
+    let server = cli.server.as_str();
+    match cli.command {
+        Cmd::Submit {
+            params,
+            chunk_size,
+            kernel,
+            args,
+            max_attempts,
+            name,
+            watch,
+        } => {
+            let o = submit::SubmitOpts {
+                params,
+                chunk_size,
+                kernel,
+                args,
+                max_attempts,
+                name,
+                watch,
+            };
+            submit::run(server, o, cli.format).await
+        }
+        Cmd::Status { run } => status::status(server, &run, cli.format).await,
+        Cmd::Watch { run, after } => Ok(watch::watch(server, &run, &after, cli.format).await?.exit),
+        Cmd::Cancel { run, reason } => status::cancel(server, &run, &reason, cli.format).await,
+        Cmd::Runs { limit } => status::runs(server, limit, cli.format).await,
+        Cmd::Agents => status::agents(server, cli.format).await,
+        Cmd::Results { run, format, file } => {
+            results::results(server, &run, format, file.as_deref()).await
+        }
+        Cmd::Up {
+            agents,
+            concurrency,
+            redis_url,
+            listen,
+            prefix,
+        } => {
+            if agents == 0 || agents > 256 {
+                return Err(CliError {
+                    code: EXIT_USAGE,
+                    message: format!("--agents must be in 1..=256, got {agents}"),
+                });
+            }
+            up::up(cluster::ClusterOpts {
+                agents,
+                concurrency,
+                redis_url,
+                listen,
+                prefix,
+            })
+            .await
+        }
+        Cmd::Demo {
+            params,
+            agents,
+            concurrency,
+            work_ms,
+            redis_url,
+        } => {
+            if agents == 0 || agents > 64 {
+                return Err(CliError::usage(format!(
+                    "--agents must be in 1..=64, got {agents}"
+                )));
+            }
+            demo::demo(demo::DemoOpts {
+                params,
+                agents,
+                concurrency,
+                work_ms,
+                redis_url,
+            })
+            .await
+        }
+    }
+}

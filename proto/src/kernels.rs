@@ -56,6 +56,35 @@ pub const PLACEHOLDER: KernelSpec = KernelSpec {
     }],
 };
 
+/// The placeholder's value of parameter `p`: `(7p + 13) mod 1000 + frac(p)`,
+/// `frac(p)` being the decimal number `0.<p mod 100>` (5 → 0.5, 10 → 0.1).
+pub fn placeholder_value(p: u64) -> f64 {
+    let m = p % 100;
+    // "0.<m>": one decimal digit for m < 10 (0.5), two otherwise (0.25, 0.1 for 10).
+    let frac = if m < 10 {
+        m as f64 / 10.0
+    } else {
+        m as f64 / 100.0
+    };
+    ((7 * (p % 1000) + 13) % 1000) as f64 + frac
+}
+
+/// Exact sum of [`placeholder_value`] over `0..n`, in hundredths (every value
+/// has at most two decimals), in closed form: the integer part cycles every
+/// 1000 parameters, the fraction every 100. 10,000 → 500,035,500.
+pub fn placeholder_expected_sum_hundredths(n: u64) -> u128 {
+    let int_part = |k: u64| -> u128 { (0..k).map(|p| ((7 * p + 13) % 1000) as u128).sum() };
+    let frac_part = |k: u64| -> u128 {
+        (0..k)
+            .map(|m| if m < 10 { (m * 10) as u128 } else { m as u128 })
+            .sum()
+    };
+    (n / 1000) as u128 * int_part(1000) * 100
+        + int_part(n % 1000) * 100
+        + (n / 100) as u128 * frac_part(100)
+        + frac_part(n % 100)
+}
+
 /// Every built-in kernel.
 pub const BUILTIN: &[KernelSpec] = &[PLACEHOLDER];
 
@@ -163,6 +192,19 @@ mod tests {
         kv.iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn placeholder_reference_values() {
+        assert_eq!(placeholder_value(0), 13.0);
+        assert_eq!(placeholder_value(5), 48.5);
+        assert_eq!(placeholder_value(10), 83.1);
+        assert_eq!(placeholder_value(99), ((7 * 99 + 13) % 1000) as f64 + 0.99);
+        assert_eq!(placeholder_expected_sum_hundredths(10_000), 500_035_500);
+        assert_eq!(placeholder_expected_sum_hundredths(1_000), 50_003_550);
+        let direct: f64 = (0..12_345).map(placeholder_value).sum();
+        let closed = placeholder_expected_sum_hundredths(12_345) as f64 / 100.0;
+        assert!((direct - closed).abs() < 1e-6, "{direct} vs {closed}");
     }
 
     #[test]

@@ -15,33 +15,7 @@ use super::{ChunkInput, ComputeFuture, Kernel, KernelError};
 /// The placeholder kernel.
 pub struct Placeholder;
 
-/// The value of parameter `p`.
-pub fn value(p: u64) -> f64 {
-    let m = p % 100;
-    // "0.<m>": one decimal digit for m < 10 (0.5), two otherwise (0.25, 0.1 for 10).
-    let frac = if m < 10 {
-        m as f64 / 10.0
-    } else {
-        m as f64 / 100.0
-    };
-    ((7 * (p % 1000) + 13) % 1000) as f64 + frac
-}
-
-/// Exact sum of `value(p)` for `p` in `0..n`, in hundredths (every value has
-/// at most two decimals), computed in closed form per 1000-block; for tests
-/// and `ttgctl demo`'s check.
-pub fn expected_sum_hundredths(n: u64) -> u128 {
-    // The integer part cycles with period 1000, the fraction with period 100.
-    let int_part = |k: u64| -> u128 { (0..k).map(|p| ((7 * p + 13) % 1000) as u128).sum() };
-    let frac_part = |k: u64| -> u128 {
-        (0..k)
-            .map(|m| if m < 10 { (m * 10) as u128 } else { m as u128 })
-            .sum()
-    };
-    let ints = (n / 1000) as u128 * int_part(1000) * 100 + int_part(n % 1000) * 100;
-    let fracs = (n / 100) as u128 * frac_part(100) + frac_part(n % 100);
-    ints + fracs
-}
+pub use ttg_proto::kernels::placeholder_value as value;
 
 impl Kernel for Placeholder {
     fn spec(&self) -> &'static KernelSpec {
@@ -70,27 +44,5 @@ impl Kernel for Placeholder {
             }
             Ok(values)
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn values_follow_the_definition() {
-        assert_eq!(value(0), 13.0);
-        assert_eq!(value(5), 48.5);
-        assert_eq!(value(10), 83.1);
-        assert_eq!(value(99), ((7 * 99 + 13) % 1000) as f64 + 0.99);
-        assert_eq!(value(1000), 13.0);
-    }
-
-    #[test]
-    fn known_sums() {
-        assert_eq!(expected_sum_hundredths(10_000), 500_035_500);
-        assert_eq!(expected_sum_hundredths(1_000), 50_003_550);
-        let direct: f64 = (0..12_345).map(value).sum();
-        assert!((direct - expected_sum_hundredths(12_345) as f64 / 100.0).abs() < 1e-6);
     }
 }

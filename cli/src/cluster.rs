@@ -1,0 +1,286 @@
+//! A local cluster on one machine: a private `redis-server` (unless a URL is
+//! given), `ttg-server` and N `ttg-agent`s as child processes, logs in one
+//! folder. Used by `ttgctl up` and `ttgctl demo`. Children die with us (even
+//! if we are SIGKILLed), and [`Cluster::stop`] drains agents before the rest.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+use crate::client::{CliError, CliResult};
+use crate::sys;
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct ClusterOpts {
+    /// Number of agents.
+    pub agents: u32,
+    /// Concurrency per agent (agent default when None).
+    pub concurrency: Option<u32>,
+    /// Use this Redis instead of starting one.
+    pub redis_url: Option<String>,
+    /// Server listen address.
+    pub listen: SocketAddr,
+    /// Key prefix.
+    pub prefix: String,
+}
+
+/// A running local cluster.
+pub struct Cluster {
+    /// Server URL for clients.
+    pub server_url: String,
+    /// Redis URL.
+    pub redis_url: String,
+    /// Folder with logs (and the private Redis's data).
+    pub dir: PathBuf,
+    redis: Option<Child>,
+    server: Option<Child>,
+    /// Agent processes, in start order.
+    pub agents: Vec<Child>,
+    opts: ClusterOpts,
+    next_agent: u32,
+}
+
+/// Find a TTG binary: beside this `ttgctl` first (cargo puts them together),
+/// then `TTG_BIN_DIR`, then PATH.
+pub fn find_binary(name: &str) -> CliResult<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        candidates.push(exe.with_file_name(name));
+    }
+    if let Some(d) = std::env::var_os("TTG_BIN_DIR") {
+        candidates.push(Path::new(&d).join(name));
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join(name)));
+    }
+    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
+        CliError::usage(format!(
+            "cannot find {name}: build the workspace (`cargo build --release`) or put {name} on PATH"
+        ))
+    })
+}
+
+/// A free loopback port (bound, read, released).
+pub fn free_port() -> CliResult<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+async fn redis_ping(port: u16) -> bool {
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    if s.write_all(b"PING\r\n").await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    matches!(tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await, Ok(Ok(n)) if buf[..n].starts_with(b"+PONG"))
+}
+
+/// Wait until the server's health check says SERVING.
+pub async fn wait_serving(url: &str, within: Duration) -> CliResult<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(ch) = tonic::transport::Endpoint::from_shared(url.to_string())
+            .map_err(|e| CliError::usage(e.to_string()))?
+            .connect()
+            .await
+        {
+            let mut h = HealthClient::new(ch);
+            if let Ok(r) = h
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+            {
+                if r.get_ref().status == ServingStatus::Serving as i32 {
+                    return Ok(());
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(CliError::unavailable(format!(
+                "server at {url} did not become healthy within {within:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Cluster {
+    /// Start everything and wait until it is ready.
+    pub async fn start(opts: ClusterOpts) -> CliResult<Cluster> {
+        let dir = std::env::temp_dir().join(format!("ttg-local-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let server_bin = find_binary("ttg-server")?;
+        find_binary("ttg-agent")?;
+        let mut cluster = Cluster {
+            server_url: format!("http://{}", opts.listen),
+            redis_url: String::new(),
+            dir,
+            redis: None,
+            server: None,
+            agents: Vec::new(),
+            opts: opts.clone(),
+            next_agent: 0,
+        };
+        cluster.redis_url = match &opts.redis_url {
+            Some(u) => u.clone(),
+            None => cluster.start_redis().await?,
+        };
+        let log = cluster.log("server")?;
+        let mut cmd = Command::new(server_bin);
+        cmd.arg("--listen")
+            .arg(opts.listen.to_string())
+            .arg("--redis-url")
+            .arg(&cluster.redis_url)
+            .arg("--prefix")
+            .arg(&opts.prefix)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        sys::child_dies_with_us(&mut cmd, libc::SIGTERM);
+        cluster.server = Some(cmd.spawn()?);
+        if let Err(e) = wait_serving(&cluster.server_url, Duration::from_secs(15)).await {
+            let tail = cluster.tail("server");
+            cluster.stop().await;
+            return Err(CliError::unavailable(format!(
+                "{e}; is {} free? server log:\n{tail}",
+                opts.listen
+            )));
+        }
+        for _ in 0..opts.agents {
+            cluster.add_agent()?;
+        }
+        Ok(cluster)
+    }
+
+    fn log(&self, name: &str) -> CliResult<std::fs::File> {
+        Ok(std::fs::File::create(self.dir.join(format!("{name}.log")))?)
+    }
+
+    /// Last lines of a component's log.
+    pub fn tail(&self, name: &str) -> String {
+        let s = std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    async fn start_redis(&mut self) -> CliResult<String> {
+        let bin = find_binary("redis-server").map_err(|_| {
+            CliError::usage(
+                "redis-server not found: install it (Debian/Ubuntu: `sudo apt-get install -y redis-server`, macOS: `brew install redis`) or pass --redis-url",
+            )
+        })?;
+        let port = free_port()?;
+        let log = self.log("redis")?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("--port")
+            .arg(port.to_string())
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--dir")
+            .arg(&self.dir)
+            .arg("--save")
+            .arg("")
+            .arg("--appendonly")
+            .arg("yes")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        sys::child_dies_with_us(&mut cmd, libc::SIGTERM);
+        self.redis = Some(cmd.spawn()?);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !redis_ping(port).await {
+            if Instant::now() > deadline {
+                return Err(CliError::unavailable(format!(
+                    "redis-server did not start:\n{}",
+                    self.tail("redis")
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(format!("redis://127.0.0.1:{port}"))
+    }
+
+    /// Start one more agent.
+    pub fn add_agent(&mut self) -> CliResult<u32> {
+        self.next_agent += 1;
+        let n = self.next_agent;
+        let log = self.log(&format!("agent-{n}"))?;
+        let mut cmd = Command::new(find_binary("ttg-agent")?);
+        cmd.arg("--server")
+            .arg(&self.server_url)
+            .arg("--redis-url")
+            .arg(&self.redis_url)
+            .arg("--prefix")
+            .arg(&self.opts.prefix)
+            .arg("--agent-id")
+            .arg(format!("local-{}-{n}", std::process::id()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if let Some(c) = self.opts.concurrency {
+            cmd.arg("--concurrency").arg(c.to_string());
+        }
+        sys::child_dies_with_us(&mut cmd, libc::SIGTERM);
+        self.agents.push(cmd.spawn()?);
+        Ok(n)
+    }
+
+    /// A child that exited on its own, if any: its name and status.
+    pub fn exited(&mut self) -> Option<String> {
+        if let Some(c) = self.redis.as_mut() {
+            if let Ok(Some(s)) = c.try_wait() {
+                return Some(format!("redis-server exited ({s})"));
+            }
+        }
+        if let Some(c) = self.server.as_mut() {
+            if let Ok(Some(s)) = c.try_wait() {
+                return Some(format!("ttg-server exited ({s})"));
+            }
+        }
+        None
+    }
+
+    /// Drain agents (SIGTERM, then SIGKILL after 15 s), then stop the server
+    /// and Redis, and remove the folder.
+    pub async fn stop(&mut self) {
+        for a in &self.agents {
+            if let Some(pid) = a.id() {
+                sys::signal(pid, libc::SIGTERM);
+            }
+        }
+        for a in self.agents.iter_mut() {
+            stop_child(a, Duration::from_secs(15)).await;
+        }
+        if let Some(s) = self.server.as_mut() {
+            if let Some(pid) = s.id() {
+                sys::signal(pid, libc::SIGTERM);
+            }
+            stop_child(s, Duration::from_secs(5)).await;
+        }
+        if let Some(r) = self.redis.as_mut() {
+            if let Some(pid) = r.id() {
+                sys::signal(pid, libc::SIGTERM);
+            }
+            stop_child(r, Duration::from_secs(5)).await;
+            // Only a private Redis's folder is ours to delete.
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+async fn stop_child(c: &mut Child, grace: Duration) {
+    if tokio::time::timeout(grace, c.wait()).await.is_err() {
+        let _ = c.kill().await;
+    }
+}

@@ -1,0 +1,170 @@
+//! Formatting runs, agents and events for people (text) and programs (JSON).
+
+use serde_json::{json, Value};
+use ttg_proto::v1::{event, AgentInfo, Aggregate, Event, RunState, RunStatus};
+
+/// Output format of read commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Human-readable text.
+    Text,
+    /// JSON.
+    Json,
+}
+
+/// `1234567.891` → `1,234,567.89`.
+pub fn thousands(v: f64, decimals: usize) -> String {
+    let s = format!("{:.*}", decimals, v.abs());
+    let (int, frac) = s
+        .split_once('.')
+        .map(|(a, b)| (a, Some(b)))
+        .unwrap_or((s.as_str(), None));
+    let mut out = String::new();
+    for (i, c) in int.chars().enumerate() {
+        if i > 0 && (int.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if let Some(f) = frac {
+        out.push('.');
+        out.push_str(f);
+    }
+    if v < 0.0 && v.abs() >= 0.5 * 10f64.powi(-(decimals as i32)) {
+        out.insert(0, '-');
+    }
+    out
+}
+
+/// Name of a state as users see it.
+pub fn state_name(s: i32) -> &'static str {
+    RunState::try_from(s)
+        .unwrap_or(RunState::Unspecified)
+        .as_str_name()
+}
+
+fn time(ms: i64) -> Value {
+    if ms <= 0 {
+        Value::Null
+    } else {
+        json!(ms)
+    }
+}
+
+/// Aggregate as JSON.
+pub fn aggregate_json(a: &Aggregate) -> Value {
+    json!({"count": a.count, "sum": a.sum, "min": a.min, "max": a.max, "mean": a.mean})
+}
+
+/// A run's status as JSON.
+pub fn status_json(st: &RunStatus) -> Value {
+    let spec = st.spec.clone().unwrap_or_default();
+    let p = st.progress.unwrap_or_default();
+    json!({
+        "run_id": spec.run_id,
+        "name": spec.name,
+        "state": state_name(st.state),
+        "params": spec.params,
+        "chunk_size": spec.chunk_size,
+        "kernel": spec.kernel,
+        "args": spec.args,
+        "max_attempts": spec.max_attempts,
+        "chunks": {"total": p.chunks_total, "done": p.chunks_done, "dead": p.chunks_dead, "in_flight": st.chunks_in_flight},
+        "params_done": p.params_done,
+        "aggregate": aggregate_json(&st.aggregate.unwrap_or_default()),
+        "created_ms": time(st.created_ms),
+        "started_ms": time(st.started_ms),
+        "finished_ms": time(st.finished_ms),
+        "params_per_second": st.params_per_second,
+        "message": st.message,
+    })
+}
+
+/// A run's status as text lines.
+pub fn status_text(st: &RunStatus) -> String {
+    let spec = st.spec.clone().unwrap_or_default();
+    let p = st.progress.unwrap_or_default();
+    let a = st.aggregate.unwrap_or_default();
+    let mut out = format!(
+        "run        {}{}\nstate      {}\nkernel     {} {}\nparams     {} in chunks of {}\nchunks     {} done, {} dead, {} in flight, of {}\n",
+        spec.run_id,
+        if spec.name.is_empty() { String::new() } else { format!(" ({})", spec.name) },
+        state_name(st.state),
+        spec.kernel,
+        spec.args.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
+        spec.params,
+        spec.chunk_size,
+        p.chunks_done,
+        p.chunks_dead,
+        st.chunks_in_flight,
+        p.chunks_total,
+    );
+    out.push_str(&format!(
+        "aggregate  count {}, sum {}, min {}, max {}, mean {}\n",
+        a.count,
+        thousands(a.sum, 2),
+        a.min,
+        a.max,
+        thousands(a.mean, 4)
+    ));
+    if st.started_ms > 0 {
+        let end = if st.finished_ms > 0 {
+            st.finished_ms
+        } else {
+            ttg_proto::now_ms()
+        };
+        out.push_str(&format!(
+            "elapsed    {:.2} s, {} params/s\n",
+            (end - st.started_ms) as f64 / 1000.0,
+            thousands(st.params_per_second, 0)
+        ));
+    }
+    if !st.message.is_empty() {
+        out.push_str(&format!("note       {}\n", st.message));
+    }
+    out
+}
+
+/// One agent as JSON.
+pub fn agent_json(a: &AgentInfo) -> Value {
+    json!({
+        "agent_id": a.agent_id, "host": a.host, "pid": a.pid, "version": a.version,
+        "concurrency": a.concurrency, "kernels": a.kernels, "connected_ms": a.connected_ms,
+        "last_heartbeat_ms": a.last_heartbeat_ms, "server_id": a.server_id,
+        "held": a.held.iter().map(|h| json!({"run_id": h.run_id, "chunk": h.chunk_index, "attempt": h.attempt})).collect::<Vec<_>>(),
+    })
+}
+
+/// An event as JSON.
+pub fn event_json(e: &Event) -> Value {
+    let p = e.progress.unwrap_or_default();
+    let (kind, detail) = match &e.kind {
+        Some(event::Kind::RunSubmitted(k)) => (
+            "RunSubmitted",
+            json!({"params": k.params, "chunks": k.chunks, "kernel": k.kernel}),
+        ),
+        Some(event::Kind::RunStarted(k)) => ("RunStarted", json!({"agent_id": k.agent_id})),
+        Some(event::Kind::ChunkCompleted(k)) => (
+            "ChunkCompleted",
+            json!({"chunk": k.chunk_index, "start": k.start, "end": k.end, "agent_id": k.agent_id, "attempt": k.attempt, "sum": k.sum, "compute_ms": k.compute_ms}),
+        ),
+        Some(event::Kind::RunCompleted(k)) => (
+            "RunCompleted",
+            json!({"state": state_name(k.state), "aggregate": aggregate_json(&k.aggregate.unwrap_or_default())}),
+        ),
+        Some(event::Kind::RunCancelled(k)) => ("RunCancelled", json!({"reason": k.reason})),
+        Some(event::Kind::ChunkReclaimed(k)) => (
+            "ChunkReclaimed",
+            json!({"chunk": k.chunk_index, "agent_id": k.agent_id, "attempt": k.attempt, "after_ms": k.after_ms}),
+        ),
+        Some(event::Kind::ChunkFailed(k)) => (
+            "ChunkFailed",
+            json!({"chunk": k.chunk_index, "agent_id": k.agent_id, "attempt": k.attempt, "error": k.error, "dead": k.dead}),
+        ),
+        None => ("Unknown", Value::Null),
+    };
+    json!({
+        "id": e.id, "run_id": e.run_id, "time_ms": e.time_ms, "kind": kind, "detail": detail,
+        "progress": {"chunks_total": p.chunks_total, "chunks_done": p.chunks_done, "chunks_dead": p.chunks_dead, "params_done": p.params_done},
+    })
+}

@@ -1,0 +1,115 @@
+//! `ttgctl status RUN`, `ttgctl runs`, `ttgctl agents` and `ttgctl cancel RUN`.
+
+use ttg_proto::v1::{CancelRequest, ListAgentsRequest, ListRunsRequest, StatusRequest};
+
+use crate::client::{self, CliResult, EXIT_OK};
+use crate::output::{agent_json, state_name, status_json, status_text, thousands, Format};
+
+/// Print one run's status.
+pub async fn status(server: &str, run_id: &str, format: Format) -> CliResult<i32> {
+    let mut c = client::control(server).await?;
+    let st = c
+        .status(StatusRequest {
+            run_id: run_id.to_string(),
+        })
+        .await?
+        .into_inner();
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&status_json(&st)).unwrap_or_default()
+        ),
+        Format::Text => print!("{}", status_text(&st)),
+    }
+    Ok(EXIT_OK)
+}
+
+/// Print the newest runs.
+pub async fn runs(server: &str, limit: u32, format: Format) -> CliResult<i32> {
+    let mut c = client::control(server).await?;
+    let runs = c
+        .list_runs(ListRunsRequest { limit })
+        .await?
+        .into_inner()
+        .runs;
+    match format {
+        Format::Json => {
+            let v: Vec<_> = runs.iter().map(status_json).collect();
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        Format::Text => {
+            println!(
+                "{:<18} {:<10} {:>12} {:>16} {:>18}  {}",
+                "RUN", "STATE", "PARAMS", "CHUNKS DONE", "SUM", "NAME"
+            );
+            for st in &runs {
+                let spec = st.spec.clone().unwrap_or_default();
+                let p = st.progress.unwrap_or_default();
+                println!(
+                    "{:<18} {:<10} {:>12} {:>16} {:>18}  {}",
+                    spec.run_id,
+                    state_name(st.state),
+                    spec.params,
+                    format!("{}/{}", p.chunks_done, p.chunks_total),
+                    thousands(st.aggregate.unwrap_or_default().sum, 2),
+                    spec.name
+                );
+            }
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+/// Print the agents with a live session.
+pub async fn agents(server: &str, format: Format) -> CliResult<i32> {
+    let mut c = client::control(server).await?;
+    let agents = c
+        .list_agents(ListAgentsRequest {})
+        .await?
+        .into_inner()
+        .agents;
+    match format {
+        Format::Json => {
+            let v: Vec<_> = agents.iter().map(agent_json).collect();
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        Format::Text => {
+            println!(
+                "{:<28} {:<16} {:>11} {:>5}  {:<20} {}",
+                "AGENT", "HOST", "CONCURRENCY", "HELD", "KERNELS", "SERVER"
+            );
+            for a in &agents {
+                println!(
+                    "{:<28} {:<16} {:>11} {:>5}  {:<20} {}",
+                    a.agent_id,
+                    a.host,
+                    a.concurrency,
+                    a.held.len(),
+                    a.kernels.join(","),
+                    a.server_id
+                );
+            }
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+/// Cancel a run.
+pub async fn cancel(server: &str, run_id: &str, reason: &str, format: Format) -> CliResult<i32> {
+    let mut c = client::control(server).await?;
+    let r = c
+        .cancel(CancelRequest {
+            run_id: run_id.to_string(),
+            reason: reason.to_string(),
+        })
+        .await?
+        .into_inner();
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::json!({"run_id": run_id, "state": state_name(r.state)})
+        ),
+        Format::Text => println!("run {run_id} {}", state_name(r.state)),
+    }
+    Ok(EXIT_OK)
+}

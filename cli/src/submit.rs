@@ -1,0 +1,77 @@
+//! `ttgctl submit`: validate locally what can be, send Submit, optionally watch.
+
+use std::collections::HashMap;
+
+use ttg_proto::v1::SubmitRequest;
+
+use crate::client::{self, CliError, CliResult, EXIT_OK};
+use crate::output::Format;
+use crate::watch;
+
+/// Parsed `submit` options.
+pub struct SubmitOpts {
+    /// Parameters.
+    pub params: u64,
+    /// Chunk size (server default when None).
+    pub chunk_size: Option<u64>,
+    /// Kernel.
+    pub kernel: String,
+    /// `key=value` arguments.
+    pub args: Vec<String>,
+    /// Attempts per chunk.
+    pub max_attempts: Option<u32>,
+    /// Name.
+    pub name: String,
+    /// Watch to the end.
+    pub watch: bool,
+}
+
+/// Parse `key=value` pairs.
+pub fn parse_args(raw: &[String]) -> CliResult<HashMap<String, String>> {
+    let mut out = HashMap::new();
+    for a in raw {
+        let Some((k, v)) = a.split_once('=') else {
+            return Err(CliError::usage(format!(
+                "--arg expects key=value, got {a:?}"
+            )));
+        };
+        if k.is_empty() {
+            return Err(CliError::usage(format!("--arg {a:?} has an empty key")));
+        }
+        if out.insert(k.to_string(), v.to_string()).is_some() {
+            return Err(CliError::usage(format!("--arg {k} given twice")));
+        }
+    }
+    Ok(out)
+}
+
+/// Build the request (shared with `demo`).
+pub fn request(o: &SubmitOpts) -> CliResult<SubmitRequest> {
+    Ok(SubmitRequest {
+        params: o.params,
+        chunk_size: o.chunk_size,
+        kernel: o.kernel.clone(),
+        args: parse_args(&o.args)?,
+        max_attempts: o.max_attempts,
+        name: o.name.clone(),
+    })
+}
+
+/// Submit, print the run id, and watch if asked. Returns the exit code.
+pub async fn run(server: &str, o: SubmitOpts, format: Format) -> CliResult<i32> {
+    let req = request(&o)?;
+    let mut client = client::control(server).await?;
+    let resp = client.submit(req).await?.into_inner();
+    match format {
+        Format::Json if !o.watch => println!(
+            "{}",
+            serde_json::json!({"run_id": resp.run_id, "chunks": resp.chunks})
+        ),
+        Format::Json => {}
+        Format::Text => println!("run {} submitted: {} chunks", resp.run_id, resp.chunks),
+    }
+    if !o.watch {
+        return Ok(EXIT_OK);
+    }
+    Ok(watch::watch(server, &resp.run_id, "", format).await?.exit)
+}

@@ -1,0 +1,63 @@
+//! `ttgctl up`: a local cluster in the foreground until Ctrl-C, SIGTERM, or
+//! the exit of whoever started it.
+
+use std::time::Duration;
+
+use crate::client::{CliError, CliResult, EXIT_OK};
+use crate::cluster::{Cluster, ClusterOpts};
+use crate::sys;
+
+/// Run the cluster until told to stop.
+pub async fn up(opts: ClusterOpts) -> CliResult<i32> {
+    // Our parent's exit (a closed terminal, a killed script) stops us too.
+    sys::die_with_parent(libc::SIGTERM);
+    let mut cluster = Cluster::start(opts.clone()).await?;
+    let default = opts.listen.to_string() == "127.0.0.1:50051";
+    println!("TTG local cluster is up");
+    println!(
+        "  server  {}{}",
+        cluster.server_url,
+        if default {
+            ""
+        } else {
+            "   (export TTG_SERVER to use it)"
+        }
+    );
+    println!(
+        "  redis   {}{}",
+        ttg_proto::redis_conn::redact_url(&cluster.redis_url),
+        if opts.redis_url.is_none() {
+            "   (private, removed on exit)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "  agents  {} × concurrency {}",
+        opts.agents,
+        opts.concurrency
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "CPUs".into())
+    );
+    println!("  logs    {}/*.log", cluster.dir.display());
+    println!("submit from another terminal:  ttgctl submit --params 10000 --watch");
+    println!("Ctrl-C stops everything.");
+
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut check = tokio::time::interval(Duration::from_millis(500));
+    let failure = loop {
+        tokio::select! {
+            _ = term.recv() => break None,
+            _ = int.recv() => break None,
+            _ = check.tick() => if let Some(what) = cluster.exited() { break Some(what) },
+        }
+    };
+    println!("stopping: draining agents, then server and redis…");
+    cluster.stop().await;
+    match failure {
+        None => Ok(EXIT_OK),
+        Some(what) => Err(CliError::failed(format!("{what}; cluster stopped"))),
+    }
+}

@@ -1,0 +1,303 @@
+//! `ttgctl watch RUN`: follow a run's events to its end. A progress bar with
+//! chunks/s, parameters/s and ETA on a terminal, a plain line at most once a
+//! second otherwise, JSON lines with `-o json`. If the stream drops (server
+//! restart, network), it reconnects and resumes after the last event seen.
+//! Ends by printing the aggregate; exit 0 if the run succeeded, 1 otherwise.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tonic::Code;
+use ttg_proto::v1::{event, Event, RunState, StatusRequest, WatchRequest};
+
+use crate::client::{self, CliError, CliResult, EXIT_FAILED, EXIT_OK};
+use crate::output::{event_json, state_name, thousands, Format};
+
+/// Give up reconnecting after this long without a stream.
+const RECONNECT_FOR: Duration = Duration::from_secs(60);
+
+/// What a finished watch saw.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// Final state.
+    pub state: i32,
+    /// Final aggregate sum.
+    pub sum: f64,
+    /// Final aggregate count.
+    pub count: u64,
+    /// Chunks reclaimed during the watch.
+    pub reclaims: Vec<(u64, u64)>,
+    /// Exit code for the process.
+    pub exit: i32,
+}
+
+struct Progress {
+    bar: Option<ProgressBar>,
+    plain: bool,
+    last_line: Option<Instant>,
+    printed_last: bool,
+    started_ms: i64,
+    params_total: u64,
+}
+
+impl Progress {
+    fn update(&mut self, e: &Event) {
+        let p = e.progress.unwrap_or_default();
+        if self.started_ms == 0 {
+            if let Some(event::Kind::RunStarted(_)) | Some(event::Kind::ChunkCompleted(_)) = e.kind
+            {
+                self.started_ms = e.time_ms;
+            }
+        }
+        let secs = ((e.time_ms - self.started_ms) as f64 / 1000.0).max(1e-3);
+        let chunk_rate = if self.started_ms > 0 {
+            p.chunks_done as f64 / secs
+        } else {
+            0.0
+        };
+        let param_rate = if self.started_ms > 0 {
+            p.params_done as f64 / secs
+        } else {
+            0.0
+        };
+        let left = p.chunks_total.saturating_sub(p.chunks_done + p.chunks_dead);
+        let eta = if chunk_rate > 0.0 {
+            format!("{:.1}s", left as f64 / chunk_rate)
+        } else {
+            "-".into()
+        };
+        let msg = format!(
+            "{} chunks/s, {} params/s, ETA {eta}",
+            thousands(chunk_rate, 0),
+            thousands(param_rate, 0)
+        );
+        if let Some(bar) = &self.bar {
+            bar.set_length(p.chunks_total);
+            bar.set_position(p.chunks_done + p.chunks_dead);
+            bar.set_message(msg);
+        } else if self.plain {
+            let due = self
+                .last_line
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+            if (due || left == 0) && !self.printed_last {
+                self.last_line = Some(Instant::now());
+                self.printed_last = left == 0;
+                let pct = if p.chunks_total > 0 {
+                    100.0 * (p.chunks_done + p.chunks_dead) as f64 / p.chunks_total as f64
+                } else {
+                    0.0
+                };
+                println!(
+                    "{}/{} chunks ({pct:.0}%), {}/{} params, {msg}",
+                    p.chunks_done, p.chunks_total, p.params_done, self.params_total
+                );
+            }
+        }
+    }
+
+    fn note(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None if self.plain => println!("{line}"),
+            None => {}
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Watch `run_id` from after `after` to its end.
+pub async fn watch(server: &str, run_id: &str, after: &str, format: Format) -> CliResult<Outcome> {
+    let mut client = client::control(server).await?;
+    let st = client
+        .status(StatusRequest {
+            run_id: run_id.to_string(),
+        })
+        .await?
+        .into_inner();
+    let spec = st.spec.clone().unwrap_or_default();
+    let fancy = format == Format::Text && std::io::stderr().is_terminal();
+    let bar = fancy.then(|| {
+        let b =
+            ProgressBar::with_draw_target(Some(spec.total_chunks), ProgressDrawTarget::stderr());
+        if let Ok(style) = ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar:.cyan/blue} {pos}/{len} chunks  {msg}",
+        ) {
+            b.set_style(style);
+        }
+        b.enable_steady_tick(Duration::from_millis(200));
+        b
+    });
+    let mut progress = Progress {
+        bar,
+        plain: format == Format::Text && !fancy,
+        last_line: None,
+        printed_last: false,
+        started_ms: st.started_ms,
+        params_total: spec.params,
+    };
+    let mut last = after.to_string();
+    let mut outcome = Outcome::default();
+    let mut down_since: Option<Instant> = None;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let stream = client
+            .watch(WatchRequest {
+                run_id: run_id.to_string(),
+                after_event_id: last.clone(),
+            })
+            .await;
+        let mut stream = match stream {
+            Ok(s) => s.into_inner(),
+            Err(s) if retryable(s.code()) => {
+                reconnect_wait(&mut down_since, &mut backoff, &progress, s.message()).await?;
+                if let Ok(c) = client::control(server).await {
+                    client = c;
+                }
+                continue;
+            }
+            Err(s) => {
+                progress.finish();
+                return Err(s.into());
+            }
+        };
+        loop {
+            match stream.message().await {
+                Ok(Some(e)) => {
+                    down_since = None;
+                    backoff = Duration::from_millis(100);
+                    last = e.id.clone();
+                    if format == Format::Json {
+                        println!("{}", event_json(&e));
+                    }
+                    progress.update(&e);
+                    match &e.kind {
+                        Some(event::Kind::ChunkReclaimed(r)) => {
+                            outcome.reclaims.push((r.chunk_index, r.after_ms));
+                            progress.note(&format!(
+                                "chunk {} reclaimed from agent {} {} ms after it died (attempt {})",
+                                r.chunk_index, r.agent_id, r.after_ms, r.attempt
+                            ));
+                        }
+                        Some(event::Kind::ChunkFailed(f)) => progress.note(&format!(
+                            "chunk {} attempt {} failed on {}: {}{}",
+                            f.chunk_index,
+                            f.attempt,
+                            f.agent_id,
+                            f.error,
+                            if f.dead { " — dead-lettered" } else { "" }
+                        )),
+                        Some(event::Kind::RunCompleted(c)) => {
+                            progress.finish();
+                            let a = c.aggregate.unwrap_or_default();
+                            outcome.state = c.state;
+                            outcome.sum = a.sum;
+                            outcome.count = a.count;
+                            outcome.exit = if c.state == RunState::Succeeded as i32 {
+                                EXIT_OK
+                            } else {
+                                EXIT_FAILED
+                            };
+                            if format == Format::Text {
+                                let secs = if progress.started_ms > 0 {
+                                    (e.time_ms - progress.started_ms) as f64 / 1000.0
+                                } else {
+                                    0.0
+                                };
+                                let p = e.progress.unwrap_or_default();
+                                println!(
+                                    "run {run_id} {} in {secs:.2} s: {}/{} chunks done, {} dead, {} values",
+                                    state_name(c.state), p.chunks_done, p.chunks_total, p.chunks_dead, thousands(a.count as f64, 0)
+                                );
+                                println!(
+                                    "sum {}  min {}  max {}  mean {}",
+                                    thousands(a.sum, 2),
+                                    a.min,
+                                    a.max,
+                                    thousands(a.mean, 4)
+                                );
+                            }
+                            return Ok(outcome);
+                        }
+                        Some(event::Kind::RunCancelled(c)) => {
+                            progress.finish();
+                            outcome.state = RunState::Cancelled as i32;
+                            outcome.exit = EXIT_FAILED;
+                            if format == Format::Text {
+                                println!(
+                                    "run {run_id} CANCELLED{}",
+                                    if c.reason.is_empty() {
+                                        String::new()
+                                    } else {
+                                        format!(": {}", c.reason)
+                                    }
+                                );
+                            }
+                            return Ok(outcome);
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(None) => {
+                    // The stream ended without a terminal event: the server went
+                    // away mid-stream (shutdown). Resume after `last`.
+                    break;
+                }
+                Err(s) if retryable(s.code()) => break,
+                Err(s) => {
+                    progress.finish();
+                    return Err(s.into());
+                }
+            }
+        }
+        reconnect_wait(
+            &mut down_since,
+            &mut backoff,
+            &progress,
+            "stream interrupted",
+        )
+        .await?;
+        if let Ok(c) = client::control(server).await {
+            client = c;
+        }
+    }
+}
+
+fn retryable(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::Unknown
+            | Code::Internal
+            | Code::Cancelled
+            | Code::DeadlineExceeded
+            | Code::Aborted
+    )
+}
+
+async fn reconnect_wait(
+    down_since: &mut Option<Instant>,
+    backoff: &mut Duration,
+    progress: &Progress,
+    why: &str,
+) -> CliResult<()> {
+    let since = *down_since.get_or_insert_with(Instant::now);
+    if since.elapsed() > RECONNECT_FOR {
+        progress.finish();
+        return Err(CliError::unavailable(format!(
+            "lost the server for over {}s ({why}); resume later with `ttgctl watch RUN`",
+            RECONNECT_FOR.as_secs()
+        )));
+    }
+    if since.elapsed() < Duration::from_millis(50) {
+        progress.note(&format!("watch interrupted ({why}); reconnecting…"));
+    }
+    tokio::time::sleep(*backoff).await;
+    *backoff = (*backoff * 2).min(Duration::from_secs(2));
+    Ok(())
+}
