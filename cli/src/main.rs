@@ -43,7 +43,7 @@ struct Cli {
     )]
     server: String,
 
-    /// Output format of read commands: text or json (default text).
+    /// Output format: text or json for every command; csv (default) or json for `results`.
     #[arg(
         short = 'o',
         long = "output",
@@ -112,13 +112,10 @@ enum Cmd {
     },
     /// List agents with a live session.
     Agents,
-    /// Export a run's values in parameter order.
+    /// Export a run's values in parameter order: `-o csv` (default) or `-o json`.
     Results {
         /// Run id.
         run: String,
-        /// Export format: csv or json (default csv).
-        #[arg(short = 'o', long = "output", value_enum, default_value = "csv")]
-        format: results::ResultsFormat,
         /// Write to this file instead of stdout.
         #[arg(long)]
         file: Option<String>,
@@ -176,6 +173,11 @@ async fn main() {
 
 async fn dispatch(cli: Cli) -> Result<i32, CliError> {
     let server = cli.server.as_str();
+    if cli.format == Format::Csv && !matches!(cli.command, Cmd::Results { .. }) {
+        return Err(CliError::usage(
+            "-o csv applies to `results` only; use -o text or -o json",
+        ));
+    }
     match cli.command {
         Cmd::Submit {
             params,
@@ -202,7 +204,11 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Cmd::Cancel { run, reason } => status::cancel(server, &run, &reason, cli.format).await,
         Cmd::Runs { limit } => status::runs(server, limit, cli.format).await,
         Cmd::Agents => status::agents(server, cli.format).await,
-        Cmd::Results { run, format, file } => {
+        Cmd::Results { run, file } => {
+            let format = match cli.format {
+                Format::Json => results::ResultsFormat::Json,
+                Format::Text | Format::Csv => results::ResultsFormat::Csv,
+            };
             results::results(server, &run, format, file.as_deref()).await
         }
         Cmd::Up {

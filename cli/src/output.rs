@@ -10,6 +10,8 @@ pub enum Format {
     Text,
     /// JSON.
     Json,
+    /// CSV (`results` only).
+    Csv,
 }
 
 /// `1234567.891` → `1,234,567.89`.

@@ -8,7 +8,7 @@ use ttg_proto::v1::GetResultsRequest;
 use crate::client::{self, CliError, CliResult, EXIT_OK};
 
 /// Export format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ResultsFormat {
     /// `param,value` lines with a header.
     Csv,

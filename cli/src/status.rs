@@ -19,7 +19,7 @@ pub async fn status(server: &str, run_id: &str, format: Format) -> CliResult<i32
             "{}",
             serde_json::to_string_pretty(&status_json(&st)).unwrap_or_default()
         ),
-        Format::Text => print!("{}", status_text(&st)),
+        Format::Text | Format::Csv => print!("{}", status_text(&st)),
     }
     Ok(EXIT_OK)
 }
@@ -37,7 +37,7 @@ pub async fn runs(server: &str, limit: u32, format: Format) -> CliResult<i32> {
             let v: Vec<_> = runs.iter().map(status_json).collect();
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         }
-        Format::Text => {
+        Format::Text | Format::Csv => {
             println!(
                 "{:<18} {:<10} {:>12} {:>16} {:>18}  {}",
                 "RUN", "STATE", "PARAMS", "CHUNKS DONE", "SUM", "NAME"
@@ -73,7 +73,7 @@ pub async fn agents(server: &str, format: Format) -> CliResult<i32> {
             let v: Vec<_> = agents.iter().map(agent_json).collect();
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         }
-        Format::Text => {
+        Format::Text | Format::Csv => {
             println!(
                 "{:<28} {:<16} {:>11} {:>5}  {:<20} {}",
                 "AGENT", "HOST", "CONCURRENCY", "HELD", "KERNELS", "SERVER"
@@ -109,7 +109,7 @@ pub async fn cancel(server: &str, run_id: &str, reason: &str, format: Format) ->
             "{}",
             serde_json::json!({"run_id": run_id, "state": state_name(r.state)})
         ),
-        Format::Text => println!("run {run_id} {}", state_name(r.state)),
+        Format::Text | Format::Csv => println!("run {run_id} {}", state_name(r.state)),
     }
     Ok(EXIT_OK)
 }

@@ -68,7 +68,9 @@ pub async fn run(server: &str, o: SubmitOpts, format: Format) -> CliResult<i32> 
             serde_json::json!({"run_id": resp.run_id, "chunks": resp.chunks})
         ),
         Format::Json => {}
-        Format::Text => println!("run {} submitted: {} chunks", resp.run_id, resp.chunks),
+        Format::Text | Format::Csv => {
+            println!("run {} submitted: {} chunks", resp.run_id, resp.chunks)
+        }
     }
     if !o.watch {
         return Ok(EXIT_OK);

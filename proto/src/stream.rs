@@ -334,15 +334,16 @@ return state
 
 /// Cancel a run if it is still active.
 /// KEYS: run, events. ARGV: RunCancelled event body.
-/// Returns the state after ('' if the run is unknown).
+/// Returns `{changed, state}`: changed 1 if this call cancelled it; state ''
+/// if the run is unknown.
 const CANCEL: &str = r#"
 local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return '' end
-if not active(state) then return state end
+if not state then return {0, ''} end
+if not active(state) then return {0, state} end
 local ts = now_ms()
 redis.call('HSET', KEYS[1], 'state', 'CANCELLED', 'finished_ms', ts)
 emit(KEYS[1], KEYS[2], ARGV[1], ts)
-return 'CANCELLED'
+return {1, 'CANCELLED'}
 "#;
 
 /// The scripts, compiled once per process. `Script::invoke_async` runs them

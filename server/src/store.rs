@@ -374,12 +374,12 @@ impl Store {
         let mut c = self.conn();
         let mut inv = self.scripts.cancel.key(self.keys.run(run_id));
         inv.key(self.keys.events(run_id)).arg(body);
-        let state: String = self.timed(inv.invoke_async(&mut c)).await?;
+        let (changed, state): (i64, String) = self.timed(inv.invoke_async(&mut c)).await?;
         if state.is_empty() {
             return Err(Error::RunNotFound(run_id.to_string()));
         }
         let s = parse_state(&state);
-        if s != RunState::Cancelled {
+        if changed != 1 {
             return Err(Error::FailedPrecondition(format!(
                 "run {run_id} already ended {}; only QUEUED or RUNNING runs can be cancelled",
                 s.as_str_name()

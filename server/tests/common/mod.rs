@@ -1,0 +1,376 @@
+//! Test harness: a real `redis-server` per test on a free port, the real
+//! tonic server on 127.0.0.1:0, agents as real processes (the binaries cargo
+//! built) or in-process, and polling helpers with deadlines (never sleeps to
+//! wait for readiness).
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use ttg_proto::v1::control_plane_client::ControlPlaneClient;
+use ttg_proto::v1::{Event, RunStatus, StatusRequest, SubmitRequest, WatchRequest};
+
+static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A unique key prefix, so tests can share a Redis and run in parallel.
+pub fn prefix() -> String {
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("t{}-{n}:", std::process::id())
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A private redis-server, killed on drop.
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+    pub url: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Redis {
+    /// Start one with AOF on (`appendonly yes`), as production runs it.
+    pub fn start() -> Redis {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let mut r = Redis {
+            child: None,
+            port,
+            url: format!("redis://127.0.0.1:{port}"),
+            dir,
+        };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server ({e}). These tests need a real Redis: install it with `sudo apt-get install -y redis-server` (or `make setup`).")
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(c) = redis::Client::open(self.url.as_str()) {
+                if let Ok(mut conn) = c.get_connection() {
+                    if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
+                        return;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Kill it (SIGKILL): Redis is down until [`Redis::restart`].
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start it again on the same port and data folder.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// A synchronous connection for assertions.
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url.as_str())
+            .expect("client")
+            .get_connection()
+            .expect("connection")
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The real server, in process, on 127.0.0.1:0.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub url: String,
+    token: CancellationToken,
+    handle: tokio::task::JoinHandle<Result<(), ttg_server::Error>>,
+}
+
+impl Server {
+    pub async fn start(redis_url: &str, prefix: &str) -> Server {
+        Self::start_with(ttg_server::Config::for_redis(redis_url, prefix)).await
+    }
+
+    pub async fn start_with(config: ttg_server::Config) -> Server {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let token = CancellationToken::new();
+        let handle = tokio::spawn(ttg_server::run(listener, config, token.clone()));
+        let url = format!("http://{addr}");
+        let s = Server {
+            addr,
+            url,
+            token,
+            handle,
+        };
+        wait_until(
+            "server accepts connections",
+            Duration::from_secs(10),
+            || async {
+                tonic::transport::Endpoint::from_shared(s.url.clone())
+                    .ok()?
+                    .connect()
+                    .await
+                    .ok()
+            },
+        )
+        .await;
+        s
+    }
+
+    /// Shut down and join.
+    pub async fn stop(self) {
+        self.token.cancel();
+        let r = tokio::time::timeout(Duration::from_secs(10), self.handle).await;
+        assert!(r.is_ok(), "server did not shut down within 10s");
+    }
+}
+
+/// The directory cargo put the workspace's binaries in.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.is_file(),
+        "{} not built: run `cargo build --workspace` (make test does)",
+        p.display()
+    );
+    p
+}
+
+/// A real agent process, SIGKILLed on drop.
+pub struct Agent {
+    pub child: Child,
+    pub id: String,
+}
+
+impl Agent {
+    pub fn spawn(
+        server_url: &str,
+        redis_url: &str,
+        prefix: &str,
+        id: &str,
+        concurrency: u32,
+        extra: &[&str],
+    ) -> Agent {
+        let child = Command::new(bin("ttg-agent"))
+            .args([
+                "--server",
+                server_url,
+                "--redis-url",
+                redis_url,
+                "--prefix",
+                prefix,
+                "--agent-id",
+                id,
+            ])
+            .args(["--concurrency", &concurrency.to_string()])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn ttg-agent");
+        Agent {
+            child,
+            id: id.to_string(),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Send a signal by name (e.g. "TERM", "KILL", "STOP", "CONT").
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .map(|s| s.success());
+        assert!(matches!(ok, Ok(true)), "kill -{sig} failed");
+    }
+
+    /// Wait for exit and return the exit code.
+    pub fn wait(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An agent running in this process (same code as the binary).
+pub struct InProcAgent {
+    token: CancellationToken,
+    handle: tokio::task::JoinHandle<Result<ttg_agent::Exit, ttg_agent::Error>>,
+}
+
+impl InProcAgent {
+    pub fn start(server_url: &str, redis_url: &str, prefix: &str, concurrency: u32) -> InProcAgent {
+        let token = CancellationToken::new();
+        let cfg = ttg_agent::Config::for_test(server_url, redis_url, prefix, concurrency);
+        let handle = tokio::spawn(ttg_agent::run(cfg, token.clone()));
+        InProcAgent { token, handle }
+    }
+
+    pub async fn stop(self) -> ttg_agent::Exit {
+        self.token.cancel();
+        tokio::time::timeout(Duration::from_secs(40), self.handle)
+            .await
+            .expect("agent drains in time")
+            .expect("agent task")
+            .expect("agent ran")
+    }
+}
+
+/// A ControlPlane client.
+pub async fn control(url: &str) -> ControlPlaneClient<Channel> {
+    ControlPlaneClient::connect(url.to_string())
+        .await
+        .expect("connect")
+}
+
+/// Poll `f` until it returns Some, or panic after `within` naming `what`.
+pub async fn wait_until<T, F, Fut>(what: &str, within: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn submit_req(params: u64, chunk_size: u64, work_ms: u64) -> SubmitRequest {
+    SubmitRequest {
+        params,
+        chunk_size: Some(chunk_size),
+        kernel: "placeholder".into(),
+        args: [("work_ms".to_string(), work_ms.to_string())]
+            .into_iter()
+            .collect(),
+        max_attempts: None,
+        name: "test".into(),
+    }
+}
+
+pub async fn status(c: &mut ControlPlaneClient<Channel>, run_id: &str) -> RunStatus {
+    c.status(StatusRequest {
+        run_id: run_id.to_string(),
+    })
+    .await
+    .expect("status")
+    .into_inner()
+}
+
+/// Wait for the run to reach a final state and return its status.
+pub async fn wait_finished(
+    c: &mut ControlPlaneClient<Channel>,
+    run_id: &str,
+    within: Duration,
+) -> RunStatus {
+    let mut c2 = c.clone();
+    wait_until(&format!("run {run_id} finishes"), within, || {
+        let mut c = c2.clone();
+        let id = run_id.to_string();
+        async move {
+            let st = status(&mut c, &id).await;
+            ttg_proto::stream::is_finished(ttg_proto::v1::RunState::try_from(st.state).ok()?)
+                .then_some(st)
+        }
+    })
+    .await;
+    status(&mut c2, run_id).await
+}
+
+/// Every event of a Watch from `after` to the stream's end.
+pub async fn watch_all(
+    c: &mut ControlPlaneClient<Channel>,
+    run_id: &str,
+    after: &str,
+) -> Vec<Event> {
+    let mut s = c
+        .watch(WatchRequest {
+            run_id: run_id.into(),
+            after_event_id: after.into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(e) = tokio::time::timeout(Duration::from_secs(60), s.message())
+        .await
+        .expect("watch stalled")
+        .expect("watch stream")
+    {
+        out.push(e);
+    }
+    out
+}
+
+/// Sum of the placeholder over 0..n, to 2 decimals.
+pub fn expected_sum(n: u64) -> f64 {
+    ttg_proto::kernels::placeholder_expected_sum_hundredths(n) as f64 / 100.0
+}
+
+/// Round to hundredths for exact comparison.
+pub fn cents(x: f64) -> i128 {
+    (x * 100.0).round() as i128
+}
