@@ -39,8 +39,8 @@ pub async fn runs(server: &str, limit: u32, format: Format) -> CliResult<i32> {
         }
         Format::Text | Format::Csv => {
             println!(
-                "{:<18} {:<10} {:>12} {:>16} {:>18}  {}",
-                "RUN", "STATE", "PARAMS", "CHUNKS DONE", "SUM", "NAME"
+                "{:<18} {:<10} {:>12} {:>16} {:>18}  NAME",
+                "RUN", "STATE", "PARAMS", "CHUNKS DONE", "SUM"
             );
             for st in &runs {
                 let spec = st.spec.clone().unwrap_or_default();
@@ -75,8 +75,8 @@ pub async fn agents(server: &str, format: Format) -> CliResult<i32> {
         }
         Format::Text | Format::Csv => {
             println!(
-                "{:<28} {:<16} {:>11} {:>5}  {:<20} {}",
-                "AGENT", "HOST", "CONCURRENCY", "HELD", "KERNELS", "SERVER"
+                "{:<28} {:<16} {:>11} {:>5}  {:<20} SERVER",
+                "AGENT", "HOST", "CONCURRENCY", "HELD", "KERNELS"
             );
             for a in &agents {
                 println!(

@@ -52,6 +52,21 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// Whether a Redis error will likely heal by itself (Redis down, restarting,
+/// loading its AOF, connection dropped), so the caller should back off and
+/// retry rather than give up.
+pub fn is_transient(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || e.is_unrecoverable_error()
+        || matches!(
+            e.code(),
+            Some("LOADING") | Some("TRYAGAIN") | Some("MASTERDOWN")
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::redact_url;
@@ -68,19 +83,4 @@ mod tests {
             "redis://127.0.0.1:6379"
         );
     }
-}
-
-/// Whether a Redis error will likely heal by itself (Redis down, restarting,
-/// loading its AOF, connection dropped), so the caller should back off and
-/// retry rather than give up.
-pub fn is_transient(e: &redis::RedisError) -> bool {
-    e.is_io_error()
-        || e.is_connection_refusal()
-        || e.is_connection_dropped()
-        || e.is_timeout()
-        || e.is_unrecoverable_error()
-        || matches!(
-            e.code(),
-            Some("LOADING") | Some("TRYAGAIN") | Some("MASTERDOWN")
-        )
 }

@@ -113,7 +113,7 @@ pub fn pack_values(values: &[f64]) -> Vec<u8> {
 
 /// Unpack little-endian f64 values.
 pub fn unpack_values(bytes: &[u8]) -> Result<Vec<f64>, DecodeError> {
-    if bytes.len() % 8 != 0 {
+    if !bytes.len().is_multiple_of(8) {
         return Err(DecodeError::Field {
             what: "result",
             detail: format!("{} bytes is not a whole number of f64", bytes.len()),

@@ -355,7 +355,7 @@ impl Store {
         if matches!(state, RunState::Queued | RunState::Running)
             && !agents
                 .iter()
-                .any(|a| a.kernels.iter().any(|k| *k == spec.kernel))
+                .any(|a| a.kernels.contains(&spec.kernel))
         {
             st.message = format!("waiting for an agent offering {}", spec.kernel);
         }
@@ -401,6 +401,10 @@ impl Store {
                     .query_async(&mut c),
             )
             .await?;
+        if ids.is_empty() {
+            // An empty pipeline answers nil, not an empty list.
+            return Ok(Vec::new());
+        }
         let mut p = redis::pipe();
         for id in &ids {
             p.cmd("HGETALL").arg(self.keys.run(id));

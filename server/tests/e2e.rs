@@ -408,18 +408,14 @@ async fn a_chunk_completed_twice_is_counted_once() {
     assert_eq!(st.progress.expect("p").chunks_done, 2);
     assert_eq!(st.state, RunState::Succeeded as i32);
     // Nothing pending, nothing left: every delivery was acked and deleted.
-    let pending: (
-        u64,
-        Option<String>,
-        Option<String>,
-        Option<Vec<(String, String)>>,
-    ) = redis::cmd("XPENDING")
+    let pending: redis::streams::StreamPendingReply =
+        redis::cmd("XPENDING")
         .arg(&tasks)
         .arg(GROUP)
         .query_async(&mut conn)
         .await
         .expect("xpending");
-    assert_eq!(pending.0, 0);
+    assert_eq!(pending.count(), 0);
     let events = watch_all(&mut c, &run.run_id, "").await;
     let completed = events
         .iter()

@@ -1,0 +1,37 @@
+# The commands the README names. Every target installs what it needs first.
+CARGO ?= cargo
+RELEASE := target/release
+
+.PHONY: setup build demo demo-fault test lint bench fmt clean
+
+## setup: install what a fresh machine lacks (redis-server via the OS package manager)
+setup:
+	@scripts/setup.sh
+
+## build: release binaries (ttg-server, ttg-agent, ttgctl) in target/release
+build:
+	$(CARGO) build --release --workspace
+
+## demo: a local cluster (redis, server, 3 agents), 10,000 parameters watched to the end, sum checked
+demo: setup build
+	$(RELEASE)/ttgctl demo --params 10000 --agents 3
+
+## test: the whole suite against real redis-server, server and agent processes
+test: setup
+	$(CARGO) build --workspace
+	$(CARGO) test --workspace
+
+## lint: formatting and clippy, warnings are errors
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## bench: the benchmark suite; prints a table and rewrites docs/benchmarks.md
+bench: setup build
+	python3 scripts/bench.py --bin $(RELEASE) --out docs/benchmarks.md
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean
