@@ -353,9 +353,7 @@ impl Store {
             .count() as u64;
         let state = RunState::try_from(st.state).unwrap_or(RunState::Unspecified);
         if matches!(state, RunState::Queued | RunState::Running)
-            && !agents
-                .iter()
-                .any(|a| a.kernels.contains(&spec.kernel))
+            && !agents.iter().any(|a| a.kernels.contains(&spec.kernel))
         {
             st.message = format!("waiting for an agent offering {}", spec.kernel);
         }

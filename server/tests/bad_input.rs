@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use tonic::Code;
-use ttg_proto::v1::{CancelRequest, GetResultsRequest, ListRunsRequest, StatusRequest, SubmitRequest, WatchRequest};
+use ttg_proto::v1::{
+    CancelRequest, GetResultsRequest, ListRunsRequest, StatusRequest, SubmitRequest, WatchRequest,
+};
 
 struct Case {
     what: &'static str,
@@ -19,12 +21,21 @@ struct Case {
     needle: &'static str,
 }
 
-fn req(params: u64, chunk: Option<u64>, kernel: &str, args: &[(&str, &str)], attempts: Option<u32>) -> SubmitRequest {
+fn req(
+    params: u64,
+    chunk: Option<u64>,
+    kernel: &str,
+    args: &[(&str, &str)],
+    attempts: Option<u32>,
+) -> SubmitRequest {
     SubmitRequest {
         params,
         chunk_size: chunk,
         kernel: kernel.into(),
-        args: args.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        args: args
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         max_attempts: attempts,
         name: String::new(),
     }
@@ -32,22 +43,82 @@ fn req(params: u64, chunk: Option<u64>, kernel: &str, args: &[(&str, &str)], att
 
 fn cases() -> Vec<Case> {
     vec![
-        Case { what: "zero params", req: req(0, None, "", &[], None), cli: vec!["--params", "0"], needle: "params: must be in 1..=10000000000, got 0" },
-        Case { what: "too many params", req: req(10_000_000_001, Some(1_000_000), "", &[], None), cli: vec!["--params", "10000000001", "--chunk-size", "1000000"], needle: "params: must be in 1..=10000000000" },
-        Case { what: "zero chunk size", req: req(10, Some(0), "", &[], None), cli: vec!["--params", "10", "--chunk-size", "0"], needle: "chunk_size: must be in 1..=1000000, got 0" },
-        Case { what: "chunk size too big", req: req(10, Some(1_000_001), "", &[], None), cli: vec!["--params", "10", "--chunk-size", "1000001"], needle: "chunk_size: must be in 1..=1000000" },
-        Case { what: "too many chunks", req: req(10_000_000_000, Some(100), "", &[], None), cli: vec!["--params", "10000000000", "--chunk-size", "100"], needle: "at most 1000000 chunks per run" },
-        Case { what: "unknown kernel", req: req(10, None, "nope", &[], None), cli: vec!["--params", "10", "--kernel", "nope"], needle: "kernel: unknown kernel \"nope\" (known: placeholder)" },
-        Case { what: "unknown argument", req: req(10, None, "placeholder", &[("speed", "1")], None), cli: vec!["--params", "10", "--arg", "speed=1"], needle: "args.speed: unknown argument for kernel placeholder (known: work_ms)" },
-        Case { what: "argument out of range", req: req(10, None, "placeholder", &[("work_ms", "60001")], None), cli: vec!["--params", "10", "--arg", "work_ms=60001"], needle: "args.work_ms: must be a whole number in 0..=60000, got \"60001\"" },
-        Case { what: "argument not a number", req: req(10, None, "placeholder", &[("work_ms", "fast")], None), cli: vec!["--params", "10", "--arg", "work_ms=fast"], needle: "args.work_ms: must be a whole number in 0..=60000, got \"fast\"" },
-        Case { what: "zero attempts", req: req(10, None, "", &[], Some(0)), cli: vec!["--params", "10", "--max-attempts", "0"], needle: "max_attempts: must be in 1..=100, got 0" },
-        Case { what: "too many attempts", req: req(10, None, "", &[], Some(101)), cli: vec!["--params", "10", "--max-attempts", "101"], needle: "max_attempts: must be in 1..=100, got 101" },
+        Case {
+            what: "zero params",
+            req: req(0, None, "", &[], None),
+            cli: vec!["--params", "0"],
+            needle: "params: must be in 1..=10000000000, got 0",
+        },
+        Case {
+            what: "too many params",
+            req: req(10_000_000_001, Some(1_000_000), "", &[], None),
+            cli: vec!["--params", "10000000001", "--chunk-size", "1000000"],
+            needle: "params: must be in 1..=10000000000",
+        },
+        Case {
+            what: "zero chunk size",
+            req: req(10, Some(0), "", &[], None),
+            cli: vec!["--params", "10", "--chunk-size", "0"],
+            needle: "chunk_size: must be in 1..=1000000, got 0",
+        },
+        Case {
+            what: "chunk size too big",
+            req: req(10, Some(1_000_001), "", &[], None),
+            cli: vec!["--params", "10", "--chunk-size", "1000001"],
+            needle: "chunk_size: must be in 1..=1000000",
+        },
+        Case {
+            what: "too many chunks",
+            req: req(10_000_000_000, Some(100), "", &[], None),
+            cli: vec!["--params", "10000000000", "--chunk-size", "100"],
+            needle: "at most 1000000 chunks per run",
+        },
+        Case {
+            what: "unknown kernel",
+            req: req(10, None, "nope", &[], None),
+            cli: vec!["--params", "10", "--kernel", "nope"],
+            needle: "kernel: unknown kernel \"nope\" (known: placeholder)",
+        },
+        Case {
+            what: "unknown argument",
+            req: req(10, None, "placeholder", &[("speed", "1")], None),
+            cli: vec!["--params", "10", "--arg", "speed=1"],
+            needle: "args.speed: unknown argument for kernel placeholder (known: work_ms)",
+        },
+        Case {
+            what: "argument out of range",
+            req: req(10, None, "placeholder", &[("work_ms", "60001")], None),
+            cli: vec!["--params", "10", "--arg", "work_ms=60001"],
+            needle: "args.work_ms: must be a whole number in 0..=60000, got \"60001\"",
+        },
+        Case {
+            what: "argument not a number",
+            req: req(10, None, "placeholder", &[("work_ms", "fast")], None),
+            cli: vec!["--params", "10", "--arg", "work_ms=fast"],
+            needle: "args.work_ms: must be a whole number in 0..=60000, got \"fast\"",
+        },
+        Case {
+            what: "zero attempts",
+            req: req(10, None, "", &[], Some(0)),
+            cli: vec!["--params", "10", "--max-attempts", "0"],
+            needle: "max_attempts: must be in 1..=100, got 0",
+        },
+        Case {
+            what: "too many attempts",
+            req: req(10, None, "", &[], Some(101)),
+            cli: vec!["--params", "10", "--max-attempts", "101"],
+            needle: "max_attempts: must be in 1..=100, got 101",
+        },
     ]
 }
 
 fn ttgctl(server: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin("ttgctl")).arg("--server").arg(server).args(args).output().expect("run ttgctl");
+    let out = Command::new(bin("ttgctl"))
+        .arg("--server")
+        .arg(server)
+        .args(args)
+        .output()
+        .expect("run ttgctl");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -62,28 +133,66 @@ async fn every_bad_submit_is_invalid_argument_naming_field_and_range_and_ttgctl_
     let mut c = control(&server.url).await;
     for case in cases() {
         let e = c.submit(case.req.clone()).await.expect_err(case.what);
-        assert_eq!(e.code(), Code::InvalidArgument, "{}: {}", case.what, e.message());
-        assert!(e.message().contains(case.needle), "{}: got {:?}, want {:?}", case.what, e.message(), case.needle);
+        assert_eq!(
+            e.code(),
+            Code::InvalidArgument,
+            "{}: {}",
+            case.what,
+            e.message()
+        );
+        assert!(
+            e.message().contains(case.needle),
+            "{}: got {:?}, want {:?}",
+            case.what,
+            e.message(),
+            case.needle
+        );
 
         let mut args = vec!["submit"];
         args.extend(case.cli.iter().copied());
         let (code, _, err) = ttgctl(&server.url, &args);
         assert_eq!(code, 2, "{}: ttgctl exit code, stderr {err}", case.what);
-        assert!(err.contains(case.needle), "{}: ttgctl said {err:?}", case.what);
-        assert_eq!(err.trim().lines().count(), 1, "{}: one line, no debug dump: {err:?}", case.what);
+        assert!(
+            err.contains(case.needle),
+            "{}: ttgctl said {err:?}",
+            case.what
+        );
+        assert_eq!(
+            err.trim().lines().count(),
+            1,
+            "{}: one line, no debug dump: {err:?}",
+            case.what
+        );
     }
     // Nothing was queued by any rejected request.
-    let runs = c.list_runs(ListRunsRequest { limit: 10 }).await.expect("runs").into_inner().runs;
+    let runs = c
+        .list_runs(ListRunsRequest { limit: 10 })
+        .await
+        .expect("runs")
+        .into_inner()
+        .runs;
     assert!(runs.is_empty());
     // CLI-side usage errors exit 2 too.
-    for bad in [vec!["submit", "--params", "10", "--arg", "work_ms"], vec!["submit"], vec!["submit", "--params", "-1"], vec!["status", "x", "-o", "csv"]] {
+    for bad in [
+        vec!["submit", "--params", "10", "--arg", "work_ms"],
+        vec!["submit"],
+        vec!["submit", "--params", "-1"],
+        vec!["status", "x", "-o", "csv"],
+    ] {
         let (code, _, err) = ttgctl(&server.url, &bad);
         assert_eq!(code, 2, "{bad:?}: {err}");
     }
     // ListRuns limit out of range.
-    let e = c.list_runs(ListRunsRequest { limit: 1_001 }).await.expect_err("limit");
+    let e = c
+        .list_runs(ListRunsRequest { limit: 1_001 })
+        .await
+        .expect_err("limit");
     assert_eq!(e.code(), Code::InvalidArgument);
-    assert!(e.message().contains("limit: must be in 1..=1000"), "{}", e.message());
+    assert!(
+        e.message().contains("limit: must be in 1..=1000"),
+        "{}",
+        e.message()
+    );
     server.stop().await;
 }
 
@@ -93,21 +202,49 @@ async fn unknown_and_malformed_run_ids() {
     let server = Server::start(&redis.url, &prefix()).await;
     let mut c = control(&server.url).await;
     let id = "00zzzzzzzz-nothere".to_string();
-    let e = c.status(StatusRequest { run_id: id.clone() }).await.expect_err("status");
+    let e = c
+        .status(StatusRequest { run_id: id.clone() })
+        .await
+        .expect_err("status");
     assert_eq!(e.code(), Code::NotFound);
     assert!(e.message().contains(&id), "{}", e.message());
-    let e = c.watch(WatchRequest { run_id: id.clone(), after_event_id: String::new() }).await.expect_err("watch");
+    let e = c
+        .watch(WatchRequest {
+            run_id: id.clone(),
+            after_event_id: String::new(),
+        })
+        .await
+        .expect_err("watch");
     assert_eq!(e.code(), Code::NotFound);
-    let e = c.cancel(CancelRequest { run_id: id.clone(), reason: String::new() }).await.expect_err("cancel");
+    let e = c
+        .cancel(CancelRequest {
+            run_id: id.clone(),
+            reason: String::new(),
+        })
+        .await
+        .expect_err("cancel");
     assert_eq!(e.code(), Code::NotFound);
-    let e = c.get_results(GetResultsRequest { run_id: id.clone() }).await.expect_err("results");
+    let e = c
+        .get_results(GetResultsRequest { run_id: id.clone() })
+        .await
+        .expect_err("results");
     assert_eq!(e.code(), Code::NotFound);
     for bad in ["", "a b", "../../etc", &"x".repeat(65)] {
-        let e = c.status(StatusRequest { run_id: bad.to_string() }).await.expect_err("bad id");
+        let e = c
+            .status(StatusRequest {
+                run_id: bad.to_string(),
+            })
+            .await
+            .expect_err("bad id");
         assert_eq!(e.code(), Code::InvalidArgument, "{bad:?}");
         assert!(e.message().starts_with("run_id:"), "{}", e.message());
     }
-    for cmd in [vec!["status", id.as_str()], vec!["watch", id.as_str()], vec!["cancel", id.as_str()], vec!["results", id.as_str()]] {
+    for cmd in [
+        vec!["status", id.as_str()],
+        vec!["watch", id.as_str()],
+        vec!["cancel", id.as_str()],
+        vec!["results", id.as_str()],
+    ] {
         let (code, _, err) = ttgctl(&server.url, &cmd);
         assert_eq!(code, 2, "{cmd:?}: {err}");
         assert!(err.contains("not found"), "{cmd:?}: {err}");
@@ -120,27 +257,59 @@ async fn redis_down_is_unavailable_within_seconds_and_heals() {
     let mut redis = Redis::start();
     let server = Server::start(&redis.url, &prefix()).await;
     let mut c = control(&server.url).await;
-    let run = c.submit(submit_req(100, 10, 0)).await.expect("submit").into_inner();
+    let run = c
+        .submit(submit_req(100, 10, 0))
+        .await
+        .expect("submit")
+        .into_inner();
     redis.kill();
     for _ in 0..2 {
         let t = Instant::now();
-        let e = c.status(StatusRequest { run_id: run.run_id.clone() }).await.expect_err("status with redis down");
+        let e = c
+            .status(StatusRequest {
+                run_id: run.run_id.clone(),
+            })
+            .await
+            .expect_err("status with redis down");
         assert_eq!(e.code(), Code::Unavailable, "{}", e.message());
-        assert!(t.elapsed() < Duration::from_secs(8), "answered in {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(8),
+            "answered in {:?}",
+            t.elapsed()
+        );
         let t = Instant::now();
-        let e = c.submit(submit_req(100, 10, 0)).await.expect_err("submit with redis down");
+        let e = c
+            .submit(submit_req(100, 10, 0))
+            .await
+            .expect_err("submit with redis down");
         assert_eq!(e.code(), Code::Unavailable, "{}", e.message());
-        assert!(t.elapsed() < Duration::from_secs(8), "answered in {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(8),
+            "answered in {:?}",
+            t.elapsed()
+        );
     }
     let (code, _, err) = ttgctl(&server.url, &["status", &run.run_id]);
-    assert_eq!(code, 3, "ttgctl exits 3 when the server's Redis is down: {err}");
+    assert_eq!(
+        code, 3,
+        "ttgctl exits 3 when the server's Redis is down: {err}"
+    );
     // Redis back (AOF on): the same server serves the same run again.
     redis.restart();
-    let st = wait_until("server reconnects to redis", Duration::from_secs(15), || {
-        let mut c = c.clone();
-        let id = run.run_id.clone();
-        async move { c.status(StatusRequest { run_id: id }).await.ok().map(|r| r.into_inner()) }
-    })
+    let st = wait_until(
+        "server reconnects to redis",
+        Duration::from_secs(15),
+        || {
+            let mut c = c.clone();
+            let id = run.run_id.clone();
+            async move {
+                c.status(StatusRequest { run_id: id })
+                    .await
+                    .ok()
+                    .map(|r| r.into_inner())
+            }
+        },
+    )
     .await;
     assert_eq!(st.progress.expect("p").chunks_total, 10);
     server.stop().await;

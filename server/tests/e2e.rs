@@ -408,8 +408,7 @@ async fn a_chunk_completed_twice_is_counted_once() {
     assert_eq!(st.progress.expect("p").chunks_done, 2);
     assert_eq!(st.state, RunState::Succeeded as i32);
     // Nothing pending, nothing left: every delivery was acked and deleted.
-    let pending: redis::streams::StreamPendingReply =
-        redis::cmd("XPENDING")
+    let pending: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
         .arg(&tasks)
         .arg(GROUP)
         .query_async(&mut conn)
