@@ -19,7 +19,7 @@ demo: setup build
 ## test: the whole suite against real redis-server, server and agent processes
 test: setup
 	$(CARGO) build --workspace
-	$(CARGO) test --workspace
+	scripts/test.sh
 
 ## lint: formatting and clippy, warnings are errors
 lint:
