@@ -8,6 +8,14 @@ use crate::output::{thousands, Format};
 use crate::submit::{self, SubmitOpts};
 use crate::watch;
 
+/// Print a line, ignoring a closed stdout: the cluster must still be torn down.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 /// Demo options.
 pub struct DemoOpts {
     /// Parameters.
@@ -27,9 +35,10 @@ pub async fn demo(o: DemoOpts) -> CliResult<i32> {
     let listen = format!("127.0.0.1:{}", free_port()?)
         .parse()
         .map_err(|e| CliError::failed(format!("{e}")))?;
-    println!(
+    say!(
         "starting a local cluster: redis, server, {} agents × concurrency {}",
-        o.agents, o.concurrency
+        o.agents,
+        o.concurrency
     );
     let mut cluster = Cluster::start(ClusterOpts {
         agents: o.agents,
@@ -56,22 +65,24 @@ async fn run(cluster: &Cluster, o: &DemoOpts) -> CliResult<i32> {
     };
     let mut client = crate::client::control(&cluster.server_url).await?;
     let resp = client.submit(submit::request(&opts)?).await?.into_inner();
-    println!(
+    say!(
         "run {} submitted: {} params in {} chunks",
-        resp.run_id, o.params, resp.chunks
+        resp.run_id,
+        o.params,
+        resp.chunks
     );
     let out = watch::watch(&cluster.server_url, &resp.run_id, "", Format::Text).await?;
     let expected = ttg_proto::kernels::placeholder_expected_sum_hundredths(o.params);
     let got = (out.sum * 100.0).round() as u128;
     if out.exit == EXIT_OK && got == expected && out.count == o.params {
-        println!(
+        say!(
             "sum {} matches the expected {}",
             thousands(out.sum, 2),
             thousands(expected as f64 / 100.0, 2)
         );
         Ok(EXIT_OK)
     } else {
-        println!(
+        say!(
             "MISMATCH: sum {} over {} values, expected {} over {}",
             thousands(out.sum, 2),
             out.count,

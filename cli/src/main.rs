@@ -161,6 +161,11 @@ enum Cmd {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
+    // `up` and `demo` own child processes and must tear them down whatever
+    // happens to stdout; everything else may die quietly on a closed pipe.
+    if !matches!(cli.command, Cmd::Up { .. } | Cmd::Demo { .. }) {
+        sys::default_sigpipe();
+    }
     let code = match dispatch(cli).await {
         Ok(code) => code,
         Err(e) => {

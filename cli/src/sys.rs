@@ -29,3 +29,12 @@ pub fn child_dies_with_us(cmd: &mut tokio::process::Command, sig: i32) {
         });
     }
 }
+
+/// Die quietly on a closed stdout (`ttgctl runs | head -1`), as Unix tools do,
+/// instead of Rust's default of turning the write into an error or a panic.
+pub fn default_sigpipe() {
+    // SAFETY: resets one signal's disposition; no memory is touched.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}

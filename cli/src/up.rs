@@ -1,11 +1,20 @@
 //! `ttgctl up`: a local cluster in the foreground until Ctrl-C, SIGTERM, or
 //! the exit of whoever started it.
 
+use std::io::Write;
 use std::time::Duration;
 
 use crate::client::{CliError, CliResult, EXIT_OK};
 use crate::cluster::{Cluster, ClusterOpts};
 use crate::sys;
+
+/// Print a line; a closed stdout must not stop (or panic) the cluster, which
+/// still has to be torn down.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
 
 /// Run the cluster until told to stop.
 pub async fn up(opts: ClusterOpts) -> CliResult<i32> {
@@ -13,8 +22,8 @@ pub async fn up(opts: ClusterOpts) -> CliResult<i32> {
     sys::die_with_parent(libc::SIGTERM);
     let mut cluster = Cluster::start(opts.clone()).await?;
     let default = opts.listen.to_string() == "127.0.0.1:50051";
-    println!("TTG local cluster is up");
-    println!(
+    say!("TTG local cluster is up");
+    say!(
         "  server  {}{}",
         cluster.server_url,
         if default {
@@ -23,7 +32,7 @@ pub async fn up(opts: ClusterOpts) -> CliResult<i32> {
             "   (export TTG_SERVER to use it)"
         }
     );
-    println!(
+    say!(
         "  redis   {}{}",
         ttg_proto::redis_conn::redact_url(&cluster.redis_url),
         if opts.redis_url.is_none() {
@@ -32,16 +41,16 @@ pub async fn up(opts: ClusterOpts) -> CliResult<i32> {
             ""
         }
     );
-    println!(
+    say!(
         "  agents  {} × concurrency {}",
         opts.agents,
         opts.concurrency
             .map(|c| c.to_string())
             .unwrap_or_else(|| "CPUs".into())
     );
-    println!("  logs    {}/*.log", cluster.dir.display());
-    println!("submit from another terminal:  ttgctl submit --params 10000 --watch");
-    println!("Ctrl-C stops everything.");
+    say!("  logs    {}/*.log", cluster.dir.display());
+    say!("submit from another terminal:  ttgctl submit --params 10000 --watch");
+    say!("Ctrl-C stops everything.");
 
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
@@ -54,7 +63,7 @@ pub async fn up(opts: ClusterOpts) -> CliResult<i32> {
             _ = check.tick() => if let Some(what) = cluster.exited() { break Some(what) },
         }
     };
-    println!("stopping: draining agents, then server and redis…");
+    say!("stopping: draining agents, then server and redis…");
     cluster.stop().await;
     match failure {
         None => Ok(EXIT_OK),
