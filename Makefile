@@ -16,6 +16,10 @@ build:
 demo: setup build
 	$(RELEASE)/ttgctl demo --params 10000 --agents 3
 
+## demo-fault: the same sweep, one agent SIGKILLed at 30 %: shows the reclaim, checks the sum
+demo-fault: setup build
+	$(RELEASE)/ttgctl demo --params 10000 --agents 3 --kill-at 30
+
 ## test: the whole suite against real redis-server, server and agent processes
 test: setup
 	$(CARGO) build --workspace

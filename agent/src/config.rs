@@ -12,7 +12,7 @@ use ttg_proto::telemetry::LogFormat;
     about = "TTG worker agent: claims chunks from Redis Streams, computes them, completes them atomically"
 )]
 pub struct Config {
-    /// Server gRPC URL for the session (default http://127.0.0.1:50051).
+    /// Server gRPC URL for the session, or several replicas' URLs comma-separated, tried in turn (default http://127.0.0.1:50051).
     #[arg(long, env = "TTG_SERVER", default_value = "http://127.0.0.1:50051")]
     pub server: String,
 
@@ -65,8 +65,10 @@ impl Config {
         }
         redis::Client::open(self.redis_url.as_str())
             .map_err(|e| format!("--redis-url is not a valid Redis URL: {e}"))?;
-        tonic::transport::Endpoint::from_shared(self.server.clone())
-            .map_err(|e| format!("--server is not a valid URL: {e}"))?;
+        for url in self.server.split(',').map(str::trim) {
+            tonic::transport::Endpoint::from_shared(url.to_string())
+                .map_err(|e| format!("--server {url:?} is not a valid URL: {e}"))?;
+        }
         Ok(())
     }
 

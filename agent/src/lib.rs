@@ -21,6 +21,11 @@ use tokio_util::task::TaskTracker;
 
 pub use config::Config;
 
+/// The sweep takes entries idle for this many leases (15 s at the default
+/// 3 s lease): live agents refresh theirs every half lease, so only a dead
+/// agent's entries get that old.
+pub const SWEEP_IDLE_LEASES: u32 = 5;
+
 /// Why the agent could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -71,6 +76,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Exit, Er
         ending.clone(),
     ));
 
+    // The lease keeper and the sweep run until the session ends: a draining
+    // agent's entries must stay fresh while it finishes them.
+    let keeper_stop = CancellationToken::new();
+    let keeper = tokio::spawn(worker.clone().keep_lease(keeper_stop.clone()));
+    let sweeper = tokio::spawn(worker.clone().sweep(SWEEP_IDLE_LEASES, keeper_stop.clone()));
+
     let tracker = TaskTracker::new();
     worker.clone().claim_loop(shutdown, tracker.clone()).await;
     tracker.close();
@@ -92,6 +103,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Exit, Er
             session::Ending::Abandon
         };
     }
+    keeper_stop.cancel();
+    let _ = tokio::join!(keeper, sweeper);
     session_stop.cancel();
     let _ = session.await;
     tracing::info!(agent = %agent_id, exit = ?exit, "ttg-agent stopped");

@@ -16,7 +16,9 @@ use ttg_proto::v1::{agent_message, server_message, AgentMessage, Bye, Heartbeat,
 use crate::worker::Worker;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Kept under the lease (3 s by default), so an agent whose server restarted
+/// is back before a reaper could take it for dead.
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// How the session should end once `stop` fires.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,14 +30,24 @@ pub enum Ending {
 }
 
 /// Keep a session open until `stop` fires, then end it as `ending` says.
+/// `servers` is a comma-separated list of URLs (replicas); on failure the
+/// next one is tried.
 pub async fn run(
-    server: String,
+    servers: String,
     worker: Arc<Worker>,
     stop: CancellationToken,
     ending: Arc<std::sync::Mutex<Ending>>,
 ) {
+    let servers: Vec<String> = servers
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
     let mut backoff = BACKOFF_MIN;
+    let mut turn = 0usize;
     while !stop.is_cancelled() {
+        let server = servers[turn % servers.len().max(1)].clone();
+        turn += 1;
         match serve(&server, &worker, &stop, &ending, &mut backoff).await {
             Ok(()) => return,
             Err(e) => {
@@ -97,6 +109,7 @@ async fn serve(
         Err(_) => return Err("no Welcome within 5s".into()),
     };
     *backoff = BACKOFF_MIN;
+    worker.set_lease(Duration::from_millis(welcome.lease_ms));
     tracing::info!(agent = %worker.agent_id(), server = %welcome.server_id, lease_ms = welcome.lease_ms, "session open");
     let mut tick = tokio::time::interval(Duration::from_millis(
         welcome.heartbeat_interval_ms.clamp(50, 60_000),

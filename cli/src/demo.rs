@@ -16,6 +16,30 @@ macro_rules! say {
     }};
 }
 
+/// Poll the run; at `pct` % of chunks done, SIGKILL `pid`. Returns the kill
+/// time (ms since epoch) and the progress it happened at.
+async fn kill_at(server: &str, run_id: &str, pid: u32, pct: u32) -> Option<(i64, u64)> {
+    let mut c = crate::client::control(server).await.ok()?;
+    loop {
+        let st = c
+            .status(ttg_proto::v1::StatusRequest {
+                run_id: run_id.to_string(),
+            })
+            .await
+            .ok()?
+            .into_inner();
+        let p = st.progress.unwrap_or_default();
+        if p.chunks_total > 0 && (p.chunks_done * 100) >= p.chunks_total * pct as u64 {
+            crate::sys::signal(pid, libc::SIGKILL);
+            return Some((ttg_proto::now_ms(), p.chunks_done * 100 / p.chunks_total));
+        }
+        if ttg_proto::stream::is_finished(ttg_proto::v1::RunState::try_from(st.state).ok()?) {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// Demo options.
 pub struct DemoOpts {
     /// Parameters.
@@ -28,6 +52,8 @@ pub struct DemoOpts {
     pub work_ms: u64,
     /// Use this Redis instead of a private one.
     pub redis_url: Option<String>,
+    /// SIGKILL one agent when this percentage of chunks is done.
+    pub kill_at: Option<u32>,
 }
 
 /// Run the demo; returns the exit code.
@@ -71,7 +97,41 @@ async fn run(cluster: &Cluster, o: &DemoOpts) -> CliResult<i32> {
         o.params,
         resp.chunks
     );
+    // The victim is chosen now; a task kills it when progress reaches kill_at.
+    let killer = o.kill_at.and_then(|pct| {
+        let pid = cluster.agents.first().and_then(|a| a.id())?;
+        let server = cluster.server_url.clone();
+        let run_id = resp.run_id.clone();
+        Some(tokio::spawn(async move {
+            kill_at(&server, &run_id, pid, pct).await
+        }))
+    });
     let out = watch::watch(&cluster.server_url, &resp.run_id, "", Format::Text).await?;
+    if let Some(k) = killer {
+        match k.await {
+            Ok(Some((kill_ms, pct))) => {
+                say!(
+                    "agent 1 (pid {}) was SIGKILLed at {pct}% of chunks done",
+                    cluster.agents.first().and_then(|a| a.id()).unwrap_or(0)
+                );
+                if out.reclaims.is_empty() {
+                    say!("it held no chunk at that instant: nothing to reclaim");
+                }
+                for r in &out.reclaims {
+                    say!(
+                        "  chunk {} back in the queue {} ms after the kill (server: {} ms after it saw the session drop)",
+                        r.chunk,
+                        (r.time_ms - kill_ms).max(0),
+                        r.after_ms
+                    );
+                }
+            }
+            _ => say!(
+                "the run ended before {}% progress: no agent was killed",
+                o.kill_at.unwrap_or(0)
+            ),
+        }
+    }
     let expected = ttg_proto::kernels::placeholder_expected_sum_hundredths(o.params);
     let got = (out.sum * 100.0).round() as u128;
     if out.exit == EXIT_OK && got == expected && out.count == o.params {

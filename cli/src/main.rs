@@ -104,6 +104,11 @@ enum Cmd {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// Re-queue a run's dead-lettered chunks with fresh attempts; the run goes on.
+    Retry {
+        /// Run id.
+        run: String,
+    },
     /// List runs, newest first.
     Runs {
         /// How many, 1..=1000 (default 50).
@@ -155,6 +160,9 @@ enum Cmd {
         /// Use this Redis instead of starting a private redis-server.
         #[arg(long)]
         redis_url: Option<String>,
+        /// SIGKILL one agent when this percentage of chunks is done (1..=99), show the reclaim.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=99))]
+        kill_at: Option<u32>,
     },
 }
 
@@ -207,6 +215,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Cmd::Status { run } => status::status(server, &run, cli.format).await,
         Cmd::Watch { run, after } => Ok(watch::watch(server, &run, &after, cli.format).await?.exit),
         Cmd::Cancel { run, reason } => status::cancel(server, &run, &reason, cli.format).await,
+        Cmd::Retry { run } => status::retry(server, &run, cli.format).await,
         Cmd::Runs { limit } => status::runs(server, limit, cli.format).await,
         Cmd::Agents => status::agents(server, cli.format).await,
         Cmd::Results { run, file } => {
@@ -244,11 +253,17 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
             concurrency,
             work_ms,
             redis_url,
+            kill_at,
         } => {
             if agents == 0 || agents > 64 {
                 return Err(CliError::usage(format!(
                     "--agents must be in 1..=64, got {agents}"
                 )));
+            }
+            if kill_at.is_some() && agents < 2 {
+                return Err(CliError::usage(
+                    "--kill-at needs --agents 2 or more: someone must finish the run",
+                ));
             }
             demo::demo(demo::DemoOpts {
                 params,
@@ -256,6 +271,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
                 concurrency,
                 work_ms,
                 redis_url,
+                kill_at,
             })
             .await
         }

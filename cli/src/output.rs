@@ -79,6 +79,7 @@ pub fn status_json(st: &RunStatus) -> Value {
         "finished_ms": time(st.finished_ms),
         "params_per_second": st.params_per_second,
         "message": st.message,
+        "dead_chunks": st.dead_chunks.iter().map(|d| json!({"chunk": d.chunk_index, "attempt": d.attempt, "error": d.error})).collect::<Vec<_>>(),
     })
 }
 
@@ -124,6 +125,21 @@ pub fn status_text(st: &RunStatus) -> String {
     if !st.message.is_empty() {
         out.push_str(&format!("note       {}\n", st.message));
     }
+    for d in &st.dead_chunks {
+        out.push_str(&format!(
+            "dead       chunk {} after attempt {}: {}\n",
+            d.chunk_index, d.attempt, d.error
+        ));
+    }
+    if p.chunks_dead > st.dead_chunks.len() as u64 {
+        out.push_str(&format!(
+            "dead       … and {} more\n",
+            p.chunks_dead - st.dead_chunks.len() as u64
+        ));
+    }
+    if p.chunks_dead > 0 {
+        out.push_str(&format!("retry      ttgctl retry {}\n", spec.run_id));
+    }
     out
 }
 
@@ -157,8 +173,9 @@ pub fn event_json(e: &Event) -> Value {
         Some(event::Kind::RunCancelled(k)) => ("RunCancelled", json!({"reason": k.reason})),
         Some(event::Kind::ChunkReclaimed(k)) => (
             "ChunkReclaimed",
-            json!({"chunk": k.chunk_index, "agent_id": k.agent_id, "attempt": k.attempt, "after_ms": k.after_ms}),
+            json!({"chunk": k.chunk_index, "agent_id": k.agent_id, "attempt": k.attempt, "after_ms": k.after_ms, "cause": k.cause}),
         ),
+        Some(event::Kind::RunRetried(k)) => ("RunRetried", json!({"chunks": k.chunks})),
         Some(event::Kind::ChunkFailed(k)) => (
             "ChunkFailed",
             json!({"chunk": k.chunk_index, "agent_id": k.agent_id, "attempt": k.attempt, "error": k.error, "dead": k.dead}),

@@ -1,6 +1,8 @@
 //! `ttgctl status RUN`, `ttgctl runs`, `ttgctl agents` and `ttgctl cancel RUN`.
 
-use ttg_proto::v1::{CancelRequest, ListAgentsRequest, ListRunsRequest, StatusRequest};
+use ttg_proto::v1::{
+    CancelRequest, ListAgentsRequest, ListRunsRequest, RetryRequest, StatusRequest,
+};
 
 use crate::client::{self, CliResult, EXIT_OK};
 use crate::output::{agent_json, state_name, status_json, status_text, thousands, Format};
@@ -110,6 +112,29 @@ pub async fn cancel(server: &str, run_id: &str, reason: &str, format: Format) ->
             serde_json::json!({"run_id": run_id, "state": state_name(r.state)})
         ),
         Format::Text | Format::Csv => println!("run {run_id} {}", state_name(r.state)),
+    }
+    Ok(EXIT_OK)
+}
+
+/// Re-queue a run's dead chunks with fresh attempts.
+pub async fn retry(server: &str, run_id: &str, format: Format) -> CliResult<i32> {
+    let mut c = client::control(server).await?;
+    let r = c
+        .retry(RetryRequest {
+            run_id: run_id.to_string(),
+        })
+        .await?
+        .into_inner();
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::json!({"run_id": run_id, "chunks_requeued": r.chunks_requeued, "state": state_name(r.state)})
+        ),
+        Format::Text | Format::Csv => println!(
+            "run {run_id}: {} dead chunks re-queued; state {}",
+            r.chunks_requeued,
+            state_name(r.state)
+        ),
     }
     Ok(EXIT_OK)
 }

@@ -17,6 +17,17 @@ use crate::output::{event_json, state_name, thousands, Format};
 /// Give up reconnecting after this long without a stream.
 const RECONNECT_FOR: Duration = Duration::from_secs(60);
 
+/// A reclaim seen during a watch.
+#[derive(Debug, Clone, Default)]
+pub struct Reclaim {
+    /// Chunk index.
+    pub chunk: u64,
+    /// Server-measured delay from detection to re-queue.
+    pub after_ms: u64,
+    /// Event time (Redis clock, ms since epoch).
+    pub time_ms: i64,
+}
+
 /// What a finished watch saw.
 #[derive(Debug, Clone, Default)]
 pub struct Outcome {
@@ -27,7 +38,7 @@ pub struct Outcome {
     /// Final aggregate count.
     pub count: u64,
     /// Chunks reclaimed during the watch.
-    pub reclaims: Vec<(u64, u64)>,
+    pub reclaims: Vec<Reclaim>,
     /// Exit code for the process.
     pub exit: i32,
 }
@@ -178,11 +189,18 @@ pub async fn watch(server: &str, run_id: &str, after: &str, format: Format) -> C
                     progress.update(&e);
                     match &e.kind {
                         Some(event::Kind::ChunkReclaimed(r)) => {
-                            outcome.reclaims.push((r.chunk_index, r.after_ms));
+                            outcome.reclaims.push(Reclaim {
+                                chunk: r.chunk_index,
+                                after_ms: r.after_ms,
+                                time_ms: e.time_ms,
+                            });
                             progress.note(&format!(
-                                "chunk {} reclaimed from agent {} {} ms after it died (attempt {})",
-                                r.chunk_index, r.agent_id, r.after_ms, r.attempt
+                                "chunk {} reclaimed from agent {} ({}), back in the queue {} ms later as attempt {}",
+                                r.chunk_index, r.agent_id, r.cause, r.after_ms, r.attempt
                             ));
+                        }
+                        Some(event::Kind::RunRetried(r)) => {
+                            progress.note(&format!("{} dead chunks re-queued by retry", r.chunks));
                         }
                         Some(event::Kind::ChunkFailed(f)) => progress.note(&format!(
                             "chunk {} attempt {} failed on {}: {}{}",

@@ -69,6 +69,12 @@ impl Keys {
         format!("{}agents", self.prefix)
     }
 
+    /// Pub/sub channel on which replicas tell each other of cancelled runs, so
+    /// every replica pushes CancelRun to the agents it holds.
+    pub fn control_channel(&self) -> String {
+        format!("{}control", self.prefix)
+    }
+
     /// String: protobuf AgentInfo of one agent (its last heartbeat).
     pub fn agent(&self, agent_id: &str) -> String {
         format!("{}agent:{agent_id}", self.prefix)

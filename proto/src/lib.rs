@@ -9,12 +9,14 @@
 //!   used by the server to validate `Submit` and by agents to parse arguments.
 //! - [`stream`]: record encodings and the atomic Lua scripts (start, complete,
 //!   cancel) that keep results, acks and counters in agreement.
+//! - [`reclaim`]: re-queueing a dead agent's deliveries, at most once.
 //! - [`redis_conn`]: connecting to Redis with bounded timeouts.
 //! - [`telemetry`]: logging set-up shared by every binary.
 
 pub mod chunking;
 pub mod kernels;
 pub mod keys;
+pub mod reclaim;
 pub mod redis_conn;
 pub mod stream;
 pub mod telemetry;

@@ -189,6 +189,7 @@ pub fn run_status_from_hash(
         finished_ms: finished,
         params_per_second: rate,
         message: String::new(),
+        dead_chunks: Vec::new(),
         spec: Some(spec),
     })
 }
@@ -243,6 +244,32 @@ local function finish_if_done(run, events, run_id, ts)
   emit(run, events, f_bytes(2, run_id) .. f_bytes(13, f_varint(1, code) .. f_bytes(2, aggregate(run))), ts)
   return state
 end
+-- One failed attempt at a chunk (kernel error, or its agent died): re-queue
+-- the task with attempt + 1, or at max attempts dead-letter it, count it dead
+-- and end the run if it was the last chunk. The caller has already acked and
+-- deleted the delivery. K: run, done, deadbits, dead stream, events, tasks.
+-- Returns {code, state}: 1 re-queued, 3 dead-lettered, 0 chunk already has a
+-- result, 2 run not active, -1 run unknown.
+local function fail_attempt(K, chunk, task, attempt, max, err, tp, body_retry, body_dead, run_id)
+  local run = K[1]
+  local state = redis.call('HGET', run, 'state')
+  if not state then return {-1, ''} end
+  if not active(state) then return {2, state} end
+  if redis.call('GETBIT', K[2], chunk) == 1 then return {0, state} end
+  local ts = now_ms()
+  if tonumber(attempt) < tonumber(max) then
+    redis.call('XADD', K[6], '*', 't', task, 'a', tonumber(attempt) + 1, 'tp', tp)
+    emit(run, K[5], body_retry, ts)
+    return {1, state}
+  end
+  if redis.call('GETBIT', K[3], chunk) == 0 then
+    redis.call('SETBIT', K[3], chunk, 1)
+    redis.call('HINCRBY', run, 'dead', 1)
+    redis.call('XADD', K[4], '*', 'c', chunk, 'a', attempt, 'err', err, 't', task, 'tp', tp)
+  end
+  emit(run, K[5], body_dead, ts)
+  return {3, finish_if_done(run, K[5], run_id, ts)}
+end
 "#;
 
 /// Complete one chunk, atomically: ack and delete the delivery; if the run is
@@ -295,26 +322,70 @@ return {1, finish_if_done(run, KEYS[4], ARGV[10], ts)}
 /// Returns `{code, state}`: 1 re-queued, 3 dead-lettered, 0 chunk already
 /// has a result, 2 run not active, -1 run unknown.
 const FAIL: &str = r#"
-local run = KEYS[1]
 redis.call('XACK', KEYS[6], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[6], ARGV[2])
-local state = redis.call('HGET', run, 'state')
-if not state then return {-1, ''} end
-if not active(state) then return {2, state} end
-if redis.call('GETBIT', KEYS[2], ARGV[3]) == 1 then return {0, state} end
-local ts = now_ms()
-if tonumber(ARGV[5]) < tonumber(ARGV[6]) then
-  redis.call('XADD', KEYS[6], '*', 't', ARGV[4], 'a', tonumber(ARGV[5]) + 1, 'tp', ARGV[8])
-  emit(run, KEYS[5], ARGV[9], ts)
-  return {1, state}
+return fail_attempt(KEYS, ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11])
+"#;
+
+/// Reclaim one delivery held by an agent that died (or froze past its lease,
+/// or was swept): only if the entry is still pending for `owner` — so two
+/// reclaimers (replicas, reapers, sweeping agents) can never both act — ack
+/// and delete it, and count a failed attempt: re-queue with attempt + 1, or
+/// dead-letter at max attempts.
+///
+/// KEYS: as [`FAIL`]. ARGV: group, entry id, owner consumer, chunk index, task
+/// bytes, attempt, max attempts, error, traceparent, ChunkReclaimed event body,
+/// ChunkFailed body (dead = true), run id.
+/// Returns `{code, state}` as [`FAIL`], or -2 when the entry is no longer
+/// pending for `owner` (someone else reclaimed it, or it completed).
+const RECLAIM: &str = r#"
+local p = redis.call('XPENDING', KEYS[6], ARGV[1], ARGV[2], ARGV[2], 1, ARGV[3])
+if #p == 0 then return {-2, ''} end
+redis.call('XACK', KEYS[6], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[6], ARGV[2])
+return fail_attempt(KEYS, ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12])
+"#;
+
+/// Remove a consumer from the group, but only if it holds nothing: DELCONSUMER
+/// would silently drop its pending entries, i.e. lose chunks.
+/// KEYS: tasks stream. ARGV: group, consumer. Returns 1 if removed, 0 if not.
+const DEL_CONSUMER: &str = r#"
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if #p > 0 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"#;
+
+/// Re-queue up to ARGV[2] of a run's dead letters with attempt 1; a FAILED
+/// run becomes RUNNING again. KEYS: run, deadbits, dead stream, events, tasks.
+/// ARGV: run id, batch size. Returns `{requeued, state, letters read}`.
+const RETRY: &str = r#"
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return {-1, '', 0} end
+if state == 'CANCELLED' or state == 'SUCCEEDED' then return {-2, state, 0} end
+local entries = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', ARGV[2])
+local n = 0
+for _, e in ipairs(entries) do
+  local f = {}
+  for i = 1, #e[2], 2 do f[e[2][i]] = e[2][i + 1] end
+  if f['c'] and f['t'] and redis.call('GETBIT', KEYS[2], f['c']) == 1 then
+    redis.call('SETBIT', KEYS[2], f['c'], 0)
+    redis.call('HINCRBY', KEYS[1], 'dead', -1)
+    redis.call('XADD', KEYS[5], '*', 't', f['t'], 'a', 1, 'tp', f['tp'] or '')
+    n = n + 1
+  end
+  redis.call('XDEL', KEYS[3], e[1])
 end
-if redis.call('GETBIT', KEYS[3], ARGV[3]) == 0 then
-  redis.call('SETBIT', KEYS[3], ARGV[3], 1)
-  redis.call('HINCRBY', run, 'dead', 1)
-  redis.call('XADD', KEYS[4], '*', 'c', ARGV[3], 'a', ARGV[5], 'err', ARGV[7], 't', ARGV[4])
+if n > 0 then
+  local ts = now_ms()
+  if state == 'FAILED' then
+    redis.call('HSET', KEYS[1], 'state', 'RUNNING')
+    redis.call('HDEL', KEYS[1], 'finished_ms')
+    state = 'RUNNING'
+  end
+  emit(KEYS[1], KEYS[4], f_bytes(2, ARGV[1]) .. f_bytes(17, f_varint(1, n)), ts)
 end
-emit(run, KEYS[5], ARGV[10], ts)
-return {3, finish_if_done(run, KEYS[5], ARGV[11], ts)}
+return {n, state, #entries}
 "#;
 
 /// Mark a run started when an agent first claims one of its chunks.
@@ -353,6 +424,12 @@ pub struct Scripts {
     pub complete: Script,
     /// See [`FAIL`].
     pub fail: Script,
+    /// See [`RECLAIM`].
+    pub reclaim: Script,
+    /// See [`DEL_CONSUMER`].
+    pub del_consumer: Script,
+    /// See [`RETRY`].
+    pub retry: Script,
     /// See [`START`].
     pub start: Script,
     /// See [`CANCEL`].
@@ -372,6 +449,9 @@ impl Scripts {
         Self {
             complete: s(COMPLETE),
             fail: s(FAIL),
+            reclaim: s(RECLAIM),
+            del_consumer: s(DEL_CONSUMER),
+            retry: s(RETRY),
             start: s(START),
             cancel: s(CANCEL),
         }
@@ -389,6 +469,8 @@ pub enum Failure {
     AlreadyDone,
     /// The run is not active (or unknown): dropped.
     Inactive,
+    /// (Reclaim only) the entry was no longer pending for that agent.
+    NotOwned,
 }
 
 impl Failure {
@@ -398,6 +480,7 @@ impl Failure {
             1 => Failure::Requeued,
             3 => Failure::DeadLettered(parse_state(state)),
             0 => Failure::AlreadyDone,
+            -2 => Failure::NotOwned,
             _ => Failure::Inactive,
         }
     }

@@ -11,8 +11,8 @@ use tonic::{Request, Response, Status};
 use ttg_proto::v1::control_plane_server::ControlPlane;
 use ttg_proto::v1::{
     CancelRequest, CancelResponse, Event, GetResultsRequest, ListAgentsRequest, ListAgentsResponse,
-    ListRunsRequest, ListRunsResponse, ResultChunk, RunStatus, StatusRequest, SubmitRequest,
-    SubmitResponse, WatchRequest,
+    ListRunsRequest, ListRunsResponse, ResultChunk, RetryRequest, RetryResponse, RunStatus,
+    StatusRequest, SubmitRequest, SubmitResponse, WatchRequest,
 };
 
 use crate::error::Error;
@@ -88,7 +88,16 @@ impl ControlPlane for Control {
     ) -> Result<Response<CancelResponse>, Status> {
         let req = request.get_ref();
         let state = self.store.cancel(&req.run_id, &req.reason).await?;
+        // This replica's agents at once; the others' through Redis pub/sub.
         self.sessions.broadcast_cancel(&req.run_id);
+        if let Err(e) = self
+            .store
+            .publish_cancel(&req.run_id, self.sessions.server_id())
+            .await
+        {
+            // Agents on other replicas still learn it at their next completion.
+            tracing::warn!(run = %req.run_id, error = %e, "cancel not published to other replicas");
+        }
         Ok(Response::new(CancelResponse {
             state: state as i32,
         }))
@@ -119,6 +128,17 @@ impl ControlPlane for Control {
         let mut agents = self.store.live_agents().await?;
         agents.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
         Ok(Response::new(ListAgentsResponse { agents }))
+    }
+
+    async fn retry(
+        &self,
+        request: Request<RetryRequest>,
+    ) -> Result<Response<RetryResponse>, Status> {
+        let (n, state) = self.store.retry(&request.get_ref().run_id).await?;
+        Ok(Response::new(RetryResponse {
+            chunks_requeued: n,
+            state: state as i32,
+        }))
     }
 
     type GetResultsStream = BoxStream<ResultChunk>;

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use ttg_proto::keys::valid_run_id;
 use ttg_proto::now_ms;
+use ttg_proto::reclaim::Cause;
 use ttg_proto::v1::agent_gateway_server::AgentGateway;
 use ttg_proto::v1::{
     agent_message, server_message, AgentInfo, AgentMessage, CancelRun, ServerMessage, Welcome,
@@ -29,13 +30,35 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 type Outbound = mpsc::Sender<Result<ServerMessage, Status>>;
 
 /// Sessions held by this replica: agent id → its outbound channel.
-#[derive(Default)]
 pub struct Sessions {
     inner: Mutex<HashMap<String, (u64, Outbound)>>,
     next: std::sync::atomic::AtomicU64,
+    server_id: String,
 }
 
 impl Sessions {
+    /// No sessions yet, for replica `server_id`.
+    pub fn new(server_id: String) -> Self {
+        Self {
+            inner: Mutex::new(HashMap::new()),
+            next: std::sync::atomic::AtomicU64::new(0),
+            server_id,
+        }
+    }
+
+    /// This replica's id.
+    pub fn server_id(&self) -> &str {
+        &self.server_id
+    }
+
+    /// Whether this replica holds `agent_id`'s session.
+    pub fn holds(&self, agent_id: &str) -> bool {
+        self.inner
+            .lock()
+            .map(|m| m.contains_key(agent_id))
+            .unwrap_or(false)
+    }
+
     fn insert(&self, agent_id: &str, tx: Outbound) -> u64 {
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut m) = self.inner.lock() {
@@ -188,23 +211,53 @@ impl AgentGateway for Gateway {
                     server_id,
                 })),
             };
+            let mut last_beat = Instant::now();
             let end = if tx.send(Ok(welcome)).await.is_err() {
                 End::Dropped
             } else {
-                serve(&mut inbound, &mut info, &store, lease, &shutdown).await
+                serve(
+                    &mut inbound,
+                    &mut info,
+                    &store,
+                    lease,
+                    &shutdown,
+                    &mut last_beat,
+                )
+                .await
             };
             sessions.remove(&agent_id, n);
-            match end {
+            let (cause, died) = match end {
                 End::ServerShutdown => {
                     // Leave the record: the agent keeps working and reconnects
                     // to another replica; its lease in Redis says it is alive.
                     tracing::info!(agent = %agent_id, "session closed by server shutdown");
+                    return;
                 }
-                End::Bye | End::Dropped | End::LeaseExpired => {
+                End::Bye => {
                     if let Err(e) = store.remove_agent(&agent_id).await {
                         tracing::warn!(agent = %agent_id, error = %e, "could not remove agent record");
                     }
-                    tracing::info!(agent = %agent_id, end = ?end, "agent session ended");
+                    tracing::info!(agent = %agent_id, "agent left cleanly");
+                    return;
+                }
+                End::Dropped => (Cause::SessionLost, std::time::Instant::now()),
+                End::LeaseExpired => (Cause::LeaseExpired, last_beat.into_std()),
+            };
+            if sessions.holds(&agent_id) {
+                // The agent already reconnected (a new session replaced this
+                // one): it is alive, and what it holds is its own.
+                tracing::info!(agent = %agent_id, "old session ended; agent already back");
+                return;
+            }
+            tracing::warn!(agent = %agent_id, cause = cause.as_str(), "agent lost: reclaiming its chunks");
+            match store
+                .reclaim_agent(&agent_id, &info.kernels, cause, died)
+                .await
+            {
+                Ok(r) => tracing::info!(agent = %agent_id, chunks = r.len(), "reclaim done"),
+                // The record stays with an expired lease: a reaper retries.
+                Err(e) => {
+                    tracing::error!(agent = %agent_id, error = %e, "reclaim failed; a reaper will retry")
                 }
             }
         });
@@ -218,6 +271,7 @@ async fn serve(
     store: &Store,
     lease: Duration,
     shutdown: &CancellationToken,
+    last_beat: &mut Instant,
 ) -> End {
     let mut deadline = Instant::now() + lease;
     loop {
@@ -230,7 +284,8 @@ async fn serve(
             Ok(Err(_)) | Ok(Ok(None)) => return End::Dropped,
             Ok(Ok(Some(AgentMessage { msg: Some(m) }))) => match m {
                 agent_message::Msg::Heartbeat(hb) => {
-                    deadline = Instant::now() + lease;
+                    *last_beat = Instant::now();
+                    deadline = *last_beat + lease;
                     info.held = hb.held;
                     info.last_heartbeat_ms = now_ms();
                     if let Err(e) = store.put_agent(info, lease).await {

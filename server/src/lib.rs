@@ -41,6 +41,103 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
 }
 
+/// Reclaim the chunks of agents whose lease in Redis expired while no
+/// replica held their session (the replica that did died with them, or the
+/// agent froze while disconnected). Agents held here are left to their
+/// session task, which reclaims at lease expiry itself.
+async fn reaper(
+    store: Arc<store::Store>,
+    sessions: Arc<gateway::Sessions>,
+    lease: Duration,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(lease / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(expired) = store.expired_agents().await else {
+            continue;
+        };
+        for id in expired {
+            if sessions.holds(&id) {
+                continue;
+            }
+            // Hold the job for 10 leases: if this replica dies mid-reclaim,
+            // another takes over then.
+            let info = match store.claim_reap(&id, lease * 10).await {
+                Ok(Some(info)) => info,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(agent = %id, error = %e, "reaper: claim failed");
+                    continue;
+                }
+            };
+            let kernels = if info.kernels.is_empty() {
+                ttg_proto::kernels::BUILTIN
+                    .iter()
+                    .map(|k| k.name.to_string())
+                    .collect()
+            } else {
+                info.kernels.clone()
+            };
+            let since_beat = (ttg_proto::now_ms() - info.last_heartbeat_ms).max(0) as u64;
+            let died = std::time::Instant::now()
+                .checked_sub(Duration::from_millis(since_beat.min(3_600_000)))
+                .unwrap_or_else(std::time::Instant::now);
+            tracing::warn!(agent = %id, "reaper: lease expired with no session; reclaiming its chunks");
+            if let Err(e) = store
+                .reclaim_agent(&id, &kernels, ttg_proto::reclaim::Cause::LeaseExpired, died)
+                .await
+            {
+                tracing::error!(agent = %id, error = %e, "reaper: reclaim failed; will retry");
+            }
+        }
+    }
+}
+
+/// Push cancels published by other replicas to the agents this one holds.
+async fn cancel_listener(
+    store: Arc<store::Store>,
+    sessions: Arc<gateway::Sessions>,
+    stop: CancellationToken,
+) {
+    use tokio_stream::StreamExt;
+    let channel = store.keys().control_channel();
+    loop {
+        match store.client().get_async_pubsub().await {
+            Ok(mut ps) => {
+                if ps.subscribe(&channel).await.is_ok() {
+                    let mut msgs = ps.on_message();
+                    loop {
+                        let msg = tokio::select! {
+                            _ = stop.cancelled() => return,
+                            m = msgs.next() => m,
+                        };
+                        let Some(msg) = msg else { break };
+                        let payload: String = msg.get_payload().unwrap_or_default();
+                        let mut parts = payload.split(' ');
+                        if let (Some("cancel"), Some(from), Some(run)) =
+                            (parts.next(), parts.next(), parts.next())
+                        {
+                            if from != sessions.server_id() {
+                                sessions.broadcast_cancel(run);
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cancel listener: redis unavailable"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
 /// Serve on `listener` until `shutdown` is cancelled. Order on shutdown:
 /// health turns NOT_SERVING, sessions and watches end (agents keep working
 /// and reconnect), then the listener closes.
@@ -53,8 +150,19 @@ pub async fn run(
         store::Store::new(&config.redis_url, &config.prefix, config.redis_timeout)
             .map_err(|e| Error::Startup(format!("redis: {e}")))?,
     );
-    let sessions = Arc::new(gateway::Sessions::default());
     let server_id = format!("srv-{:08x}", rand::random::<u32>());
+    let sessions = Arc::new(gateway::Sessions::new(server_id.clone()));
+    tokio::spawn(reaper(
+        store.clone(),
+        sessions.clone(),
+        config.lease,
+        shutdown.clone(),
+    ));
+    tokio::spawn(cancel_listener(
+        store.clone(),
+        sessions.clone(),
+        shutdown.clone(),
+    ));
     let control = control::Control::new(store.clone(), sessions.clone(), shutdown.clone());
     let gateway = gateway::Gateway::new(
         store.clone(),

@@ -15,13 +15,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use ttg_proto::chunking::{chunk_count, chunk_range};
 use ttg_proto::keys::{new_run_id, valid_run_id, Keys, GROUP};
+use ttg_proto::reclaim::{reclaim_consumer, Cause, Reclaimed};
 use ttg_proto::stream::{
     self, decode_event, decode_spec, encode, event_body, is_finished, is_terminal, parse_state,
     run_status_from_hash, unpack_values, Scripts, ATTEMPT_FIELD, EVENT_FIELD, TASK_FIELD,
 };
 use ttg_proto::v1::{
-    event, AgentInfo, Event, Progress, ResultChunk, RunCancelled, RunSpec, RunState, RunStatus,
-    RunSubmitted, SubmitRequest, Task,
+    event, AgentInfo, DeadChunk, Event, Progress, ResultChunk, RunCancelled, RunSpec, RunState,
+    RunStatus, RunSubmitted, SubmitRequest, Task,
 };
 use ttg_proto::{kernels, now_ms, redis_conn};
 
@@ -341,7 +342,186 @@ impl Store {
         let mut st = run_status_from_hash(&h, now_ms())?;
         let agents = self.live_agents().await?;
         self.annotate(&mut st, &agents);
+        if st.progress.is_some_and(|p| p.chunks_dead > 0) {
+            st.dead_chunks = self.dead_chunks(run_id, 100).await?;
+        }
         Ok(st)
+    }
+
+    /// Up to `limit` dead-lettered chunks of a run, with their last error.
+    pub async fn dead_chunks(&self, run_id: &str, limit: usize) -> Result<Vec<DeadChunk>> {
+        let mut c = self.conn();
+        let reply: redis::streams::StreamRangeReply = self
+            .timed(
+                redis::cmd("XRANGE")
+                    .arg(self.keys.dead_letters(run_id))
+                    .arg("-")
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(limit)
+                    .query_async(&mut c),
+            )
+            .await?;
+        let text = |v: Option<&Value>| match v {
+            Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+            _ => String::new(),
+        };
+        Ok(reply
+            .ids
+            .iter()
+            .map(|e| DeadChunk {
+                chunk_index: text(e.map.get("c")).parse().unwrap_or(0),
+                attempt: text(e.map.get("a")).parse().unwrap_or(0),
+                error: text(e.map.get("err")),
+            })
+            .collect())
+    }
+
+    /// Re-queue a run's dead chunks with fresh attempts. Returns how many and
+    /// the state after.
+    pub async fn retry(&self, run_id: &str) -> Result<(u64, RunState)> {
+        let spec = self.spec(run_id).await?;
+        let tasks = self.keys.tasks(&spec.kernel);
+        self.ensure_group(&tasks).await?;
+        const BATCH: usize = 1_000;
+        let mut total = 0u64;
+        let mut c = self.conn();
+        loop {
+            let mut inv = self.scripts.retry.key(self.keys.run(run_id));
+            inv.key(self.keys.dead_bits(run_id))
+                .key(self.keys.dead_letters(run_id))
+                .key(self.keys.events(run_id))
+                .key(&tasks)
+                .arg(run_id)
+                .arg(BATCH);
+            let (n, state, read): (i64, String, usize) =
+                self.timed(inv.invoke_async(&mut c)).await?;
+            match n {
+                -1 => return Err(Error::RunNotFound(run_id.to_string())),
+                -2 => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "run {run_id} is {state}: only a FAILED or RUNNING run has dead chunks to retry"
+                    )))
+                }
+                _ => total += n as u64,
+            }
+            if read < BATCH {
+                tracing::info!(run = %run_id, chunks = total, "dead chunks re-queued");
+                return Ok((total, parse_state(&state)));
+            }
+        }
+    }
+
+    /// Tell every replica (this one included) that a run was cancelled.
+    /// The message is `cancel <server id> <run id>`; a replica ignores its own.
+    pub async fn publish_cancel(&self, run_id: &str, server_id: &str) -> Result<()> {
+        let mut c = self.conn();
+        self.timed(
+            redis::cmd("PUBLISH")
+                .arg(self.keys.control_channel())
+                .arg(format!("cancel {server_id} {run_id}"))
+                .query_async::<()>(&mut c),
+        )
+        .await
+    }
+
+    /// The Redis client, for connections of their own (pub/sub).
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    /// Reclaim everything `agent_id` holds in the tasks streams of `kernels`.
+    /// On success the agent's record is removed; on failure it stays, with an
+    /// expired lease, for a reaper to retry.
+    pub async fn reclaim_agent(
+        &self,
+        agent_id: &str,
+        kernels: &[String],
+        cause: Cause,
+        died: std::time::Instant,
+    ) -> Result<Vec<Reclaimed>> {
+        let mut c = self.conn();
+        let mut out = Vec::new();
+        for k in kernels {
+            let stream = self.keys.tasks(k);
+            let fut = reclaim_consumer(
+                &mut c,
+                &self.keys,
+                &self.scripts,
+                &stream,
+                agent_id,
+                cause,
+                died,
+            );
+            // Several round trips per chunk held: allow more than one call's deadline.
+            match tokio::time::timeout(self.deadline * 4, fut).await {
+                Ok(r) => out.extend(r?),
+                Err(_) => return Err(Error::RedisTimeout(self.deadline * 4)),
+            }
+        }
+        for r in &out {
+            tracing::info!(run = %r.run_id, chunk = r.chunk_index, agent = %agent_id, attempt = r.attempt,
+                cause = cause.as_str(), after_ms = died.elapsed().as_millis() as u64, outcome = ?r.outcome, "chunk reclaimed");
+        }
+        self.remove_agent(agent_id).await?;
+        Ok(out)
+    }
+
+    /// Agents whose lease in Redis has expired.
+    pub async fn expired_agents(&self) -> Result<Vec<String>> {
+        let mut c = self.conn();
+        self.timed(
+            redis::cmd("ZRANGEBYSCORE")
+                .arg(self.keys.agents())
+                .arg("-inf")
+                .arg(format!("({}", now_ms()))
+                .arg("LIMIT")
+                .arg(0)
+                .arg(100)
+                .query_async(&mut c),
+        )
+        .await
+    }
+
+    /// Take the job of reaping an expired agent: succeeds for one caller only
+    /// (its lease is pushed `hold` into the future so others skip it; if this
+    /// reaper dies, another takes over when that passes).
+    pub async fn claim_reap(&self, agent_id: &str, hold: Duration) -> Result<Option<AgentInfo>> {
+        const CLAIM: &str = r#"
+local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not s or tonumber(s) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], tonumber(ARGV[2]) + tonumber(ARGV[3]), ARGV[1])
+return 1
+"#;
+        let mut c = self.conn();
+        let now = now_ms();
+        let won: i64 = self
+            .timed(
+                redis::Script::new(CLAIM)
+                    .key(self.keys.agents())
+                    .arg(agent_id)
+                    .arg(now)
+                    .arg(hold.as_millis() as u64)
+                    .invoke_async(&mut c),
+            )
+            .await?;
+        if won != 1 {
+            return Ok(None);
+        }
+        let raw: Option<Vec<u8>> = self
+            .timed(
+                redis::cmd("GET")
+                    .arg(self.keys.agent(agent_id))
+                    .query_async(&mut c),
+            )
+            .await?;
+        Ok(Some(
+            raw.and_then(|b| prost::Message::decode(b.as_slice()).ok())
+                .unwrap_or_else(|| AgentInfo {
+                    agent_id: agent_id.to_string(),
+                    ..Default::default()
+                }),
+        ))
     }
 
     fn annotate(&self, st: &mut RunStatus, agents: &[AgentInfo]) {
@@ -457,8 +637,10 @@ impl Store {
         p.cmd("SET")
             .arg(self.keys.agent(&info.agent_id))
             .arg(encode(info))
+            // Kept well past the lease: a reaper reads it to know which streams
+            // a dead agent read; removed on Bye or once reclaimed.
             .arg("PX")
-            .arg(lease_ms * 2)
+            .arg(3_600_000)
             .ignore()
             .zadd(self.keys.agents(), &info.agent_id, now_ms() + lease_ms)
             .ignore()
@@ -559,8 +741,20 @@ impl Store {
                     if tx.send(Ok(ev)).await.is_err() {
                         return Ok(());
                     }
+                    // A FAILED run that was retried goes on: end only if the
+                    // run is still finished now.
                     if terminal {
-                        return Ok(());
+                        let state: Option<String> = self
+                            .timed(
+                                redis::cmd("HGET")
+                                    .arg(&run_key)
+                                    .arg("state")
+                                    .query_async(&mut c),
+                            )
+                            .await?;
+                        if state.is_none_or(|s| is_finished(parse_state(&s))) {
+                            return Ok(());
+                        }
                     }
                 }
             }

@@ -1,0 +1,226 @@
+//! Reclaiming the deliveries of an agent that died: each pending entry is
+//! re-queued with attempt + 1 (or dead-lettered at max attempts) in one atomic
+//! script that first checks the entry is still pending for that agent, so any
+//! number of reclaimers — the replica that held the session, another
+//! replica's reaper, a sweeping agent — can race and a chunk is reclaimed at
+//! most once. Shared by the server and the agents.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionLike;
+use redis::streams::{StreamPendingCountReply, StreamRangeReply};
+use redis::{RedisResult, Value};
+
+use crate::keys::{Keys, GROUP};
+use crate::stream::{
+    decode_task, event_body, Failure, Scripts, ATTEMPT_FIELD, TASK_FIELD, TRACEPARENT_FIELD,
+};
+use crate::v1::{event, ChunkFailed, ChunkReclaimed};
+
+/// Why an agent's deliveries are being reclaimed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cause {
+    /// Its session ended without Bye (process killed, connection reset).
+    SessionLost,
+    /// No heartbeat within the lease (frozen, network cut).
+    LeaseExpired,
+    /// Found idle for several leases by a sweep (no server noticed).
+    Sweep,
+}
+
+impl Cause {
+    /// Name used in events and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::SessionLost => "session-lost",
+            Cause::LeaseExpired => "lease-expired",
+            Cause::Sweep => "sweep",
+        }
+    }
+}
+
+/// One delivery that was reclaimed.
+#[derive(Clone, Debug)]
+pub struct Reclaimed {
+    /// Run id.
+    pub run_id: String,
+    /// Chunk index.
+    pub chunk_index: u64,
+    /// Attempt that was lost.
+    pub attempt: u32,
+    /// What happened to it.
+    pub outcome: Failure,
+}
+
+fn bulk(v: Option<&Value>) -> Option<&[u8]> {
+    match v {
+        Some(Value::BulkString(b)) => Some(b),
+        _ => None,
+    }
+}
+
+/// Reclaim one pending entry of `stream`, owned by consumer `owner`, on
+/// behalf of agent `agent` (the same as `owner` except for a sweep, where the
+/// sweeper owns it by then). `after` is how long ago the agent was known dead.
+#[allow(clippy::too_many_arguments)]
+pub async fn reclaim_entry<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+    scripts: &Scripts,
+    stream: &str,
+    entry_id: &str,
+    owner: &str,
+    agent: &str,
+    cause: Cause,
+    after: Duration,
+) -> RedisResult<Option<Reclaimed>> {
+    let range: StreamRangeReply = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg(entry_id)
+        .arg(entry_id)
+        .query_async(conn)
+        .await?;
+    let Some(entry) = range.ids.into_iter().next() else {
+        // Pending but gone from the stream: nothing to re-queue; clear the PEL.
+        redis::cmd("XACK")
+            .arg(stream)
+            .arg(GROUP)
+            .arg(entry_id)
+            .query_async::<()>(conn)
+            .await?;
+        return Ok(None);
+    };
+    let task_bytes = bulk(entry.map.get(TASK_FIELD))
+        .map(<[u8]>::to_vec)
+        .unwrap_or_default();
+    let task = match decode_task(&task_bytes) {
+        Ok(t) if !task_bytes.is_empty() => t,
+        _ => {
+            tracing::error!(
+                stream,
+                entry = entry_id,
+                "corrupt task entry dropped during reclaim"
+            );
+            let mut p = redis::pipe();
+            p.cmd("XACK").arg(stream).arg(GROUP).arg(entry_id).ignore();
+            p.cmd("XDEL").arg(stream).arg(entry_id).ignore();
+            p.query_async::<()>(conn).await?;
+            return Ok(None);
+        }
+    };
+    let attempt = bulk(entry.map.get(ATTEMPT_FIELD))
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .and_then(|s| s.parse::<u32>().ok())
+        .unwrap_or(1);
+    let tp = bulk(entry.map.get(TRACEPARENT_FIELD))
+        .map(<[u8]>::to_vec)
+        .unwrap_or_default();
+    let run_id = task.run_id.clone();
+    let error = format!("agent {agent} died holding it ({})", cause.as_str());
+    let retry_body = event_body(
+        &run_id,
+        event::Kind::ChunkReclaimed(ChunkReclaimed {
+            chunk_index: task.chunk_index,
+            agent_id: agent.to_string(),
+            attempt: attempt + 1,
+            after_ms: after.as_millis() as u64,
+            cause: cause.as_str().to_string(),
+        }),
+    );
+    let dead_body = event_body(
+        &run_id,
+        event::Kind::ChunkFailed(ChunkFailed {
+            chunk_index: task.chunk_index,
+            agent_id: agent.to_string(),
+            attempt,
+            error: error.clone(),
+            dead: true,
+        }),
+    );
+    let mut inv = scripts.reclaim.prepare_invoke();
+    for k in [
+        keys.run(&run_id),
+        keys.done(&run_id),
+        keys.dead_bits(&run_id),
+        keys.dead_letters(&run_id),
+        keys.events(&run_id),
+        stream.to_string(),
+    ] {
+        inv.key(k);
+    }
+    inv.arg(GROUP)
+        .arg(entry_id)
+        .arg(owner)
+        .arg(task.chunk_index)
+        .arg(&task_bytes)
+        .arg(attempt)
+        .arg(task.max_attempts.max(1))
+        .arg(&error)
+        .arg(&tp)
+        .arg(retry_body)
+        .arg(dead_body)
+        .arg(&run_id);
+    let (code, state): (i64, String) = inv.invoke_async(conn).await?;
+    Ok(Some(Reclaimed {
+        run_id,
+        chunk_index: task.chunk_index,
+        attempt,
+        outcome: Failure::from_reply(code, &state),
+    }))
+}
+
+/// Reclaim everything consumer `agent` holds in `stream`, then remove the
+/// consumer from the group (only if it then holds nothing).
+pub async fn reclaim_consumer<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+    scripts: &Scripts,
+    stream: &str,
+    agent: &str,
+    cause: Cause,
+    died: std::time::Instant,
+) -> RedisResult<Vec<Reclaimed>> {
+    let mut out = Vec::new();
+    loop {
+        let pending: StreamPendingCountReply = redis::cmd("XPENDING")
+            .arg(stream)
+            .arg(GROUP)
+            .arg("-")
+            .arg("+")
+            .arg(100)
+            .arg(agent)
+            .query_async(conn)
+            .await?;
+        if pending.ids.is_empty() {
+            break;
+        }
+        let mut progressed = false;
+        for p in pending.ids {
+            let r = reclaim_entry(
+                conn,
+                keys,
+                scripts,
+                stream,
+                &p.id,
+                agent,
+                agent,
+                cause,
+                died.elapsed(),
+            )
+            .await?;
+            progressed = true;
+            out.extend(r);
+        }
+        if !progressed {
+            break;
+        }
+    }
+    let _: i64 = scripts
+        .del_consumer
+        .key(stream)
+        .arg(GROUP)
+        .arg(agent)
+        .invoke_async(conn)
+        .await?;
+    Ok(out)
+}
