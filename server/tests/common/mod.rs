@@ -52,7 +52,12 @@ impl Redis {
     }
 
     fn spawn(&mut self) {
+        let conf = self.dir.path().join("extra.conf");
+        if !conf.exists() {
+            std::fs::write(&conf, "").expect("conf");
+        }
         let child = Command::new("redis-server")
+            .arg(&conf)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
             .arg("--dir")
             .arg(self.dir.path())
@@ -373,4 +378,198 @@ pub fn expected_sum(n: u64) -> f64 {
 /// Round to hundredths for exact comparison.
 pub fn cents(x: f64) -> i128 {
     (x * 100.0).round() as i128
+}
+
+impl Redis {
+    /// Start one with extra settings (e.g. `["--appendfsync", "always"]`).
+    pub fn start_with(extra: &[&str]) -> Redis {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        std::fs::write(
+            dir.path().join("extra.conf"),
+            extra
+                .chunks(2)
+                .map(|kv| kv.join(" "))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+        .expect("conf");
+        let mut r = Redis {
+            child: None,
+            port,
+            url: format!("redis://127.0.0.1:{port}"),
+            dir,
+        };
+        r.spawn();
+        r
+    }
+
+    /// Stop it gracefully (SIGTERM: the AOF is flushed), then start it again.
+    pub fn restart_graceful(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+        self.spawn();
+    }
+}
+
+/// A real ttg-server process on a fixed port, SIGKILLed on drop.
+pub struct ServerProc {
+    pub child: Option<Child>,
+    pub port: u16,
+    pub url: String,
+    args: Vec<String>,
+}
+
+impl ServerProc {
+    pub fn start(redis_url: &str, prefix: &str, extra: &[&str]) -> ServerProc {
+        let port = free_port();
+        let mut args: Vec<String> = [
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--redis-url",
+            redis_url,
+            "--prefix",
+            prefix,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut s = ServerProc {
+            child: None,
+            port,
+            url: format!("http://127.0.0.1:{port}"),
+            args,
+        };
+        s.spawn();
+        s
+    }
+
+    pub fn spawn(&mut self) {
+        let child = Command::new(bin("ttg-server"))
+            .args(&self.args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn ttg-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "ttg-server did not listen on {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Every event of a run, read straight from Redis (works with no server up).
+pub fn events_in_redis(redis: &Redis, prefix: &str, run_id: &str) -> Vec<Event> {
+    let mut c = redis.conn();
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(ttg_proto::keys::Keys::new(prefix).events(run_id))
+        .arg("-")
+        .arg("+")
+        .query(&mut c)
+        .expect("xrange events");
+    reply
+        .ids
+        .iter()
+        .map(|e| match e.map.get("e") {
+            Some(redis::Value::BulkString(b)) => {
+                ttg_proto::stream::decode_event(&e.id, b).expect("event")
+            }
+            other => panic!("event field {other:?}"),
+        })
+        .collect()
+}
+
+/// Chunk indices of the ChunkCompleted events (one per chunk counted).
+pub fn completed_chunks(events: &[Event]) -> Vec<u64> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(ttg_proto::v1::event::Kind::ChunkCompleted(k)) => Some(k.chunk_index),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The ChunkReclaimed events.
+pub fn reclaims(events: &[Event]) -> Vec<(ttg_proto::v1::ChunkReclaimed, i64)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(ttg_proto::v1::event::Kind::ChunkReclaimed(k)) => Some((k.clone(), e.time_ms)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Entries of `consumer` pending in the placeholder tasks stream.
+pub fn pending_of(redis: &Redis, prefix: &str, consumer: &str) -> usize {
+    let mut c = redis.conn();
+    let r: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
+        .arg(ttg_proto::keys::Keys::new(prefix).tasks("placeholder"))
+        .arg(ttg_proto::keys::GROUP)
+        .arg("-")
+        .arg("+")
+        .arg(1000)
+        .arg(consumer)
+        .query(&mut c)
+        .unwrap_or(redis::streams::StreamPendingCountReply { ids: vec![] });
+    r.ids.len()
+}
+
+/// Every entry pending in the placeholder tasks stream, and its length.
+pub fn queue_state(redis: &Redis, prefix: &str) -> (usize, usize) {
+    let mut c = redis.conn();
+    let key = ttg_proto::keys::Keys::new(prefix).tasks("placeholder");
+    let r: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
+        .arg(&key)
+        .arg(ttg_proto::keys::GROUP)
+        .arg("-")
+        .arg("+")
+        .arg(100_000)
+        .query(&mut c)
+        .unwrap_or(redis::streams::StreamPendingCountReply { ids: vec![] });
+    let len: usize = redis::cmd("XLEN").arg(&key).query(&mut c).unwrap_or(0);
+    (r.ids.len(), len)
+}
+
+/// Check a finished run counted every chunk exactly once with the exact sum.
+pub fn assert_exactly_once(events: &[Event], params: u64, chunks: u64) {
+    let done = completed_chunks(events);
+    let distinct: std::collections::BTreeSet<_> = done.iter().collect();
+    assert_eq!(done.len(), distinct.len(), "a chunk was counted twice");
+    assert_eq!(distinct.len() as u64, chunks, "every chunk counted");
+    let last = events.last().expect("events");
+    let Some(ttg_proto::v1::event::Kind::RunCompleted(c)) = &last.kind else {
+        panic!("run did not complete: {last:?}")
+    };
+    assert_eq!(c.state, ttg_proto::v1::RunState::Succeeded as i32);
+    let a = c.aggregate.expect("aggregate");
+    assert_eq!(a.count, params);
+    assert_eq!(cents(a.sum), cents(expected_sum(params)), "exact aggregate");
 }
