@@ -24,13 +24,20 @@ impl Rng {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_every_chunk_exactly_once() {
-    let seed = std::env::var("TTG_CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_cafe_u64);
+    let seed = std::env::var("TTG_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_cafe_u64);
     eprintln!("chaos seed {seed} (set TTG_CHAOS_SEED to replay)");
     let mut rng = Rng(seed);
     // appendfsync always: a SIGKILLed Redis loses nothing it acknowledged.
     let mut redis = Redis::start_with(&["appendfsync", "always"]);
     let p = prefix();
-    let mut server = ServerProc::start(&redis.url, &p, &["--lease", "1s", "--heartbeat-interval", "250ms"]);
+    let mut server = ServerProc::start(
+        &redis.url,
+        &p,
+        &["--lease", "1s", "--heartbeat-interval", "250ms"],
+    );
     let redis_url = redis.url.clone();
     let mut next_id = 0;
     let mut spawn = |url: &str| {
@@ -42,16 +49,29 @@ async fn chaos_every_chunk_exactly_once() {
     // 200 chunks × 400 ms = 80 s of work over 4 agents × 2 slots: ~10 s
     // clean, long enough for every fault below to land mid-run.
     let params = 20_000;
-    let run = c.submit(submit_req(params, 100, 4)).await.expect("submit").into_inner();
+    let run = c
+        .submit(submit_req(params, 100, 4))
+        .await
+        .expect("submit")
+        .into_inner();
 
     let started = Instant::now();
     let deadline = started + Duration::from_secs(120);
     let (mut kills, mut server_restarted, mut redis_restarted) = (0, false, false);
     let mut frozen: Option<(usize, Instant)> = None;
     let finished = loop {
-        assert!(Instant::now() < deadline, "chaos run did not finish in 120 s");
+        assert!(
+            Instant::now() < deadline,
+            "chaos run did not finish in 120 s"
+        );
         tokio::time::sleep(Duration::from_millis(900 + rng.next(200) as u64)).await;
-        let st = c.status(StatusRequest { run_id: run.run_id.clone() }).await.ok().map(|r| r.into_inner());
+        let st = c
+            .status(StatusRequest {
+                run_id: run.run_id.clone(),
+            })
+            .await
+            .ok()
+            .map(|r| r.into_inner());
         if let Some(st) = &st {
             if st.state != RunState::Running as i32 && st.state != RunState::Queued as i32 {
                 break st.clone();
@@ -94,11 +114,21 @@ async fn chaos_every_chunk_exactly_once() {
     if let Some((i, _)) = frozen {
         agents[i].signal("CONT");
     }
-    eprintln!("chaos: {kills} kills, finished in {:.1} s", started.elapsed().as_secs_f64());
-    assert!(server_restarted && redis_restarted && kills >= 5, "the chaos happened (kills {kills})");
+    eprintln!(
+        "chaos: {kills} kills, finished in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        server_restarted && redis_restarted && kills >= 5,
+        "the chaos happened (kills {kills})"
+    );
     assert_eq!(finished.state, RunState::Succeeded as i32);
     let events = watch_all(&mut c, &run.run_id, "").await;
     assert_exactly_once(&events, params, 200);
     assert!(!reclaims(&events).is_empty(), "kills caused reclaims");
-    assert_eq!(queue_state(&redis, &p), (0, 0), "no chunk left pending or queued");
+    assert_eq!(
+        queue_state(&redis, &p),
+        (0, 0),
+        "no chunk left pending or queued"
+    );
 }

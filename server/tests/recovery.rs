@@ -754,3 +754,51 @@ async fn redis_killed_and_restarted_mid_run_the_run_finishes_exactly() {
     assert_exactly_once(&events, 10_000, 100);
     assert_eq!(queue_state(&redis, &p), (0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_on_one_replica_aborts_in_flight_chunks_on_agents_of_another_at_once() {
+    let _g = SERIAL.lock().await;
+    let redis = Redis::start();
+    let p = prefix();
+    let a = ServerProc::start(&redis.url, &p, FAST);
+    let b = ServerProc::start(&redis.url, &p, FAST);
+    // The agent's session is on B; the cancel goes to A.
+    let _agent = Agent::spawn(&b.url, &redis.url, &p, "long", 2, &[]);
+    let mut ca = control(&a.url).await;
+    // Chunks of 10 × 1 s: each would compute for 10 s.
+    let run = ca
+        .submit(submit_req(100, 10, 1_000))
+        .await
+        .expect("submit")
+        .into_inner();
+    wait_holding(&redis, &p, "long").await;
+    let t = Instant::now();
+    ca.cancel(ttg_proto::v1::CancelRequest {
+        run_id: run.run_id.clone(),
+        reason: "stop".into(),
+    })
+    .await
+    .expect("cancel");
+    wait_until("in-flight chunks aborted", Duration::from_secs(5), || {
+        let n = pending_of(&redis, &p, "long");
+        async move { (n == 0).then_some(()) }
+    })
+    .await;
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "aborted after {:?}, not after the 10 s chunks",
+        t.elapsed()
+    );
+    wait_until("queue drained", Duration::from_secs(5), || {
+        let q = queue_state(&redis, &p);
+        async move { (q == (0, 0)).then_some(()) }
+    })
+    .await;
+    let st = status(&mut ca, &run.run_id).await;
+    assert_eq!(st.state, RunState::Cancelled as i32);
+    assert_eq!(
+        st.progress.expect("p").chunks_done,
+        0,
+        "nothing finished, nothing counted"
+    );
+}
