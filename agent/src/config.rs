@@ -40,9 +40,13 @@ pub struct Config {
     #[arg(long, env = "TTG_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
 
-    /// Log format: text or json (default text).
-    #[arg(long, env = "TTG_LOG_FORMAT", default_value = "text")]
+    /// Log format: auto (text on a terminal, JSON otherwise), text or json (default auto).
+    #[arg(long, env = "TTG_LOG_FORMAT", default_value = "auto")]
     pub log_format: LogFormat,
+
+    /// Serve Prometheus metrics on http://ADDR/metrics (default: off).
+    #[arg(long, env = "TTG_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Config {

@@ -11,10 +11,18 @@ async fn main() {
         eprintln!("ttg-agent: {msg}");
         std::process::exit(64);
     }
-    ttg_proto::telemetry::init_logging(config.log_format, "info");
+    let telemetry = ttg_proto::telemetry::init("ttg-agent", config.log_format, "info");
+    if let Some(addr) = config.metrics_addr {
+        if let Err(e) = ttg_proto::telemetry::serve_metrics(addr) {
+            eprintln!("ttg-agent: {e}");
+            std::process::exit(69);
+        }
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_cancels(shutdown.clone()));
-    match ttg_agent::run(config, shutdown).await {
+    let result = ttg_agent::run(config, shutdown).await;
+    telemetry.shutdown().await;
+    match result {
         Ok(Exit::Drained) => {}
         Ok(Exit::Abandoned) => std::process::exit(1),
         Err(e) => {

@@ -48,7 +48,9 @@ pub async fn run(
     while !stop.is_cancelled() {
         let server = servers[turn % servers.len().max(1)].clone();
         turn += 1;
-        match serve(&server, &worker, &stop, &ending, &mut backoff).await {
+        let span = tracing::info_span!("session", side = "agent", agent_id = %worker.agent_id(), server = %server);
+        let attempt = serve(&server, &worker, &stop, &ending, &mut backoff);
+        match tracing::Instrument::instrument(attempt, span).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(agent = %worker.agent_id(), server = %server, error = %e, retry_in = ?backoff, "session down; reconnecting");
@@ -120,7 +122,8 @@ async fn serve(
             _ = tick.tick() => {
                 let hb = AgentMessage { msg: Some(agent_message::Msg::Heartbeat(Heartbeat {
                     held: worker.held(),
-                    completed_total: worker.completed_total(),
+                                        completed_total: worker.completed_total(),
+                    ack_latency_ms: worker.take_ack_latencies(),
                 })) };
                 tx.send(hb).await.map_err(|_| "session closed".to_string())?;
             }

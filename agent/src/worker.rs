@@ -62,6 +62,9 @@ pub struct Worker {
     lease_ms: AtomicU64,
     /// Chunks reclaimed from under this agent (it looked dead, then woke).
     lost: AtomicU64,
+    /// Claim-to-ack latencies (ms) since the last heartbeat, for the server's
+    /// fleet-wide histogram.
+    ack_latencies: Mutex<Vec<u32>>,
     runs: Mutex<HashMap<String, RunLocal>>,
     completed: AtomicU64,
     /// Hard stop: abandons in-flight chunks (left pending, to be reclaimed).
@@ -102,6 +105,7 @@ impl Worker {
             held: Mutex::new(HashMap::new()),
             lease_ms: AtomicU64::new(3_000),
             lost: AtomicU64::new(0),
+            ack_latencies: Mutex::new(Vec::new()),
             runs: Mutex::new(HashMap::new()),
             completed: AtomicU64::new(0),
             abort: CancellationToken::new(),
@@ -139,6 +143,14 @@ impl Worker {
 
     fn lease(&self) -> Duration {
         Duration::from_millis(self.lease_ms.load(Ordering::Relaxed))
+    }
+
+    /// Take the claim-to-ack latencies recorded since the last call.
+    pub fn take_ack_latencies(&self) -> Vec<u32> {
+        self.ack_latencies
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
     }
 
     /// Chunks reclaimed from under this agent since start.
@@ -198,6 +210,7 @@ impl Worker {
                     tracing::warn!(run = %h.info.run_id, chunk = h.info.chunk_index, agent = %self.agent_id,
                         "chunk was reclaimed from this agent (it looked dead); abandoning it");
                     self.lost.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("ttg_agent_chunks_lost_total").increment(1);
                     h.abort.cancel();
                 }
             }
@@ -287,6 +300,7 @@ impl Worker {
                 &who,
                 ttg_proto::reclaim::Cause::Sweep,
                 Duration::from_millis(idle as u64),
+                "",
             )
             .await?;
             if let Some(r) = r {
@@ -571,13 +585,30 @@ impl Worker {
             .map(<[u8]>::to_vec)
             .unwrap_or_default();
         let (run_id, chunk) = (task.run_id.clone(), task.chunk_index);
+        let tp = String::from_utf8_lossy(&traceparent).into_owned();
+        // claim → compute → ack, each a child of the run's `submit` span
+        // through the traceparent carried in the task entry.
+        let chunk_span = |name: &'static str| {
+            let span = tracing::info_span!("chunk", otel.name = name, run_id = %run_id, chunk,
+                params.start = task.start, params.end = task.end, attempt, agent_id = %self.agent_id,
+                kernel = %task.kernel);
+            ttg_proto::telemetry::set_parent(&span, &tp);
+            span
+        };
+        let claimed = Instant::now();
 
-        let Some(run_cancel) = self.run_gate(&run_id).await else {
-            tracing::debug!(run = %run_id, chunk, agent = %self.agent_id, "run not active: chunk dropped");
+        let claim = chunk_span("claim");
+        let gate = tracing::Instrument::instrument(self.run_gate(&run_id), claim.clone()).await;
+        let Some(run_cancel) = gate else {
+            tracing::debug!(parent: &claim, run = %run_id, chunk, agent = %self.agent_id, "run not active: chunk dropped");
             self.drop_entry(&stream, &entry_id).await;
             return;
         };
         let chunk_abort = run_cancel.child_token();
+        let claim_tp = ttg_proto::telemetry::traceparent_of(
+            &tracing_opentelemetry::OpenTelemetrySpanExt::context(&claim),
+        );
+        drop(claim);
         if let Ok(mut h) = self.held.lock() {
             h.insert(
                 entry_id.clone(),
@@ -588,11 +619,13 @@ impl Worker {
                         chunk_index: chunk,
                         entry_id: entry_id.clone(),
                         attempt,
+                        traceparent: claim_tp,
                     },
                     abort: chunk_abort.clone(),
                 },
             );
         }
+        metrics::gauge!("ttg_agent_in_flight").increment(1.0);
         let input = ChunkInput {
             run_id: run_id.clone(),
             chunk_index: chunk,
@@ -601,22 +634,48 @@ impl Worker {
             args: task.args.clone(),
             attempt,
         };
+        let compute = chunk_span("compute");
         let began = Instant::now();
-        let outcome = match self.registry.get(&task.kernel) {
-            Some(k) => k.compute(&input, &chunk_abort).await,
-            None => Err(KernelError::Failed(format!(
-                "agent does not offer kernel {:?}",
-                task.kernel
-            ))),
-        };
+        let outcome = tracing::Instrument::instrument(
+            async {
+                match self.registry.get(&task.kernel) {
+                    Some(k) => k.compute(&input, &chunk_abort).await,
+                    None => Err(KernelError::Failed(format!(
+                        "agent does not offer kernel {:?}",
+                        task.kernel
+                    ))),
+                }
+            },
+            compute.clone(),
+        )
+        .await
+        .and_then(|v| check_values(&task, v));
         let compute_ms = began.elapsed().as_millis() as u64;
-        match outcome.and_then(|v| check_values(&task, v)) {
+        metrics::histogram!("ttg_agent_compute_seconds").record(began.elapsed().as_secs_f64());
+        match &outcome {
+            Err(KernelError::Failed(msg)) => {
+                ttg_proto::telemetry::set_error(&compute, msg);
+                metrics::counter!("ttg_agent_kernel_errors_total").increment(1);
+            }
+            Err(KernelError::Cancelled) => ttg_proto::telemetry::set_error(&compute, "cancelled"),
+            Ok(_) => {}
+        }
+        drop(compute);
+        let ack = chunk_span("ack");
+        match outcome {
             Ok(values) => {
-                self.complete(&stream, &entry_id, &task, attempt, &values, compute_ms)
-                    .await
+                let done = self.complete(&stream, &entry_id, &task, attempt, &values, compute_ms);
+                tracing::Instrument::instrument(done, ack.clone()).await;
+                metrics::counter!("ttg_agent_chunks_computed_total").increment(1);
+                if let Ok(mut v) = self.ack_latencies.lock() {
+                    if v.len() < 4096 {
+                        v.push(claimed.elapsed().as_millis().min(u32::MAX as u128) as u32);
+                    }
+                }
             }
             Err(KernelError::Cancelled) if self.run_cancelled(&run_id) => {
-                self.drop_entry(&stream, &entry_id).await;
+                tracing::Instrument::instrument(self.drop_entry(&stream, &entry_id), ack.clone())
+                    .await;
             }
             Err(KernelError::Cancelled) if !self.abort.is_cancelled() => {
                 // Reclaimed from under us: the reclaimer already acked it.
@@ -627,10 +686,12 @@ impl Worker {
                 tracing::warn!(run = %run_id, chunk, agent = %self.agent_id, "chunk abandoned");
             }
             Err(KernelError::Failed(msg)) => {
-                self.fail(&stream, &entry_id, &task, attempt, &msg, &traceparent)
-                    .await;
+                let failed = self.fail(&stream, &entry_id, &task, attempt, &msg, &traceparent);
+                tracing::Instrument::instrument(failed, ack.clone()).await;
+                ttg_proto::telemetry::set_error(&ack, &msg);
             }
         }
+        metrics::gauge!("ttg_agent_in_flight").decrement(1.0);
         if let Ok(mut h) = self.held.lock() {
             h.remove(&entry_id);
         }
@@ -671,6 +732,7 @@ impl Worker {
             k.events(run_id),
             stream.to_string(),
             k.dead_bits(run_id),
+            k.stats(),
         ];
         let reply: Option<(i64, String)> = self
             .persist("complete", |mut c| {
@@ -702,6 +764,7 @@ impl Worker {
                 }
             }
             Completion::Duplicate => {
+                metrics::counter!("ttg_agent_duplicates_total").increment(1);
                 tracing::info!(run = %run_id, chunk = task.chunk_index, agent = %self.agent_id, "duplicate result ignored (first result wins)");
             }
             Completion::Inactive(s) => self.mark_run(run_id, s),
@@ -750,6 +813,7 @@ impl Worker {
             k.dead_letters(run_id),
             k.events(run_id),
             stream.to_string(),
+            k.stats(),
         ];
         let reply: Option<(i64, String)> = self
             .persist("fail", |mut c| {

@@ -69,6 +69,13 @@ impl Keys {
         format!("{}agents", self.prefix)
     }
 
+    /// Hash of installation-wide counters the scripts keep (`completed`,
+    /// `duplicates`, `failed`, `reclaimed`, `dead`), exported by every server
+    /// as Prometheus counters.
+    pub fn stats(&self) -> String {
+        format!("{}stats", self.prefix)
+    }
+
     /// Pub/sub channel on which replicas tell each other of cancelled runs, so
     /// every replica pushes CancelRun to the agents it holds.
     pub fn control_channel(&self) -> String {

@@ -73,6 +73,7 @@ pub async fn reclaim_entry<C: ConnectionLike>(
     agent: &str,
     cause: Cause,
     after: Duration,
+    lost_span: &str,
 ) -> RedisResult<Option<Reclaimed>> {
     let range: StreamRangeReply = redis::cmd("XRANGE")
         .arg(stream)
@@ -116,6 +117,14 @@ pub async fn reclaim_entry<C: ConnectionLike>(
         .map(<[u8]>::to_vec)
         .unwrap_or_default();
     let run_id = task.run_id.clone();
+    // The reclaim is part of the run's trace, linked to the attempt it ends.
+    let span = tracing::info_span!("reclaim", run_id = %run_id, chunk = task.chunk_index,
+        params.start = task.start, params.end = task.end, attempt, agent_id = %agent,
+        kernel = %task.kernel, cause = cause.as_str());
+    crate::telemetry::set_parent(&span, &String::from_utf8_lossy(&tp));
+    if let Some(sc) = crate::telemetry::span_context_from_traceparent(lost_span) {
+        tracing_opentelemetry::OpenTelemetrySpanExt::add_link(&span, sc);
+    }
     let error = format!("agent {agent} died holding it ({})", cause.as_str());
     let retry_body = event_body(
         &run_id,
@@ -145,6 +154,7 @@ pub async fn reclaim_entry<C: ConnectionLike>(
         keys.dead_letters(&run_id),
         keys.events(&run_id),
         stream.to_string(),
+        keys.stats(),
     ] {
         inv.key(k);
     }
@@ -160,7 +170,8 @@ pub async fn reclaim_entry<C: ConnectionLike>(
         .arg(retry_body)
         .arg(dead_body)
         .arg(&run_id);
-    let (code, state): (i64, String) = inv.invoke_async(conn).await?;
+    let (code, state): (i64, String) =
+        tracing::Instrument::instrument(inv.invoke_async(conn), span).await?;
     Ok(Some(Reclaimed {
         run_id,
         chunk_index: task.chunk_index,
@@ -179,6 +190,7 @@ pub async fn reclaim_consumer<C: ConnectionLike>(
     agent: &str,
     cause: Cause,
     died: std::time::Instant,
+    links: &std::collections::HashMap<String, String>,
 ) -> RedisResult<Vec<Reclaimed>> {
     let mut out = Vec::new();
     loop {
@@ -196,6 +208,7 @@ pub async fn reclaim_consumer<C: ConnectionLike>(
         }
         let mut progressed = false;
         for p in pending.ids {
+            let lost = links.get(&p.id).map(String::as_str).unwrap_or("");
             let r = reclaim_entry(
                 conn,
                 keys,
@@ -206,6 +219,7 @@ pub async fn reclaim_consumer<C: ConnectionLike>(
                 agent,
                 cause,
                 died.elapsed(),
+                lost,
             )
             .await?;
             progressed = true;

@@ -247,7 +247,7 @@ end
 -- One failed attempt at a chunk (kernel error, or its agent died): re-queue
 -- the task with attempt + 1, or at max attempts dead-letter it, count it dead
 -- and end the run if it was the last chunk. The caller has already acked and
--- deleted the delivery. K: run, done, deadbits, dead stream, events, tasks.
+-- deleted the delivery. K: run, done, deadbits, dead stream, events, tasks, stats.
 -- Returns {code, state}: 1 re-queued, 3 dead-lettered, 0 chunk already has a
 -- result, 2 run not active, -1 run unknown.
 local function fail_attempt(K, chunk, task, attempt, max, err, tp, body_retry, body_dead, run_id)
@@ -257,6 +257,7 @@ local function fail_attempt(K, chunk, task, attempt, max, err, tp, body_retry, b
   if not active(state) then return {2, state} end
   if redis.call('GETBIT', K[2], chunk) == 1 then return {0, state} end
   local ts = now_ms()
+  redis.call('HINCRBY', K[7], 'failed', 1)
   if tonumber(attempt) < tonumber(max) then
     redis.call('XADD', K[6], '*', 't', task, 'a', tonumber(attempt) + 1, 'tp', tp)
     emit(run, K[5], body_retry, ts)
@@ -265,6 +266,7 @@ local function fail_attempt(K, chunk, task, attempt, max, err, tp, body_retry, b
   if redis.call('GETBIT', K[3], chunk) == 0 then
     redis.call('SETBIT', K[3], chunk, 1)
     redis.call('HINCRBY', run, 'dead', 1)
+    redis.call('HINCRBY', K[7], 'dead', 1)
     redis.call('XADD', K[4], '*', 'c', chunk, 'a', attempt, 'err', err, 't', task, 'tp', tp)
   end
   emit(run, K[5], body_dead, ts)
@@ -279,7 +281,7 @@ end
 /// A chunk that was dead-lettered and then completes (a zombie's late result)
 /// is rescued: it stops counting as dead.
 ///
-/// KEYS: run, done, results, events, tasks, dead bitmap.
+/// KEYS: run, done, results, events, tasks, dead bitmap, stats.
 /// ARGV: group, entry id, chunk index, value count, sum, min, max, packed
 /// values, ChunkCompleted event body, run id.
 /// Returns `{code, state}`: code 1 counted, 0 duplicate (a result was already
@@ -291,8 +293,12 @@ redis.call('XDEL', KEYS[5], ARGV[2])
 local state = redis.call('HGET', run, 'state')
 if not state then return {-1, ''} end
 if not active(state) then return {2, state} end
-if redis.call('GETBIT', KEYS[2], ARGV[3]) == 1 then return {0, state} end
+if redis.call('GETBIT', KEYS[2], ARGV[3]) == 1 then
+  redis.call('HINCRBY', KEYS[7], 'duplicates', 1)
+  return {0, state}
+end
 redis.call('SETBIT', KEYS[2], ARGV[3], 1)
+redis.call('HINCRBY', KEYS[7], 'completed', 1)
 if redis.call('GETBIT', KEYS[6], ARGV[3]) == 1 then
   redis.call('SETBIT', KEYS[6], ARGV[3], 0)
   redis.call('HINCRBY', run, 'dead', -1)
@@ -315,7 +321,7 @@ return {1, finish_if_done(run, KEYS[4], ARGV[10], ts)}
 /// attempt + 1 or, when no attempts are left, put it in the run's dead-letter
 /// stream, count it dead and end the run if it was the last chunk.
 ///
-/// KEYS: run, done, dead bitmap, dead-letter stream, events, tasks.
+/// KEYS: run, done, dead bitmap, dead-letter stream, events, tasks, stats.
 /// ARGV: group, entry id, chunk index, task bytes, attempt, max attempts,
 /// error, traceparent, ChunkFailed body (dead = false), ChunkFailed body
 /// (dead = true), run id.
@@ -343,6 +349,7 @@ local p = redis.call('XPENDING', KEYS[6], ARGV[1], ARGV[2], ARGV[2], 1, ARGV[3])
 if #p == 0 then return {-2, ''} end
 redis.call('XACK', KEYS[6], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[6], ARGV[2])
+redis.call('HINCRBY', KEYS[7], 'reclaimed', 1)
 return fail_attempt(KEYS, ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11], ARGV[12])
 "#;
 

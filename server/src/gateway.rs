@@ -63,6 +63,7 @@ impl Sessions {
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut m) = self.inner.lock() {
             m.insert(agent_id.to_string(), (n, tx));
+            metrics::gauge!("ttg_sessions_connected").set(m.len() as f64);
         }
         n
     }
@@ -74,6 +75,7 @@ impl Sessions {
             if m.get(agent_id).is_some_and(|(k, _)| *k == n) {
                 m.remove(agent_id);
             }
+            metrics::gauge!("ttg_sessions_connected").set(m.len() as f64);
         }
     }
 
@@ -163,104 +165,110 @@ impl AgentGateway for Gateway {
         let server_id = self.server_id.clone();
         let (interval, lease) = (self.heartbeat_interval, self.lease);
         let shutdown = self.shutdown.child_token();
-        tokio::spawn(async move {
-            let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
-                Ok(Ok(Some(AgentMessage {
-                    msg: Some(agent_message::Msg::Hello(h)),
-                }))) => h,
-                _ => {
+        let span =
+            tracing::info_span!("session", agent_id = tracing::field::Empty, side = "server");
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+                    Ok(Ok(Some(AgentMessage {
+                        msg: Some(agent_message::Msg::Hello(h)),
+                    }))) => h,
+                    _ => {
+                        let _ = tx
+                            .send(Err(Status::invalid_argument(
+                                "first message of a session must be Hello",
+                            )))
+                            .await;
+                        return;
+                    }
+                };
+                if !valid_run_id(&hello.agent_id) {
                     let _ = tx
                         .send(Err(Status::invalid_argument(
-                            "first message of a session must be Hello",
+                            "hello.agent_id: must be 1..=64 characters of letters, digits and '-'",
                         )))
                         .await;
                     return;
                 }
-            };
-            if !valid_run_id(&hello.agent_id) {
-                let _ = tx
-                    .send(Err(Status::invalid_argument(
-                        "hello.agent_id: must be 1..=64 characters of letters, digits and '-'",
-                    )))
-                    .await;
-                return;
-            }
-            let agent_id = hello.agent_id.clone();
-            let mut info = AgentInfo {
-                agent_id: agent_id.clone(),
-                host: hello.host,
-                version: hello.version,
-                concurrency: hello.concurrency,
-                kernels: hello.kernels,
-                connected_ms: now_ms(),
-                last_heartbeat_ms: now_ms(),
-                held: Vec::new(),
-                server_id: server_id.clone(),
-                pid: hello.pid,
-            };
-            if let Err(e) = store.put_agent(&info, lease).await {
-                let _ = tx.send(Err(e.into())).await;
-                return;
-            }
-            let n = sessions.insert(&agent_id, tx.clone());
-            tracing::info!(agent = %agent_id, host = %info.host, concurrency = info.concurrency, "agent session opened");
-            let welcome = ServerMessage {
-                msg: Some(server_message::Msg::Welcome(Welcome {
-                    heartbeat_interval_ms: interval.as_millis() as u64,
-                    lease_ms: lease.as_millis() as u64,
-                    server_id,
-                })),
-            };
-            let mut last_beat = Instant::now();
-            let end = if tx.send(Ok(welcome)).await.is_err() {
-                End::Dropped
-            } else {
-                serve(
-                    &mut inbound,
-                    &mut info,
-                    &store,
-                    lease,
-                    &shutdown,
-                    &mut last_beat,
-                )
-                .await
-            };
-            sessions.remove(&agent_id, n);
-            let (cause, died) = match end {
-                End::ServerShutdown => {
-                    // Leave the record: the agent keeps working and reconnects
-                    // to another replica; its lease in Redis says it is alive.
-                    tracing::info!(agent = %agent_id, "session closed by server shutdown");
+                let agent_id = hello.agent_id.clone();
+                tracing::Span::current().record("agent_id", agent_id.as_str());
+                let mut info = AgentInfo {
+                    agent_id: agent_id.clone(),
+                    host: hello.host,
+                    version: hello.version,
+                    concurrency: hello.concurrency,
+                    kernels: hello.kernels,
+                    connected_ms: now_ms(),
+                    last_heartbeat_ms: now_ms(),
+                    held: Vec::new(),
+                    server_id: server_id.clone(),
+                    pid: hello.pid,
+                };
+                if let Err(e) = store.put_agent(&info, lease).await {
+                    let _ = tx.send(Err(e.into())).await;
                     return;
                 }
-                End::Bye => {
-                    if let Err(e) = store.remove_agent(&agent_id).await {
-                        tracing::warn!(agent = %agent_id, error = %e, "could not remove agent record");
+                let n = sessions.insert(&agent_id, tx.clone());
+                tracing::info!(agent = %agent_id, host = %info.host, concurrency = info.concurrency, "agent session opened");
+                let welcome = ServerMessage {
+                    msg: Some(server_message::Msg::Welcome(Welcome {
+                        heartbeat_interval_ms: interval.as_millis() as u64,
+                        lease_ms: lease.as_millis() as u64,
+                        server_id,
+                    })),
+                };
+                let mut last_beat = Instant::now();
+                let end = if tx.send(Ok(welcome)).await.is_err() {
+                    End::Dropped
+                } else {
+                    serve(
+                        &mut inbound,
+                        &mut info,
+                        &store,
+                        lease,
+                        &shutdown,
+                        &mut last_beat,
+                    )
+                    .await
+                };
+                sessions.remove(&agent_id, n);
+                let (cause, died) = match end {
+                    End::ServerShutdown => {
+                        // Leave the record: the agent keeps working and reconnects
+                        // to another replica; its lease in Redis says it is alive.
+                        tracing::info!(agent = %agent_id, "session closed by server shutdown");
+                        return;
                     }
-                    tracing::info!(agent = %agent_id, "agent left cleanly");
+                    End::Bye => {
+                        if let Err(e) = store.remove_agent(&agent_id).await {
+                            tracing::warn!(agent = %agent_id, error = %e, "could not remove agent record");
+                        }
+                        tracing::info!(agent = %agent_id, "agent left cleanly");
+                        return;
+                    }
+                    End::Dropped => (Cause::SessionLost, std::time::Instant::now()),
+                    End::LeaseExpired => (Cause::LeaseExpired, last_beat.into_std()),
+                };
+                if sessions.holds(&agent_id) {
+                    // The agent already reconnected (a new session replaced this
+                    // one): it is alive, and what it holds is its own.
+                    tracing::info!(agent = %agent_id, "old session ended; agent already back");
                     return;
                 }
-                End::Dropped => (Cause::SessionLost, std::time::Instant::now()),
-                End::LeaseExpired => (Cause::LeaseExpired, last_beat.into_std()),
-            };
-            if sessions.holds(&agent_id) {
-                // The agent already reconnected (a new session replaced this
-                // one): it is alive, and what it holds is its own.
-                tracing::info!(agent = %agent_id, "old session ended; agent already back");
-                return;
-            }
-            tracing::warn!(agent = %agent_id, cause = cause.as_str(), "agent lost: reclaiming its chunks");
-            match store
-                .reclaim_agent(&agent_id, &info.kernels, cause, died)
-                .await
-            {
-                Ok(r) => tracing::info!(agent = %agent_id, chunks = r.len(), "reclaim done"),
-                // The record stays with an expired lease: a reaper retries.
-                Err(e) => {
-                    tracing::error!(agent = %agent_id, error = %e, "reclaim failed; a reaper will retry")
+                tracing::warn!(agent = %agent_id, cause = cause.as_str(), "agent lost: reclaiming its chunks");
+                match store
+                    .reclaim_agent(&agent_id, &info.kernels, cause, died, &info.held)
+                    .await
+                {
+                    Ok(r) => tracing::info!(agent = %agent_id, chunks = r.len(), "reclaim done"),
+                    // The record stays with an expired lease: a reaper retries.
+                    Err(e) => {
+                        tracing::error!(agent = %agent_id, error = %e, "reclaim failed; a reaper will retry")
+                    }
                 }
-            }
-        });
+            },
+            span,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -286,6 +294,9 @@ async fn serve(
                 agent_message::Msg::Heartbeat(hb) => {
                     *last_beat = Instant::now();
                     deadline = *last_beat + lease;
+                    for ms in &hb.ack_latency_ms {
+                        metrics::histogram!("ttg_claim_to_ack_seconds").record(*ms as f64 / 1000.0);
+                    }
                     info.held = hb.held;
                     info.last_heartbeat_ms = now_ms();
                     if let Err(e) = store.put_agent(info, lease).await {

@@ -89,11 +89,31 @@ async fn reaper(
                 .unwrap_or_else(std::time::Instant::now);
             tracing::warn!(agent = %id, "reaper: lease expired with no session; reclaiming its chunks");
             if let Err(e) = store
-                .reclaim_agent(&id, &kernels, ttg_proto::reclaim::Cause::LeaseExpired, died)
+                .reclaim_agent(
+                    &id,
+                    &kernels,
+                    ttg_proto::reclaim::Cause::LeaseExpired,
+                    died,
+                    &info.held,
+                )
                 .await
             {
                 tracing::error!(agent = %id, error = %e, "reaper: reclaim failed; will retry");
             }
+        }
+    }
+}
+
+/// Every 5 s, refresh the metrics that live in Redis (see `Store::collect_metrics`).
+async fn collect_metrics(store: Arc<store::Store>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = store.collect_metrics().await {
+            tracing::debug!(error = %e, "metrics collection failed");
         }
     }
 }
@@ -163,6 +183,9 @@ pub async fn run(
         sessions.clone(),
         shutdown.clone(),
     ));
+    if config.metrics_addr.is_some() {
+        tokio::spawn(collect_metrics(store.clone(), shutdown.clone()));
+    }
     let control = control::Control::new(store.clone(), sessions.clone(), shutdown.clone());
     let gateway = gateway::Gateway::new(
         store.clone(),

@@ -11,7 +11,13 @@ async fn main() {
         eprintln!("ttg-server: {msg}");
         std::process::exit(64);
     }
-    ttg_proto::telemetry::init_logging(config.log_format, "info");
+    let telemetry = ttg_proto::telemetry::init("ttg-server", config.log_format, "info");
+    if let Some(addr) = config.metrics_addr {
+        if let Err(e) = ttg_proto::telemetry::serve_metrics(addr) {
+            eprintln!("ttg-server: {e}");
+            std::process::exit(69);
+        }
+    }
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -21,8 +27,10 @@ async fn main() {
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_cancels(shutdown.clone()));
-    if let Err(e) = ttg_server::run(listener, config, shutdown).await {
-        tracing::error!(error = %e, "server failed");
+    let result = ttg_server::run(listener, config, shutdown).await;
+    telemetry.shutdown().await;
+    if let Err(e) = result {
+        eprintln!("ttg-server: {e}");
         std::process::exit(1);
     }
 }

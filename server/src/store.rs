@@ -19,6 +19,7 @@ use ttg_proto::reclaim::{reclaim_consumer, Cause, Reclaimed};
 use ttg_proto::stream::{
     self, decode_event, decode_spec, encode, event_body, is_finished, is_terminal, parse_state,
     run_status_from_hash, unpack_values, Scripts, ATTEMPT_FIELD, EVENT_FIELD, TASK_FIELD,
+    TRACEPARENT_FIELD,
 };
 use ttg_proto::v1::{
     event, AgentInfo, DeadChunk, Event, Progress, ResultChunk, RunCancelled, RunSpec, RunState,
@@ -205,11 +206,31 @@ impl Store {
     }
 
     /// Validate, store the run and queue its tasks. Returns the run id and
-    /// the number of chunks once every task is in Redis.
+    /// the number of chunks once every task is in Redis. The `submit` span is
+    /// the root of the run's trace: its traceparent goes into the run spec and
+    /// every task entry, so agents' spans join it.
     pub async fn submit(&self, req: &SubmitRequest) -> Result<(String, u64)> {
+        let span = tracing::info_span!("submit", run_id = tracing::field::Empty, params = req.params,
+            chunks = tracing::field::Empty, kernel = %req.kernel);
+        let started = std::time::Instant::now();
+        let r = tracing::Instrument::instrument(self.submit_inner(req), span.clone()).await;
+        match &r {
+            Ok(_) => {
+                metrics::histogram!("ttg_submit_seconds").record(started.elapsed().as_secs_f64())
+            }
+            Err(e) => ttg_proto::telemetry::set_error(&span, &e.to_string()),
+        }
+        r
+    }
+
+    async fn submit_inner(&self, req: &SubmitRequest) -> Result<(String, u64)> {
         let v = validate_submit(req)?;
         let created = now_ms();
         let run_id = new_run_id(created, rand::random());
+        let current = tracing::Span::current();
+        current.record("run_id", run_id.as_str());
+        current.record("chunks", v.chunks);
+        let traceparent = ttg_proto::telemetry::current_traceparent();
         let spec = RunSpec {
             run_id: run_id.clone(),
             params: v.params,
@@ -220,7 +241,7 @@ impl Store {
             max_attempts: v.max_attempts,
             name: v.name.clone(),
             created_ms: created,
-            traceparent: String::new(),
+            traceparent: traceparent.clone(),
         };
         let tasks_key = self.keys.tasks(&v.kernel);
         self.ensure_group(&tasks_key).await?;
@@ -294,6 +315,8 @@ impl Store {
                     .arg(encode(&task))
                     .arg(ATTEMPT_FIELD)
                     .arg(1)
+                    .arg(TRACEPARENT_FIELD)
+                    .arg(&traceparent)
                     .ignore();
             }
             p.hset(&run_key, "enqueued", last).ignore();
@@ -439,9 +462,15 @@ impl Store {
         kernels: &[String],
         cause: Cause,
         died: std::time::Instant,
+        held: &[ttg_proto::v1::HeldChunk],
     ) -> Result<Vec<Reclaimed>> {
         let mut c = self.conn();
         let mut out = Vec::new();
+        // The claim span of each lost delivery, for the reclaim span's link.
+        let links: HashMap<String, String> = held
+            .iter()
+            .map(|h| (h.entry_id.clone(), h.traceparent.clone()))
+            .collect();
         for k in kernels {
             let stream = self.keys.tasks(k);
             let fut = reclaim_consumer(
@@ -452,6 +481,7 @@ impl Store {
                 agent_id,
                 cause,
                 died,
+                &links,
             );
             // Several round trips per chunk held: allow more than one call's deadline.
             match tokio::time::timeout(self.deadline * 4, fut).await {
@@ -460,11 +490,82 @@ impl Store {
             }
         }
         for r in &out {
+            metrics::histogram!("ttg_reclaim_seconds").record(died.elapsed().as_secs_f64());
             tracing::info!(run = %r.run_id, chunk = r.chunk_index, agent = %agent_id, attempt = r.attempt,
                 cause = cause.as_str(), after_ms = died.elapsed().as_millis() as u64, outcome = ?r.outcome, "chunk reclaimed");
         }
         self.remove_agent(agent_id).await?;
         Ok(out)
+    }
+
+    /// Refresh the Prometheus gauges and counters that live in Redis: the
+    /// installation-wide chunk counters the scripts keep, runs by state
+    /// (among the newest 1,000), and per kernel the queue's entries, those
+    /// pending and the consumer group's lag.
+    pub async fn collect_metrics(&self) -> Result<()> {
+        let mut c = self.conn();
+        let stats: HashMap<String, u64> = self
+            .timed(
+                redis::cmd("HGETALL")
+                    .arg(self.keys.stats())
+                    .query_async(&mut c),
+            )
+            .await?;
+        for (field, name) in [
+            ("completed", "ttg_chunks_completed_total"),
+            ("duplicates", "ttg_chunks_duplicate_total"),
+            ("failed", "ttg_chunk_attempts_failed_total"),
+            ("reclaimed", "ttg_chunks_reclaimed_total"),
+            ("dead", "ttg_chunks_dead_lettered_total"),
+        ] {
+            metrics::counter!(name).absolute(stats.get(field).copied().unwrap_or(0));
+        }
+        let ids: Vec<String> = self
+            .timed(
+                redis::cmd("ZREVRANGE")
+                    .arg(self.keys.runs())
+                    .arg(0)
+                    .arg(999)
+                    .query_async(&mut c),
+            )
+            .await?;
+        let mut by_state: HashMap<String, u64> = HashMap::new();
+        if !ids.is_empty() {
+            let mut p = redis::pipe();
+            for id in &ids {
+                p.cmd("HGET").arg(self.keys.run(id)).arg("state");
+            }
+            let states: Vec<Option<String>> = self.timed(p.query_async(&mut c)).await?;
+            for s in states.into_iter().flatten() {
+                *by_state.entry(s).or_default() += 1;
+            }
+        }
+        for s in ["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"] {
+            metrics::gauge!("ttg_runs", "state" => s)
+                .set(by_state.get(s).copied().unwrap_or(0) as f64);
+        }
+        for k in ttg_proto::kernels::BUILTIN {
+            let key = self.keys.tasks(k.name);
+            let len: u64 = self
+                .timed(redis::cmd("XLEN").arg(&key).query_async(&mut c))
+                .await?;
+            metrics::gauge!("ttg_queue_entries", "kernel" => k.name).set(len as f64);
+            let groups: RedisResult<Vec<HashMap<String, Value>>> = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(&key)
+                .query_async(&mut c)
+                .await;
+            for g in groups.unwrap_or_default() {
+                let num = |f: &str| match g.get(f) {
+                    Some(Value::Int(n)) => *n as f64,
+                    _ => 0.0,
+                };
+                metrics::gauge!("ttg_queue_pending", "kernel" => k.name).set(num("pending"));
+                // Entries not yet delivered to any agent: what autoscaling watches.
+                metrics::gauge!("ttg_queue_lag", "kernel" => k.name).set(num("lag"));
+            }
+        }
+        Ok(())
     }
 
     /// Agents whose lease in Redis has expired.

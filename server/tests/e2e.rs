@@ -361,6 +361,7 @@ async fn a_chunk_completed_twice_is_counted_once() {
                 keys.events(&run_id),
                 tasks.clone(),
                 keys.dead_bits(&run_id),
+                keys.stats(),
             ] {
                 inv.key(k);
             }

@@ -425,6 +425,7 @@ async fn kernel_errors_retry_then_dead_letter_and_a_late_result_rescues() {
                 keys.dead_letters(&run_id),
                 keys.events(&run_id),
                 tasks.clone(),
+                keys.stats(),
             ] {
                 inv.key(k);
             }
@@ -476,6 +477,7 @@ async fn kernel_errors_retry_then_dead_letter_and_a_late_result_rescues() {
                 keys.events(&run_id),
                 tasks.clone(),
                 keys.dead_bits(&run_id),
+                keys.stats(),
             ] {
                 inv.key(k);
             }
