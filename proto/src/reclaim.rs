@@ -182,6 +182,7 @@ pub async fn reclaim_entry<C: ConnectionLike>(
 
 /// Reclaim everything consumer `agent` holds in `stream`, then remove the
 /// consumer from the group (only if it then holds nothing).
+#[allow(clippy::too_many_arguments)]
 pub async fn reclaim_consumer<C: ConnectionLike>(
     conn: &mut C,
     keys: &Keys,

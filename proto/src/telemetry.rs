@@ -100,14 +100,16 @@ pub fn init(service: &str, format: LogFormat, default_filter: &str) -> Telemetry
             .boxed()
     };
     let provider = otlp_provider(service);
+    // RUST_LOG filters log lines only: spans are exported at INFO whatever
+    // the log level, or a quiet `RUST_LOG=warn` would silently drop traces.
     let otel_layer = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer(service.to_string()))
             .with_tracked_inactivity(false)
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
     });
     let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt_layer)
+        .with(fmt_layer.with_filter(filter))
         .with(otel_layer)
         .try_init();
     Telemetry { provider }

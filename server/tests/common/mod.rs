@@ -185,6 +185,44 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// Spawn with extra environment and a chosen stderr.
+    #[allow(clippy::too_many_arguments)]
+    pub fn spawn_env(
+        server_url: &str,
+        redis_url: &str,
+        prefix: &str,
+        id: &str,
+        concurrency: u32,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> Agent {
+        let child = Command::new(bin("ttg-agent"))
+            .args([
+                "--server",
+                server_url,
+                "--redis-url",
+                redis_url,
+                "--prefix",
+                prefix,
+                "--agent-id",
+                id,
+            ])
+            .args(["--concurrency", &concurrency.to_string()])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn ttg-agent");
+        Agent {
+            child,
+            id: id.to_string(),
+        }
+    }
+
     pub fn spawn(
         server_url: &str,
         redis_url: &str,
@@ -422,10 +460,42 @@ pub struct ServerProc {
     pub port: u16,
     pub url: String,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl ServerProc {
+    /// Start with extra environment variables.
+    pub fn start_env(
+        redis_url: &str,
+        prefix: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> ServerProc {
+        let mut s = ServerProc::start_with(redis_url, prefix, extra);
+        s.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        s.spawn();
+        s
+    }
+
+    /// SIGTERM it and wait for a clean exit (spans are flushed).
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        c.wait().ok()?.code()
+    }
+
     pub fn start(redis_url: &str, prefix: &str, extra: &[&str]) -> ServerProc {
+        let mut s = ServerProc::start_with(redis_url, prefix, extra);
+        s.spawn();
+        s
+    }
+
+    fn start_with(redis_url: &str, prefix: &str, extra: &[&str]) -> ServerProc {
         let port = free_port();
         let mut args: Vec<String> = [
             "--listen",
@@ -439,20 +509,20 @@ impl ServerProc {
         .map(|s| s.to_string())
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut s = ServerProc {
+        ServerProc {
             child: None,
             port,
             url: format!("http://127.0.0.1:{port}"),
             args,
-        };
-        s.spawn();
-        s
+            env: Vec::new(),
+        }
     }
 
     pub fn spawn(&mut self) {
         let child = Command::new(bin("ttg-server"))
             .args(&self.args)
             .env("RUST_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
