@@ -36,6 +36,19 @@ pub struct Config {
     #[arg(long, env = "TTG_KERNELS", value_delimiter = ',')]
     pub kernels: Vec<String>,
 
+    /// Offer the `exec` kernel, which runs users' programs (off by default: an agent runs no arbitrary program unless told to).
+    #[arg(long, env = "TTG_ALLOW_EXEC")]
+    pub allow_exec: bool,
+
+    /// With --allow-exec: the only programs `exec` may run, comma-separated paths of files or directories (default: any).
+    #[arg(
+        long,
+        env = "TTG_EXEC_ALLOW",
+        value_delimiter = ',',
+        requires = "allow_exec"
+    )]
+    pub exec_allow: Vec<String>,
+
     /// On SIGTERM, how long to finish held chunks before abandoning them to be reclaimed (default 30s).
     #[arg(long, env = "TTG_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,

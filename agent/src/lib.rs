@@ -2,7 +2,8 @@
 //!
 //! Modules, in reading order:
 //! - [`config`]: flags and their defaults.
-//! - [`kernels`]: the `Kernel` trait, the registry, one file per kernel.
+//! - [`kernels`]: the `Kernel` trait, the registry, one file per kernel
+//!   (`placeholder`, `collatz`, `exec`).
 //! - [`worker`]: the claim loop — XREADGROUP, compute, atomic completion.
 //! - [`session`]: the gRPC session to the server (the agent's lease).
 //!
@@ -12,6 +13,7 @@
 pub mod config;
 pub mod kernels;
 pub mod session;
+mod sys;
 pub mod worker;
 
 use std::sync::{Arc, Mutex};
@@ -49,10 +51,18 @@ pub enum Exit {
 /// Run the agent until `shutdown` is cancelled, then drain.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Exit, Error> {
     config.validate().map_err(Error::Config)?;
-    let registry = if config.kernels.is_empty() {
-        kernels::Registry::builtin()
+    let exec = if config.allow_exec {
+        Some(kernels::exec::allow_list(&config.exec_allow).map_err(Error::Config)?)
     } else {
-        kernels::Registry::builtin()
+        None
+    };
+    if !config.allow_exec && config.kernels.iter().any(|k| k == "exec") {
+        return Err(Error::Config("--kernels exec needs --allow-exec".into()));
+    }
+    let registry = if config.kernels.is_empty() {
+        kernels::Registry::builtin(exec)
+    } else {
+        kernels::Registry::builtin(exec)
             .only(&config.kernels)
             .map_err(|e| Error::Config(format!("--kernels: {e}")))?
     };

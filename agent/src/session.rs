@@ -91,6 +91,7 @@ async fn serve(
             concurrency: worker.concurrency(),
             kernels: worker.kernel_names(),
             pid: std::process::id(),
+            kernel_decls: worker.kernel_decls(),
         })),
     };
     tx.send(hello)

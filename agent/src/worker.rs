@@ -122,6 +122,11 @@ impl Worker {
         self.registry.names()
     }
 
+    /// Declarations of the kernels offered.
+    pub fn kernel_decls(&self) -> Vec<ttg_proto::v1::KernelDecl> {
+        self.registry.decls()
+    }
+
     /// Chunks computed at once.
     pub fn concurrency(&self) -> u32 {
         self.concurrency

@@ -30,6 +30,8 @@ pub struct ClusterOpts {
     pub listen: SocketAddr,
     /// Key prefix.
     pub prefix: String,
+    /// Start agents with --allow-exec.
+    pub allow_exec: bool,
 }
 
 /// A running local cluster.
@@ -230,6 +232,9 @@ impl Cluster {
             .stderr(log);
         if let Some(c) = self.opts.concurrency {
             cmd.arg("--concurrency").arg(c.to_string());
+        }
+        if self.opts.allow_exec {
+            cmd.arg("--allow-exec");
         }
         sys::child_dies_with_us(&mut cmd, libc::SIGTERM);
         self.agents.push(cmd.spawn()?);

@@ -72,6 +72,7 @@ pub async fn demo(o: DemoOpts) -> CliResult<i32> {
         redis_url: o.redis_url.clone(),
         listen,
         prefix: format!("ttg-demo-{}:", std::process::id()),
+        allow_exec: false,
     })
     .await?;
     let result = run(&cluster, &o).await;

@@ -117,6 +117,8 @@ enum Cmd {
     },
     /// List agents with a live session.
     Agents,
+    /// List the kernels connected agents offer, with their arguments.
+    Kernels,
     /// Export a run's values in parameter order: `-o csv` (default) or `-o json`.
     Results {
         /// Run id.
@@ -142,6 +144,9 @@ enum Cmd {
         /// Redis key prefix (default ttg:).
         #[arg(long, default_value = "ttg:")]
         prefix: String,
+        /// Let the agents run users' programs with the exec kernel.
+        #[arg(long)]
+        allow_exec: bool,
     },
     /// Run a local cluster, a placeholder sweep watched to the end, and check its sum.
     Demo {
@@ -218,6 +223,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Cmd::Retry { run } => status::retry(server, &run, cli.format).await,
         Cmd::Runs { limit } => status::runs(server, limit, cli.format).await,
         Cmd::Agents => status::agents(server, cli.format).await,
+        Cmd::Kernels => status::kernels(server, cli.format).await,
         Cmd::Results { run, file } => {
             let format = match cli.format {
                 Format::Json => results::ResultsFormat::Json,
@@ -231,6 +237,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
             redis_url,
             listen,
             prefix,
+            allow_exec,
         } => {
             if agents == 0 || agents > 256 {
                 return Err(CliError {
@@ -244,6 +251,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
                 redis_url,
                 listen,
                 prefix,
+                allow_exec,
             })
             .await
         }

@@ -1,9 +1,16 @@
-//! Declarations of the built-in kernels: name, arguments, their types, defaults
-//! and allowed ranges. The server validates `Submit` against these (so a bad
-//! argument is rejected before anything is queued); agents parse the same
-//! arguments with the same code.
+//! Kernel declarations: name, arguments, their types, defaults and allowed
+//! ranges. Submit validates `kernel` and `args` against a declaration, so a
+//! bad argument is rejected before anything is queued.
+//!
+//! The built-in kernels are declared here, so a server knows them even
+//! before any agent connects. Agents also send the declarations of every
+//! kernel they offer in `Hello`, so a kernel added to an agent (one file in
+//! `agent/src/kernels/`) is validated by any server without rebuilding it.
+//! Validation works on [`KernelDecl`], the protobuf form, for both.
 
 use std::collections::{BTreeMap, HashMap};
+
+use crate::v1::{ArgDecl, KernelDecl};
 
 /// Type and allowed range of one kernel argument.
 #[derive(Clone, Copy, Debug)]
@@ -15,6 +22,18 @@ pub enum ArgKind {
         /// Largest allowed value.
         max: i64,
     },
+    /// Finite number in `min ..= max`.
+    Float {
+        /// Smallest allowed value.
+        min: f64,
+        /// Largest allowed value.
+        max: f64,
+    },
+    /// Text of at most `max_len` bytes, no NUL.
+    Text {
+        /// Longest allowed length in bytes.
+        max_len: usize,
+    },
 }
 
 /// One declared argument.
@@ -24,13 +43,15 @@ pub struct ArgSpec {
     pub name: &'static str,
     /// Type and range.
     pub kind: ArgKind,
-    /// Value used when the argument is not given.
+    /// Value used when the argument is not given ("" and not required: absent).
     pub default: &'static str,
+    /// Whether Submit must give it.
+    pub required: bool,
     /// One line for `ttgctl kernels` and the docs.
     pub help: &'static str,
 }
 
-/// A kernel's declaration.
+/// A built-in kernel's declaration.
 #[derive(Clone, Copy, Debug)]
 pub struct KernelSpec {
     /// Kernel name, as in `--kernel name`.
@@ -52,9 +73,270 @@ pub const PLACEHOLDER: KernelSpec = KernelSpec {
             max: 60_000,
         },
         default: "0",
+        required: false,
         help: "simulated work per parameter, milliseconds",
     }],
 };
+
+/// CPU-bound: the Collatz stopping time of p.
+pub const COLLATZ: KernelSpec = KernelSpec {
+    name: "collatz",
+    help: "value(p) = number of Collatz steps from p to 1 (0 for p = 0 and p = 1); CPU-bound",
+    args: &[],
+};
+
+/// The user's own program, run once per chunk.
+pub const EXEC: KernelSpec = KernelSpec {
+    name: "exec",
+    help: "runs PROGRAM per chunk: parameters one per line on stdin, one number per parameter on stdout; agents need --allow-exec",
+    args: &[
+        ArgSpec {
+            name: "program",
+            kind: ArgKind::Text { max_len: 4_096 },
+            default: "",
+            required: true,
+            help: "path of the program to run (no shell; write `sh -c` yourself if you need one)",
+        },
+        ArgSpec {
+            name: "args",
+            kind: ArgKind::Text { max_len: 16_384 },
+            default: "",
+            required: false,
+            help: "its arguments, split like a shell would (quotes, backslashes) but never run by one",
+        },
+        ArgSpec {
+            name: "timeout_s",
+            kind: ArgKind::Float { min: 0.001, max: 86_400.0 },
+            default: "600",
+            required: false,
+            help: "per-chunk time limit in seconds; past it the process group is killed and the attempt fails",
+        },
+    ],
+};
+
+/// Every built-in kernel.
+pub const BUILTIN: &[KernelSpec] = &[PLACEHOLDER, COLLATZ, EXEC];
+
+/// The built-in declaration of `name`, if any.
+pub fn find(name: &str) -> Option<&'static KernelSpec> {
+    BUILTIN.iter().find(|k| k.name == name)
+}
+
+/// Comma-separated list of built-in kernel names, for error messages.
+pub fn known_names() -> String {
+    BUILTIN
+        .iter()
+        .map(|k| k.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl KernelSpec {
+    /// The protobuf declaration.
+    pub fn decl(&self) -> KernelDecl {
+        KernelDecl {
+            name: self.name.to_string(),
+            help: self.help.to_string(),
+            args: self
+                .args
+                .iter()
+                .map(|a| {
+                    let (ty, min, max) = match a.kind {
+                        ArgKind::Int { min, max } => ("int", min as f64, max as f64),
+                        ArgKind::Float { min, max } => ("float", min, max),
+                        ArgKind::Text { max_len } => ("string", 0.0, max_len as f64),
+                    };
+                    ArgDecl {
+                        name: a.name.to_string(),
+                        r#type: ty.to_string(),
+                        default: a.default.to_string(),
+                        min,
+                        max,
+                        required: a.required,
+                        help: a.help.to_string(),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A rejected argument: which one and why, in words a user can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ArgError {
+    /// `args.<name>`.
+    pub field: String,
+    /// What is wrong and what is allowed.
+    pub message: String,
+}
+
+fn arg_err(name: &str, message: String) -> ArgError {
+    ArgError {
+        field: format!("args.{name}"),
+        message,
+    }
+}
+
+/// Check one value against its declaration; returns it normalised.
+fn check(a: &ArgDecl, raw: &str) -> Result<String, ArgError> {
+    match a.r#type.as_str() {
+        "int" => {
+            let (min, max) = (a.min as i64, a.max as i64);
+            raw.trim()
+                .parse::<i64>()
+                .ok()
+                .filter(|v| (min..=max).contains(v))
+                .map(|v| v.to_string())
+                .ok_or_else(|| {
+                    arg_err(
+                        &a.name,
+                        format!("must be a whole number in {min}..={max}, got {raw:?}"),
+                    )
+                })
+        }
+        "float" => raw
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && *v >= a.min && *v <= a.max)
+            .map(|v| v.to_string())
+            .ok_or_else(|| {
+                arg_err(
+                    &a.name,
+                    format!("must be a number in {}..={}, got {raw:?}", a.min, a.max),
+                )
+            }),
+        "string" => {
+            let max = a.max as usize;
+            if raw.len() > max || raw.contains('\0') {
+                Err(arg_err(
+                    &a.name,
+                    format!("must be text of at most {max} bytes without NUL"),
+                ))
+            } else {
+                Ok(raw.to_string())
+            }
+        }
+        other => Err(arg_err(
+            &a.name,
+            format!("declared with unknown type {other:?}"),
+        )),
+    }
+}
+
+/// Check `args` against `decl` and return them with defaults filled in.
+pub fn validate_args(
+    decl: &KernelDecl,
+    args: &HashMap<String, String>,
+) -> Result<BTreeMap<String, String>, ArgError> {
+    for name in args.keys() {
+        if !decl.args.iter().any(|a| a.name == *name) {
+            let known: Vec<_> = decl.args.iter().map(|a| a.name.as_str()).collect();
+            return Err(arg_err(
+                name,
+                format!(
+                    "unknown argument for kernel {} (known: {})",
+                    decl.name,
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            ));
+        }
+    }
+    let mut out = BTreeMap::new();
+    for a in &decl.args {
+        match args.get(&a.name) {
+            Some(raw) => {
+                out.insert(a.name.clone(), check(a, raw)?);
+            }
+            None if a.required => {
+                return Err(arg_err(
+                    &a.name,
+                    format!("required by kernel {}: {}", decl.name, a.help),
+                ));
+            }
+            None if a.default.is_empty() && a.r#type == "string" => {}
+            None => {
+                out.insert(a.name.clone(), check(a, &a.default)?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn raw_arg<'a, S: std::hash::BuildHasher>(
+    spec: &'a KernelSpec,
+    args: &'a HashMap<String, String, S>,
+    name: &str,
+) -> Result<(&'a ArgSpec, &'a str), ArgError> {
+    let a = spec
+        .args
+        .iter()
+        .find(|a| a.name == name)
+        .ok_or_else(|| arg_err(name, format!("not declared by kernel {}", spec.name)))?;
+    Ok((a, args.get(name).map(String::as_str).unwrap_or(a.default)))
+}
+
+/// An integer argument (validated at Submit; checked again here).
+pub fn int_arg<S: std::hash::BuildHasher>(
+    spec: &KernelSpec,
+    args: &HashMap<String, String, S>,
+    name: &str,
+) -> Result<i64, ArgError> {
+    let (a, raw) = raw_arg(spec, args, name)?;
+    let ArgKind::Int { min, max } = a.kind else {
+        return Err(arg_err(name, "is not an integer argument".into()));
+    };
+    raw.trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|v| (min..=max).contains(v))
+        .ok_or_else(|| {
+            arg_err(
+                name,
+                format!("must be a whole number in {min}..={max}, got {raw:?}"),
+            )
+        })
+}
+
+/// A float argument.
+pub fn float_arg<S: std::hash::BuildHasher>(
+    spec: &KernelSpec,
+    args: &HashMap<String, String, S>,
+    name: &str,
+) -> Result<f64, ArgError> {
+    let (a, raw) = raw_arg(spec, args, name)?;
+    let ArgKind::Float { min, max } = a.kind else {
+        return Err(arg_err(name, "is not a number argument".into()));
+    };
+    raw.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= min && *v <= max)
+        .ok_or_else(|| {
+            arg_err(
+                name,
+                format!("must be a number in {min}..={max}, got {raw:?}"),
+            )
+        })
+}
+
+/// A text argument ("" when absent and optional).
+pub fn text_arg<'a, S: std::hash::BuildHasher>(
+    spec: &'a KernelSpec,
+    args: &'a HashMap<String, String, S>,
+    name: &str,
+) -> Result<&'a str, ArgError> {
+    let (a, raw) = raw_arg(spec, args, name)?;
+    if a.required && raw.is_empty() {
+        return Err(arg_err(name, format!("required by kernel {}", spec.name)));
+    }
+    Ok(raw)
+}
 
 /// The placeholder's value of parameter `p`: `(7p + 13) mod 1000 + frac(p)`,
 /// `frac(p)` being the decimal number `0.<p mod 100>` (5 → 0.5, 10 → 0.1).
@@ -85,103 +367,16 @@ pub fn placeholder_expected_sum_hundredths(n: u64) -> u128 {
         + frac_part(n % 100)
 }
 
-/// Every built-in kernel.
-pub const BUILTIN: &[KernelSpec] = &[PLACEHOLDER];
-
-/// The declaration of kernel `name`, if it is known.
-pub fn find(name: &str) -> Option<&'static KernelSpec> {
-    BUILTIN.iter().find(|k| k.name == name)
-}
-
-/// Comma-separated list of known kernel names, for error messages.
-pub fn known_names() -> String {
-    BUILTIN
-        .iter()
-        .map(|k| k.name)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// A rejected argument: which one and why, in words a user can act on.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct ArgError {
-    /// `args.<name>`.
-    pub field: String,
-    /// What is wrong and what is allowed.
-    pub message: String,
-}
-
-/// Check `args` against `spec` and return them with defaults filled in.
-pub fn validate_args(
-    spec: &KernelSpec,
-    args: &HashMap<String, String>,
-) -> Result<BTreeMap<String, String>, ArgError> {
-    let mut out = BTreeMap::new();
-    for name in args.keys() {
-        if !spec.args.iter().any(|a| a.name == name) {
-            let known: Vec<_> = spec.args.iter().map(|a| a.name).collect();
-            return Err(ArgError {
-                field: format!("args.{name}"),
-                message: format!(
-                    "unknown argument for kernel {} (known: {})",
-                    spec.name,
-                    if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.join(", ")
-                    }
-                ),
-            });
-        }
+/// Collatz stopping time: steps from `p` to 1 (0 for 0 and 1). Uses u128 so
+/// no start value below 2^64 can overflow on the way up.
+pub fn collatz_steps(p: u64) -> u64 {
+    let mut n = p as u128;
+    let mut steps = 0;
+    while n > 1 {
+        n = if n.is_multiple_of(2) { n / 2 } else { 3 * n + 1 };
+        steps += 1;
     }
-    for a in spec.args {
-        let raw = args.get(a.name).map(String::as_str).unwrap_or(a.default);
-        match a.kind {
-            ArgKind::Int { min, max } => {
-                let ok = raw
-                    .trim()
-                    .parse::<i64>()
-                    .ok()
-                    .filter(|v| (min..=max).contains(v));
-                let Some(v) = ok else {
-                    return Err(ArgError {
-                        field: format!("args.{}", a.name),
-                        message: format!("must be a whole number in {min}..={max}, got {raw:?}"),
-                    });
-                };
-                out.insert(a.name.to_string(), v.to_string());
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Read an integer argument that [`validate_args`] already checked, falling
-/// back to the declared default.
-pub fn int_arg<S: std::hash::BuildHasher>(
-    spec: &KernelSpec,
-    args: &HashMap<String, String, S>,
-    name: &str,
-) -> Result<i64, ArgError> {
-    let a = spec
-        .args
-        .iter()
-        .find(|a| a.name == name)
-        .ok_or_else(|| ArgError {
-            field: format!("args.{name}"),
-            message: format!("not declared by kernel {}", spec.name),
-        })?;
-    let raw = args.get(name).map(String::as_str).unwrap_or(a.default);
-    let ArgKind::Int { min, max } = a.kind;
-    raw.trim()
-        .parse::<i64>()
-        .ok()
-        .filter(|v| (min..=max).contains(v))
-        .ok_or_else(|| ArgError {
-            field: format!("args.{name}"),
-            message: format!("must be a whole number in {min}..={max}, got {raw:?}"),
-        })
+    steps
 }
 
 #[cfg(test)]
@@ -208,20 +403,41 @@ mod tests {
     }
 
     #[test]
+    fn collatz_known_values() {
+        assert_eq!(collatz_steps(0), 0);
+        assert_eq!(collatz_steps(1), 0);
+        assert_eq!(collatz_steps(6), 8);
+        assert_eq!(collatz_steps(27), 111);
+        assert_eq!(collatz_steps(837_799), 524);
+    }
+
+    #[test]
     fn defaults_are_filled() {
-        let out = validate_args(&PLACEHOLDER, &args(&[])).unwrap();
+        let out = validate_args(&PLACEHOLDER.decl(), &args(&[])).unwrap();
         assert_eq!(out.get("work_ms").map(String::as_str), Some("0"));
+        let out = validate_args(&EXEC.decl(), &args(&[("program", "/bin/cat")])).unwrap();
+        assert_eq!(out.get("timeout_s").map(String::as_str), Some("600"));
+        assert!(!out.contains_key("args"));
     }
 
     #[test]
     fn bad_arguments_name_the_field_and_range() {
-        let e = validate_args(&PLACEHOLDER, &args(&[("work_ms", "-1")])).unwrap_err();
+        let p = PLACEHOLDER.decl();
+        let e = validate_args(&p, &args(&[("work_ms", "-1")])).unwrap_err();
         assert_eq!(e.field, "args.work_ms");
         assert!(e.message.contains("0..=60000"), "{e}");
-        let e = validate_args(&PLACEHOLDER, &args(&[("work_ms", "soon")])).unwrap_err();
+        let e = validate_args(&p, &args(&[("work_ms", "soon")])).unwrap_err();
         assert!(e.message.contains("\"soon\""), "{e}");
-        let e = validate_args(&PLACEHOLDER, &args(&[("speed", "1")])).unwrap_err();
+        let e = validate_args(&p, &args(&[("speed", "1")])).unwrap_err();
         assert_eq!(e.field, "args.speed");
         assert!(e.message.contains("known: work_ms"), "{e}");
+        let x = EXEC.decl();
+        let e = validate_args(&x, &args(&[])).unwrap_err();
+        assert_eq!(e.field, "args.program");
+        assert!(e.message.contains("required"), "{e}");
+        let e = validate_args(&x, &args(&[("program", "p"), ("timeout_s", "0")])).unwrap_err();
+        assert!(e.message.contains("0.001..=86400"), "{e}");
+        let e = validate_args(&COLLATZ.decl(), &args(&[("x", "1")])).unwrap_err();
+        assert!(e.message.contains("known: none"), "{e}");
     }
 }

@@ -130,6 +130,15 @@ impl ControlPlane for Control {
         Ok(Response::new(ListAgentsResponse { agents }))
     }
 
+    async fn list_kernels(
+        &self,
+        _: Request<ttg_proto::v1::ListKernelsRequest>,
+    ) -> Result<Response<ttg_proto::v1::ListKernelsResponse>, Status> {
+        Ok(Response::new(ttg_proto::v1::ListKernelsResponse {
+            kernels: self.store.offered_kernels().await?,
+        }))
+    }
+
     async fn retry(
         &self,
         request: Request<RetryRequest>,

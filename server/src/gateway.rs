@@ -203,6 +203,7 @@ impl AgentGateway for Gateway {
                     held: Vec::new(),
                     server_id: server_id.clone(),
                     pid: hello.pid,
+                    kernel_decls: hello.kernel_decls,
                 };
                 if let Err(e) = store.put_agent(&info, lease).await {
                     let _ = tx.send(Err(e.into())).await;

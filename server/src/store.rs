@@ -22,8 +22,8 @@ use ttg_proto::stream::{
     TRACEPARENT_FIELD,
 };
 use ttg_proto::v1::{
-    event, AgentInfo, DeadChunk, Event, Progress, ResultChunk, RunCancelled, RunSpec, RunState,
-    RunStatus, RunSubmitted, SubmitRequest, Task,
+    event, AgentInfo, DeadChunk, Event, KernelDecl, OfferedKernel, Progress, ResultChunk,
+    RunCancelled, RunSpec, RunState, RunStatus, RunSubmitted, SubmitRequest, Task,
 };
 use ttg_proto::{kernels, now_ms, redis_conn};
 
@@ -70,7 +70,9 @@ pub struct ValidSubmit {
 }
 
 /// Check a Submit request; errors name the field and the allowed range.
-pub fn validate_submit(req: &SubmitRequest) -> Result<ValidSubmit> {
+/// `offered` are the declarations live agents published (for kernels that
+/// are not built in).
+pub fn validate_submit(req: &SubmitRequest, offered: &[KernelDecl]) -> Result<ValidSubmit> {
     if !(1..=MAX_PARAMS).contains(&req.params) {
         return Err(Error::invalid(
             "params",
@@ -100,17 +102,24 @@ pub fn validate_submit(req: &SubmitRequest) -> Result<ValidSubmit> {
     } else {
         req.kernel.as_str()
     };
-    let spec = kernels::find(kernel).ok_or_else(|| {
-        Error::invalid(
-            "kernel",
-            format!(
-                "unknown kernel {kernel:?} (known: {})",
-                kernels::known_names()
-            ),
-        )
-    })?;
+    let decl = kernels::find(kernel)
+        .map(|k| k.decl())
+        .or_else(|| offered.iter().find(|d| d.name == kernel).cloned())
+        .ok_or_else(|| {
+            let mut known: Vec<String> = kernels::BUILTIN
+                .iter()
+                .map(|k| k.name.to_string())
+                .collect();
+            known.extend(offered.iter().map(|d| d.name.clone()));
+            known.sort();
+            known.dedup();
+            Error::invalid(
+                "kernel",
+                format!("unknown kernel {kernel:?} (known: {})", known.join(", ")),
+            )
+        })?;
     let args =
-        kernels::validate_args(spec, &req.args).map_err(|e| Error::invalid(e.field, e.message))?;
+        kernels::validate_args(&decl, &req.args).map_err(|e| Error::invalid(e.field, e.message))?;
     let max_attempts = req.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
     if !(1..=MAX_ATTEMPTS).contains(&max_attempts) {
         return Err(Error::invalid(
@@ -224,7 +233,16 @@ impl Store {
     }
 
     async fn submit_inner(&self, req: &SubmitRequest) -> Result<(String, u64)> {
-        let v = validate_submit(req)?;
+        let offered = if req.kernel.is_empty() || kernels::find(&req.kernel).is_some() {
+            Vec::new()
+        } else {
+            self.offered_kernels()
+                .await?
+                .into_iter()
+                .filter_map(|k| k.decl)
+                .collect()
+        };
+        let v = validate_submit(req, &offered)?;
         let created = now_ms();
         let run_id = new_run_id(created, rand::random());
         let current = tracing::Span::current();
@@ -702,6 +720,23 @@ return 1
             }
         }
         Ok(out)
+    }
+
+    /// Kernels live agents offer, with their declarations and who offers them.
+    pub async fn offered_kernels(&self) -> Result<Vec<OfferedKernel>> {
+        let mut by_name: BTreeMap<String, OfferedKernel> = BTreeMap::new();
+        for a in self.live_agents().await? {
+            for d in &a.kernel_decls {
+                let k = by_name
+                    .entry(d.name.clone())
+                    .or_insert_with(|| OfferedKernel {
+                        decl: Some(d.clone()),
+                        agent_ids: Vec::new(),
+                    });
+                k.agent_ids.push(a.agent_id.clone());
+            }
+        }
+        Ok(by_name.into_values().collect())
     }
 
     /// Agents whose lease has not expired.

@@ -3,6 +3,8 @@
 //! validate arguments) and computes one chunk's values. Adding a kernel is one
 //! file here plus one line in [`Registry::builtin`].
 
+pub mod collatz;
+pub mod exec;
 pub mod placeholder;
 
 use std::collections::HashMap;
@@ -65,11 +67,24 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Every built-in kernel.
-    pub fn builtin() -> Self {
+    /// Every built-in kernel; `exec` only when `exec_allow` is given (the
+    /// agent was started with --allow-exec), restricted to those paths if
+    /// the list is not empty.
+    pub fn builtin(exec_allow: Option<Vec<std::path::PathBuf>>) -> Self {
         let mut r = Registry::default();
         r.add(Arc::new(placeholder::Placeholder));
+        r.add(Arc::new(collatz::Collatz));
+        if let Some(allow) = exec_allow {
+            r.add(Arc::new(exec::Exec::new(allow)));
+        }
         r
+    }
+
+    /// Declarations of every kernel offered, sent to the server in Hello.
+    pub fn decls(&self) -> Vec<ttg_proto::v1::KernelDecl> {
+        let mut v: Vec<_> = self.kernels.values().map(|k| k.spec().decl()).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
     }
 
     /// Add (or replace) a kernel.
