@@ -373,7 +373,11 @@ pub fn collatz_steps(p: u64) -> u64 {
     let mut n = p as u128;
     let mut steps = 0;
     while n > 1 {
-        n = if n.is_multiple_of(2) { n / 2 } else { 3 * n + 1 };
+        n = if n.is_multiple_of(2) {
+            n / 2
+        } else {
+            3 * n + 1
+        };
         steps += 1;
     }
     steps

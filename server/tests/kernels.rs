@@ -399,7 +399,11 @@ async fn collatz_matches_a_direct_computation() {
     let steps = |mut n: u64| {
         let mut s = 0u64;
         while n > 1 {
-            n = if n.is_multiple_of(2) { n / 2 } else { 3 * n + 1 };
+            n = if n.is_multiple_of(2) {
+                n / 2
+            } else {
+                3 * n + 1
+            };
             s += 1;
         }
         s
