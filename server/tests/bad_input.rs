@@ -77,7 +77,7 @@ fn cases() -> Vec<Case> {
             what: "unknown kernel",
             req: req(10, None, "nope", &[], None),
             cli: vec!["--params", "10", "--kernel", "nope"],
-            needle: "kernel: unknown kernel \"nope\" (known: placeholder)",
+            needle: "kernel: unknown kernel \"nope\" (known: collatz, exec, placeholder)",
         },
         Case {
             what: "unknown argument",
