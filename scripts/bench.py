@@ -58,8 +58,8 @@ class Cluster:
         env = dict(os.environ, RUST_LOG="warn")
         slog = open(os.path.join(tmp, "server.log"), "w")
         self.procs.append(subprocess.Popen(
-            [os.path.join(bindir, "ttg-server"), "--listen", f"127.0.0.1:{self.server_port}",
-             "--redis-url", self.redis_url], stdout=slog, stderr=slog, env=env))
+                        [os.path.join(bindir, "ttg-server"), "--listen", f"127.0.0.1:{self.server_port}",
+             "--redis-url", self.redis_url, "--insecure-no-auth"], stdout=slog, stderr=slog, env=env))
         wait_port(self.server_port)
         for i in range(agents):
             self.add_agent(i, concurrency, env)

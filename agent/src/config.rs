@@ -16,6 +16,22 @@ pub struct Config {
     #[arg(long, env = "TTG_SERVER", default_value = "http://127.0.0.1:50051")]
     pub server: String,
 
+    /// Bearer token with the agent role (required unless the server runs --insecure-no-auth).
+    #[arg(long, env = "TTG_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// PEM CA of the server's certificate, for https:// server URLs (default: system roots).
+    #[arg(long, env = "TTG_CA")]
+    pub ca: Option<std::path::PathBuf>,
+
+    /// PEM client certificate, for a server requiring mutual TLS; needs --key.
+    #[arg(long, env = "TTG_CERT", requires = "key")]
+    pub cert: Option<std::path::PathBuf>,
+
+    /// PEM key of --cert.
+    #[arg(long, env = "TTG_KEY", requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
+
     /// Redis URL (default redis://127.0.0.1:6379).
     #[arg(long, env = "TTG_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
@@ -83,10 +99,22 @@ impl Config {
         redis::Client::open(self.redis_url.as_str())
             .map_err(|e| format!("--redis-url is not a valid Redis URL: {e}"))?;
         for url in self.server.split(',').map(str::trim) {
-            tonic::transport::Endpoint::from_shared(url.to_string())
-                .map_err(|e| format!("--server {url:?} is not a valid URL: {e}"))?;
+            ttg_proto::client::endpoint(url, &self.connect_opts())
+                .map_err(|e| format!("--server: {e}"))?;
         }
+        ttg_proto::client::Bearer::new(self.token.as_deref())
+            .map_err(|e| format!("--token: {e}"))?;
         Ok(())
+    }
+
+    /// How to reach the server.
+    pub fn connect_opts(&self) -> ttg_proto::client::ConnectOpts {
+        ttg_proto::client::ConnectOpts {
+            token: self.token.clone(),
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
     }
 
     /// Concurrency to use.

@@ -80,6 +80,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Exit, Er
     let session_stop = CancellationToken::new();
     let ending = Arc::new(Mutex::new(session::Ending::Abandon));
     let session = tokio::spawn(session::run(
+        config.connect_opts(),
         config.server.clone(),
         worker.clone(),
         session_stop.clone(),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
+
 use ttg_proto::v1::agent_gateway_client::AgentGatewayClient;
 use ttg_proto::v1::{agent_message, server_message, AgentMessage, Bye, Heartbeat, Hello};
 
@@ -33,6 +33,7 @@ pub enum Ending {
 /// `servers` is a comma-separated list of URLs (replicas); on failure the
 /// next one is tried.
 pub async fn run(
+    opts: ttg_proto::client::ConnectOpts,
     servers: String,
     worker: Arc<Worker>,
     stop: CancellationToken,
@@ -49,7 +50,7 @@ pub async fn run(
         let server = servers[turn % servers.len().max(1)].clone();
         turn += 1;
         let span = tracing::info_span!("session", side = "agent", agent_id = %worker.agent_id(), server = %server);
-        let attempt = serve(&server, &worker, &stop, &ending, &mut backoff);
+        let attempt = serve(&server, &opts, &worker, &stop, &ending, &mut backoff);
         match tracing::Instrument::instrument(attempt, span).await {
             Ok(()) => return,
             Err(e) => {
@@ -66,22 +67,18 @@ pub async fn run(
 
 async fn serve(
     server: &str,
+    opts: &ttg_proto::client::ConnectOpts,
     worker: &Worker,
     stop: &CancellationToken,
     ending: &std::sync::Mutex<Ending>,
     backoff: &mut Duration,
 ) -> Result<(), String> {
-    let channel = Endpoint::from_shared(server.to_string())
-        .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true)
+    let channel = ttg_proto::client::endpoint(server, opts)?
         .connect()
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    let mut client = AgentGatewayClient::new(channel);
+    let bearer = ttg_proto::client::Bearer::new(opts.token.as_deref())?;
+    let mut client = AgentGatewayClient::with_interceptor(channel, bearer);
     let (tx, rx) = mpsc::channel::<AgentMessage>(16);
     let hello = AgentMessage {
         msg: Some(agent_message::Msg::Hello(Hello {

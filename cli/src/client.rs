@@ -5,8 +5,10 @@
 use std::fmt;
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 use tonic::{Code, Status};
+use ttg_proto::client::{Bearer, ConnectOpts};
 use ttg_proto::v1::control_plane_client::ControlPlaneClient;
 
 /// Exit code: success.
@@ -69,9 +71,10 @@ impl From<Status> for CliError {
             Code::Unavailable | Code::DeadlineExceeded => {
                 CliError::unavailable(format!("server unavailable: {msg}"))
             }
-            Code::Unauthenticated | Code::PermissionDenied => {
-                CliError::usage(format!("not allowed: {msg}"))
-            }
+            Code::Unauthenticated => CliError::usage(format!(
+                "not authenticated: {msg} (give --token or TTG_TOKEN; `ttgctl up` saves its cluster's token in ~/.ttg/token)"
+            )),
+            Code::PermissionDenied => CliError::usage(format!("not allowed: {msg}")),
             Code::ResourceExhausted => CliError::failed(format!("limit reached: {msg}")),
             _ => CliError::failed(format!("server error ({:?}): {msg}", s.code())),
         }
@@ -87,12 +90,47 @@ impl From<std::io::Error> for CliError {
 /// Result with [`CliError`].
 pub type CliResult<T> = Result<T, CliError>;
 
+/// How ttgctl reaches servers: set once from the command line (and by
+/// `up`/`demo` for the cluster they start).
+static CONNECT: std::sync::RwLock<Option<ConnectOpts>> = std::sync::RwLock::new(None);
+
+/// Set the connection options.
+pub fn set_connect_opts(o: ConnectOpts) {
+    if let Ok(mut w) = CONNECT.write() {
+        *w = Some(o);
+    }
+}
+
+fn connect_opts() -> ConnectOpts {
+    CONNECT
+        .read()
+        .ok()
+        .and_then(|o| o.clone())
+        .unwrap_or_default()
+}
+
+/// Where `ttgctl up` leaves its cluster's client token, and where ttgctl
+/// looks when neither --token nor TTG_TOKEN is given.
+pub fn token_file() -> Option<std::path::PathBuf> {
+    std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".ttg").join("token"))
+}
+
+/// The token from `token_file`, if any.
+pub fn saved_token() -> Option<String> {
+    std::fs::read_to_string(token_file()?)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// A ControlPlane client as ttgctl uses it (bearer token on every call).
+pub type Control = ControlPlaneClient<InterceptedService<Channel, Bearer>>;
+
 /// A channel to `server`, connected now so a dead server is reported at once.
 pub async fn channel(server: &str) -> CliResult<Channel> {
-    let ep = Endpoint::from_shared(server.to_string())
-        .map_err(|e| CliError::usage(format!("--server {server:?} is not a valid URL: {e}")))?
-        .connect_timeout(Duration::from_secs(3))
-        .tcp_nodelay(true);
+    let ep = ttg_proto::client::endpoint(server, &connect_opts())
+        .map_err(|e| CliError::usage(format!("--server: {e}")))?
+        .connect_timeout(Duration::from_secs(3));
     ep.connect().await.map_err(|_| {
         CliError::unavailable(format!(
             "cannot reach the TTG server at {server}: is it running? (start a local one with `ttgctl up`, or set --server / TTG_SERVER)"
@@ -101,6 +139,11 @@ pub async fn channel(server: &str) -> CliResult<Channel> {
 }
 
 /// A ControlPlane client for `server`.
-pub async fn control(server: &str) -> CliResult<ControlPlaneClient<Channel>> {
-    Ok(ControlPlaneClient::new(channel(server).await?).max_decoding_message_size(64 * 1024 * 1024))
+pub async fn control(server: &str) -> CliResult<Control> {
+    let bearer = Bearer::new(connect_opts().token.as_deref())
+        .map_err(|e| CliError::usage(format!("--token: {e}")))?;
+    Ok(
+        ControlPlaneClient::with_interceptor(channel(server).await?, bearer)
+            .max_decoding_message_size(64 * 1024 * 1024),
+    )
 }

@@ -36,6 +36,9 @@ pub struct ClusterOpts {
 
 /// A running local cluster.
 pub struct Cluster {
+    /// Token with the client role for this cluster.
+    pub client_token: String,
+    agent_token: String,
     /// Server URL for clients.
     pub server_url: String,
     /// Redis URL.
@@ -68,6 +71,28 @@ pub fn find_binary(name: &str) -> CliResult<PathBuf> {
             "cannot find {name}: build the workspace (`cargo build --release`) or put {name} on PATH"
         ))
     })
+}
+
+/// 32 hex characters from the OS's random source.
+pub fn random_token() -> CliResult<String> {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// Write a file only its owner can read.
+pub fn write_private(path: &Path, text: &str) -> CliResult<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
 }
 
 /// A free loopback port (bound, read, released).
@@ -118,13 +143,23 @@ pub async fn wait_serving(url: &str, within: Duration) -> CliResult<()> {
 }
 
 impl Cluster {
-    /// Start everything and wait until it is ready.
+    /// Start everything and wait until it is ready. The server requires
+    /// tokens: a client token ([`Cluster::client_token`]) and an agent token
+    /// are generated into the cluster's folder, readable by this user only.
     pub async fn start(opts: ClusterOpts) -> CliResult<Cluster> {
         let dir = std::env::temp_dir().join(format!("ttg-local-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
+        let (client_token, agent_token) = (random_token()?, random_token()?);
+        let tokens = dir.join("tokens");
+        write_private(
+            &tokens,
+            &format!("client {client_token} local-user\nagent {agent_token} local-agents\n"),
+        )?;
         let server_bin = find_binary("ttg-server")?;
         find_binary("ttg-agent")?;
         let mut cluster = Cluster {
+            client_token,
+            agent_token,
             server_url: format!("http://{}", opts.listen),
             redis_url: String::new(),
             dir,
@@ -146,6 +181,8 @@ impl Cluster {
             .arg(&cluster.redis_url)
             .arg("--prefix")
             .arg(&opts.prefix)
+            .arg("--tokens-file")
+            .arg(&tokens)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -227,6 +264,7 @@ impl Cluster {
             .arg(&self.opts.prefix)
             .arg("--agent-id")
             .arg(format!("local-{}-{n}", std::process::id()))
+            .env("TTG_TOKEN", &self.agent_token)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

@@ -75,6 +75,10 @@ pub async fn demo(o: DemoOpts) -> CliResult<i32> {
         allow_exec: false,
     })
     .await?;
+    crate::client::set_connect_opts(ttg_proto::client::ConnectOpts {
+        token: Some(cluster.client_token.clone()),
+        ..Default::default()
+    });
     let result = run(&cluster, &o).await;
     cluster.stop().await;
     result

@@ -43,6 +43,22 @@ struct Cli {
     )]
     server: String,
 
+    /// Bearer token (default: TTG_TOKEN, else ~/.ttg/token as left by `ttgctl up`).
+    #[arg(long, global = true, env = "TTG_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+
+    /// PEM CA of the server's certificate, for https:// servers (default: system roots).
+    #[arg(long, global = true, env = "TTG_CA")]
+    ca: Option<std::path::PathBuf>,
+
+    /// PEM client certificate for servers requiring mutual TLS (with --key).
+    #[arg(long, global = true, env = "TTG_CERT")]
+    cert: Option<std::path::PathBuf>,
+
+    /// PEM key of --cert.
+    #[arg(long, global = true, env = "TTG_KEY")]
+    key: Option<std::path::PathBuf>,
+
     /// Output format: text or json for every command; csv (default) or json for `results`.
     #[arg(
         short = 'o',
@@ -191,6 +207,15 @@ async fn main() {
 
 async fn dispatch(cli: Cli) -> Result<i32, CliError> {
     let server = cli.server.as_str();
+    if cli.cert.is_some() != cli.key.is_some() {
+        return Err(CliError::usage("--cert and --key go together"));
+    }
+    client::set_connect_opts(ttg_proto::client::ConnectOpts {
+        token: cli.token.clone().or_else(client::saved_token),
+        ca: cli.ca.clone(),
+        cert: cli.cert.clone(),
+        key: cli.key.clone(),
+    });
     if cli.format == Format::Csv && !matches!(cli.command, Cmd::Results { .. }) {
         return Err(CliError::usage(
             "-o csv applies to `results` only; use -o text or -o json",

@@ -21,6 +21,11 @@ pub async fn up(opts: ClusterOpts) -> CliResult<i32> {
     // Our parent's exit (a closed terminal, a killed script) stops us too.
     sys::die_with_parent(libc::SIGTERM);
     let mut cluster = Cluster::start(opts.clone()).await?;
+    // Leave the client token where ttgctl looks by default.
+    let saved = crate::client::token_file().filter(|f| {
+        f.parent().map(std::fs::create_dir_all).is_some()
+            && crate::cluster::write_private(f, &format!("{}\n", cluster.client_token)).is_ok()
+    });
     let default = opts.listen.to_string() == "127.0.0.1:50051";
     say!("TTG local cluster is up");
     say!(
@@ -49,6 +54,14 @@ pub async fn up(opts: ClusterOpts) -> CliResult<i32> {
             .unwrap_or_else(|| "CPUs".into())
     );
     say!("  logs    {}/*.log", cluster.dir.display());
+    match &saved {
+        Some(f) => say!(
+            "  token   in {} (ttgctl uses it; other clients: TTG_TOKEN=$(cat {}))",
+            f.display(),
+            f.display()
+        ),
+        None => say!("  token   export TTG_TOKEN={}", cluster.client_token),
+    }
     say!("submit from another terminal:  ttgctl submit --params 10000 --watch");
     say!("Ctrl-C stops everything.");
 
@@ -65,6 +78,12 @@ pub async fn up(opts: ClusterOpts) -> CliResult<i32> {
     };
     say!("stopping: draining agents, then server and redis…");
     cluster.stop().await;
+    if let Some(f) = saved {
+        // Only our own token: another `up` may have replaced it since.
+        if std::fs::read_to_string(&f).is_ok_and(|t| t.trim() == cluster.client_token) {
+            let _ = std::fs::remove_file(f);
+        }
+    }
     match failure {
         None => Ok(EXIT_OK),
         Some(what) => Err(CliError::failed(format!("{what}; cluster stopped"))),

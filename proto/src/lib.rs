@@ -5,6 +5,7 @@
 //! - [`v1`]: the gRPC services and records generated from `ttg/v1/*.proto`.
 //! - [`keys`]: Redis key names under one prefix, and run ids.
 //! - [`chunking`]: how `params` is cut into chunks (no gap, no overlap).
+//! - [`client`]: gRPC client TLS and bearer-token set-up (agents, ttgctl).
 //! - [`kernels`]: the declarations of the built-in kernels and their arguments,
 //!   used by the server to validate `Submit` and by agents to parse arguments.
 //! - [`stream`]: record encodings and the atomic Lua scripts (start, complete,
@@ -14,6 +15,7 @@
 //! - [`telemetry`]: logging set-up shared by every binary.
 
 pub mod chunking;
+pub mod client;
 pub mod kernels;
 pub mod keys;
 pub mod reclaim;

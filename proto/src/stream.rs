@@ -232,7 +232,8 @@ local function aggregate(run)
 end
 local function active(state) return state == 'QUEUED' or state == 'RUNNING' end
 -- Ends the run once every chunk is done or dead; returns the state after.
-local function finish_if_done(run, events, run_id, ts)
+-- `stats` counts active runs installation-wide (for --max-runs-in-flight).
+local function finish_if_done(run, events, run_id, ts, stats)
   local v = redis.call('HMGET', run, 'total', 'done', 'dead', 'state')
   local state = v[4]
   if not active(state) then return state end
@@ -240,7 +241,8 @@ local function finish_if_done(run, events, run_id, ts)
   local code = 3
   state = 'SUCCEEDED'
   if num(v[3]) > 0 then state = 'FAILED'; code = 4 end
-  redis.call('HSET', run, 'state', state, 'finished_ms', ts)
+    redis.call('HSET', run, 'state', state, 'finished_ms', ts)
+  redis.call('HINCRBY', stats, 'active', -1)
   emit(run, events, f_bytes(2, run_id) .. f_bytes(13, f_varint(1, code) .. f_bytes(2, aggregate(run))), ts)
   return state
 end
@@ -270,7 +272,7 @@ local function fail_attempt(K, chunk, task, attempt, max, err, tp, body_retry, b
     redis.call('XADD', K[4], '*', 'c', chunk, 'a', attempt, 'err', err, 't', task, 'tp', tp)
   end
   emit(run, K[5], body_dead, ts)
-  return {3, finish_if_done(run, K[5], run_id, ts)}
+    return {3, finish_if_done(run, K[5], run_id, ts, K[7])}
 end
 "#;
 
@@ -313,7 +315,7 @@ if not mm[2] or tonumber(ARGV[7]) > tonumber(mm[2]) then redis.call('HSET', run,
 local ts = now_ms()
 if state == 'QUEUED' then redis.call('HSET', run, 'state', 'RUNNING', 'started_ms', ts) end
 emit(run, KEYS[4], ARGV[9], ts)
-return {1, finish_if_done(run, KEYS[4], ARGV[10], ts)}
+return {1, finish_if_done(run, KEYS[4], ARGV[10], ts, KEYS[7])}
 "#;
 
 /// Record a failed attempt, atomically: ack and delete the delivery; if the
@@ -364,7 +366,7 @@ return 1
 "#;
 
 /// Re-queue up to ARGV[2] of a run's dead letters with attempt 1; a FAILED
-/// run becomes RUNNING again. KEYS: run, deadbits, dead stream, events, tasks.
+/// run becomes RUNNING again. KEYS: run, deadbits, dead stream, events, tasks, stats.
 /// ARGV: run id, batch size. Returns `{requeued, state, letters read}`.
 const RETRY: &str = r#"
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -386,8 +388,9 @@ end
 if n > 0 then
   local ts = now_ms()
   if state == 'FAILED' then
-    redis.call('HSET', KEYS[1], 'state', 'RUNNING')
+        redis.call('HSET', KEYS[1], 'state', 'RUNNING')
     redis.call('HDEL', KEYS[1], 'finished_ms')
+    redis.call('HINCRBY', KEYS[6], 'active', 1)
     state = 'RUNNING'
   end
   emit(KEYS[1], KEYS[4], f_bytes(2, ARGV[1]) .. f_bytes(17, f_varint(1, n)), ts)
@@ -411,7 +414,7 @@ return state
 "#;
 
 /// Cancel a run if it is still active.
-/// KEYS: run, events. ARGV: RunCancelled event body.
+/// KEYS: run, events, stats. ARGV: RunCancelled event body.
 /// Returns `{changed, state}`: changed 1 if this call cancelled it; state ''
 /// if the run is unknown.
 const CANCEL: &str = r#"
@@ -420,6 +423,7 @@ if not state then return {0, ''} end
 if not active(state) then return {0, state} end
 local ts = now_ms()
 redis.call('HSET', KEYS[1], 'state', 'CANCELLED', 'finished_ms', ts)
+redis.call('HINCRBY', KEYS[3], 'active', -1)
 emit(KEYS[1], KEYS[2], ARGV[1], ts)
 return {1, 'CANCELLED'}
 "#;

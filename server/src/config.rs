@@ -44,6 +44,63 @@ pub struct Config {
     /// Serve Prometheus metrics on http://ADDR/metrics (default: off).
     #[arg(long, env = "TTG_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+
+    /// Bearer tokens with roles, one `<role> <token> [<name>]` per line; re-read when it changes (required unless --insecure-no-auth).
+    #[arg(long, env = "TTG_TOKENS_FILE")]
+    pub tokens_file: Option<std::path::PathBuf>,
+
+    /// Accept every request without a token. For a single-user machine only.
+    #[arg(long, env = "TTG_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+
+    /// PEM certificate (chain) to serve gRPC over TLS (default: plaintext); needs --tls-key.
+    #[arg(long, env = "TTG_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TTG_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// PEM CA: require client certificates signed by it (mutual TLS); needs --tls-cert.
+    #[arg(long, env = "TTG_CLIENT_CA", requires = "tls_cert")]
+    pub client_ca: Option<std::path::PathBuf>,
+
+    #[command(flatten)]
+    pub limits: Limits,
+}
+
+/// Limits on what one request or one user may ask for. Each has a safe
+/// default; exceeding one is InvalidArgument (a request out of bounds) or
+/// ResourceExhausted (a quota), naming the limit.
+#[derive(clap::Args, Clone, Debug)]
+pub struct Limits {
+    /// Most parameters per run (default 10000000000, also the hard maximum).
+    #[arg(long, env = "TTG_MAX_PARAMS", default_value_t = 10_000_000_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000_000))]
+    pub max_params: u64,
+
+    /// Most chunks per run (default 1000000, also the hard maximum).
+    #[arg(long, env = "TTG_MAX_CHUNKS", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_chunks: u64,
+
+    /// Most kernel arguments per Submit (default 32).
+    #[arg(long, env = "TTG_MAX_ARGS", default_value_t = 32)]
+    pub max_args: usize,
+
+    /// Longest kernel argument value in bytes (default 16384).
+    #[arg(long, env = "TTG_MAX_ARG_BYTES", default_value_t = 16_384)]
+    pub max_arg_bytes: usize,
+
+    /// Largest gRPC message the server decodes, bytes (default 4194304).
+    #[arg(long, env = "TTG_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Most runs QUEUED or RUNNING at once, installation-wide (default 1000).
+    #[arg(long, env = "TTG_MAX_RUNS_IN_FLIGHT", default_value_t = 1_000)]
+    pub max_runs_in_flight: u64,
+
+    /// Most Submits per minute per token, per server replica (default 120).
+    #[arg(long, env = "TTG_SUBMIT_RATE", default_value_t = 120)]
+    pub submit_rate: u32,
 }
 
 impl Config {
@@ -68,6 +125,27 @@ impl Config {
         }
         redis::Client::open(self.redis_url.as_str())
             .map_err(|e| format!("--redis-url is not a valid Redis URL: {e}"))?;
+        match (&self.tokens_file, self.insecure_no_auth) {
+            (None, false) => {
+                return Err("refusing to start without authentication: give --tokens-file FILE \
+                    (lines of `<role> <token> [<name>]`, see docs/security.md), or --insecure-no-auth \
+                    for a single-user machine"
+                    .into())
+            }
+            (Some(_), true) => return Err("--tokens-file and --insecure-no-auth contradict each other".into()),
+            _ => {}
+        }
+        if self.limits.max_message_bytes < 64 * 1024 {
+            return Err("--max-message-bytes must be at least 65536".into());
+        }
+        if self.limits.submit_rate == 0
+            || self.limits.max_args == 0
+            || self.limits.max_runs_in_flight == 0
+        {
+            return Err(
+                "--submit-rate, --max-args and --max-runs-in-flight must be at least 1".into(),
+            );
+        }
         Ok(())
     }
 
@@ -77,6 +155,7 @@ impl Config {
         let mut c = Config::parse_from(["ttg-server"]);
         c.redis_url = redis_url.to_string();
         c.prefix = prefix.to_string();
+        c.insecure_no_auth = true;
         c
     }
 }

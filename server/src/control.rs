@@ -27,16 +27,50 @@ pub struct Control {
     store: Arc<Store>,
     sessions: Arc<Sessions>,
     shutdown: CancellationToken,
+    submit_rate: u32,
+    /// Per token: start of the current one-minute window and Submits in it.
+    windows: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, u32)>>,
 }
 
 impl Control {
     /// A control plane over `store`, pushing cancels to `sessions`.
-    pub fn new(store: Arc<Store>, sessions: Arc<Sessions>, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        sessions: Arc<Sessions>,
+        shutdown: CancellationToken,
+        submit_rate: u32,
+    ) -> Self {
         Self {
             store,
             sessions,
             shutdown,
+            submit_rate,
+            windows: Default::default(),
         }
+    }
+
+    /// Count a Submit against its token's per-minute budget.
+    fn rate_check(&self, who: &str) -> Result<(), Error> {
+        let Ok(mut w) = self.windows.lock() else {
+            return Ok(());
+        };
+        let now = std::time::Instant::now();
+        if w.len() > 10_000 {
+            w.retain(|_, (t, _)| now.duration_since(*t) < std::time::Duration::from_secs(60));
+        }
+        let e = w.entry(who.to_string()).or_insert((now, 0));
+        if now.duration_since(e.0) >= std::time::Duration::from_secs(60) {
+            *e = (now, 0);
+        }
+        if e.1 >= self.submit_rate {
+            let wait = 60 - now.duration_since(e.0).as_secs();
+            return Err(Error::ResourceExhausted(format!(
+                "submit rate: token {who:?} made {} Submits this minute, the limit is {} (--submit-rate); retry in {wait} s",
+                e.1, self.submit_rate
+            )));
+        }
+        e.1 += 1;
+        Ok(())
     }
 }
 
@@ -52,6 +86,12 @@ impl ControlPlane for Control {
         &self,
         request: Request<SubmitRequest>,
     ) -> Result<Response<SubmitResponse>, Status> {
+        let who = request
+            .extensions()
+            .get::<crate::auth::Identity>()
+            .map(|i| i.name.clone())
+            .unwrap_or_else(|| "anonymous".into());
+        self.rate_check(&who)?;
         let (run_id, chunks) = self.store.submit(request.get_ref()).await?;
         Ok(Response::new(SubmitResponse { run_id, chunks }))
     }

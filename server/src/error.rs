@@ -28,6 +28,9 @@ pub enum Error {
     /// A record in Redis could not be decoded.
     #[error("corrupt record: {0}")]
     Corrupt(#[from] DecodeError),
+    /// A quota was reached (runs in flight, submit rate).
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The server is shutting down.
     #[error("server is shutting down")]
     ShuttingDown,
@@ -53,6 +56,7 @@ impl From<Error> for tonic::Status {
             Error::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
             Error::RunNotFound(_) => Status::not_found(e.to_string()),
             Error::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
+            Error::ResourceExhausted(_) => Status::resource_exhausted(e.to_string()),
             // Whether a retry can help decides the code: a dropped connection,
             // refused connect or timeout will heal when Redis is back, so the
             // client should retry (Unavailable); a Redis error reply (wrong

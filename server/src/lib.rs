@@ -6,11 +6,13 @@
 //!   results. Every Redis call has a deadline. No tonic types.
 //! - [`control`]: the `ttg.v1.ControlPlane` gRPC handlers (thin).
 //! - [`gateway`]: the `ttg.v1.AgentGateway.Session` stream — an agent's lease.
+//! - [`auth`]: bearer tokens with roles, checked in front of every service.
 //! - [`error`]: the one error type and its one conversion to `tonic::Status`.
 //!
 //! [`run`] serves all of it plus `grpc.health.v1.Health` and server
 //! reflection (v1 and v1alpha) on one listener until `shutdown` is cancelled.
 
+pub mod auth;
 pub mod config;
 pub mod control;
 pub mod error;
@@ -167,8 +169,13 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let store = Arc::new(
-        store::Store::new(&config.redis_url, &config.prefix, config.redis_timeout)
-            .map_err(|e| Error::Startup(format!("redis: {e}")))?,
+        store::Store::new(
+            &config.redis_url,
+            &config.prefix,
+            config.redis_timeout,
+            config.limits.clone(),
+        )
+        .map_err(|e| Error::Startup(format!("redis: {e}")))?,
     );
     let server_id = format!("srv-{:08x}", rand::random::<u32>());
     let sessions = Arc::new(gateway::Sessions::new(server_id.clone()));
@@ -186,7 +193,23 @@ pub async fn run(
     if config.metrics_addr.is_some() {
         tokio::spawn(collect_metrics(store.clone(), shutdown.clone()));
     }
-    let control = control::Control::new(store.clone(), sessions.clone(), shutdown.clone());
+    let auth = match &config.tokens_file {
+        Some(path) => {
+            let a = Arc::new(auth::Auth::from_file(path).map_err(Error::Startup)?);
+            tokio::spawn(a.clone().watch(shutdown.clone()));
+            Some(a)
+        }
+        None => {
+            tracing::warn!("--insecure-no-auth: every request is accepted without a token");
+            None
+        }
+    };
+    let control = control::Control::new(
+        store.clone(),
+        sessions.clone(),
+        shutdown.clone(),
+        config.limits.submit_rate,
+    );
     let gateway = gateway::Gateway::new(
         store.clone(),
         sessions.clone(),
@@ -226,17 +249,34 @@ pub async fn run(
             .await;
         tracing::info!("shutting down");
     };
-    tonic::transport::Server::builder()
+    let max_msg = config.limits.max_message_bytes;
+    let mut builder = tonic::transport::Server::builder();
+    if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+        let read = |p: &std::path::PathBuf| {
+            std::fs::read(p).map_err(|e| Error::Startup(format!("{}: {e}", p.display())))
+        };
+        let mut tls = tonic::transport::ServerTlsConfig::new().identity(
+            tonic::transport::Identity::from_pem(read(cert)?, read(key)?),
+        );
+        if let Some(ca) = &config.client_ca {
+            tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+        }
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| Error::Startup(format!("TLS: {e}")))?;
+    }
+    builder
         .tcp_nodelay(true)
         // Keepalives find a peer that vanished without closing its socket
         // (network cut); a killed process's socket is closed by its kernel.
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .layer(auth::AuthLayer(auth))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(ControlPlaneServer::new(control))
-        .add_service(AgentGatewayServer::new(gateway))
+        .add_service(ControlPlaneServer::new(control).max_decoding_message_size(max_msg))
+        .add_service(AgentGatewayServer::new(gateway).max_decoding_message_size(max_msg))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drained)
         .await
         .map_err(|e| Error::Startup(format!("transport: {e}")))

@@ -27,6 +27,7 @@ use ttg_proto::v1::{
 };
 use ttg_proto::{kernels, now_ms, redis_conn};
 
+use crate::config::Limits;
 use crate::error::{Error, Result};
 
 /// Largest `params` a run may have.
@@ -72,11 +73,40 @@ pub struct ValidSubmit {
 /// Check a Submit request; errors name the field and the allowed range.
 /// `offered` are the declarations live agents published (for kernels that
 /// are not built in).
-pub fn validate_submit(req: &SubmitRequest, offered: &[KernelDecl]) -> Result<ValidSubmit> {
-    if !(1..=MAX_PARAMS).contains(&req.params) {
+pub fn validate_submit(
+    req: &SubmitRequest,
+    offered: &[KernelDecl],
+    limits: &Limits,
+) -> Result<ValidSubmit> {
+    let max_params = limits.max_params.min(MAX_PARAMS);
+    if !(1..=max_params).contains(&req.params) {
         return Err(Error::invalid(
             "params",
-            format!("must be in 1..={MAX_PARAMS}, got {}", req.params),
+            format!("must be in 1..={max_params}, got {}", req.params),
+        ));
+    }
+    if req.args.len() > limits.max_args {
+        return Err(Error::invalid(
+            "args",
+            format!(
+                "at most {} arguments (--max-args), got {}",
+                limits.max_args,
+                req.args.len()
+            ),
+        ));
+    }
+    if let Some((k, _)) = req
+        .args
+        .iter()
+        .find(|(k, v)| k.len() > 64 || v.len() > limits.max_arg_bytes)
+    {
+        let shown: String = k.chars().take(64).collect();
+        return Err(Error::invalid(
+            format!("args.{shown}"),
+            format!(
+                "names are at most 64 bytes and values at most {} bytes (--max-arg-bytes)",
+                limits.max_arg_bytes
+            ),
         ));
     }
     let chunk_size = req.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE);
@@ -87,13 +117,14 @@ pub fn validate_submit(req: &SubmitRequest, offered: &[KernelDecl]) -> Result<Va
         ));
     }
     let chunks = chunk_count(req.params, chunk_size);
-    if chunks > MAX_CHUNKS {
+    let max_chunks = limits.max_chunks.min(MAX_CHUNKS);
+    if chunks > max_chunks {
         return Err(Error::invalid(
             "chunk_size",
             format!(
-                "{} params in chunks of {chunk_size} make {chunks} chunks; at most {MAX_CHUNKS} chunks per run are allowed (use chunk_size >= {})",
+                                "{} params in chunks of {chunk_size} make {chunks} chunks; at most {max_chunks} chunks per run are allowed (use chunk_size >= {})",
                 req.params,
-                req.params.div_ceil(MAX_CHUNKS)
+                req.params.div_ceil(max_chunks)
             ),
         ));
     }
@@ -158,6 +189,7 @@ pub fn check_run_id(run_id: &str) -> Result<()> {
 
 /// Runs and agents in Redis.
 pub struct Store {
+    limits: Limits,
     keys: Keys,
     client: redis::Client,
     conn: ConnectionManager,
@@ -167,10 +199,11 @@ pub struct Store {
 
 impl Store {
     /// A store on `redis_url` under `prefix`; connects lazily.
-    pub fn new(redis_url: &str, prefix: &str, deadline: Duration) -> Result<Self> {
+    pub fn new(redis_url: &str, prefix: &str, deadline: Duration, limits: Limits) -> Result<Self> {
         let client = redis::Client::open(redis_url)?;
         let conn = redis_conn::manager(&client)?;
         Ok(Self {
+            limits,
             keys: Keys::new(prefix),
             client,
             conn,
@@ -242,7 +275,23 @@ impl Store {
                 .filter_map(|k| k.decl)
                 .collect()
         };
-        let v = validate_submit(req, &offered)?;
+        let v = validate_submit(req, &offered, &self.limits)?;
+        let mut c0 = self.conn();
+        let active: Option<i64> = self
+            .timed(
+                redis::cmd("HGET")
+                    .arg(self.keys.stats())
+                    .arg("active")
+                    .query_async(&mut c0),
+            )
+            .await?;
+        if active.unwrap_or(0).max(0) as u64 >= self.limits.max_runs_in_flight {
+            return Err(Error::ResourceExhausted(format!(
+                "runs in flight: {} QUEUED or RUNNING, the limit is {} (--max-runs-in-flight); wait for one to end or cancel one",
+                active.unwrap_or(0),
+                self.limits.max_runs_in_flight
+            )));
+        }
         let created = now_ms();
         let run_id = new_run_id(created, rand::random());
         let current = tracing::Span::current();
@@ -297,6 +346,8 @@ impl Store {
             )
             .ignore()
             .zadd(self.keys.runs(), &run_id, created)
+            .ignore()
+            .hincr(self.keys.stats(), "active", 1)
             .ignore()
             .xadd(
                 self.keys.events(&run_id),
@@ -433,6 +484,7 @@ impl Store {
                 .key(self.keys.dead_letters(run_id))
                 .key(self.keys.events(run_id))
                 .key(&tasks)
+                .key(self.keys.stats())
                 .arg(run_id)
                 .arg(BATCH);
             let (n, state, read): (i64, String, usize) =
@@ -522,7 +574,7 @@ impl Store {
     /// pending and the consumer group's lag.
     pub async fn collect_metrics(&self) -> Result<()> {
         let mut c = self.conn();
-        let stats: HashMap<String, u64> = self
+        let stats: HashMap<String, i64> = self
             .timed(
                 redis::cmd("HGETALL")
                     .arg(self.keys.stats())
@@ -536,8 +588,9 @@ impl Store {
             ("reclaimed", "ttg_chunks_reclaimed_total"),
             ("dead", "ttg_chunks_dead_lettered_total"),
         ] {
-            metrics::counter!(name).absolute(stats.get(field).copied().unwrap_or(0));
+            metrics::counter!(name).absolute(stats.get(field).copied().unwrap_or(0).max(0) as u64);
         }
+        metrics::gauge!("ttg_runs_in_flight").set(stats.get("active").copied().unwrap_or(0) as f64);
         let ids: Vec<String> = self
             .timed(
                 redis::cmd("ZREVRANGE")
@@ -670,7 +723,9 @@ return 1
         );
         let mut c = self.conn();
         let mut inv = self.scripts.cancel.key(self.keys.run(run_id));
-        inv.key(self.keys.events(run_id)).arg(body);
+        inv.key(self.keys.events(run_id))
+            .key(self.keys.stats())
+            .arg(body);
         let (changed, state): (i64, String) = self.timed(inv.invoke_async(&mut c)).await?;
         if state.is_empty() {
             return Err(Error::RunNotFound(run_id.to_string()));

@@ -41,11 +41,20 @@ fn redis_port_from_banner(out: impl std::io::Read + Send + 'static) -> u16 {
     panic!("ttgctl up printed no redis line");
 }
 
+/// ttgctl with its own HOME: `up` saves its cluster's token in
+/// ~/.ttg/token, and tests running side by side must not share one.
+fn ttgctl(home: &std::path::Path) -> Command {
+    let mut c = Command::new(bin("ttgctl"));
+    c.env("HOME", home);
+    c
+}
+
 #[test]
 fn up_serves_a_sweep_and_tears_down_on_ctrl_c() {
+    let home = tempfile::tempdir().expect("home");
     let port = free_port();
     let server = format!("http://127.0.0.1:{port}");
-    let mut up = Command::new(bin("ttgctl"))
+    let mut up = ttgctl(home.path())
         .args([
             "up",
             "--agents",
@@ -60,7 +69,7 @@ fn up_serves_a_sweep_and_tears_down_on_ctrl_c() {
         .spawn()
         .expect("spawn ttgctl up");
     let redis_port = redis_port_from_banner(up.stdout.take().expect("stdout"));
-    let out = Command::new(bin("ttgctl"))
+    let out = ttgctl(home.path())
         .args([
             "--server", &server, "submit", "--params", "10000", "--watch",
         ])
@@ -73,7 +82,7 @@ fn up_serves_a_sweep_and_tears_down_on_ctrl_c() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("sum 5,000,355.00"), "{text}");
-    let agents = Command::new(bin("ttgctl"))
+    let agents = ttgctl(home.path())
         .args(["--server", &server, "agents", "-o", "json"])
         .output()
         .expect("agents");
@@ -110,7 +119,9 @@ fn up_serves_a_sweep_and_tears_down_on_ctrl_c() {
 fn up_stops_when_its_parent_dies() {
     let port = free_port();
     // A shell starts `ttgctl up` and is then SIGKILLed: up must notice and tear down.
+    let home = tempfile::tempdir().expect("home");
     let mut shell = Command::new("bash")
+        .env("HOME", home.path())
         .arg("-c")
         .arg(format!(
             "{} up --agents 1 --listen 127.0.0.1:{port}; sleep 600",
