@@ -569,23 +569,37 @@ impl Worker {
         entry_id: String,
         fields: HashMap<String, Value>,
     ) {
-        let task = match bulk(fields.get(TASK_FIELD)).map(decode_task) {
-            Some(Ok(t)) => t,
-            Some(Err(e)) => {
-                tracing::error!(agent = %self.agent_id, entry = %entry_id, error = %e, "corrupt task entry dropped");
-                self.drop_entry(&stream, &entry_id).await;
-                return;
-            }
-            None => {
-                tracing::error!(agent = %self.agent_id, entry = %entry_id, "task entry without a task dropped");
-                self.drop_entry(&stream, &entry_id).await;
+        let raw = bulk(fields.get(TASK_FIELD)).unwrap_or_default();
+        let attempt = match fields.get(ATTEMPT_FIELD) {
+            None => Some(1),
+            Some(_) => bulk(fields.get(ATTEMPT_FIELD))
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .and_then(|s| s.parse::<u32>().ok())
+                .filter(|a| *a >= 1),
+        };
+        let decoded = match (bulk(fields.get(TASK_FIELD)).map(decode_task), attempt) {
+            (Some(Ok(t)), Some(a)) if t.end > t.start && !t.run_id.is_empty() => Ok((t, a)),
+            (Some(Ok(_)), Some(_)) => Err("task with an empty range or no run id".to_string()),
+            (Some(Ok(_)), None) => Err("attempt field is not a positive integer".to_string()),
+            (Some(Err(e)), _) => Err(e.to_string()),
+            (None, _) => Err("task entry without a `t` field".to_string()),
+        };
+        let (task, attempt) = match decoded {
+            Ok(v) => v,
+            Err(error) => {
+                // Never retried, never a panic: the entry goes to the
+                // dead-entries stream with the reason, and the loop moves on.
+                tracing::error!(agent = %self.agent_id, stream = %stream, entry = %entry_id, error = %error,
+                    "corrupt task entry moved to the dead-entries stream");
+                let keys = self.keys.clone();
+                self.persist("quarantine", |mut c| {
+                    let p = ttg_proto::stream::quarantine(&keys, &stream, &entry_id, &error, raw);
+                    async move { p.query_async::<()>(&mut c).await }
+                })
+                .await;
                 return;
             }
         };
-        let attempt = bulk(fields.get(ATTEMPT_FIELD))
-            .and_then(|b| std::str::from_utf8(b).ok())
-            .and_then(|s| s.parse::<u32>().ok())
-            .unwrap_or(1);
         let traceparent = bulk(fields.get(TRACEPARENT_FIELD))
             .map(<[u8]>::to_vec)
             .unwrap_or_default();

@@ -76,6 +76,13 @@ impl Keys {
         format!("{}stats", self.prefix)
     }
 
+    /// Stream of task entries that could not be decoded (corrupt or foreign
+    /// writes): `stream`, `entry`, `err`, and the raw `t` field. They are
+    /// moved here, never retried, so a bad entry cannot wedge a consumer.
+    pub fn dead_entries(&self) -> String {
+        format!("{}dead", self.prefix)
+    }
+
     /// Pub/sub channel on which replicas tell each other of cancelled runs, so
     /// every replica pushes CancelRun to the agents it holds.
     pub fn control_channel(&self) -> String {

@@ -96,16 +96,15 @@ pub async fn reclaim_entry<C: ConnectionLike>(
         .unwrap_or_default();
     let task = match decode_task(&task_bytes) {
         Ok(t) if !task_bytes.is_empty() => t,
-        _ => {
-            tracing::error!(
-                stream,
-                entry = entry_id,
-                "corrupt task entry dropped during reclaim"
-            );
-            let mut p = redis::pipe();
-            p.cmd("XACK").arg(stream).arg(GROUP).arg(entry_id).ignore();
-            p.cmd("XDEL").arg(stream).arg(entry_id).ignore();
-            p.query_async::<()>(conn).await?;
+        Ok(_) | Err(_) => {
+            let error = match decode_task(&task_bytes) {
+                Err(e) => e.to_string(),
+                Ok(_) => "task entry without a `t` field".to_string(),
+            };
+            tracing::error!(stream, entry = entry_id, error = %error, "corrupt task entry moved to the dead-entries stream");
+            crate::stream::quarantine(keys, stream, entry_id, &error, &task_bytes)
+                .query_async::<()>(conn)
+                .await?;
             return Ok(None);
         }
     };

@@ -102,6 +102,44 @@ pub fn is_terminal(e: &Event) -> bool {
     )
 }
 
+/// Commands that move an undecodable task entry to the installation's
+/// dead-entries stream with `error`, and ack and delete it, in one MULTI.
+pub fn quarantine(
+    keys: &crate::keys::Keys,
+    stream: &str,
+    entry_id: &str,
+    error: &str,
+    raw: &[u8],
+) -> redis::Pipeline {
+    let mut p = redis::pipe();
+    p.atomic()
+        .cmd("XADD")
+        .arg(keys.dead_entries())
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(100_000)
+        .arg("*")
+        .arg("stream")
+        .arg(stream)
+        .arg("entry")
+        .arg(entry_id)
+        .arg("err")
+        .arg(error)
+        .arg("t")
+        .arg(&raw[..raw.len().min(65_536)])
+        .ignore()
+        .cmd("XACK")
+        .arg(stream)
+        .arg(crate::keys::GROUP)
+        .arg(entry_id)
+        .ignore()
+        .cmd("XDEL")
+        .arg(stream)
+        .arg(entry_id)
+        .ignore();
+    p
+}
+
 /// Pack values as little-endian f64.
 pub fn pack_values(values: &[f64]) -> Vec<u8> {
     let mut out = Vec::with_capacity(values.len() * 8);

@@ -406,3 +406,19 @@ mod tests {
             .contains("no tokens"));
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Tokens files and authorization headers are attacker-controlled.
+        #[test]
+        fn parsing_and_checking_never_panic(file in ".{0,300}", header in proptest::collection::vec(any::<u8>(), 0..80)) {
+            let _ = Tokens::parse(&file);
+            let a = Auth { tokens: RwLock::new(Arc::new(Tokens::parse("client cccccccccccccccc").unwrap())), path: None };
+            let _ = a.check("/ttg.v1.ControlPlane/Submit", Some(&header));
+        }
+    }
+}

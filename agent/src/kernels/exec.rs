@@ -336,3 +336,24 @@ mod tests {
             .contains("more than 3"));
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+
+        /// Users' `args` strings and programs' stdout: anything gives words
+        /// or an error, never a panic; output parsing never yields more or
+        /// fewer values than asked without an error.
+        #[test]
+        fn splitting_and_output_parsing_never_panic(s in ".{0,200}", out in proptest::collection::vec(any::<u8>(), 0..300), n in 0usize..20) {
+            let _ = split_words(&s);
+            if let Ok(v) = parse_output(&out, n) {
+                prop_assert_eq!(v.len(), n);
+            }
+        }
+    }
+}

@@ -72,8 +72,11 @@ impl Redis {
         loop {
             if let Ok(c) = redis::Client::open(self.url.as_str()) {
                 if let Ok(mut conn) = c.get_connection() {
-                    if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
-                        return;
+                    match redis::cmd("PING").query::<String>(&mut conn) {
+                        Ok(_) => return,
+                        // It answers (asking for a password): it is up.
+                        Err(e) if !e.is_io_error() && !e.is_connection_refusal() => return,
+                        Err(_) => {}
                     }
                 }
             }
