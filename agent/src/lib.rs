@@ -70,6 +70,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Exit, Er
     let worker = Arc::new(worker::Worker::new(
         agent_id.clone(),
         &config.redis_url,
+        config.redis_ca.as_deref(),
         &config.prefix,
         registry,
         config.effective_concurrency(),

@@ -88,11 +88,12 @@ impl Worker {
     pub fn new(
         agent_id: String,
         redis_url: &str,
+        redis_ca: Option<&std::path::Path>,
         prefix: &str,
         registry: Registry,
         concurrency: u32,
     ) -> RedisResult<Self> {
-        let client = redis::Client::open(redis_url)?;
+        let client = redis_conn::client(redis_url, redis_ca)?;
         let conn = redis_conn::manager(&client)?;
         Ok(Self {
             agent_id,

@@ -11,6 +11,30 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long an ordinary command may take.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A client for `url`: `redis://` (password or ACL user in the URL) or
+/// `rediss://` (TLS; the system's roots, or `ca` — a PEM file — when given).
+pub fn client(url: &str, ca: Option<&std::path::Path>) -> RedisResult<Client> {
+    match ca {
+        None => Client::open(url),
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| {
+                redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "cannot read the Redis CA",
+                    format!("{}: {e}", path.display()),
+                ))
+            })?;
+            Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                },
+            )
+        }
+    }
+}
+
 /// A reconnecting, multiplexed connection for ordinary (non-blocking) commands.
 /// Reconnects are bounded (3 tries, ≤ 1 s apart), so a caller sees an error
 /// within a few seconds when Redis is down and succeeds again once it is back.

@@ -21,6 +21,10 @@ pub struct Config {
     #[arg(long, env = "TTG_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
 
+    /// PEM CA that signed Redis's certificate, for rediss:// URLs with a private CA (default: system roots).
+    #[arg(long, env = "TTG_REDIS_CA")]
+    pub redis_ca: Option<std::path::PathBuf>,
+
     /// Prefix of every Redis key (default "ttg:"); installations sharing a Redis need different ones.
     #[arg(long, env = "TTG_PREFIX", default_value = "ttg:")]
     pub prefix: String,
@@ -123,8 +127,8 @@ impl Config {
         if self.prefix.is_empty() || self.prefix.len() > 64 {
             return Err("--prefix must be 1..=64 characters".into());
         }
-        redis::Client::open(self.redis_url.as_str())
-            .map_err(|e| format!("--redis-url is not a valid Redis URL: {e}"))?;
+        ttg_proto::redis_conn::client(&self.redis_url, self.redis_ca.as_deref())
+            .map_err(|e| format!("--redis-url/--redis-ca: {e}"))?;
         match (&self.tokens_file, self.insecure_no_auth) {
             (None, false) => {
                 return Err("refusing to start without authentication: give --tokens-file FILE \

@@ -171,6 +171,7 @@ pub async fn run(
     let store = Arc::new(
         store::Store::new(
             &config.redis_url,
+            config.redis_ca.as_deref(),
             &config.prefix,
             config.redis_timeout,
             config.limits.clone(),

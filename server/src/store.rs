@@ -199,8 +199,14 @@ pub struct Store {
 
 impl Store {
     /// A store on `redis_url` under `prefix`; connects lazily.
-    pub fn new(redis_url: &str, prefix: &str, deadline: Duration, limits: Limits) -> Result<Self> {
-        let client = redis::Client::open(redis_url)?;
+    pub fn new(
+        redis_url: &str,
+        redis_ca: Option<&std::path::Path>,
+        prefix: &str,
+        deadline: Duration,
+        limits: Limits,
+    ) -> Result<Self> {
+        let client = redis_conn::client(redis_url, redis_ca)?;
         let conn = redis_conn::manager(&client)?;
         Ok(Self {
             limits,

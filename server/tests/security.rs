@@ -771,3 +771,69 @@ async fn corrupt_task_entries_are_moved_aside_and_the_work_goes_on() {
     assert_eq!(queue_state(&redis, &p), (0, 0), "nothing stuck");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_private_ca() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (ca, cert, key, _, _) = certs(dir.path());
+    let port = free_port();
+    // Redis serving TLS only (plaintext port off).
+    let mut redis = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(["--tls-auth-clients", "no"])
+        .arg("--tls-cert-file")
+        .arg(&cert)
+        .arg("--tls-key-file")
+        .arg(&key)
+        .arg("--tls-ca-cert-file")
+        .arg(&ca)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server with TLS");
+    wait_until("redis TLS port", Duration::from_secs(10), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+    })
+    .await;
+    let url = format!("rediss://127.0.0.1:{port}");
+    let ca_s = ca.to_str().expect("utf8");
+    let p = prefix();
+    let server = ServerProc::start(&url, &p, &["--redis-ca", ca_s]);
+    let _agent = Agent::spawn(&server.url, &url, &p, "tls-redis", 2, &["--redis-ca", ca_s]);
+    let mut c = control(&server.url).await;
+    let run = c
+        .submit(submit_req(1_000, 100, 0))
+        .await
+        .expect("submit over rediss")
+        .into_inner();
+    let st = wait_finished(&mut c, &run.run_id, Duration::from_secs(20)).await;
+    assert_eq!(cents(st.aggregate.expect("agg").sum), cents(500_035.50));
+    // Without the CA, Redis's certificate is not trusted: Unavailable, promptly.
+    let untrusting = ServerProc::start(&url, &prefix(), &[]);
+    let mut cu = control(&untrusting.url).await;
+    let t = std::time::Instant::now();
+    let e = cu
+        .list_runs(ListRunsRequest { limit: 1 })
+        .await
+        .expect_err("untrusted");
+    assert!(
+        matches!(e.code(), Code::Unavailable | Code::Internal),
+        "{e:?}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(10));
+    let _ = redis.kill();
+    let _ = redis.wait();
+}
