@@ -120,7 +120,7 @@ async fn serve(
             _ = tick.tick() => {
                 let hb = AgentMessage { msg: Some(agent_message::Msg::Heartbeat(Heartbeat {
                     held: worker.held(),
-                                        completed_total: worker.completed_total(),
+                    completed_total: worker.completed_total(),
                     ack_latency_ms: worker.take_ack_latencies(),
                 })) };
                 tx.send(hb).await.map_err(|_| "session closed".to_string())?;

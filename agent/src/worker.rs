@@ -744,16 +744,7 @@ impl Worker {
         );
         let packed = pack_values(values);
         let (sum_s, min_s, max_s) = (exact_decimal(sum), exact_decimal(min), exact_decimal(max));
-        let k = &self.keys;
-        let keys = [
-            k.run(run_id),
-            k.done(run_id),
-            k.results(run_id),
-            k.events(run_id),
-            stream.to_string(),
-            k.dead_bits(run_id),
-            k.stats(),
-        ];
+        let keys = self.keys.complete_keys(run_id, stream);
         let reply: Option<(i64, String)> = self
             .persist("complete", |mut c| {
                 let mut inv = self.scripts.complete.prepare_invoke();
@@ -825,16 +816,7 @@ impl Worker {
         };
         let (retry_body, dead_body) = (body(false), body(true));
         let task_bytes = ttg_proto::stream::encode(task);
-        let k = &self.keys;
-        let keys = [
-            k.run(run_id),
-            k.done(run_id),
-            k.dead_bits(run_id),
-            k.dead_letters(run_id),
-            k.events(run_id),
-            stream.to_string(),
-            k.stats(),
-        ];
+        let keys = self.keys.fail_keys(run_id, stream);
         let reply: Option<(i64, String)> = self
             .persist("fail", |mut c| {
                 let mut inv = self.scripts.fail.prepare_invoke();

@@ -92,6 +92,7 @@ async fn run(cluster: &Cluster, o: &DemoOpts) -> CliResult<i32> {
         args: vec![format!("work_ms={}", o.work_ms)],
         max_attempts: None,
         name: "demo".into(),
+        retention: None,
         watch: false,
     };
     let mut client = crate::client::control(&cluster.server_url).await?;

@@ -95,6 +95,9 @@ enum Cmd {
         /// Name of the run (default none).
         #[arg(long, default_value = "")]
         name: String,
+        /// Keep the run's data this long after it ends, e.g. 30d or 12h (default: the server's --run-retention, 7d).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        retention: Option<std::time::Duration>,
         /// Watch the run to its end after submitting.
         #[arg(long)]
         watch: bool,
@@ -125,11 +128,34 @@ enum Cmd {
         /// Run id.
         run: String,
     },
-    /// List runs, newest first.
+    /// List runs, newest first, filtered by state, name and age, a page at a time.
     Runs {
-        /// How many, 1..=1000 (default 50).
+        /// Runs per page, 1..=1000 (default 50).
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Only runs in these states (repeatable or comma-separated): queued, running, succeeded, failed, cancelled.
+        #[arg(long = "state", value_delimiter = ',', value_enum)]
+        states: Vec<status::StateArg>,
+        /// Only runs whose name contains this text (case-insensitive).
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Only runs submitted within this long, e.g. 2h or 7d.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// Only runs submitted at least this long ago, e.g. 1d.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: Option<std::time::Duration>,
+        /// Continue from a previous page (the token it printed).
+        #[arg(long, default_value = "")]
+        page_token: String,
+        /// Follow every page to the end instead of printing one page.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete a finished run's data now: record, results, events, dead letters (a running run must be cancelled first).
+    Delete {
+        /// Run id.
+        run: String,
     },
     /// List agents with a live session.
     Agents,
@@ -229,6 +255,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
             args,
             max_attempts,
             name,
+            retention,
             watch,
         } => {
             let o = submit::SubmitOpts {
@@ -238,6 +265,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
                 args,
                 max_attempts,
                 name,
+                retention,
                 watch,
             };
             submit::run(server, o, cli.format).await
@@ -246,7 +274,27 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Cmd::Watch { run, after } => Ok(watch::watch(server, &run, &after, cli.format).await?.exit),
         Cmd::Cancel { run, reason } => status::cancel(server, &run, &reason, cli.format).await,
         Cmd::Retry { run } => status::retry(server, &run, cli.format).await,
-        Cmd::Runs { limit } => status::runs(server, limit, cli.format).await,
+        Cmd::Runs {
+            limit,
+            states,
+            name,
+            since,
+            older_than,
+            page_token,
+            all,
+        } => {
+            let q = status::RunsQuery {
+                limit,
+                states,
+                name,
+                since,
+                older_than,
+                page_token,
+                all,
+            };
+            status::runs(server, q, cli.format).await
+        }
+        Cmd::Delete { run } => status::delete(server, &run, cli.format).await,
         Cmd::Agents => status::agents(server, cli.format).await,
         Cmd::Kernels => status::kernels(server, cli.format).await,
         Cmd::Results { run, file } => {

@@ -77,6 +77,7 @@ pub fn status_json(st: &RunStatus) -> Value {
         "created_ms": time(st.created_ms),
         "started_ms": time(st.started_ms),
         "finished_ms": time(st.finished_ms),
+        "expires_ms": time(st.expires_ms),
         "params_per_second": st.params_per_second,
         "message": st.message,
         "dead_chunks": st.dead_chunks.iter().map(|d| json!({"chunk": d.chunk_index, "attempt": d.attempt, "error": d.error})).collect::<Vec<_>>(),
@@ -120,6 +121,16 @@ pub fn status_text(st: &RunStatus) -> String {
             "elapsed    {:.2} s, {} params/s\n",
             (end - st.started_ms) as f64 / 1000.0,
             thousands(st.params_per_second, 0)
+        ));
+    }
+    if st.expires_ms > 0 {
+        let left = (st.expires_ms - ttg_proto::now_ms()).max(0) as u64;
+        out.push_str(&format!(
+            "expires    {} (in {}; ttgctl delete removes it now)\n",
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(st.expires_ms as u64)
+            ),
+            humantime::format_duration(std::time::Duration::from_secs(left / 1000))
         ));
     }
     if !st.message.is_empty() {

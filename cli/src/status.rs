@@ -1,10 +1,11 @@
 //! `ttgctl status RUN`, `ttgctl runs`, `ttgctl agents` and `ttgctl cancel RUN`.
 
 use ttg_proto::v1::{
-    CancelRequest, ListAgentsRequest, ListRunsRequest, RetryRequest, StatusRequest,
+    CancelRequest, DeleteRequest, ListAgentsRequest, ListRunsRequest, RetryRequest, RunState,
+    StatusRequest,
 };
 
-use crate::client::{self, CliResult, EXIT_OK};
+use crate::client::{self, CliError, CliResult, EXIT_OK};
 use crate::output::{agent_json, state_name, status_json, status_text, thousands, Format};
 
 /// Print one run's status.
@@ -26,14 +27,80 @@ pub async fn status(server: &str, run_id: &str, format: Format) -> CliResult<i32
     Ok(EXIT_OK)
 }
 
-/// Print the newest runs.
-pub async fn runs(server: &str, limit: u32, format: Format) -> CliResult<i32> {
+/// A run state as a `--state` value.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateArg {
+    /// Submitted, no chunk claimed yet.
+    Queued,
+    /// Chunks being computed.
+    Running,
+    /// Every chunk has a result.
+    Succeeded,
+    /// Ended with dead-lettered chunks.
+    Failed,
+    /// Cancelled by a user.
+    Cancelled,
+}
+
+impl StateArg {
+    fn state(self) -> RunState {
+        match self {
+            StateArg::Queued => RunState::Queued,
+            StateArg::Running => RunState::Running,
+            StateArg::Succeeded => RunState::Succeeded,
+            StateArg::Failed => RunState::Failed,
+            StateArg::Cancelled => RunState::Cancelled,
+        }
+    }
+}
+
+/// What `ttgctl runs` asks for.
+pub struct RunsQuery {
+    /// Runs per page.
+    pub limit: u32,
+    /// States to keep (empty: all).
+    pub states: Vec<StateArg>,
+    /// Name substring.
+    pub name: String,
+    /// Submitted within.
+    pub since: Option<std::time::Duration>,
+    /// Submitted at least this long ago.
+    pub older_than: Option<std::time::Duration>,
+    /// Page to start from.
+    pub page_token: String,
+    /// Follow every page.
+    pub all: bool,
+}
+
+/// Print runs, newest first, a page (or with `all`, every page).
+pub async fn runs(server: &str, q: RunsQuery, format: Format) -> CliResult<i32> {
+    if q.limit == 0 || q.limit > 1_000 {
+        return Err(CliError::usage(format!(
+            "--limit must be in 1..=1000, got {}",
+            q.limit
+        )));
+    }
     let mut c = client::control(server).await?;
-    let runs = c
-        .list_runs(ListRunsRequest { limit })
-        .await?
-        .into_inner()
-        .runs;
+    let mut req = ListRunsRequest {
+        limit: q.limit,
+        states: q.states.iter().map(|s| s.state() as i32).collect(),
+        name_contains: q.name.clone(),
+        max_age_s: q.since.map(|d| d.as_secs().max(1)).unwrap_or(0),
+        min_age_s: q.older_than.map(|d| d.as_secs().max(1)).unwrap_or(0),
+        page_token: q.page_token.clone(),
+    };
+    let mut runs = Vec::new();
+    let next = loop {
+        let page = c.list_runs(req.clone()).await?.into_inner();
+        runs.extend(page.runs);
+        if !q.all || page.next_page_token.is_empty() {
+            break page.next_page_token;
+        }
+        req.page_token = page.next_page_token;
+    };
+    if !next.is_empty() && format == Format::Text {
+        eprintln!("more runs: add --page-token {next} (or --all)");
+    }
     match format {
         Format::Json => {
             let v: Vec<_> = runs.iter().map(status_json).collect();
@@ -57,6 +124,27 @@ pub async fn runs(server: &str, limit: u32, format: Format) -> CliResult<i32> {
                     spec.name
                 );
             }
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+/// Delete a finished run's data.
+pub async fn delete(server: &str, run_id: &str, format: Format) -> CliResult<i32> {
+    let mut c = client::control(server).await?;
+    let r = c
+        .delete(DeleteRequest {
+            run_id: run_id.to_string(),
+        })
+        .await?
+        .into_inner();
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::json!({"run_id": run_id, "deleted": true, "state": state_name(r.state)})
+        ),
+        Format::Text | Format::Csv => {
+            println!("run {run_id} deleted (it was {})", state_name(r.state))
         }
     }
     Ok(EXIT_OK)

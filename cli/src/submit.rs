@@ -22,6 +22,8 @@ pub struct SubmitOpts {
     pub max_attempts: Option<u32>,
     /// Name.
     pub name: String,
+    /// Retention after the run ends (server default when None).
+    pub retention: Option<std::time::Duration>,
     /// Watch to the end.
     pub watch: bool,
 }
@@ -54,6 +56,16 @@ pub fn request(o: &SubmitOpts) -> CliResult<SubmitRequest> {
         args: parse_args(&o.args)?,
         max_attempts: o.max_attempts,
         name: o.name.clone(),
+        retention_s: match o.retention {
+            None => None,
+            Some(d) if d.as_secs() == 0 || d.subsec_nanos() != 0 => {
+                return Err(CliError::usage(format!(
+                    "--retention must be a whole number of seconds, at least 1s, got {}",
+                    humantime::format_duration(d)
+                )))
+            }
+            Some(d) => Some(d.as_secs()),
+        },
     })
 }
 

@@ -89,6 +89,63 @@ impl Keys {
         format!("{}control", self.prefix)
     }
 
+    /// Sorted set of finished run ids scored by the time their data expires
+    /// (ms since epoch); the server's janitor removes runs that are due.
+    pub fn expiring(&self) -> String {
+        format!("{}expiring", self.prefix)
+    }
+
+    /// Sorted set of tombstones `<run id>:expired` / `<run id>:deleted` scored
+    /// by removal time, so a removed run answers "expired" rather than "not
+    /// found". Trimmed by age and count: it stays small.
+    pub fn gone(&self) -> String {
+        format!("{}gone", self.prefix)
+    }
+
+    /// KEYS of the completion script, in its order.
+    pub fn complete_keys(&self, run_id: &str, tasks_stream: &str) -> [String; 8] {
+        [
+            self.run(run_id),
+            self.done(run_id),
+            self.results(run_id),
+            self.events(run_id),
+            tasks_stream.to_string(),
+            self.dead_bits(run_id),
+            self.stats(),
+            self.expiring(),
+        ]
+    }
+
+    /// KEYS of the failure and reclaim scripts, in their order.
+    pub fn fail_keys(&self, run_id: &str, tasks_stream: &str) -> [String; 8] {
+        [
+            self.run(run_id),
+            self.done(run_id),
+            self.dead_bits(run_id),
+            self.dead_letters(run_id),
+            self.events(run_id),
+            tasks_stream.to_string(),
+            self.stats(),
+            self.expiring(),
+        ]
+    }
+
+    /// KEYS of the purge script, in its order: every key a run owns, then the
+    /// indexes it is listed in.
+    pub fn purge_keys(&self, run_id: &str) -> [String; 9] {
+        [
+            self.run(run_id),
+            self.done(run_id),
+            self.dead_bits(run_id),
+            self.dead_letters(run_id),
+            self.results(run_id),
+            self.events(run_id),
+            self.runs(),
+            self.expiring(),
+            self.gone(),
+        ]
+    }
+
     /// String: protobuf AgentInfo of one agent (its last heartbeat).
     pub fn agent(&self, agent_id: &str) -> String {
         format!("{}agent:{agent_id}", self.prefix)
@@ -116,6 +173,22 @@ pub fn new_run_id(now_ms: i64, random: u64) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
+/// Submit time (ms since epoch) encoded in a run id's first 10 characters,
+/// which is also its score in the runs index; None if `s` is not such an id.
+pub fn run_id_ms(s: &str) -> Option<i64> {
+    let head = s.as_bytes().get(..10)?;
+    let mut t: i64 = 0;
+    for b in head {
+        let d = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'z' => b - b'a' + 10,
+            _ => return None,
+        };
+        t = t.checked_mul(36)?.checked_add(i64::from(d))?;
+    }
+    Some(t)
+}
+
 /// Whether `s` looks like a run id (guards key construction against odd input).
 pub fn valid_run_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
@@ -130,6 +203,9 @@ mod tests {
         let a = new_run_id(1_700_000_000_000, 5);
         let b = new_run_id(1_700_000_000_001, 0);
         assert!(a < b, "{a} < {b}");
+        assert_eq!(run_id_ms(&a), Some(1_700_000_000_000));
+        assert_eq!(run_id_ms("short"), None);
+        assert_eq!(run_id_ms("ABCDEFGHIJ-x"), None);
         assert_eq!(a.len(), 17);
         assert!(valid_run_id(&a));
         assert!(!valid_run_id("a b"));

@@ -146,15 +146,7 @@ pub async fn reclaim_entry<C: ConnectionLike>(
         }),
     );
     let mut inv = scripts.reclaim.prepare_invoke();
-    for k in [
-        keys.run(&run_id),
-        keys.done(&run_id),
-        keys.dead_bits(&run_id),
-        keys.dead_letters(&run_id),
-        keys.events(&run_id),
-        stream.to_string(),
-        keys.stats(),
-    ] {
+    for k in keys.fail_keys(&run_id, stream) {
         inv.key(k);
     }
     inv.arg(GROUP)

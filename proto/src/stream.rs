@@ -228,6 +228,7 @@ pub fn run_status_from_hash(
         params_per_second: rate,
         message: String::new(),
         dead_chunks: Vec::new(),
+        expires_ms: int("expires_ms"),
         spec: Some(spec),
     })
 }
@@ -269,9 +270,17 @@ local function aggregate(run)
   return f_varint(1, c) .. f_double(2, s) .. f_double(3, num(v[3])) .. f_double(4, num(v[4])) .. f_double(5, mean)
 end
 local function active(state) return state == 'QUEUED' or state == 'RUNNING' end
+-- A run that just ended starts its retention: it expires at ts + its
+-- retention_ms, when the server's janitor removes all of its keys at once.
+local function start_retention(run, expiring, run_id, ts)
+  local keep = num(redis.call('HGET', run, 'retention_ms'))
+  if keep <= 0 then return end
+  redis.call('HSET', run, 'expires_ms', ts + keep)
+  redis.call('ZADD', expiring, ts + keep, run_id)
+end
 -- Ends the run once every chunk is done or dead; returns the state after.
 -- `stats` counts active runs installation-wide (for --max-runs-in-flight).
-local function finish_if_done(run, events, run_id, ts, stats)
+local function finish_if_done(run, events, run_id, ts, stats, expiring)
   local v = redis.call('HMGET', run, 'total', 'done', 'dead', 'state')
   local state = v[4]
   if not active(state) then return state end
@@ -279,15 +288,17 @@ local function finish_if_done(run, events, run_id, ts, stats)
   local code = 3
   state = 'SUCCEEDED'
   if num(v[3]) > 0 then state = 'FAILED'; code = 4 end
-    redis.call('HSET', run, 'state', state, 'finished_ms', ts)
+  redis.call('HSET', run, 'state', state, 'finished_ms', ts)
   redis.call('HINCRBY', stats, 'active', -1)
+  start_retention(run, expiring, run_id, ts)
   emit(run, events, f_bytes(2, run_id) .. f_bytes(13, f_varint(1, code) .. f_bytes(2, aggregate(run))), ts)
   return state
 end
 -- One failed attempt at a chunk (kernel error, or its agent died): re-queue
 -- the task with attempt + 1, or at max attempts dead-letter it, count it dead
 -- and end the run if it was the last chunk. The caller has already acked and
--- deleted the delivery. K: run, done, deadbits, dead stream, events, tasks, stats.
+-- deleted the delivery. K: run, done, deadbits, dead stream, events, tasks,
+-- stats, expiring.
 -- Returns {code, state}: 1 re-queued, 3 dead-lettered, 0 chunk already has a
 -- result, 2 run not active, -1 run unknown.
 local function fail_attempt(K, chunk, task, attempt, max, err, tp, body_retry, body_dead, run_id)
@@ -310,7 +321,7 @@ local function fail_attempt(K, chunk, task, attempt, max, err, tp, body_retry, b
     redis.call('XADD', K[4], '*', 'c', chunk, 'a', attempt, 'err', err, 't', task, 'tp', tp)
   end
   emit(run, K[5], body_dead, ts)
-    return {3, finish_if_done(run, K[5], run_id, ts, K[7])}
+  return {3, finish_if_done(run, K[5], run_id, ts, K[7], K[8])}
 end
 "#;
 
@@ -321,7 +332,8 @@ end
 /// A chunk that was dead-lettered and then completes (a zombie's late result)
 /// is rescued: it stops counting as dead.
 ///
-/// KEYS: run, done, results, events, tasks, dead bitmap, stats.
+/// KEYS: [`Keys::complete_keys`](crate::keys::Keys::complete_keys): run,
+/// done, results, events, tasks, dead bitmap, stats, expiring.
 /// ARGV: group, entry id, chunk index, value count, sum, min, max, packed
 /// values, ChunkCompleted event body, run id.
 /// Returns `{code, state}`: code 1 counted, 0 duplicate (a result was already
@@ -353,7 +365,7 @@ if not mm[2] or tonumber(ARGV[7]) > tonumber(mm[2]) then redis.call('HSET', run,
 local ts = now_ms()
 if state == 'QUEUED' then redis.call('HSET', run, 'state', 'RUNNING', 'started_ms', ts) end
 emit(run, KEYS[4], ARGV[9], ts)
-return {1, finish_if_done(run, KEYS[4], ARGV[10], ts, KEYS[7])}
+return {1, finish_if_done(run, KEYS[4], ARGV[10], ts, KEYS[7], KEYS[8])}
 "#;
 
 /// Record a failed attempt, atomically: ack and delete the delivery; if the
@@ -361,7 +373,8 @@ return {1, finish_if_done(run, KEYS[4], ARGV[10], ts, KEYS[7])}
 /// attempt + 1 or, when no attempts are left, put it in the run's dead-letter
 /// stream, count it dead and end the run if it was the last chunk.
 ///
-/// KEYS: run, done, dead bitmap, dead-letter stream, events, tasks, stats.
+/// KEYS: [`Keys::fail_keys`](crate::keys::Keys::fail_keys): run, done, dead
+/// bitmap, dead-letter stream, events, tasks, stats, expiring.
 /// ARGV: group, entry id, chunk index, task bytes, attempt, max attempts,
 /// error, traceparent, ChunkFailed body (dead = false), ChunkFailed body
 /// (dead = true), run id.
@@ -404,8 +417,8 @@ return 1
 "#;
 
 /// Re-queue up to ARGV[2] of a run's dead letters with attempt 1; a FAILED
-/// run becomes RUNNING again. KEYS: run, deadbits, dead stream, events, tasks, stats.
-/// ARGV: run id, batch size. Returns `{requeued, state, letters read}`.
+/// run becomes RUNNING again (and its retention stops). KEYS: run, deadbits,
+/// dead stream, events, tasks, stats, expiring. ARGV: run id, batch size. Returns `{requeued, state, letters read}`.
 const RETRY: &str = r#"
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {-1, '', 0} end
@@ -426,8 +439,9 @@ end
 if n > 0 then
   local ts = now_ms()
   if state == 'FAILED' then
-        redis.call('HSET', KEYS[1], 'state', 'RUNNING')
-    redis.call('HDEL', KEYS[1], 'finished_ms')
+    redis.call('HSET', KEYS[1], 'state', 'RUNNING')
+    redis.call('HDEL', KEYS[1], 'finished_ms', 'expires_ms')
+    redis.call('ZREM', KEYS[7], ARGV[1])
     redis.call('HINCRBY', KEYS[6], 'active', 1)
     state = 'RUNNING'
   end
@@ -451,8 +465,8 @@ end
 return state
 "#;
 
-/// Cancel a run if it is still active.
-/// KEYS: run, events, stats. ARGV: RunCancelled event body.
+/// Cancel a run if it is still active; its retention starts.
+/// KEYS: run, events, stats, expiring. ARGV: RunCancelled event body, run id.
 /// Returns `{changed, state}`: changed 1 if this call cancelled it; state ''
 /// if the run is unknown.
 const CANCEL: &str = r#"
@@ -462,8 +476,58 @@ if not active(state) then return {0, state} end
 local ts = now_ms()
 redis.call('HSET', KEYS[1], 'state', 'CANCELLED', 'finished_ms', ts)
 redis.call('HINCRBY', KEYS[3], 'active', -1)
+start_retention(KEYS[1], KEYS[4], ARGV[2], ts)
 emit(KEYS[1], KEYS[2], ARGV[1], ts)
 return {1, 'CANCELLED'}
+"#;
+
+/// Remove a finished run's data, atomically, so no reader ever sees half a
+/// run: its hash, done and dead bitmaps, dead letters, results and events go,
+/// it leaves the runs index and the expiry schedule, and a tombstone
+/// `<run id>:<why>` is kept in the `gone` set (so Status can say "expired"
+/// rather than "never existed"). Tombstones older than ARGV[4] ms, or beyond
+/// the newest ARGV[5], are trimmed: the set stays bounded.
+///
+/// KEYS: [`Keys::purge_keys`](crate::keys::Keys::purge_keys): run, done,
+/// deadbits, dead stream, results, events, runs, expiring, gone.
+/// ARGV: run id, why (`expired`: only if its expiry time has come; `deleted`:
+/// now), now ms, tombstone age ms, tombstone count.
+/// Returns `{code, state}`: 1 removed, 0 not due yet, -2 run still active,
+/// -1 no such run (its index entries are cleaned up anyway).
+const PURGE: &str = r#"
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then
+  redis.call('ZREM', KEYS[7], ARGV[1])
+  redis.call('ZREM', KEYS[8], ARGV[1])
+  return {-1, ''}
+end
+if active(state) then return {-2, state} end
+if ARGV[2] == 'expired' then
+  local at = num(redis.call('HGET', KEYS[1], 'expires_ms'))
+  if at <= 0 or at > tonumber(ARGV[3]) then return {0, state} end
+end
+redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+redis.call('ZREM', KEYS[7], ARGV[1])
+redis.call('ZREM', KEYS[8], ARGV[1])
+redis.call('ZADD', KEYS[9], ARGV[3], ARGV[1] .. ':' .. ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[9], '-inf', tonumber(ARGV[3]) - tonumber(ARGV[4]))
+local n = redis.call('ZCARD', KEYS[9])
+if n > tonumber(ARGV[5]) then redis.call('ZREMRANGEBYRANK', KEYS[9], 0, n - tonumber(ARGV[5]) - 1) end
+return {1, state}
+"#;
+
+/// Delete the given task entries of a cancelled run that no agent has been
+/// delivered yet (not in the group's pending list), so a cancelled run's
+/// undelivered tasks do not sit in the stream until an agent drops them.
+/// Pending entries are left to their holders, which ack and delete them.
+/// KEYS: tasks stream. ARGV: group, entry ids…. Returns the number deleted.
+const PURGE_TASKS: &str = r#"
+local n = 0
+for i = 2, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if #p == 0 then n = n + redis.call('XDEL', KEYS[1], ARGV[i]) end
+end
+return n
 "#;
 
 /// The scripts, compiled once per process. `Script::invoke_async` runs them
@@ -483,6 +547,10 @@ pub struct Scripts {
     pub start: Script,
     /// See [`CANCEL`].
     pub cancel: Script,
+    /// See [`PURGE`].
+    pub purge: Script,
+    /// See [`PURGE_TASKS`].
+    pub purge_tasks: Script,
 }
 
 impl Default for Scripts {
@@ -503,6 +571,8 @@ impl Scripts {
             retry: s(RETRY),
             start: s(START),
             cancel: s(CANCEL),
+            purge: s(PURGE),
+            purge_tasks: s(PURGE_TASKS),
         }
     }
 }

@@ -23,7 +23,7 @@ use tonic::Status;
 /// What a token may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
-    /// Submit, cancel, retry and read.
+    /// Submit, cancel, retry, delete and read.
     Client,
     /// Read only.
     Reader,
@@ -163,7 +163,8 @@ fn required(path: &str) -> Option<&'static [Role]> {
     Some(match path {
         "/ttg.v1.ControlPlane/Submit"
         | "/ttg.v1.ControlPlane/Cancel"
-        | "/ttg.v1.ControlPlane/Retry" => WRITE,
+        | "/ttg.v1.ControlPlane/Retry"
+        | "/ttg.v1.ControlPlane/Delete" => WRITE,
         p if p.starts_with("/ttg.v1.ControlPlane/") => READ,
         p if p.starts_with("/ttg.v1.AgentGateway/") => AGENT,
         _ => ANY,
@@ -386,6 +387,12 @@ mod tests {
             .code(),
             tonic::Code::Unauthenticated
         );
+        for write in ["Submit", "Cancel", "Retry", "Delete"] {
+            let e = a
+                .check(&format!("/ttg.v1.ControlPlane/{write}"), r)
+                .unwrap_err();
+            assert_eq!(e.code(), tonic::Code::PermissionDenied, "{write}");
+        }
         let e = a.check("/ttg.v1.ControlPlane/Cancel", r).unwrap_err();
         assert!(
             !e.message().contains("rrrr"),

@@ -69,6 +69,10 @@ pub struct Config {
     #[arg(long, env = "TTG_CLIENT_CA", requires = "tls_cert")]
     pub client_ca: Option<std::path::PathBuf>,
 
+    /// How often the janitor removes runs whose retention ended (default 5s).
+    #[arg(long, env = "TTG_JANITOR_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub janitor_interval: Duration,
+
     #[command(flatten)]
     pub limits: Limits,
 }
@@ -105,6 +109,14 @@ pub struct Limits {
     /// Most Submits per minute per token, per server replica (default 120).
     #[arg(long, env = "TTG_SUBMIT_RATE", default_value_t = 120)]
     pub submit_rate: u32,
+
+    /// How long a finished run's data is kept before it is removed, unless its Submit says otherwise (default 7d).
+    #[arg(long, env = "TTG_RUN_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub run_retention: Duration,
+
+    /// Longest retention a Submit may ask for (default 365d).
+    #[arg(long, env = "TTG_MAX_RUN_RETENTION", default_value = "365d", value_parser = humantime::parse_duration)]
+    pub max_run_retention: Duration,
 }
 
 impl Config {
@@ -138,6 +150,19 @@ impl Config {
             }
             (Some(_), true) => return Err("--tokens-file and --insecure-no-auth contradict each other".into()),
             _ => {}
+        }
+        if self.limits.run_retention < Duration::from_secs(1)
+            || self.limits.run_retention > self.limits.max_run_retention
+        {
+            return Err(format!(
+                "--run-retention must be within 1s..=--max-run-retention ({})",
+                humantime::format_duration(self.limits.max_run_retention)
+            ));
+        }
+        if self.janitor_interval < Duration::from_millis(10)
+            || self.janitor_interval > Duration::from_secs(3_600)
+        {
+            return Err("--janitor-interval must be within 10ms..=1h".into());
         }
         if self.limits.max_message_bytes < 64 * 1024 {
             return Err("--max-message-bytes must be at least 65536".into());

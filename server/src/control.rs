@@ -10,14 +10,15 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use ttg_proto::v1::control_plane_server::ControlPlane;
 use ttg_proto::v1::{
-    CancelRequest, CancelResponse, Event, GetResultsRequest, ListAgentsRequest, ListAgentsResponse,
-    ListRunsRequest, ListRunsResponse, ResultChunk, RetryRequest, RetryResponse, RunStatus,
-    StatusRequest, SubmitRequest, SubmitResponse, WatchRequest,
+    CancelRequest, CancelResponse, DeleteRequest, DeleteResponse, Event, GetResultsRequest,
+    ListAgentsRequest, ListAgentsResponse, ListRunsRequest, ListRunsResponse, ResultChunk,
+    RetryRequest, RetryResponse, RunState, RunStatus, StatusRequest, SubmitRequest, SubmitResponse,
+    WatchRequest,
 };
 
 use crate::error::Error;
 use crate::gateway::Sessions;
-use crate::store::Store;
+use crate::store::{RunFilter, Store};
 
 /// Most runs one ListRuns returns.
 pub const MAX_LIST: u32 = 1_000;
@@ -128,6 +129,19 @@ impl ControlPlane for Control {
     ) -> Result<Response<CancelResponse>, Status> {
         let req = request.get_ref();
         let state = self.store.cancel(&req.run_id, &req.reason).await?;
+        // Its undelivered tasks leave the stream in the background; delivered
+        // ones are dropped by their agents.
+        let (store, run_id) = (self.store.clone(), req.run_id.clone());
+        tokio::spawn(async move {
+            match store.purge_cancelled_tasks(&run_id).await {
+                Ok(n) => {
+                    tracing::debug!(run = %run_id, tasks = n, "cancelled run's queued tasks removed")
+                }
+                Err(e) => {
+                    tracing::warn!(run = %run_id, error = %e, "cancelled run's queued tasks not removed; agents drop them as they read them")
+                }
+            }
+        });
         // This replica's agents at once; the others' through Redis pub/sub.
         self.sessions.broadcast_cancel(&req.run_id);
         if let Err(e) = self
@@ -147,7 +161,8 @@ impl ControlPlane for Control {
         &self,
         request: Request<ListRunsRequest>,
     ) -> Result<Response<ListRunsResponse>, Status> {
-        let limit = match request.get_ref().limit {
+        let req = request.get_ref();
+        let limit = match req.limit {
             0 => 50,
             n if n <= MAX_LIST => n,
             n => {
@@ -156,8 +171,49 @@ impl ControlPlane for Control {
                 )
             }
         };
+        let mut states = Vec::with_capacity(req.states.len());
+        for s in &req.states {
+            match RunState::try_from(*s) {
+                Ok(st) if st != RunState::Unspecified => states.push(st),
+                _ => {
+                    return Err(Error::invalid(
+                        "states",
+                        format!(
+                        "unknown state {s}; use QUEUED, RUNNING, SUCCEEDED, FAILED or CANCELLED"
+                    ),
+                    )
+                    .into())
+                }
+            }
+        }
+        if req.name_contains.chars().count() > crate::store::MAX_NAME {
+            return Err(Error::invalid(
+                "name_contains",
+                format!("at most {} characters", crate::store::MAX_NAME),
+            )
+            .into());
+        }
+        const MAX_AGE_S: u64 = 100 * 365 * 24 * 3_600;
+        for (field, v) in [("max_age_s", req.max_age_s), ("min_age_s", req.min_age_s)] {
+            if v > MAX_AGE_S {
+                return Err(
+                    Error::invalid(field, format!("must be in 0..={MAX_AGE_S}, got {v}")).into(),
+                );
+            }
+        }
+        let age = |s: u64| (s > 0).then(|| std::time::Duration::from_secs(s));
+        let filter = RunFilter {
+            limit: limit as usize,
+            states,
+            name_contains: req.name_contains.to_lowercase(),
+            max_age: age(req.max_age_s),
+            min_age: age(req.min_age_s),
+            after: (!req.page_token.is_empty()).then(|| req.page_token.clone()),
+        };
+        let (runs, next_page_token) = self.store.list_runs(&filter).await?;
         Ok(Response::new(ListRunsResponse {
-            runs: self.store.list_runs(limit).await?,
+            runs,
+            next_page_token,
         }))
     }
 
@@ -186,6 +242,16 @@ impl ControlPlane for Control {
         let (n, state) = self.store.retry(&request.get_ref().run_id).await?;
         Ok(Response::new(RetryResponse {
             chunks_requeued: n,
+            state: state as i32,
+        }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        let state = self.store.delete(&request.get_ref().run_id).await?;
+        Ok(Response::new(DeleteResponse {
             state: state as i32,
         }))
     }

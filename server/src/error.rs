@@ -16,6 +16,17 @@ pub enum Error {
     /// No such run.
     #[error("run {0} not found")]
     RunNotFound(String),
+    /// The run existed but its data was removed: its retention ended
+    /// (`why` = "expired") or it was deleted.
+    #[error("run {run_id} {}: its data was removed at {}", if why == "expired" { "expired (its retention ended)" } else { "was deleted" }, humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(*at_ms)))]
+    RunGone {
+        /// Run id.
+        run_id: String,
+        /// `expired` or `deleted`.
+        why: String,
+        /// When its data was removed, ms since the Unix epoch.
+        at_ms: u64,
+    },
     /// The operation does not apply to the run's current state.
     #[error("{0}")]
     FailedPrecondition(String),
@@ -54,7 +65,7 @@ impl From<Error> for tonic::Status {
         use tonic::Status;
         match e {
             Error::InvalidArgument { .. } => Status::invalid_argument(e.to_string()),
-            Error::RunNotFound(_) => Status::not_found(e.to_string()),
+            Error::RunNotFound(_) | Error::RunGone { .. } => Status::not_found(e.to_string()),
             Error::FailedPrecondition(_) => Status::failed_precondition(e.to_string()),
             Error::ResourceExhausted(_) => Status::resource_exhausted(e.to_string()),
             // Whether a retry can help decides the code: a dropped connection,

@@ -120,6 +120,24 @@ async fn collect_metrics(store: Arc<store::Store>, stop: CancellationToken) {
     }
 }
 
+/// Every `interval`, remove the runs whose retention has ended. Every replica
+/// runs one; the purge script makes their work idempotent.
+async fn janitor(store: Arc<store::Store>, interval: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match store.expire_due().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(runs = n, "janitor removed expired runs"),
+            Err(e) => tracing::warn!(error = %e, "janitor: expiring runs failed; will retry"),
+        }
+    }
+}
+
 /// Push cancels published by other replicas to the agents this one holds.
 async fn cancel_listener(
     store: Arc<store::Store>,
@@ -193,6 +211,16 @@ pub async fn run(
     ));
     if config.metrics_addr.is_some() {
         tokio::spawn(collect_metrics(store.clone(), shutdown.clone()));
+    }
+    tokio::spawn(janitor(
+        store.clone(),
+        config.janitor_interval,
+        shutdown.clone(),
+    ));
+    {
+        // Not awaited: a Redis that is down at start must not delay serving.
+        let store = store.clone();
+        tokio::spawn(async move { store.check_eviction_policy().await });
     }
     let auth = match &config.tokens_file {
         Some(path) => {

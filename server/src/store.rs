@@ -48,8 +48,39 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 const SUBMIT_BATCH: u64 = 2_000;
 /// Longest a Watch blocks in XREAD before it checks the run and the client.
 const WATCH_BLOCK: Duration = Duration::from_millis(1_000);
-/// Chunks fetched per HMGET when streaming results.
+/// Most chunks fetched per HMGET when streaming results…
 const RESULTS_BATCH: u64 = 256;
+/// …and about this many bytes of values per HMGET, so a run of large chunks
+/// (10^6 parameters = 8 MB each) does not make the server hold 256 of them.
+const RESULTS_BATCH_BYTES: u64 = 2 * 1024 * 1024;
+/// Tombstones of removed runs are kept this long…
+const GONE_KEEP: Duration = Duration::from_secs(30 * 24 * 3_600);
+/// …and at most this many (newest kept).
+const GONE_MAX: u64 = 100_000;
+/// Runs the janitor removes per Redis round trip.
+const EXPIRE_BATCH: usize = 100;
+/// Run records one ListRuns call reads at most while filtering; past it the
+/// page ends early with a token to continue.
+const LIST_SCAN: usize = 10_000;
+/// Task entries read per XRANGE when purging a cancelled run's tasks.
+const PURGE_SCAN: usize = 1_000;
+
+/// What ListRuns selects.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    /// Most runs to return.
+    pub limit: usize,
+    /// Only these states (empty: all).
+    pub states: Vec<RunState>,
+    /// Only names containing this, lower-cased (empty: all).
+    pub name_contains: String,
+    /// Only runs submitted at most this long ago.
+    pub max_age: Option<Duration>,
+    /// Only runs submitted at least this long ago.
+    pub min_age: Option<Duration>,
+    /// Continue after this run id (the previous page's token).
+    pub after: Option<String>,
+}
 
 /// A Submit request that passed validation, defaults filled in.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,6 +99,8 @@ pub struct ValidSubmit {
     pub max_attempts: u32,
     /// Run name.
     pub name: String,
+    /// Milliseconds the run's data is kept after it ends.
+    pub retention_ms: u64,
 }
 
 /// Check a Submit request; errors name the field and the allowed range.
@@ -122,7 +155,7 @@ pub fn validate_submit(
         return Err(Error::invalid(
             "chunk_size",
             format!(
-                                "{} params in chunks of {chunk_size} make {chunks} chunks; at most {max_chunks} chunks per run are allowed (use chunk_size >= {})",
+                "{} params in chunks of {chunk_size} make {chunks} chunks; at most {max_chunks} chunks per run are allowed (use chunk_size >= {})",
                 req.params,
                 req.params.div_ceil(max_chunks)
             ),
@@ -164,7 +197,18 @@ pub fn validate_submit(
             format!("must be at most {MAX_NAME} printable characters"),
         ));
     }
+    let max_keep = limits.max_run_retention.as_secs().max(1);
+    let retention_s = req
+        .retention_s
+        .unwrap_or_else(|| limits.run_retention.as_secs().max(1));
+    if !(1..=max_keep).contains(&retention_s) {
+        return Err(Error::invalid(
+            "retention_s",
+            format!("must be in 1..={max_keep} seconds (--max-run-retention), got {retention_s}"),
+        ));
+    }
     Ok(ValidSubmit {
+        retention_ms: retention_s * 1_000,
         params: req.params,
         chunk_size,
         chunks,
@@ -315,6 +359,7 @@ impl Store {
             name: v.name.clone(),
             created_ms: created,
             traceparent: traceparent.clone(),
+            retention_ms: v.retention_ms,
         };
         let tasks_key = self.keys.tasks(&v.kernel);
         self.ensure_group(&tasks_key).await?;
@@ -348,6 +393,7 @@ impl Store {
                     ("sum", b"0".to_vec()),
                     ("created_ms", created.to_string().into_bytes()),
                     ("enqueued", b"0".to_vec()),
+                    ("retention_ms", v.retention_ms.to_string().into_bytes()),
                 ],
             )
             .ignore()
@@ -413,7 +459,7 @@ impl Store {
             )
             .await?;
         if h.is_empty() {
-            return Err(Error::RunNotFound(run_id.to_string()));
+            return Err(self.not_found(run_id).await);
         }
         Ok(h)
     }
@@ -430,7 +476,9 @@ impl Store {
                     .query_async(&mut c),
             )
             .await?;
-        let b = b.ok_or_else(|| Error::RunNotFound(run_id.to_string()))?;
+        let Some(b) = b else {
+            return Err(self.not_found(run_id).await);
+        };
         Ok(decode_spec(&b)?)
     }
 
@@ -491,12 +539,13 @@ impl Store {
                 .key(self.keys.events(run_id))
                 .key(&tasks)
                 .key(self.keys.stats())
+                .key(self.keys.expiring())
                 .arg(run_id)
                 .arg(BATCH);
             let (n, state, read): (i64, String, usize) =
                 self.timed(inv.invoke_async(&mut c)).await?;
             match n {
-                -1 => return Err(Error::RunNotFound(run_id.to_string())),
+                -1 => return Err(self.not_found(run_id).await),
                 -2 => {
                     return Err(Error::FailedPrecondition(format!(
                         "run {run_id} is {state}: only a FAILED or RUNNING run has dead chunks to retry"
@@ -642,6 +691,29 @@ impl Store {
                 metrics::gauge!("ttg_queue_lag", "kernel" => k.name).set(num("lag"));
             }
         }
+        // Redis memory, for sizing and alerting (see docs/operations.md).
+        let info: String = self
+            .timed(redis::cmd("INFO").arg("memory").query_async(&mut c))
+            .await?;
+        for line in info.lines() {
+            let (k, v) = line.split_once(':').unwrap_or_default();
+            let name = match k {
+                "used_memory" => "ttg_redis_used_memory_bytes",
+                "maxmemory" => "ttg_redis_maxmemory_bytes",
+                _ => continue,
+            };
+            if let Ok(v) = v.trim().parse::<f64>() {
+                metrics::gauge!(name).set(v);
+            }
+        }
+        let runs: u64 = self
+            .timed(
+                redis::cmd("ZCARD")
+                    .arg(self.keys.runs())
+                    .query_async(&mut c),
+            )
+            .await?;
+        metrics::gauge!("ttg_runs_stored").set(runs as f64);
         Ok(())
     }
 
@@ -731,10 +803,12 @@ return 1
         let mut inv = self.scripts.cancel.key(self.keys.run(run_id));
         inv.key(self.keys.events(run_id))
             .key(self.keys.stats())
-            .arg(body);
+            .key(self.keys.expiring())
+            .arg(body)
+            .arg(run_id);
         let (changed, state): (i64, String) = self.timed(inv.invoke_async(&mut c)).await?;
         if state.is_empty() {
-            return Err(Error::RunNotFound(run_id.to_string()));
+            return Err(self.not_found(run_id).await);
         }
         let s = parse_state(&state);
         if changed != 1 {
@@ -747,40 +821,289 @@ return 1
         Ok(s)
     }
 
-    /// The newest `limit` runs, newest first.
-    pub async fn list_runs(&self, limit: u32) -> Result<Vec<RunStatus>> {
-        let mut c = self.conn();
-        let ids: Vec<String> = self
-            .timed(
-                redis::cmd("ZREVRANGE")
-                    .arg(self.keys.runs())
-                    .arg(0)
-                    .arg(limit.saturating_sub(1))
-                    .query_async(&mut c),
-            )
-            .await?;
-        if ids.is_empty() {
-            // An empty pipeline answers nil, not an empty list.
-            return Ok(Vec::new());
-        }
-        let mut p = redis::pipe();
-        for id in &ids {
-            p.cmd("HGETALL").arg(self.keys.run(id));
-        }
-        let hashes: Vec<HashMap<String, Vec<u8>>> = self.timed(p.query_async(&mut c)).await?;
-        let agents = self.live_agents().await?;
+    /// Runs matching `f`, newest first, and the token of the next page ("" if
+    /// none). The runs index is scored by submit time, which is also the
+    /// prefix of every run id, so a page token is just the last run id seen:
+    /// pages stay stable while runs are added or removed.
+    pub async fn list_runs(&self, f: &RunFilter) -> Result<(Vec<RunStatus>, String)> {
         let now = now_ms();
-        let mut out = Vec::with_capacity(ids.len());
-        for h in hashes.iter().filter(|h| !h.is_empty()) {
-            match run_status_from_hash(h, now) {
-                Ok(mut st) => {
-                    self.annotate(&mut st, &agents);
-                    out.push(st)
+        let upper_ms = f.min_age.map(|a| now - a.as_millis() as i64);
+        let lower = match f.max_age {
+            Some(a) => (now - a.as_millis() as i64).to_string(),
+            None => "-inf".to_string(),
+        };
+        let after = match &f.after {
+            Some(id) => {
+                let ms = ttg_proto::keys::run_id_ms(id)
+                    .filter(|_| valid_run_id(id))
+                    .ok_or_else(|| {
+                        Error::invalid("page_token", "not a token from a previous ListRuns")
+                    })?;
+                Some((ms, id.clone()))
+            }
+            None => None,
+        };
+        let upper = match (upper_ms, &after) {
+            (Some(u), Some((a, _))) => u.min(*a).to_string(),
+            (Some(u), None) => u.to_string(),
+            (None, Some((a, _))) => a.to_string(),
+            (None, None) => "+inf".to_string(),
+        };
+        let agents = self.live_agents().await?;
+        let mut c = self.conn();
+        let mut out = Vec::new();
+        let (mut offset, mut scanned) = (0usize, 0usize);
+        let mut last_seen: Option<String> = None;
+        const BATCH: usize = 200;
+        loop {
+            let items: Vec<(String, f64)> = self
+                .timed(
+                    redis::cmd("ZREVRANGEBYSCORE")
+                        .arg(self.keys.runs())
+                        .arg(&upper)
+                        .arg(&lower)
+                        .arg("WITHSCORES")
+                        .arg("LIMIT")
+                        .arg(offset)
+                        .arg(BATCH)
+                        .query_async(&mut c),
+                )
+                .await?;
+            offset += items.len();
+            // Equal scores come in reverse id order: those not below the
+            // token were on earlier pages.
+            let ids: Vec<String> = items
+                .iter()
+                .filter(|(id, score)| match &after {
+                    Some((ms, tok)) => !(*score as i64 == *ms && id >= tok),
+                    None => true,
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            if !ids.is_empty() {
+                let mut p = redis::pipe();
+                for id in &ids {
+                    p.cmd("HGETALL").arg(self.keys.run(id));
                 }
-                Err(e) => tracing::warn!(error = %e, "skipping corrupt run record"),
+                let hashes: Vec<HashMap<String, Vec<u8>>> =
+                    self.timed(p.query_async(&mut c)).await?;
+                for (id, h) in ids.iter().zip(hashes) {
+                    scanned += 1;
+                    last_seen = Some(id.clone());
+                    if h.is_empty() {
+                        continue; // removed since the index was read
+                    }
+                    let mut st = match run_status_from_hash(&h, now) {
+                        Ok(st) => st,
+                        Err(e) => {
+                            tracing::warn!(run = %id, error = %e, "skipping corrupt run record");
+                            continue;
+                        }
+                    };
+                    let state = RunState::try_from(st.state).unwrap_or(RunState::Unspecified);
+                    if !f.states.is_empty() && !f.states.contains(&state) {
+                        continue;
+                    }
+                    let name = st.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("");
+                    if !f.name_contains.is_empty()
+                        && !name.to_lowercase().contains(&f.name_contains)
+                    {
+                        continue;
+                    }
+                    self.annotate(&mut st, &agents);
+                    out.push(st);
+                    if out.len() == f.limit {
+                        // More may follow: the client asks with this token.
+                        return Ok((out, id.clone()));
+                    }
+                }
+            }
+            if items.len() < BATCH {
+                return Ok((out, String::new()));
+            }
+            if scanned >= LIST_SCAN {
+                return Ok((out, last_seen.unwrap_or_default()));
             }
         }
-        Ok(out)
+    }
+
+    /// The error for a run that is not in Redis: [`Error::RunGone`] if its
+    /// tombstone says it expired or was deleted, else [`Error::RunNotFound`].
+    pub async fn not_found(&self, run_id: &str) -> Error {
+        let mut c = self.conn();
+        let scores: Result<Vec<Option<f64>>> = self
+            .timed(
+                redis::cmd("ZMSCORE")
+                    .arg(self.keys.gone())
+                    .arg(format!("{run_id}:expired"))
+                    .arg(format!("{run_id}:deleted"))
+                    .query_async(&mut c),
+            )
+            .await;
+        let (expired, deleted) = match scores.as_deref() {
+            Ok([e, d]) => (*e, *d),
+            _ => (None, None),
+        };
+        match (expired, deleted) {
+            (Some(at), _) => Error::RunGone {
+                run_id: run_id.to_string(),
+                why: "expired".into(),
+                at_ms: at as u64,
+            },
+            (None, Some(at)) => Error::RunGone {
+                run_id: run_id.to_string(),
+                why: "deleted".into(),
+                at_ms: at as u64,
+            },
+            _ => Error::RunNotFound(run_id.to_string()),
+        }
+    }
+
+    /// Run the purge script for one run; `why` is `expired` or `deleted`.
+    async fn purge(&self, run_id: &str, why: &str) -> Result<(i64, String)> {
+        let mut inv = self.scripts.purge.prepare_invoke();
+        for k in self.keys.purge_keys(run_id) {
+            inv.key(k);
+        }
+        inv.arg(run_id)
+            .arg(why)
+            .arg(now_ms())
+            .arg(GONE_KEEP.as_millis() as u64)
+            .arg(GONE_MAX);
+        let mut c = self.conn();
+        self.timed(inv.invoke_async(&mut c)).await
+    }
+
+    /// Remove a finished run's data now. A QUEUED or RUNNING run is
+    /// [`Error::FailedPrecondition`]: it must be cancelled first.
+    pub async fn delete(&self, run_id: &str) -> Result<RunState> {
+        check_run_id(run_id)?;
+        let (code, state) = self.purge(run_id, "deleted").await?;
+        match code {
+            1 => {
+                tracing::info!(run = %run_id, "run deleted");
+                Ok(parse_state(&state))
+            }
+            -2 => Err(Error::FailedPrecondition(format!(
+                "run {run_id} is {state}: cancel it first (ttgctl cancel {run_id}); only a finished run can be deleted"
+            ))),
+            _ => Err(self.not_found(run_id).await),
+        }
+    }
+
+    /// Remove every run whose retention has ended. Safe on several replicas
+    /// at once: the purge script re-checks each run's expiry time.
+    pub async fn expire_due(&self) -> Result<usize> {
+        let mut removed = 0;
+        loop {
+            let mut c = self.conn();
+            let due: Vec<String> = self
+                .timed(
+                    redis::cmd("ZRANGEBYSCORE")
+                        .arg(self.keys.expiring())
+                        .arg("-inf")
+                        .arg(now_ms())
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(EXPIRE_BATCH)
+                        .query_async(&mut c),
+                )
+                .await?;
+            for id in &due {
+                if !valid_run_id(id) {
+                    self.timed(
+                        redis::cmd("ZREM")
+                            .arg(self.keys.expiring())
+                            .arg(id)
+                            .query_async::<()>(&mut c),
+                    )
+                    .await?;
+                    continue;
+                }
+                let (code, _) = self.purge(id, "expired").await?;
+                if code == 1 {
+                    removed += 1;
+                    tracing::info!(run = %id, "run expired: its data was removed");
+                }
+            }
+            if due.len() < EXPIRE_BATCH {
+                return Ok(removed);
+            }
+        }
+    }
+
+    /// Delete a cancelled run's task entries that no agent was delivered yet,
+    /// so they do not wait in the stream for an agent to read and drop them
+    /// (a run of a kernel no agent offers would keep them forever). Returns
+    /// how many were deleted.
+    pub async fn purge_cancelled_tasks(&self, run_id: &str) -> Result<u64> {
+        let spec = self.spec(run_id).await?;
+        let stream = self.keys.tasks(&spec.kernel);
+        let mut c = self.conn();
+        let mut from = "-".to_string();
+        let mut deleted = 0u64;
+        loop {
+            let page: redis::streams::StreamRangeReply = self
+                .timed(
+                    redis::cmd("XRANGE")
+                        .arg(&stream)
+                        .arg(&from)
+                        .arg("+")
+                        .arg("COUNT")
+                        .arg(PURGE_SCAN)
+                        .query_async(&mut c),
+                )
+                .await?;
+            let mine: Vec<&str> = page
+                .ids
+                .iter()
+                .filter(|e| match e.map.get(TASK_FIELD) {
+                    Some(Value::BulkString(b)) => {
+                        stream::decode_task(b).is_ok_and(|t| t.run_id == run_id)
+                    }
+                    _ => false,
+                })
+                .map(|e| e.id.as_str())
+                .collect();
+            if !mine.is_empty() {
+                let mut inv = self.scripts.purge_tasks.key(&stream);
+                inv.arg(GROUP).arg(&mine);
+                let n: u64 = self.timed(inv.invoke_async(&mut c)).await?;
+                deleted += n;
+            }
+            match page.ids.last() {
+                Some(last) if page.ids.len() == PURGE_SCAN => from = format!("({}", last.id),
+                _ => return Ok(deleted),
+            }
+        }
+    }
+
+    /// Warn when Redis may evict keys: TTG's streams, pending lists and
+    /// results must never be evicted, so `maxmemory-policy` must be
+    /// `noeviction`. Returns the policy, or None if Redis does not say
+    /// (managed Redis often disables CONFIG).
+    pub async fn check_eviction_policy(&self) -> Option<String> {
+        let mut c = self.conn();
+        let reply: Result<Vec<String>> = self
+            .timed(
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("maxmemory-policy")
+                    .query_async(&mut c),
+            )
+            .await;
+        let policy = match reply {
+            Ok(v) => v.get(1).cloned()?,
+            Err(e) => {
+                tracing::info!(error = %e, "cannot read Redis maxmemory-policy (CONFIG disabled?); make sure it is noeviction");
+                return None;
+            }
+        };
+        if policy != "noeviction" {
+            tracing::warn!(policy = %policy,
+                "Redis maxmemory-policy is {policy:?}, not \"noeviction\": under memory pressure Redis may evict TTG's tasks, pending entries or results and lose chunks; set `maxmemory-policy noeviction` (see docs/operations.md)");
+        }
+        Some(policy)
     }
 
     /// Kernels live agents offer, with their declarations and who offers them.
@@ -967,7 +1290,7 @@ return 1
                     )
                     .await?;
                 match state {
-                    None => return Err(Error::RunNotFound(run_id.to_string())),
+                    None => return Err(self.not_found(run_id).await),
                     Some(s) if is_finished(parse_state(&s)) => {
                         // The terminal event may have landed between XREAD and
                         // HGET: read once more without blocking before ending.
@@ -1010,9 +1333,10 @@ return 1
         let spec = self.spec(run_id).await?;
         let key = self.keys.results(run_id);
         let mut c = self.conn();
+        let batch = (RESULTS_BATCH_BYTES / (spec.chunk_size.max(1) * 8)).clamp(1, RESULTS_BATCH);
         let mut first = 0;
         while first < spec.total_chunks {
-            let last = (first + RESULTS_BATCH).min(spec.total_chunks);
+            let last = (first + batch).min(spec.total_chunks);
             let idx: Vec<u64> = (first..last).collect();
             let vals: Vec<Option<Vec<u8>>> = self
                 .timed(redis::cmd("HMGET").arg(&key).arg(&idx).query_async(&mut c))

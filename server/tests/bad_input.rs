@@ -5,13 +5,13 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use tonic::Code;
 use ttg_proto::v1::{
-    CancelRequest, GetResultsRequest, ListRunsRequest, StatusRequest, SubmitRequest, WatchRequest,
+    CancelRequest, DeleteRequest, GetResultsRequest, ListRunsRequest, StatusRequest, SubmitRequest,
+    WatchRequest,
 };
 
 struct Case {
@@ -38,6 +38,7 @@ fn req(
             .collect(),
         max_attempts: attempts,
         name: String::new(),
+        retention_s: None,
     }
 }
 
@@ -109,21 +110,17 @@ fn cases() -> Vec<Case> {
             cli: vec!["--params", "10", "--max-attempts", "101"],
             needle: "max_attempts: must be in 1..=100, got 101",
         },
+        Case {
+            what: "retention past the maximum",
+            req: SubmitRequest {
+                retention_s: Some(366 * 86_400),
+                ..req(10, None, "", &[], None)
+            },
+            cli: vec!["--params", "10", "--retention", "366d"],
+            needle:
+                "retention_s: must be in 1..=31536000 seconds (--max-run-retention), got 31622400",
+        },
     ]
-}
-
-fn ttgctl(server: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin("ttgctl"))
-        .arg("--server")
-        .arg(server)
-        .args(args)
-        .output()
-        .expect("run ttgctl");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,7 +163,10 @@ async fn every_bad_submit_is_invalid_argument_naming_field_and_range_and_ttgctl_
     }
     // Nothing was queued by any rejected request.
     let runs = c
-        .list_runs(ListRunsRequest { limit: 10 })
+        .list_runs(ListRunsRequest {
+            limit: 10,
+            ..Default::default()
+        })
         .await
         .expect("runs")
         .into_inner()
@@ -184,7 +184,10 @@ async fn every_bad_submit_is_invalid_argument_naming_field_and_range_and_ttgctl_
     }
     // ListRuns limit out of range.
     let e = c
-        .list_runs(ListRunsRequest { limit: 1_001 })
+        .list_runs(ListRunsRequest {
+            limit: 1_001,
+            ..Default::default()
+        })
         .await
         .expect_err("limit");
     assert_eq!(e.code(), Code::InvalidArgument);
@@ -193,6 +196,43 @@ async fn every_bad_submit_is_invalid_argument_naming_field_and_range_and_ttgctl_
         "{}",
         e.message()
     );
+    // ListRuns filters out of range, and a page token that is not one.
+    for (bad, needle) in [
+        (
+            ListRunsRequest {
+                states: vec![42],
+                ..Default::default()
+            },
+            "states: unknown state 42",
+        ),
+        (
+            ListRunsRequest {
+                page_token: "not a token!".into(),
+                ..Default::default()
+            },
+            "page_token: not a token from a previous ListRuns",
+        ),
+        (
+            ListRunsRequest {
+                max_age_s: u64::MAX,
+                ..Default::default()
+            },
+            "max_age_s: must be in 0..=",
+        ),
+    ] {
+        let e = c.list_runs(bad).await.expect_err(needle);
+        assert_eq!(e.code(), Code::InvalidArgument, "{needle}");
+        assert!(e.message().contains(needle), "{}", e.message());
+    }
+    // ttgctl's own checks: a retention under a second, an unknown state.
+    for bad in [
+        vec!["submit", "--params", "10", "--retention", "500ms"],
+        vec!["runs", "--state", "finished"],
+        vec!["runs", "--limit", "0"],
+    ] {
+        let (code, _, err) = ttgctl(&server.url, &bad);
+        assert_eq!(code, 2, "{bad:?}: {err}");
+    }
     server.stop().await;
 }
 
@@ -229,6 +269,12 @@ async fn unknown_and_malformed_run_ids() {
         .await
         .expect_err("results");
     assert_eq!(e.code(), Code::NotFound);
+    let e = c
+        .delete(DeleteRequest { run_id: id.clone() })
+        .await
+        .expect_err("delete");
+    assert_eq!(e.code(), Code::NotFound);
+    assert!(e.message().contains("not found"), "{}", e.message());
     for bad in ["", "a b", "../../etc", &"x".repeat(65)] {
         let e = c
             .status(StatusRequest {

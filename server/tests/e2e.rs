@@ -354,15 +354,7 @@ async fn a_chunk_completed_twice_is_counted_once() {
                 }),
             );
             let mut inv = script.prepare_invoke();
-            for k in [
-                keys.run(&run_id),
-                keys.done(&run_id),
-                keys.results(&run_id),
-                keys.events(&run_id),
-                tasks.clone(),
-                keys.dead_bits(&run_id),
-                keys.stats(),
-            ] {
+            for k in keys.complete_keys(&run_id, &tasks) {
                 inv.key(k);
             }
             inv.arg(GROUP)

@@ -40,6 +40,7 @@ fn exec_req(
         args,
         max_attempts: Some(attempts),
         name: "exec-test".into(),
+        retention_s: None,
     }
 }
 

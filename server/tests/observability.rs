@@ -243,6 +243,11 @@ async fn one_trace_per_run_metrics_move_and_logs_join_traces() {
         sm.contains("ttg_queue_lag{kernel=\"placeholder\"} 0"),
         "{sm}"
     );
+    assert!(
+        sample(&sm, "ttg_redis_used_memory_bytes").is_some_and(|b| b > 0.0),
+        "{sm}"
+    );
+    assert_eq!(sample(&sm, "ttg_runs_stored"), Some(1.0), "{sm}");
     let mut computed = 0.0;
     for m in &agent_metrics[..2] {
         let t = scrape(*m).await;

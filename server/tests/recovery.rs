@@ -418,15 +418,7 @@ async fn kernel_errors_retry_then_dead_letter_and_a_late_result_rescues() {
                 )
             };
             let mut inv = script.prepare_invoke();
-            for k in [
-                keys.run(&run_id),
-                keys.done(&run_id),
-                keys.dead_bits(&run_id),
-                keys.dead_letters(&run_id),
-                keys.events(&run_id),
-                tasks.clone(),
-                keys.stats(),
-            ] {
+            for k in keys.fail_keys(&run_id, &tasks) {
                 inv.key(k);
             }
             inv.arg(GROUP)
@@ -470,15 +462,7 @@ async fn kernel_errors_retry_then_dead_letter_and_a_late_result_rescues() {
                 }),
             );
             let mut inv = script.prepare_invoke();
-            for k in [
-                keys.run(&run_id),
-                keys.done(&run_id),
-                keys.results(&run_id),
-                keys.events(&run_id),
-                tasks.clone(),
-                keys.dead_bits(&run_id),
-                keys.stats(),
-            ] {
+            for k in keys.complete_keys(&run_id, &tasks) {
                 inv.key(k);
             }
             let mn = values.iter().copied().fold(f64::INFINITY, f64::min);
@@ -524,6 +508,16 @@ async fn kernel_errors_retry_then_dead_letter_and_a_late_result_rescues() {
         (0, 2)
     );
     assert_eq!(st.dead_chunks[0].error, "boom");
+    // A FAILED run has ended: its retention runs (default 7 days)...
+    let week = 7 * 24 * 3_600 * 1_000;
+    assert_eq!(st.expires_ms, st.finished_ms + week);
+    let expiring = ttg_proto::keys::Keys::new(&p).expiring();
+    let scheduled: Option<f64> = redis::cmd("ZSCORE")
+        .arg(&expiring)
+        .arg(&run.run_id)
+        .query(&mut redis.conn())
+        .expect("zscore");
+    assert_eq!(scheduled, Some(st.expires_ms as f64));
     // Retry: attempt 1 again, RUNNING again.
     let r = c
         .retry(RetryRequest {
@@ -536,6 +530,15 @@ async fn kernel_errors_retry_then_dead_letter_and_a_late_result_rescues() {
     let third = read(10).await;
     assert_eq!(third.len(), 1);
     assert_eq!(third[0].2, 1, "fresh attempts");
+    // ...and stops while it runs again: nothing may expire a live run.
+    let st = status(&mut c, &run.run_id).await;
+    assert_eq!((st.expires_ms, st.finished_ms), (0, 0));
+    let scheduled: Option<f64> = redis::cmd("ZSCORE")
+        .arg(&expiring)
+        .arg(&run.run_id)
+        .query(&mut redis.conn())
+        .expect("zscore");
+    assert_eq!(scheduled, None);
     assert_eq!(
         complete(third[0].0.clone(), third[0].1.clone()).await,
         Completion::Counted(RunState::Succeeded)

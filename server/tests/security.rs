@@ -201,7 +201,13 @@ async fn every_method_checks_the_token_and_its_role() {
                 .await
                 .map(|_| ()),
             "ListRuns" => c
-                .list_runs(with_token(ListRunsRequest { limit: 5 }, token))
+                .list_runs(with_token(
+                    ListRunsRequest {
+                        limit: 5,
+                        ..Default::default()
+                    },
+                    token,
+                ))
                 .await
                 .map(|_| ()),
             "ListAgents" => c
@@ -326,15 +332,27 @@ async fn every_method_checks_the_token_and_its_role() {
     wait_until("rotated token accepted", Duration::from_secs(15), || {
         let mut c = c.clone();
         async move {
-            c.list_runs(with_token(ListRunsRequest { limit: 1 }, Some(new_reader)))
-                .await
-                .ok()
-                .map(|_| ())
+            c.list_runs(with_token(
+                ListRunsRequest {
+                    limit: 1,
+                    ..Default::default()
+                },
+                Some(new_reader),
+            ))
+            .await
+            .ok()
+            .map(|_| ())
         }
     })
     .await;
     let e = c
-        .list_runs(with_token(ListRunsRequest { limit: 1 }, Some(READER)))
+        .list_runs(with_token(
+            ListRunsRequest {
+                limit: 1,
+                ..Default::default()
+            },
+            Some(READER),
+        ))
         .await
         .expect_err("old token");
     assert_eq!(e.code(), Code::Unauthenticated);
@@ -342,7 +360,13 @@ async fn every_method_checks_the_token_and_its_role() {
     std::fs::write(&tokens, "admin nonsense\n").expect("break");
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert!(c
-        .list_runs(with_token(ListRunsRequest { limit: 1 }, Some(new_reader)))
+        .list_runs(with_token(
+            ListRunsRequest {
+                limit: 1,
+                ..Default::default()
+            },
+            Some(new_reader)
+        ))
         .await
         .is_ok());
 
@@ -526,7 +550,10 @@ async fn limits_answer_with_the_limit_named() {
     );
     // Cancelling one frees a slot (the scripts keep the count).
     let runs = c
-        .list_runs(ListRunsRequest { limit: 5 })
+        .list_runs(ListRunsRequest {
+            limit: 5,
+            ..Default::default()
+        })
         .await
         .expect("runs")
         .into_inner()
@@ -663,7 +690,10 @@ async fn redis_with_a_password_and_no_password_in_logs() {
     );
     let mut cb = control(&bad.url).await;
     let e = cb
-        .list_runs(ListRunsRequest { limit: 1 })
+        .list_runs(ListRunsRequest {
+            limit: 1,
+            ..Default::default()
+        })
         .await
         .expect_err("wrong password");
     assert!(
@@ -826,7 +856,10 @@ async fn rediss_with_a_private_ca() {
     let mut cu = control(&untrusting.url).await;
     let t = std::time::Instant::now();
     let e = cu
-        .list_runs(ListRunsRequest { limit: 1 })
+        .list_runs(ListRunsRequest {
+            limit: 1,
+            ..Default::default()
+        })
         .await
         .expect_err("untrusted");
     assert!(

@@ -354,6 +354,7 @@ pub fn submit_req(params: u64, chunk_size: u64, work_ms: u64) -> SubmitRequest {
             .collect(),
         max_attempts: None,
         name: "test".into(),
+        retention_s: None,
     }
 }
 
@@ -649,4 +650,19 @@ pub fn assert_exactly_once(events: &[Event], params: u64, chunks: u64) {
     let a = c.aggregate.expect("aggregate");
     assert_eq!(a.count, params);
     assert_eq!(cents(a.sum), cents(expected_sum(params)), "exact aggregate");
+}
+
+/// Run ttgctl against `server`: (exit code, stdout, stderr).
+pub fn ttgctl(server: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin("ttgctl"))
+        .arg("--server")
+        .arg(server)
+        .args(args)
+        .output()
+        .expect("run ttgctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
