@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""TTG benchmark suite: real redis-server, ttg-server and ttg-agent processes
-on this machine, driven through ttgctl. Prints a table and rewrites
-docs/benchmarks.md with the machine, the commit and the exact commands.
+"""TTG benchmark suite (P1-P6 and M1 of docs/benchmarks.md): real
+redis-server, ttg-server and ttg-agent processes on this machine, driven
+through ttgctl and ttg-loadgen. Prints a table and rewrites docs/benchmarks.md
+with the machine, the commit and the exact commands.
 
 Wall time of a run is taken from the run record itself: created_ms (server
 clock when Submit was accepted) to finished_ms (Redis clock when the last
-chunk's completion script ran) — submit to last result, with no client
+chunk's completion script ran) - submit to last result, with no client
 start-up in it. Every figure is the median of --reps runs in one session;
 this machine is shared and noisy, so compare ratios taken together.
 """
@@ -14,15 +15,17 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
-
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -40,10 +43,98 @@ def wait_port(port, within=15.0):
     raise SystemExit(f"nothing listening on {port} after {within}s")
 
 
+class Resp:
+    """A minimal Redis client (RESP2) so the suite needs no Python packages."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.f = self.sock.makefile("rb")
+
+    def call(self, *args):
+        out = [f"*{len(args)}\r\n".encode()]
+        for a in args:
+            b = a if isinstance(a, bytes) else str(a).encode()
+            out.append(f"${len(b)}\r\n".encode() + b + b"\r\n")
+        self.sock.sendall(b"".join(out))
+        return self._read()
+
+    def _read(self):
+        line = self.f.readline()[:-2]
+        t, rest = line[:1], line[1:]
+        if t == b"+":
+            return rest.decode()
+        if t == b"-":
+            raise RuntimeError(rest.decode())
+        if t == b":":
+            return int(rest)
+        if t == b"$":
+            n = int(rest)
+            if n < 0:
+                return None
+            data = self.f.read(n + 2)[:-2]
+            return data
+        if t == b"*":
+            n = int(rest)
+            return None if n < 0 else [self._read() for _ in range(n)]
+        raise RuntimeError(f"unexpected reply {line!r}")
+
+    def info(self, section, field):
+        text = self.call("INFO", section).decode()
+        m = re.search(rf"^{field}:(\S+)", text, re.M)
+        return int(m.group(1)) if m else None
+
+
+def rss_kb(pid):
+    """(VmRSS, VmHWM) of a process in KiB."""
+    try:
+        text = open(f"/proc/{pid}/status").read()
+    except OSError:
+        return (0, 0)
+    get = lambda k: int(re.search(rf"^{k}:\s+(\d+)", text, re.M).group(1))
+    return (get("VmRSS"), get("VmHWM"))
+
+
+def cpu_s(pid):
+    """User + system CPU seconds a process has used."""
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / CLK_TCK
+
+
+def mib(kb):
+    return f"{kb / 1024:.1f} MiB"
+
+
+class Sampler:
+    """Samples RSS of some processes (and Redis used_memory) every `period` s."""
+
+    def __init__(self, pids, redis_port=None, period=0.2):
+        self.pids, self.period = dict(pids), period
+        self.redis = Resp(redis_port) if redis_port else None
+        self.rss = {k: [] for k in self.pids}
+        self.redis_mem = []
+        self.stop_ev = threading.Event()
+        self.t = threading.Thread(target=self._loop, daemon=True)
+        self.t.start()
+
+    def _loop(self):
+        while not self.stop_ev.is_set():
+            for k, pid in self.pids.items():
+                r = rss_kb(pid)[0]
+                if r:
+                    self.rss[k].append(r)
+            if self.redis:
+                self.redis_mem.append(self.redis.info("memory", "used_memory"))
+            self.stop_ev.wait(self.period)
+
+    def stop(self):
+        self.stop_ev.set()
+        self.t.join()
+
+
 class Cluster:
     """redis-server + ttg-server + N agents, each a real process."""
 
-    def __init__(self, bindir, agents, concurrency, tmp):
+    def __init__(self, bindir, agents, concurrency, tmp, server_args=(), redis_args=()):
         self.bindir, self.tmp = bindir, tmp
         self.procs, self.agents = [], []
         self.redis_port, self.server_port = free_port(), free_port()
@@ -52,14 +143,16 @@ class Cluster:
         log = open(os.path.join(tmp, "redis.log"), "w")
         self.redis = subprocess.Popen(
             ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--dir", tmp,
-             "--save", "", "--appendonly", "yes"], stdout=log, stderr=log)
+             "--save", "", "--appendonly", "yes", *redis_args], stdout=log, stderr=log)
         self.procs.append(self.redis)
         wait_port(self.redis_port)
         env = dict(os.environ, RUST_LOG="warn")
         slog = open(os.path.join(tmp, "server.log"), "w")
-        self.procs.append(subprocess.Popen(
-                        [os.path.join(bindir, "ttg-server"), "--listen", f"127.0.0.1:{self.server_port}",
-             "--redis-url", self.redis_url, "--insecure-no-auth"], stdout=slog, stderr=slog, env=env))
+        self.server_proc = subprocess.Popen(
+            [os.path.join(bindir, "ttg-server"), "--listen", f"127.0.0.1:{self.server_port}",
+             "--redis-url", self.redis_url, "--insecure-no-auth", *server_args],
+            stdout=slog, stderr=slog, env=env)
+        self.procs.append(self.server_proc)
         wait_port(self.server_port)
         for i in range(agents):
             self.add_agent(i, concurrency, env)
@@ -92,19 +185,19 @@ class Cluster:
     def events(self, run_id):
         return [json.loads(l) for l in self.ctl("watch", run_id, "-o", "json").splitlines() if l.strip()]
 
-    def submit(self, params, chunk, work_ms):
+    def submit(self, params, chunk, work_ms, *extra):
         return json.loads(self.ctl("submit", "--params", str(params), "--chunk-size", str(chunk),
-                                   "--arg", f"work_ms={work_ms}", "-o", "json"))["run_id"]
+                                   "--arg", f"work_ms={work_ms}", "-o", "json", *extra))["run_id"]
 
     def status(self, run_id):
         return json.loads(self.ctl("status", run_id, "-o", "json"))
 
-    def ctl(self, *args):
+    def ctl(self, *args, check=True):
         out = subprocess.run([os.path.join(self.bindir, "ttgctl"), "--server", self.server, *args],
                              capture_output=True, text=True)
-        if out.returncode != 0:
+        if check and out.returncode != 0:
             raise SystemExit(f"ttgctl {' '.join(args)} failed ({out.returncode}): {out.stderr.strip()}")
-        return out.stdout
+        return out.stdout if check else out
 
     def wait_agents(self, n, within=15.0):
         deadline = time.time() + within
@@ -114,16 +207,19 @@ class Cluster:
             time.sleep(0.05)
         raise SystemExit(f"{n} agents did not connect")
 
+    def wait_done(self, run_id):
+        self.ctl("watch", run_id, "-o", "json")
+        st = self.status(run_id)
+        if st["state"] != "SUCCEEDED":
+            raise SystemExit(f"run {run_id} ended {st['state']}")
+        return st
+
     def run(self, params, chunk, work_ms):
         """Submit, wait for the end, return (wall s, submit s, status)."""
         t0 = time.perf_counter()
-        run_id = json.loads(self.ctl("submit", "--params", str(params), "--chunk-size", str(chunk),
-                                     "--arg", f"work_ms={work_ms}", "-o", "json"))["run_id"]
+        run_id = self.submit(params, chunk, work_ms)
         submit_s = time.perf_counter() - t0
-        self.ctl("watch", run_id, "-o", "json")
-        st = json.loads(self.ctl("status", run_id, "-o", "json"))
-        if st["state"] != "SUCCEEDED":
-            raise SystemExit(f"run {run_id} ended {st['state']}")
+        st = self.wait_done(run_id)
         return (st["finished_ms"] - st["created_ms"]) / 1000.0, submit_s, st
 
     def stop(self):
@@ -136,16 +232,116 @@ class Cluster:
                 p.kill()
 
 
-def recovery(args, tmp):
-    """R1: reclaim latency over >= 20 SIGKILLs. R2/R3: B1 with one agent
-    SIGKILLed at 30 %, with a replacement started at once (what a supervisor
-    such as Kubernetes does) and without one, as ratios to B1 measured in the
-    same cluster and session."""
+def new_dir(tmp):
+    return tempfile.mkdtemp(prefix="ttg-bench-", dir=tmp)
+
+
+def p1(args, tmp):
+    """P1: the reference sweep. 100 chunks of 100 ms over 3 single-slot
+    agents: the ideal is 10 s / 3 = 3.33 s (3.40 s with whole chunks)."""
+    c = Cluster(args.bin, agents=3, concurrency=1, tmp=new_dir(tmp))
+    try:
+        walls = [c.run(10_000, 100, 1)[0] for _ in range(args.reps)]
+        sums = {round(c.run(10_000, 100, 0)[2]["aggregate"]["sum"], 2)}
+    finally:
+        c.stop()
+    med = statistics.median(walls)
+    return [("P1", "10,000 params, work_ms=1, chunk 100, 3 agents × concurrency 1", f"{med:.3f} s",
+             f"goal ≤ 3.50 s; ideal 3.33 s → {3.3333 / med * 100:.1f} % of ideal "
+             f"(min {min(walls):.3f}, max {max(walls):.3f}); sum {sums}")]
+
+
+def stream_scripts():
+    """The completion script exactly as the agents load it (prelude + body),
+    read from proto/src/stream.rs, so redis-benchmark runs the same code."""
+    src = open(os.path.join(os.path.dirname(__file__), "..", "proto", "src", "stream.rs")).read()
+    grab = lambda name: re.search(rf'const {name}: &str = r#"(.*?)"#;', src, re.S).group(1)
+    return grab("PRELUDE") + "\n" + grab("COMPLETE")
+
+
+def redis_limit(tmp, chunks, agents, concurrency, batch):
+    """What redis-benchmark measures on this machine for P2's command mix:
+    XREADGROUP COUNT `batch` (one per `batch` chunks) and the completion
+    script with its real keys and argument sizes, from `agents` connections
+    each with `concurrency` commands in flight (-c/-P), as the agents run
+    them. Returns (xreadgroup calls/s, completions/s, chunks/s limit)."""
+    port = free_port()
+    d = new_dir(tmp)
+    log = open(os.path.join(d, "redis.log"), "w")
+    rp = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", d,
+                           "--save", "", "--appendonly", "yes"], stdout=log, stderr=log)
+    try:
+        wait_port(port)
+        r = Resp(port)
+        n = chunks * 4
+        task = "x" * 40     # a Task protobuf is ~40 bytes
+        subprocess.run(["redis-benchmark", "-p", str(port), "-n", str(n), "-c", "1", "-P", "200", "-q",
+                        "XADD", "b:tasks", "*", "t", task, "a", "1", "tp", ""], check=True, capture_output=True)
+        r.call("XGROUP", "CREATE", "b:tasks", "agents", "0")
+        r.call("HSET", "b:run", "state", "RUNNING", "total", 10 ** 9, "done", 0, "dead", 0, "count", 0,
+               "sum", 0, "retention_ms", 1000)
+        sha = r.call("SCRIPT", "LOAD", stream_scripts()).decode()
+
+        def rate(cmd, n):
+            out = subprocess.run(["redis-benchmark", "-p", str(port), "-n", str(n), "-c", str(agents),
+                                  "-P", str(concurrency), "-r", "100000000", "--csv", *cmd],
+                                 check=True, capture_output=True, text=True).stdout
+            return float(out.strip().splitlines()[-1].split(",")[1].strip('"'))
+
+        reads = rate(["XREADGROUP", "GROUP", "agents", "c__rand_int__", "COUNT", str(batch),
+                      "STREAMS", "b:tasks", ">"], chunks // batch)
+        values = "v" * 800      # 100 packed f64
+        body = "e" * 60         # a ChunkCompleted body
+        # redis-benchmark's __rand_int__ is zero-padded, which Redis refuses
+        # as a bit offset: a fresh done bitmap per call (chunk 0 of it) makes
+        # every call take the first-result path, as every real chunk does.
+        completes = rate(["EVALSHA", sha, "8", "b:run", "b:done:__rand_int__", "b:results", "b:events",
+                          "b:tasks", "b:deadbits", "b:stats", "b:expiring", "agents", "1-0", "0",
+                          "100", "4999.5", "0.5", "99.5", values, body, "run"], chunks)
+        limit = 1 / (1 / completes + 1 / (reads * batch))
+        return reads, completes, limit
+    finally:
+        rp.terminate()
+        rp.wait()
+
+
+def p2(args, tmp):
+    """P2: the queue's own overhead: no simulated work, 10,000 chunks."""
+    conc = 4
+    c = Cluster(args.bin, agents=3, concurrency=conc, tmp=new_dir(tmp))
+    try:
+        res = [c.run(1_000_000, 100, 0) for _ in range(args.reps)]
+        r = Resp(c.redis_port)
+        stats = r.call("INFO", "commandstats").decode()
+        calls = lambda cmd: int(re.search(rf"cmdstat_{cmd}:calls=(\d+)", stats).group(1))
+        batch = max(1.0, (args.reps + 1) * 10_000 / calls("xreadgroup"))
+    finally:
+        c.stop()
+    walls = [x[0] for x in res]
+    subs = [x[1] for x in res]
+    med = statistics.median(walls)
+    rate = 10_000 / med
+    reads, completes, limit = redis_limit(tmp, 10_000, 3, conc, max(1, round(batch)))
+    return [
+        ("P2", f"1,000,000 params, work_ms=0, chunk 100 (10,000 chunks), 3 agents × concurrency {conc}",
+         f"{med:.3f} s", f"goal ≤ 0.5 s; {rate:,.0f} chunks/s (min {min(walls):.3f}, max {max(walls):.3f}); "
+         f"{rate / limit:.0%} of the redis-benchmark limit for the same command mix"),
+        ("P2r", "redis-benchmark, same machine: completion script (EVALSHA, real keys and sizes) and "
+         f"XREADGROUP COUNT {max(1, round(batch))} (the batch P2's agents averaged), -c 3 -P {conc}",
+         f"{limit:,.0f} chunks/s", f"completion script {completes:,.0f}/s, XREADGROUP {reads:,.0f}/s; "
+         "Redis alone, no agent or server work"),
+        ("P4a", "Submit of 1,000,000 params in 10,000 chunks (ttgctl process, incl. start-up)",
+         f"{statistics.median(subs):.3f} s", "goal ≤ 0.2 s; all 10,000 tasks in Redis when it returns"),
+    ]
+
+
+def p3(args, tmp):
+    """P3: reclaim latency over >= 20 SIGKILLs; P1 with one agent SIGKILLed
+    at 30 %, with a replacement started at once (what a supervisor such as
+    Kubernetes does) and without one, as ratios to P1 measured in the same
+    cluster and session."""
     rows = []
-    # R1: each kill hits an agent that holds a chunk; latency is kill time to
-    # the ChunkReclaimed event's time (both on this machine's clock).
-    d = tempfile.mkdtemp(prefix="ttg-bench-", dir=tmp)
-    c = Cluster(args.bin, agents=3, concurrency=1, tmp=d)
+    c = Cluster(args.bin, agents=3, concurrency=1, tmp=new_dir(tmp))
     lat = []
     try:
         run_id = c.submit(20_000, 100, 2)      # 200 chunks × 200 ms: ~13 s
@@ -164,8 +360,7 @@ def recovery(args, tmp):
             c.kill_agent(i, replace=True)
             killed[aid] = t
             time.sleep(0.15)
-        events = c.events(run_id)
-        for e in events:
+        for e in c.events(run_id):
             if e["kind"] == "ChunkReclaimed" and e["detail"]["agent_id"] in killed:
                 lat.append(e["time_ms"] - killed[e["detail"]["agent_id"]])
         final = c.status(run_id)
@@ -173,23 +368,18 @@ def recovery(args, tmp):
         c.stop()
     if lat:
         lat.sort()
-        rows.append(("R1", f"reclaim latency after SIGKILL ({len(killed)} kills, {len(lat)} chunks reclaimed), "
+        rows.append(("P3", f"reclaim latency after SIGKILL ({len(killed)} kills, {len(lat)} chunks reclaimed), "
                      "kill → ChunkReclaimed event", f"p50 {statistics.median(lat):.0f} ms",
-                     f"max {max(lat):.0f} ms, p90 {lat[int(len(lat) * 0.9) - 1]:.0f} ms; goal p50 < 300 ms; run {final['state']}"))
-
-    # R2/R3 against B1 in one cluster per variant, alternating clean and faulted runs.
-    for rid, replace in (("R2", True), ("R3", False)):
+                     f"goal p50 < 300 ms; max {max(lat):.0f} ms, p90 {lat[int(len(lat) * 0.9) - 1]:.0f} ms; "
+                     f"run {final['state']}"))
+    for rid, replace in (("P3a", True), ("P3b", False)):
         clean, faulted = [], []
         for _ in range(max(3, args.reps // 2)):
-            d = tempfile.mkdtemp(prefix="ttg-bench-", dir=tmp)
-            c = Cluster(args.bin, agents=3, concurrency=1, tmp=d)
+            c = Cluster(args.bin, agents=3, concurrency=1, tmp=new_dir(tmp))
             try:
                 clean.append(c.run(10_000, 100, 1)[0])
                 run_id = c.submit(10_000, 100, 1)
-                while True:
-                    st = c.status(run_id)
-                    if st["chunks"]["done"] >= 30:
-                        break
+                while c.status(run_id)["chunks"]["done"] < 30:
                     time.sleep(0.005)
                 c.kill_agent(0, replace=replace)
                 c.ctl("watch", run_id, "-o", "json")
@@ -200,12 +390,156 @@ def recovery(args, tmp):
                 c.stop()
         ratio = statistics.median(faulted) / statistics.median(clean)
         what = "replacement agent started at once" if replace else "no replacement (2 agents finish)"
-        note = ("goal ≤ 1.10 × B1" if replace else
-                "floor ≈ 1.30 × B1: 70 % of the work on 2/3 of the capacity")
-        rows.append((rid, f"B1 with one agent SIGKILLed at 30 %, {what}",
-                     f"{statistics.median(faulted):.3f} s",
-                     f"{ratio:.3f} × B1 ({statistics.median(clean):.3f} s, same clusters); {note}; sum exact"))
+        note = ("goal ≤ 1.10 × P1" if replace else
+                "goal ≤ 1.10 × P1 not reachable: floor ≈ 1.30 × P1, 70 % of the work on 2/3 of the capacity")
+        rows.append((rid, f"P1 with one agent SIGKILLed at 30 %, {what}", f"{statistics.median(faulted):.3f} s",
+                     f"{ratio:.3f} × P1 ({statistics.median(clean):.3f} s, same clusters); {note}; sum exact"))
     return rows
+
+
+def p4(args, tmp):
+    """P4b: Submit of 10^8 parameters in 10^6 chunks; server memory."""
+    c = Cluster(args.bin, agents=0, concurrency=1, tmp=new_dir(tmp))
+    try:
+        pid = c.server_proc.pid
+        before = rss_kb(pid)
+        r = Resp(c.redis_port)
+        mem0 = r.info("memory", "used_memory")
+        walls, peaks = [], []
+        for _ in range(max(1, args.reps // 2)):
+            s = Sampler({"server": pid})
+            t0 = time.perf_counter()
+            run_id = c.submit(100_000_000, 100, 0)
+            walls.append(time.perf_counter() - t0)
+            s.stop()
+            peaks.append(max(s.rss["server"] or [0]))
+            mem1 = r.info("memory", "used_memory")
+            assert int(r.call("XLEN", "ttg:tasks:placeholder")) == 1_000_000
+            c.ctl("cancel", run_id)
+            while int(r.call("XLEN", "ttg:tasks:placeholder")) > 0:
+                time.sleep(0.1)
+            c.ctl("delete", run_id)
+    finally:
+        c.stop()
+    per_task = (mem1 - mem0) / 1_000_000
+    return [("P4b", "Submit of 10^8 params in 10^6 chunks (ttgctl process, incl. start-up)",
+             f"{statistics.median(walls):.2f} s",
+             f"goal ≤ 10 s; server RSS {mib(before[0])} before, peak {mib(max(peaks))} during; "
+             f"Redis +{(mem1 - mem0) / 2**20:,.0f} MiB for the queued tasks ({per_task:.0f} B per task)")]
+
+
+def p5(args, tmp):
+    """P5: 200 agent sessions on one server (ttg-loadgen), idle then during a
+    P1 run followed by 10 watchers: server memory, heartbeat CPU, Watch
+    event latency."""
+    c = Cluster(args.bin, agents=3, concurrency=1, tmp=new_dir(tmp))
+    try:
+        pid = c.server_proc.pid
+        base = rss_kb(pid)[0]
+        lg = subprocess.Popen([os.path.join(args.bin, "ttg-loadgen"), "--server", c.server,
+                               "--sessions", "200", "--idle", "10s", "--watchers", "10"],
+                              stdout=subprocess.PIPE, text=True)
+        s = Sampler({"server": pid}, period=0.1)
+        ready = json.loads(lg.stdout.readline())
+        t0, cpu0 = time.time(), cpu_s(pid)
+        idle_rss = rss_kb(pid)[0]
+        assert json.loads(lg.stdout.readline())["event"] == "idle_end"
+        idle_cpu = (cpu_s(pid) - cpu0) / (time.time() - t0)
+        done = json.loads(lg.stdout.readline())
+        lg.wait()
+        s.stop()
+        peak = max(s.rss["server"])
+        agents_seen = len(json.loads(c.ctl("agents", "-o", "json")))
+    finally:
+        c.stop()
+    per_beat_us = idle_cpu / 200 * 1e6     # heartbeats arrive at 1/s per session
+    return [
+        ("P5", f"{ready['sessions']} agent sessions (ttg-loadgen, own connections, heartbeat 1 s) + 3 agents "
+         "on one server: server RSS", f"{mib(peak)} peak",
+         f"goal ≤ 64 MB; {mib(base)} with 3 agents, {mib(idle_rss)} with 200 sessions idle; "
+         f"welcome p50 {ready['welcome_ms_p50']:.0f} ms"),
+        ("P5h", "heartbeat handling CPU, 200 sessions idle for 10 s", f"{idle_cpu * 100:.1f} % of a core",
+         f"{per_beat_us:.0f} µs per heartbeat (decode, lease + AgentInfo write to Redis)"),
+        ("P5w", f"Watch event latency, 10 watchers on a P1 run, completion script → event at the watcher "
+         f"({done['samples']:,} samples)", f"p99 {done['latency_ms_p99']:.0f} ms",
+         f"goal p99 ≤ 50 ms; p50 {done['latency_ms_p50']:.0f} ms, p90 {done['latency_ms_p90']:.0f} ms, "
+         f"max {done['latency_ms_max']:.0f} ms (ms clock)"),
+    ]
+
+
+def p6(args, tmp):
+    """P6: 10^8 parameters, chunk 10,000, to completion; memory of server and
+    agents over the run; results exported through ttgctl."""
+    c = Cluster(args.bin, agents=3, concurrency=2, tmp=new_dir(tmp))
+    try:
+        pids = {"server": c.server_proc.pid}
+        pids.update({f"agent{i}": a.pid for i, a in enumerate(c.agents)})
+        s = Sampler(pids, redis_port=c.redis_port, period=0.5)
+        wall, _, st = c.run(100_000_000, 10_000, 0)
+        s.stop()
+        r = Resp(c.redis_port)
+        res_bytes = int(r.call("MEMORY", "USAGE", f"ttg:run:{st['run_id']}:results", "SAMPLES", "0"))
+        t0 = time.perf_counter()
+        ctl = subprocess.Popen([os.path.join(args.bin, "ttgctl"), "--server", c.server, "results",
+                                st["run_id"], "-o", "csv"], stdout=subprocess.PIPE)
+        wc = subprocess.Popen(["wc", "-l"], stdin=ctl.stdout, stdout=subprocess.PIPE, text=True)
+        ctl.stdout.close()
+        _, status, ru = os.wait4(ctl.pid, 0)
+        lines = int(wc.communicate()[0].strip())
+        export_s = time.perf_counter() - t0
+        server_after = rss_kb(c.server_proc.pid)[0]
+    finally:
+        c.stop()
+    assert lines == 100_000_001, lines
+    srv = s.rss["server"]
+    ag = [max(v) for k, v in s.rss.items() if k.startswith("agent")]
+    q = lambda v: v[len(v) // 10] if v else 0
+    return [
+        ("P6", "10^8 params, chunk 10,000 (10,000 chunks), work_ms=0, 3 agents × concurrency 2",
+         f"{wall:.1f} s", f"SUCCEEDED, {1e8 / wall / 1e6:.1f} M params/s; server RSS {mib(q(srv))} → "
+         f"max {mib(max(srv))}; agents max {', '.join(mib(a) for a in ag)}; Redis peak "
+         f"{max(s.redis_mem) / 2**20:,.0f} MiB, results {res_bytes / 1e8:.2f} B/param"),
+        ("P6e", "export of the 10^8 values, `ttgctl results RUN -o csv | wc -l`", f"{export_s:.1f} s",
+         f"{lines:,} lines; ttgctl max RSS {mib(ru.ru_maxrss)}; server RSS after {mib(server_after)}"),
+    ]
+
+
+def m1(args, tmp):
+    """M1: Redis memory before a 10^7-parameter run, at its peak, and after
+    it expires; bytes per parameter of stored results and per chunk of events."""
+    c = Cluster(args.bin, agents=3, concurrency=2, tmp=new_dir(tmp), server_args=["--janitor-interval", "1s"])
+    try:
+        r = Resp(c.redis_port)
+        before = r.info("memory", "used_memory")
+        s = Sampler({}, redis_port=c.redis_port, period=0.05)
+        run_id = c.submit(10_000_000, 1_000, 0, "--retention", "15s")
+        st = c.wait_done(run_id)
+        s.stop()
+        peak = max(s.redis_mem + [r.info("memory", "used_memory")])
+        results = int(r.call("MEMORY", "USAGE", f"ttg:run:{run_id}:results", "SAMPLES", "0"))
+        events = int(r.call("MEMORY", "USAGE", f"ttg:run:{run_id}:events", "SAMPLES", "0"))
+        n_events = int(r.call("XLEN", f"ttg:run:{run_id}:events"))
+        deadline = time.time() + 60
+        while c.ctl("status", run_id, check=False).returncode == 0:
+            if time.time() > deadline:
+                raise SystemExit("run did not expire")
+            time.sleep(0.2)
+        expired = "expired" in c.ctl("status", run_id, check=False).stderr
+        time.sleep(0.5)
+        after = r.info("memory", "used_memory")
+        left = r.call("KEYS", f"ttg:run:{run_id}*")
+    finally:
+        c.stop()
+    assert expired and not left, (expired, left)
+    wall = (st["finished_ms"] - st["created_ms"]) / 1000
+    return [("M1", "Redis used_memory around a 10^7-param run (chunk 1,000, retention 15 s)",
+             f"{before / 2**20:.1f} → {peak / 2**20:.1f} → {after / 2**20:.1f} MiB",
+             f"before → peak → after expiry; results {results / 1e7:.2f} B/param "
+             f"({results / 2**20:.1f} MiB), events {events / n_events:.0f} B/event × {n_events:,} "
+             f"({n_events / 10_000:.2f} per chunk); run {wall:.1f} s")]
+
+
+BENCHES = {"p1": p1, "p2": p2, "p3": p3, "p4": p4, "p5": p5, "p6": p6, "m1": m1}
 
 
 def machine():
@@ -235,55 +569,39 @@ def commit():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bin", default="target/release", help="folder with ttg-server, ttg-agent, ttgctl")
+    ap.add_argument("--bin", default="target/release", help="folder with ttg-server, ttg-agent, ttgctl, ttg-loadgen")
     ap.add_argument("--out", default="docs/benchmarks.md", help="markdown file to rewrite ('' to skip)")
     ap.add_argument("--reps", type=int, default=5, help="runs per figure (median reported)")
     ap.add_argument("--kills", type=int, default=20, help="SIGKILLs for the reclaim-latency figure")
+    ap.add_argument("--only", default=",".join(BENCHES), help="comma-separated subset of " + ",".join(BENCHES))
     args = ap.parse_args()
-    if not shutil.which("redis-server"):
-        raise SystemExit("redis-server not found: run `make setup`")
+    for tool in ("redis-server", "redis-benchmark"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} not found: run `make setup`")
+    only = [b.strip() for b in args.only.split(",") if b.strip()]
+    unknown = [b for b in only if b not in BENCHES]
+    if unknown:
+        raise SystemExit(f"unknown benchmark(s) {unknown}; choose from {list(BENCHES)}")
     rows = []
     tmp = tempfile.mkdtemp(prefix="ttg-bench-")
     try:
-        # B1: the reference sweep. 100 chunks of 100 ms over 3 single-slot
-        # agents: the ideal is 10 s / 3 = 3.33 s (3.40 s with whole chunks:
-        # one agent must do 34).
-        c = Cluster(args.bin, agents=3, concurrency=1, tmp=tmp)
-        try:
-            walls = [c.run(10_000, 100, 1)[0] for _ in range(args.reps)]
-            sums = {round(c.run(10_000, 100, 0)[2]["aggregate"]["sum"], 2)}
-        finally:
-            c.stop()
-        med = statistics.median(walls)
-        rows.append(("B1", "10,000 params, work_ms=1, chunk 100, 3 agents × concurrency 1",
-                     f"{med:.3f} s", f"ideal 3.33 s → {3.3333 / med * 100:.1f} % of ideal "
-                     f"(min {min(walls):.3f}, max {max(walls):.3f}); sum {sums}"))
-
-        # B2: the queue's own overhead: no simulated work, 10,000 chunks.
-        tmp2 = tempfile.mkdtemp(prefix="ttg-bench-", dir=tmp)
-        c = Cluster(args.bin, agents=3, concurrency=4, tmp=tmp2)
-        try:
-            res = [c.run(1_000_000, 100, 0) for _ in range(args.reps)]
-        finally:
-            c.stop()
-        walls = [r[0] for r in res]
-        subs = [r[1] for r in res]
-        med = statistics.median(walls)
-        rows.append(("B2", "1,000,000 params, work_ms=0, chunk 100 (10,000 chunks), 3 agents × concurrency 4",
-                     f"{med:.3f} s", f"{10_000 / med:,.0f} chunks/s, {1_000_000 / med:,.0f} params/s "
-                     f"(min {min(walls):.3f}, max {max(walls):.3f})"))
-        rows.append(("B3", "Submit of 1,000,000 params in 10,000 chunks (ttgctl process, incl. start-up)",
-                     f"{statistics.median(subs):.3f} s", "all 10,000 tasks in Redis when it returns"))
-
-        rows.extend(recovery(args, tmp))
+        for b in only:
+            t0 = time.time()
+            got = BENCHES[b](args, tmp)
+            for row in got:
+                print(" | ".join(row), file=sys.stderr)
+            print(f"[{b} took {time.time() - t0:.0f} s]", file=sys.stderr)
+            rows.extend(got)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
     head = "| id | benchmark | median | notes |\n|---|---|---|---|\n"
     table = head + "".join(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} |\n" for r in rows)
     print(table)
-    if args.out:
+    if args.out and len(only) == len(BENCHES):
         write_doc(args.out, table, args.reps)
+    elif args.out:
+        print("(a subset ran: docs not rewritten)", file=sys.stderr)
 
 
 def write_doc(path, table, reps):

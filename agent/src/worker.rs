@@ -13,15 +13,15 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::streams::StreamReadReply;
 use redis::{RedisResult, Value};
-use tokio::sync::Semaphore;
+use tokio::sync::{oneshot, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use ttg_proto::keys::{Keys, GROUP};
 use ttg_proto::redis_conn::{self, is_transient};
 use ttg_proto::stream::{
-    decode_task, event_body, exact_decimal, pack_values, parse_state, Completion, Failure, Scripts,
-    ATTEMPT_FIELD, TASK_FIELD, TRACEPARENT_FIELD,
+    decode_task, event_body, parse_state, ChunkResult, Completion, Failure, Scripts, ATTEMPT_FIELD,
+    TASK_FIELD, TRACEPARENT_FIELD,
 };
 use ttg_proto::v1::{event, ChunkCompleted, ChunkFailed, HeldChunk, RunStarted, RunState, Task};
 
@@ -67,9 +67,40 @@ pub struct Worker {
     ack_latencies: Mutex<Vec<u32>>,
     runs: Mutex<HashMap<String, RunLocal>>,
     completed: AtomicU64,
+    /// Completions waiting to be sent, and whether a task is sending them.
+    batch: Mutex<Batch>,
+    /// Moving average of compute time per chunk, µs (u64::MAX: none yet).
+    compute_avg_us: AtomicU64,
     /// Hard stop: abandons in-flight chunks (left pending, to be reclaimed).
     abort: CancellationToken,
 }
+
+/// A computed chunk waiting for its completion script.
+struct PendingCompletion {
+    stream: String,
+    run_id: String,
+    chunk: ChunkResult,
+    done: oneshot::Sender<Option<Completion>>,
+}
+
+/// Completions are sent in batches: whichever chunk finds nobody sending
+/// becomes the sender and sends everything queued, again and again until the
+/// queue is empty; chunks finishing meanwhile just queue. Under load that
+/// makes one script call (one round trip, one read of the run's counters)
+/// for several chunks; alone, a chunk is sent at once.
+#[derive(Default)]
+struct Batch {
+    queue: Vec<PendingCompletion>,
+    sending: bool,
+}
+
+/// Most chunks in one completion script call.
+const MAX_BATCH: usize = 64;
+/// Chunks computing faster than this on average are worth prefetching: an
+/// agent then claims up to `concurrency` chunks beyond its free slots, so a
+/// read brings several. Longer chunks are claimed only into free slots, so
+/// none waits on a busy agent while another is idle.
+const PREFETCH_BELOW: Duration = Duration::from_millis(10);
 
 /// Next back-off delay.
 fn next_backoff(d: Duration) -> Duration {
@@ -109,6 +140,8 @@ impl Worker {
             ack_latencies: Mutex::new(Vec::new()),
             runs: Mutex::new(HashMap::new()),
             completed: AtomicU64::new(0),
+            batch: Mutex::new(Batch::default()),
+            compute_avg_us: AtomicU64::new(u64::MAX),
             abort: CancellationToken::new(),
         })
     }
@@ -373,6 +406,8 @@ impl Worker {
     /// handed to `tracker` and keep running after this returns.
     pub async fn claim_loop(self: Arc<Self>, stop: CancellationToken, tracker: TaskTracker) {
         let slots = Arc::new(Semaphore::new(self.concurrency as usize));
+        // Entries claimed and waiting for a free slot (see PREFETCH_BELOW).
+        let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let streams = self.streams();
         let mut blocking: Option<MultiplexedConnection> = None;
         let mut groups_ready = false;
@@ -413,12 +448,18 @@ impl Worker {
             let Some(conn) = blocking.as_mut() else {
                 continue;
             };
+            let avg = self.compute_avg_us.load(Ordering::Relaxed);
+            let prefetch = if avg < PREFETCH_BELOW.as_micros() as u64 {
+                (self.concurrency as usize).saturating_sub(waiting.load(Ordering::Relaxed))
+            } else {
+                0
+            };
             let mut cmd = redis::cmd("XREADGROUP");
             cmd.arg("GROUP")
                 .arg(GROUP)
                 .arg(&self.agent_id)
                 .arg("COUNT")
-                .arg(permits.len())
+                .arg(permits.len() + prefetch)
                 .arg("BLOCK")
                 .arg(READ_BLOCK.as_millis() as u64)
                 .arg("STREAMS")
@@ -449,19 +490,27 @@ impl Worker {
             };
             for key in reply.map(|r| r.keys).unwrap_or_default() {
                 for entry in key.ids {
-                    // COUNT applies per stream, so several kernels' streams can
-                    // yield more entries than free slots: extras wait for one.
+                    // Prefetched entries, and extras from several kernels'
+                    // streams (COUNT applies per stream), wait for a slot.
                     let permit = permits.pop();
                     let slots = slots.clone();
                     let w = self.clone();
                     let stream = key.key.clone();
+                    let waiting = waiting.clone();
+                    if permit.is_none() {
+                        waiting.fetch_add(1, Ordering::Relaxed);
+                    }
                     tracker.spawn(async move {
                         let _permit = match permit {
                             Some(p) => p,
-                            None => match slots.acquire_owned().await {
-                                Ok(p) => p,
-                                Err(_) => return,
-                            },
+                            None => {
+                                let p = slots.acquire_owned().await;
+                                waiting.fetch_sub(1, Ordering::Relaxed);
+                                match p {
+                                    Ok(p) => p,
+                                    Err(_) => return,
+                                }
+                            }
                         };
                         w.process(stream, entry.id, entry.map).await;
                     });
@@ -671,6 +720,16 @@ impl Worker {
         .await
         .and_then(|v| check_values(&task, v));
         let compute_ms = began.elapsed().as_millis() as u64;
+        let us = began.elapsed().as_micros().min(u64::MAX as u128 - 1) as u64;
+        let _ = self
+            .compute_avg_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
+                Some(if avg == u64::MAX {
+                    us
+                } else {
+                    avg - avg / 8 + us / 8
+                })
+            });
         metrics::histogram!("ttg_agent_compute_seconds").record(began.elapsed().as_secs_f64());
         match &outcome {
             Err(KernelError::Failed(msg)) => {
@@ -727,9 +786,6 @@ impl Worker {
         compute_ms: u64,
     ) {
         let run_id = &task.run_id;
-        let sum: f64 = values.iter().sum();
-        let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-        let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let body = event_body(
             run_id,
             event::Kind::ChunkCompleted(ChunkCompleted {
@@ -738,35 +794,27 @@ impl Worker {
                 end: task.end,
                 agent_id: self.agent_id.clone(),
                 attempt,
-                sum,
+                sum: values.iter().sum(),
                 compute_ms,
             }),
         );
-        let packed = pack_values(values);
-        let (sum_s, min_s, max_s) = (exact_decimal(sum), exact_decimal(min), exact_decimal(max));
-        let keys = self.keys.complete_keys(run_id, stream);
-        let reply: Option<(i64, String)> = self
-            .persist("complete", |mut c| {
-                let mut inv = self.scripts.complete.prepare_invoke();
-                for key in &keys {
-                    inv.key(key);
-                }
-                inv.arg(GROUP)
-                    .arg(entry_id)
-                    .arg(task.chunk_index)
-                    .arg(values.len())
-                    .arg(&sum_s)
-                    .arg(&min_s)
-                    .arg(&max_s)
-                    .arg(&packed)
-                    .arg(&body)
-                    .arg(run_id);
-                async move { inv.invoke_async(&mut c).await }
-            })
-            .await;
-        let Some((code, state)) = reply else { return };
+        let (tx, rx) = oneshot::channel();
+        let lead = {
+            let Ok(mut b) = self.batch.lock() else { return };
+            b.queue.push(PendingCompletion {
+                stream: stream.to_string(),
+                run_id: run_id.clone(),
+                chunk: ChunkResult::new(entry_id, task.chunk_index, values, body),
+                done: tx,
+            });
+            !std::mem::replace(&mut b.sending, true)
+        };
+        if lead {
+            self.send_completions().await;
+        }
+        let Ok(Some(outcome)) = rx.await else { return };
         self.completed.fetch_add(1, Ordering::Relaxed);
-        match Completion::from_reply(code, &state) {
+        match outcome {
             Completion::Counted(s) => {
                 tracing::debug!(run = %run_id, chunk = task.chunk_index, agent = %self.agent_id, attempt, compute_ms, "chunk completed");
                 if s != RunState::Running {
@@ -780,6 +828,62 @@ impl Worker {
             }
             Completion::Inactive(s) => self.mark_run(run_id, s),
             Completion::UnknownRun => self.mark_run(run_id, RunState::Unspecified),
+        }
+    }
+
+    /// Send queued completions until the queue is empty (see [`Batch`]): one
+    /// script call per run and stream in each round. Each chunk's outcome goes
+    /// back to its waiting task; None if Redis refused for good or the agent
+    /// aborted (the entry stays pending in our name, to be reclaimed).
+    async fn send_completions(&self) {
+        /// Lets another chunk take over sending if this future is dropped.
+        struct Release<'a>(&'a Mutex<Batch>);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                if let Ok(mut b) = self.0.lock() {
+                    b.sending = false;
+                }
+            }
+        }
+        let release = Release(&self.batch);
+        loop {
+            let mut round = {
+                let Ok(mut b) = self.batch.lock() else { return };
+                if b.queue.is_empty() {
+                    b.sending = false;
+                    std::mem::forget(release);
+                    return;
+                }
+                let n = b.queue.len().min(MAX_BATCH);
+                b.queue.drain(..n).collect::<Vec<_>>()
+            };
+            while !round.is_empty() {
+                let (run_id, stream) = (round[0].run_id.clone(), round[0].stream.clone());
+                let (group, rest): (Vec<_>, Vec<_>) = round
+                    .into_iter()
+                    .partition(|p| p.run_id == run_id && p.stream == stream);
+                round = rest;
+                let chunks: Vec<ChunkResult> = group.iter().map(|p| p.chunk.clone()).collect();
+                let keys = &self.keys;
+                let reply: Option<(Vec<i64>, String)> = self
+                    .persist("complete", |mut c| {
+                        let inv = ttg_proto::stream::complete_invocation(
+                            &self.scripts,
+                            keys,
+                            &run_id,
+                            &stream,
+                            &chunks,
+                        );
+                        async move { inv.invoke_async(&mut c).await }
+                    })
+                    .await;
+                for (i, p) in group.into_iter().enumerate() {
+                    let outcome = reply.as_ref().map(|(codes, state)| {
+                        Completion::from_reply(codes.get(i).copied().unwrap_or(-1), state)
+                    });
+                    let _ = p.done.send(outcome);
+                }
+            }
         }
     }
 

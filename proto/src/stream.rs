@@ -325,48 +325,157 @@ local function fail_attempt(K, chunk, task, attempt, max, err, tp, body_retry, b
 end
 "#;
 
-/// Complete one chunk, atomically: ack and delete the delivery; if the run is
-/// active and the chunk has no result yet, store the values, count them, emit
-/// ChunkCompleted and end the run if this was the last chunk.
+/// Complete a batch of chunks of one run (one or many: an agent sends what
+/// finished while its previous completion was in flight), atomically: ack
+/// and delete every delivery; if the run is active, for each chunk without a
+/// result yet store its values, count them and emit its ChunkCompleted; end
+/// the run if that was the last chunk. One round trip and one read of the
+/// run's counters per batch instead of per chunk: the counters are read once
+/// and written back once (safe: a script runs alone).
 ///
 /// A chunk that was dead-lettered and then completes (a zombie's late result)
 /// is rescued: it stops counting as dead.
 ///
 /// KEYS: [`Keys::complete_keys`](crate::keys::Keys::complete_keys): run,
 /// done, results, events, tasks, dead bitmap, stats, expiring.
-/// ARGV: group, entry id, chunk index, value count, sum, min, max, packed
-/// values, ChunkCompleted event body, run id.
-/// Returns `{code, state}`: code 1 counted, 0 duplicate (a result was already
-/// stored), 2 run not active, -1 run unknown.
+/// ARGV: group, run id, then per chunk [`COMPLETE_ARGS`] values: entry id,
+/// chunk index, value count, sum, min, max, packed values, ChunkCompleted
+/// event body.
+/// Returns `{codes, state}`: one code per chunk, 1 counted, 0 duplicate (a
+/// result was already stored), 2 run not active, -1 run unknown; and the
+/// run's state after.
 const COMPLETE: &str = r#"
 local run = KEYS[1]
-redis.call('XACK', KEYS[5], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[5], ARGV[2])
-local state = redis.call('HGET', run, 'state')
-if not state then return {-1, ''} end
-if not active(state) then return {2, state} end
-if redis.call('GETBIT', KEYS[2], ARGV[3]) == 1 then
-  redis.call('HINCRBY', KEYS[7], 'duplicates', 1)
-  return {0, state}
+local n = (#ARGV - 2) / 8
+local ids = {}
+for i = 0, n - 1 do ids[#ids + 1] = ARGV[3 + i * 8] end
+redis.call('XACK', KEYS[5], ARGV[1], unpack(ids))
+redis.call('XDEL', KEYS[5], unpack(ids))
+local codes = {}
+local v = redis.call('HMGET', run, 'state', 'total', 'done', 'dead', 'count', 'min', 'max')
+local state = v[1]
+if not state or not active(state) then
+  local code = 2
+  if not state then code = -1; state = '' end
+  for i = 1, n do codes[i] = code end
+  return {codes, state}
 end
-redis.call('SETBIT', KEYS[2], ARGV[3], 1)
-redis.call('HINCRBY', KEYS[7], 'completed', 1)
-if redis.call('GETBIT', KEYS[6], ARGV[3]) == 1 then
-  redis.call('SETBIT', KEYS[6], ARGV[3], 0)
-  redis.call('HINCRBY', run, 'dead', -1)
-end
-redis.call('HSET', KEYS[3], ARGV[3], ARGV[8])
-redis.call('HINCRBY', run, 'done', 1)
-redis.call('HINCRBY', run, 'count', ARGV[4])
-redis.call('HINCRBYFLOAT', run, 'sum', ARGV[5])
-local mm = redis.call('HMGET', run, 'min', 'max')
-if not mm[1] or tonumber(ARGV[6]) < tonumber(mm[1]) then redis.call('HSET', run, 'min', ARGV[6]) end
-if not mm[2] or tonumber(ARGV[7]) > tonumber(mm[2]) then redis.call('HSET', run, 'max', ARGV[7]) end
+local total, done, dead, count = num(v[2]), num(v[3]), num(v[4]), num(v[5])
+local mn, mx = tonumber(v[6]), tonumber(v[7])
+local mn_s, mx_s = nil, nil
 local ts = now_ms()
-if state == 'QUEUED' then redis.call('HSET', run, 'state', 'RUNNING', 'started_ms', ts) end
-emit(run, KEYS[4], ARGV[9], ts)
-return {1, finish_if_done(run, KEYS[4], ARGV[10], ts, KEYS[7], KEYS[8])}
+local fields = {}
+local counted, dups = 0, 0
+for i = 0, n - 1 do
+  local b = 3 + i * 8
+  local chunk = ARGV[b + 1]
+  if redis.call('SETBIT', KEYS[2], chunk, 1) == 1 then
+    codes[i + 1] = 0
+    dups = dups + 1
+  else
+    codes[i + 1] = 1
+    counted = counted + 1
+    if dead > 0 and redis.call('GETBIT', KEYS[6], chunk) == 1 then
+      redis.call('SETBIT', KEYS[6], chunk, 0)
+      dead = dead - 1
+    end
+    fields[#fields + 1] = chunk
+    fields[#fields + 1] = ARGV[b + 6]
+    done = done + 1
+    count = count + tonumber(ARGV[b + 2])
+    redis.call('HINCRBYFLOAT', run, 'sum', ARGV[b + 3])
+    local lo, hi = tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5])
+    if not mn or lo < mn then mn = lo; mn_s = ARGV[b + 4] end
+    if not mx or hi > mx then mx = hi; mx_s = ARGV[b + 5] end
+    local prog = f_bytes(4, f_varint(1, total) .. f_varint(2, done) .. f_varint(3, dead) .. f_varint(4, count))
+    redis.call('XADD', KEYS[4], '*', 'e', ARGV[b + 7] .. f_varint(3, ts) .. prog)
+  end
+end
+if dups > 0 then redis.call('HINCRBY', KEYS[7], 'duplicates', dups) end
+if counted == 0 then return {codes, state} end
+redis.call('HSET', KEYS[3], unpack(fields))
+redis.call('HINCRBY', KEYS[7], 'completed', counted)
+local upd = {'done', done, 'count', count, 'dead', dead}
+if mn_s then upd[#upd + 1] = 'min'; upd[#upd + 1] = mn_s end
+if mx_s then upd[#upd + 1] = 'max'; upd[#upd + 1] = mx_s end
+if state == 'QUEUED' then
+  upd[#upd + 1] = 'state'; upd[#upd + 1] = 'RUNNING'
+  upd[#upd + 1] = 'started_ms'; upd[#upd + 1] = ts
+end
+redis.call('HSET', run, unpack(upd))
+return {codes, finish_if_done(run, KEYS[4], ARGV[2], ts, KEYS[7], KEYS[8])}
 "#;
+
+/// Arguments the completion script takes per chunk.
+pub const COMPLETE_ARGS: usize = 8;
+
+/// One chunk's result, as the completion script takes it.
+#[derive(Debug, Clone)]
+pub struct ChunkResult {
+    /// Tasks stream entry id of the delivery.
+    pub entry_id: String,
+    /// Chunk index.
+    pub chunk_index: u64,
+    /// Number of values.
+    pub count: usize,
+    /// Sum, min and max as exact decimals (see [`exact_decimal`]).
+    pub sum: String,
+    /// Smallest value.
+    pub min: String,
+    /// Largest value.
+    pub max: String,
+    /// Values, packed (see [`pack_values`]).
+    pub packed: Vec<u8>,
+    /// The ChunkCompleted event's body (see [`event_body`]).
+    pub event: Vec<u8>,
+}
+
+impl ChunkResult {
+    /// A chunk's values and event body, summarised for the script.
+    pub fn new(entry_id: &str, chunk_index: u64, values: &[f64], event: Vec<u8>) -> Self {
+        let sum: f64 = values.iter().sum();
+        let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        Self {
+            entry_id: entry_id.to_string(),
+            chunk_index,
+            count: values.len(),
+            sum: exact_decimal(sum),
+            min: exact_decimal(min),
+            max: exact_decimal(max),
+            packed: pack_values(values),
+            event,
+        }
+    }
+}
+
+/// The completion script's invocation for `chunks` of `run_id`, delivered
+/// from `tasks_stream`. Its reply is `(Vec<i64>, String)`: see
+/// [`Completion::from_reply`].
+pub fn complete_invocation<'a>(
+    scripts: &'a Scripts,
+    keys: &crate::keys::Keys,
+    run_id: &str,
+    tasks_stream: &str,
+    chunks: &[ChunkResult],
+) -> redis::ScriptInvocation<'a> {
+    let mut inv = scripts.complete.prepare_invoke();
+    for k in keys.complete_keys(run_id, tasks_stream) {
+        inv.key(k);
+    }
+    inv.arg(crate::keys::GROUP).arg(run_id);
+    for c in chunks {
+        inv.arg(&c.entry_id)
+            .arg(c.chunk_index)
+            .arg(c.count)
+            .arg(&c.sum)
+            .arg(&c.min)
+            .arg(&c.max)
+            .arg(&c.packed)
+            .arg(&c.event);
+    }
+    inv
+}
 
 /// Record a failed attempt, atomically: ack and delete the delivery; if the
 /// run is active and the chunk has no result, either re-queue the task with
@@ -619,7 +728,8 @@ pub enum Completion {
 }
 
 impl Completion {
-    /// Interpret the script's `{code, state}` reply.
+    /// Interpret one chunk's code and the run's state from the script's
+    /// `{codes, state}` reply.
     pub fn from_reply(code: i64, state: &str) -> Self {
         match code {
             1 => Completion::Counted(parse_state(state)),

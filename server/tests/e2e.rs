@@ -10,7 +10,9 @@ use std::time::Duration;
 use common::*;
 use prost::Message;
 use ttg_proto::keys::{Keys, GROUP};
-use ttg_proto::stream::{decode_task, encode, event_body, pack_values, Completion, Scripts};
+use ttg_proto::stream::{
+    complete_invocation, decode_task, encode, event_body, ChunkResult, Completion, Scripts,
+};
 use ttg_proto::v1::{event, CancelRequest, ChunkCompleted, GetResultsRequest, RunState, Task};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -332,12 +334,12 @@ async fn a_chunk_completed_twice_is_counted_once() {
     let entries = &read.keys[0].ids;
     assert_eq!(entries.len(), 3);
     let scripts = Scripts::new();
+    let scripts = &scripts;
     let complete = |entry: String, task: Task, value: f64| {
         let mut conn = conn.clone();
         let keys = keys.clone();
         let tasks = tasks.clone();
         let run_id = run.run_id.clone();
-        let script = scripts.complete.clone();
         async move {
             let n = (task.end - task.start) as usize;
             let values = vec![value; n];
@@ -353,22 +355,11 @@ async fn a_chunk_completed_twice_is_counted_once() {
                     compute_ms: 0,
                 }),
             );
-            let mut inv = script.prepare_invoke();
-            for k in keys.complete_keys(&run_id, &tasks) {
-                inv.key(k);
-            }
-            inv.arg(GROUP)
-                .arg(&entry)
-                .arg(task.chunk_index)
-                .arg(n)
-                .arg(format!("{}", value * n as f64))
-                .arg(format!("{value}"))
-                .arg(format!("{value}"))
-                .arg(pack_values(&values))
-                .arg(body)
-                .arg(&run_id);
-            let (code, state): (i64, String) = inv.invoke_async(&mut conn).await.expect("complete");
-            Completion::from_reply(code, &state)
+            let chunk = ChunkResult::new(&entry, task.chunk_index, &values, body);
+            let inv = complete_invocation(scripts, &keys, &run_id, &tasks, &[chunk]);
+            let (codes, state): (Vec<i64>, String) =
+                inv.invoke_async(&mut conn).await.expect("complete");
+            Completion::from_reply(codes[0], &state)
         }
     };
     let task_of = |i: usize| match entries[i].map.get("t") {
@@ -431,6 +422,106 @@ async fn a_chunk_completed_twice_is_counted_once() {
         };
         ttg_proto::v1::Event::decode(b.as_slice()).expect("event decodes");
     }
+    server.stop().await;
+}
+
+/// Several chunks completed in ONE script call (as an agent batches what
+/// finished while its previous call was in flight), a duplicate among them:
+/// each chunk is counted once, each gets its own event with its own progress,
+/// and the run ends with the exact aggregate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_completions_counts_each_chunk_once() {
+    let redis = Redis::start();
+    let p = prefix();
+    let keys = Keys::new(&p);
+    let server = Server::start(&redis.url, &p).await;
+    let mut c = control(&server.url).await;
+    let run = c
+        .submit(submit_req(40, 10, 0))
+        .await
+        .expect("submit")
+        .into_inner();
+    let tasks = keys.tasks("placeholder");
+    let client = redis::Client::open(redis.url.as_str()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(GROUP)
+        .arg("tester")
+        .arg("COUNT")
+        .arg(10)
+        .arg("STREAMS")
+        .arg(&tasks)
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .expect("xreadgroup");
+    let mut batch = Vec::new();
+    for e in &read.keys[0].ids {
+        let Some(redis::Value::BulkString(b)) = e.map.get("t") else {
+            panic!("task field")
+        };
+        let t = decode_task(b).expect("task");
+        let values: Vec<f64> = (t.start..t.end).map(|p| p as f64).collect();
+        let body = event_body(
+            &run.run_id,
+            event::Kind::ChunkCompleted(ChunkCompleted {
+                chunk_index: t.chunk_index,
+                start: t.start,
+                end: t.end,
+                agent_id: "tester".into(),
+                attempt: 1,
+                sum: values.iter().sum(),
+                compute_ms: 0,
+            }),
+        );
+        batch.push(ChunkResult::new(&e.id, t.chunk_index, &values, body));
+    }
+    assert_eq!(batch.len(), 4);
+    // The same delivery of chunk 1 again, inside the batch, with other values.
+    let mut dup = batch[1].clone();
+    dup.packed = ttg_proto::stream::pack_values(&[1e9; 10]);
+    dup.sum = "1e10".into();
+    batch.push(dup);
+    let scripts = Scripts::new();
+    let inv = complete_invocation(&scripts, &keys, &run.run_id, &tasks, &batch);
+    let (codes, state): (Vec<i64>, String) = inv.invoke_async(&mut conn).await.expect("complete");
+    assert_eq!(codes, vec![1, 1, 1, 1, 0]);
+    assert_eq!(state, "SUCCEEDED");
+    let st = status(&mut c, &run.run_id).await;
+    let agg = st.aggregate.expect("agg");
+    assert_eq!(
+        (agg.count, agg.sum, agg.min, agg.max),
+        (40, 780.0, 0.0, 39.0)
+    );
+    assert!(st.started_ms > 0 && st.finished_ms >= st.started_ms);
+    let events = watch_all(&mut c, &run.run_id, "").await;
+    let progress: Vec<(u64, u64)> = events
+        .iter()
+        .filter(|e| matches!(e.kind, Some(event::Kind::ChunkCompleted(_))))
+        .map(|e| {
+            let p = e.progress.expect("progress");
+            (p.chunks_done, p.params_done)
+        })
+        .collect();
+    assert_eq!(progress, vec![(1, 10), (2, 20), (3, 30), (4, 40)]);
+    assert!(matches!(
+        events.last().and_then(|e| e.kind.clone()),
+        Some(event::Kind::RunCompleted(_))
+    ));
+    let values: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
+        .arg(keys.results(&run.run_id))
+        .arg(&[0, 1, 2, 3])
+        .query_async(&mut conn)
+        .await
+        .expect("results");
+    let chunk1 =
+        ttg_proto::stream::unpack_values(values[1].as_deref().expect("chunk 1")).expect("values");
+    assert_eq!(chunk1[0], 10.0, "first result wins inside a batch too");
+    assert_eq!(queue_state(&redis, &p), (0, 0));
     server.stop().await;
 }
 

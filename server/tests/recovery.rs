@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use ttg_proto::keys::{Keys, GROUP};
-use ttg_proto::stream::{decode_task, event_body, pack_values, Completion, Failure, Scripts};
+use ttg_proto::stream::{
+    complete_invocation, decode_task, event_body, ChunkResult, Completion, Failure, Scripts,
+};
 use ttg_proto::v1::{
     event, ChunkCompleted, ChunkFailed, ListAgentsRequest, RetryRequest, RunState, Task,
 };
@@ -361,6 +363,7 @@ async fn kernel_errors_retry_then_dead_letter_and_a_late_result_rescues() {
         .await
         .expect("conn");
     let scripts = Scripts::new();
+    let scripts = &scripts;
     let read = |n: usize| {
         let mut conn = conn.clone();
         let tasks = tasks.clone();
@@ -438,12 +441,8 @@ async fn kernel_errors_retry_then_dead_letter_and_a_late_result_rescues() {
     };
     let complete = |entry: String, task: Task| {
         let mut conn = conn.clone();
-        let (keys, tasks, run_id, script) = (
-            keys.clone(),
-            tasks.clone(),
-            run.run_id.clone(),
-            scripts.complete.clone(),
-        );
+        let (keys, tasks, run_id, script) =
+            (keys.clone(), tasks.clone(), run.run_id.clone(), scripts);
         async move {
             let values: Vec<f64> = (task.start..task.end)
                 .map(ttg_proto::kernels::placeholder_value)
@@ -461,24 +460,11 @@ async fn kernel_errors_retry_then_dead_letter_and_a_late_result_rescues() {
                     compute_ms: 0,
                 }),
             );
-            let mut inv = script.prepare_invoke();
-            for k in keys.complete_keys(&run_id, &tasks) {
-                inv.key(k);
-            }
-            let mn = values.iter().copied().fold(f64::INFINITY, f64::min);
-            let mx = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            inv.arg(GROUP)
-                .arg(&entry)
-                .arg(task.chunk_index)
-                .arg(values.len())
-                .arg(format!("{sum}"))
-                .arg(format!("{mn}"))
-                .arg(format!("{mx}"))
-                .arg(pack_values(&values))
-                .arg(body)
-                .arg(&run_id);
-            let (code, state): (i64, String) = inv.invoke_async(&mut conn).await.expect("complete");
-            Completion::from_reply(code, &state)
+            let chunk = ChunkResult::new(&entry, task.chunk_index, &values, body);
+            let inv = complete_invocation(script, &keys, &run_id, &tasks, &[chunk]);
+            let (codes, state): (Vec<i64>, String) =
+                inv.invoke_async(&mut conn).await.expect("complete");
+            Completion::from_reply(codes[0], &state)
         }
     };
     let first = read(10).await;
