@@ -255,9 +255,13 @@ local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+-- The event's `progress` field (4) from the run's counters.
+local function progress_of(total, done, dead, count)
+  return f_bytes(4, f_varint(1, total) .. f_varint(2, done) .. f_varint(3, dead) .. f_varint(4, count))
+end
 local function progress(run)
   local v = redis.call('HMGET', run, 'total', 'done', 'dead', 'count')
-  return f_bytes(4, f_varint(1, num(v[1])) .. f_varint(2, num(v[2])) .. f_varint(3, num(v[3])) .. f_varint(4, num(v[4])))
+  return progress_of(num(v[1]), num(v[2]), num(v[3]), num(v[4]))
 end
 local function emit(run, events, body, ts)
   redis.call('XADD', events, '*', 'e', body .. f_varint(3, ts) .. progress(run))
@@ -387,8 +391,7 @@ for i = 0, n - 1 do
     local lo, hi = tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5])
     if not mn or lo < mn then mn = lo; mn_s = ARGV[b + 4] end
     if not mx or hi > mx then mx = hi; mx_s = ARGV[b + 5] end
-    local prog = f_bytes(4, f_varint(1, total) .. f_varint(2, done) .. f_varint(3, dead) .. f_varint(4, count))
-    redis.call('XADD', KEYS[4], '*', 'e', ARGV[b + 7] .. f_varint(3, ts) .. prog)
+    redis.call('XADD', KEYS[4], '*', 'e', ARGV[b + 7] .. f_varint(3, ts) .. progress_of(total, done, dead, count))
   end
 end
 if dups > 0 then redis.call('HINCRBY', KEYS[7], 'duplicates', dups) end

@@ -234,29 +234,16 @@ impl Agent {
         concurrency: u32,
         extra: &[&str],
     ) -> Agent {
-        let child = Command::new(bin("ttg-agent"))
-            .args([
-                "--server",
-                server_url,
-                "--redis-url",
-                redis_url,
-                "--prefix",
-                prefix,
-                "--agent-id",
-                id,
-            ])
-            .args(["--concurrency", &concurrency.to_string()])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn ttg-agent");
-        Agent {
-            child,
-            id: id.to_string(),
-        }
+        Self::spawn_env(
+            server_url,
+            redis_url,
+            prefix,
+            id,
+            concurrency,
+            extra,
+            &[],
+            Stdio::inherit(),
+        )
     }
 
     pub fn pid(&self) -> i32 {
