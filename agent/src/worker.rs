@@ -533,6 +533,11 @@ impl Worker {
                 Err(e) if is_transient(&e) => {
                     tracing::warn!(agent = %self.agent_id, error = %e, "{what}: redis unavailable; retrying");
                 }
+                // Nothing was written: wait for room (runs expiring or
+                // deleted, maxmemory raised) rather than drop a result.
+                Err(e) if redis_conn::is_oom(&e) => {
+                    tracing::warn!(agent = %self.agent_id, error = %e, "{what}: redis is out of memory (maxmemory); retrying");
+                }
                 Err(e) => {
                     tracing::error!(agent = %self.agent_id, error = %e, "{what} failed");
                     return None;

@@ -91,6 +91,19 @@ pub fn is_transient(e: &redis::RedisError) -> bool {
         )
 }
 
+/// Whether Redis refused a write because `used_memory` reached `maxmemory`
+/// under `noeviction`. Nothing was written (a script is refused at its first
+/// write that adds data), so the same call can be retried once memory is
+/// freed: runs deleted or expired, or `maxmemory` raised.
+/// A transaction refused this way aborts with EXECABORT, carrying the OOM
+/// errors of the commands Redis refused to queue.
+pub fn is_oom(e: &redis::RedisError) -> bool {
+    e.code() == Some("OOM")
+        || e.clone()
+            .into_server_errors()
+            .is_some_and(|errs| errs.iter().any(|(_, se)| se.code() == "OOM"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::redact_url;

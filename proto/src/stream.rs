@@ -586,6 +586,10 @@ local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {0, ''} end
 if not active(state) then return {0, state} end
 local ts = now_ms()
+-- A first write that adds no data: Redis refuses a script at its first
+-- write that adds data when maxmemory is reached, and only then, so this
+-- lets a user cancel (and then delete) runs to free a full Redis.
+redis.call('HDEL', KEYS[1], 'expires_ms')
 redis.call('HSET', KEYS[1], 'state', 'CANCELLED', 'finished_ms', ts)
 redis.call('HINCRBY', KEYS[3], 'active', -1)
 start_retention(KEYS[1], KEYS[4], ARGV[2], ts)

@@ -42,6 +42,9 @@ pub enum Error {
     /// A quota was reached (runs in flight, submit rate).
     #[error("{0}")]
     ResourceExhausted(String),
+    /// Redis refused a write: `used_memory` reached `maxmemory`.
+    #[error("Redis is out of memory (used_memory reached maxmemory): delete finished runs (ttgctl delete RUN), shorten --run-retention, or raise Redis's maxmemory; see docs/operations.md#sizing-redis")]
+    RedisFull,
     /// The server is shutting down.
     #[error("server is shutting down")]
     ShuttingDown,
@@ -72,6 +75,11 @@ impl From<Error> for tonic::Status {
             // refused connect or timeout will heal when Redis is back, so the
             // client should retry (Unavailable); a Redis error reply (wrong
             // type, script error) will not, so it is Internal and logged.
+            Error::Redis(ref r) if ttg_proto::redis_conn::is_oom(r) => {
+                tracing::warn!(error = %r, "redis is out of memory");
+                Status::resource_exhausted(Error::RedisFull.to_string())
+            }
+            Error::RedisFull => Status::resource_exhausted(e.to_string()),
             Error::Redis(ref r) if ttg_proto::redis_conn::is_transient(r) => {
                 tracing::warn!(error = %r, "redis unavailable");
                 Status::unavailable("redis is unavailable; retry later")

@@ -441,7 +441,26 @@ impl Store {
                     .ignore();
             }
             p.hset(&run_key, "enqueued", last).ignore();
-            self.timed(p.query_async::<()>(&mut c)).await?;
+            if let Err(e) = self.timed(p.query_async::<()>(&mut c)).await {
+                // Never leave a half-queued run waiting forever: cancel it
+                // (its queued tasks are then removed) and answer the error.
+                let why = format!(
+                    "submit failed after queuing {first} of {} chunks: {e}",
+                    v.chunks
+                );
+                tracing::warn!(run = %run_id, error = %e, "{why}; cancelling the run");
+                match self.cancel(&run_id, &why).await {
+                    Ok(_) => {
+                        if let Err(pe) = self.purge_cancelled_tasks(&run_id).await {
+                            tracing::warn!(run = %run_id, error = %pe, "cancelled run's queued tasks not removed; agents drop them as they read them");
+                        }
+                    }
+                    Err(ce) => {
+                        tracing::error!(run = %run_id, error = %ce, "half-submitted run not cancelled; cancel it with `ttgctl cancel {run_id}`")
+                    }
+                }
+                return Err(e);
+            }
             first = last;
         }
         tracing::info!(run = %run_id, params = v.params, chunks = v.chunks, kernel = %v.kernel, "run submitted");

@@ -471,3 +471,117 @@ async fn server_warns_when_redis_may_evict() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+fn used_memory(redis: &Redis) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query(&mut redis.conn())
+        .expect("info");
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("used_memory")
+}
+
+fn set_maxmemory(redis: &Redis, bytes: u64) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(bytes)
+        .query(&mut redis.conn())
+        .expect("config set");
+}
+
+/// With `noeviction` (the default), a full Redis refuses writes. TTG must
+/// turn that into a clear error, keep every result it has not stored yet,
+/// and let a user cancel and delete runs to make room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_redis_refuses_submits_clearly_and_loses_no_result() {
+    let redis = Redis::start();
+    let p = prefix();
+    let keys = Keys::new(&p);
+    let server = Server::start_with(server_config(&redis, &p)).await;
+    let mut c = control(&server.url).await;
+    let queued = c
+        .submit(submit_req(20_000, 100, 0))
+        .await
+        .expect("submit")
+        .into_inner();
+    let doomed = c
+        .submit(submit_req(1_000, 100, 0))
+        .await
+        .expect("submit")
+        .into_inner();
+
+    // Full: every write that adds data is refused.
+    set_maxmemory(&redis, 1);
+    let err = c
+        .submit(submit_req(1_000, 100, 0))
+        .await
+        .expect_err("a full Redis takes no run");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("maxmemory"), "{}", err.message());
+
+    // An agent computes but cannot store: nothing counted, nothing dropped.
+    let agent = InProcAgent::start(&server.url, &redis.url, &p, 2);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let st = status(&mut c, &queued.run_id).await;
+    assert_eq!(st.progress.expect("progress").chunks_done, 0);
+
+    // Cancel and delete still work, so a user can make room.
+    c.cancel(CancelRequest {
+        run_id: doomed.run_id.clone(),
+        reason: "make room".into(),
+    })
+    .await
+    .expect("cancel on a full Redis");
+    c.delete(DeleteRequest {
+        run_id: doomed.run_id.clone(),
+    })
+    .await
+    .expect("delete on a full Redis");
+
+    // Room again: the stalled completions land, each chunk counted once.
+    set_maxmemory(&redis, 0);
+    let st = wait_finished(&mut c, &queued.run_id, Duration::from_secs(30)).await;
+    assert_eq!(st.state, RunState::Succeeded as i32);
+    let events = events_in_redis(&redis, &p, &queued.run_id);
+    assert_exactly_once(&events, 20_000, 200);
+    agent.stop().await;
+
+    // Full in the middle of a Submit: the half-queued run is cancelled and
+    // its queued tasks removed, never left waiting forever.
+    let tasks = keys.tasks("placeholder");
+    assert_eq!(xlen(&redis, &tasks), 0);
+    set_maxmemory(&redis, used_memory(&redis) + 2_000_000);
+    let err = c
+        .submit(submit_req(10_000_000, 100, 0))
+        .await
+        .expect_err("100,000 tasks do not fit in 2 MB");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    set_maxmemory(&redis, 0);
+    let runs = c
+        .list_runs(ListRunsRequest {
+            states: vec![RunState::Cancelled as i32],
+            ..Default::default()
+        })
+        .await
+        .expect("runs")
+        .into_inner()
+        .runs;
+    let half = runs
+        .iter()
+        .find(|r| r.spec.as_ref().map(|s| s.params) == Some(10_000_000))
+        .expect("the half-submitted run is listed, cancelled");
+    let half_id = &half.spec.as_ref().expect("spec").run_id;
+    let why = events_in_redis(&redis, &p, half_id)
+        .into_iter()
+        .find_map(|e| match e.kind {
+            Some(ttg_proto::v1::event::Kind::RunCancelled(rc)) => Some(rc.reason),
+            _ => None,
+        })
+        .expect("RunCancelled");
+    assert!(why.starts_with("submit failed after queuing"), "{why}");
+    assert_eq!(xlen(&redis, &tasks), 0, "its queued tasks are removed");
+    server.stop().await;
+}
