@@ -96,6 +96,11 @@ struct Batch {
 
 /// Most chunks in one completion script call.
 const MAX_BATCH: usize = 64;
+/// Chunks an agent holds (claimed, not yet completed in Redis) beyond its
+/// `concurrency`: a slot is free again as soon as its chunk is computed, so
+/// the next chunk computes while the last one's completion is in flight and
+/// completions batch up; this bounds what waits when Redis is slow or full.
+const HOLD_EXTRA: usize = MAX_BATCH;
 /// Chunks computing faster than this on average are worth prefetching: an
 /// agent then claims up to `concurrency` chunks beyond its free slots, so a
 /// read brings several. Longer chunks are claimed only into free slots, so
@@ -406,6 +411,9 @@ impl Worker {
     /// handed to `tracker` and keep running after this returns.
     pub async fn claim_loop(self: Arc<Self>, stop: CancellationToken, tracker: TaskTracker) {
         let slots = Arc::new(Semaphore::new(self.concurrency as usize));
+        // Chunks held from claim to completion: computing, waiting for a
+        // slot (prefetched) or waiting for their completion script.
+        let holds = Arc::new(Semaphore::new(2 * self.concurrency as usize + HOLD_EXTRA));
         // Entries claimed and waiting for a free slot (see PREFETCH_BELOW).
         let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let streams = self.streams();
@@ -413,6 +421,12 @@ impl Worker {
         let mut groups_ready = false;
         let mut backoff = BACKOFF_MIN;
         while !stop.is_cancelled() {
+            // A hold, then a slot, in that order everywhere (entries waiting
+            // for a slot already have their hold), so neither waits forever.
+            let first_hold = tokio::select! {
+                p = holds.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                _ = stop.cancelled() => return,
+            };
             // Claim only what we can start now: chunks held but not computing
             // would wait here instead of on an idle agent.
             let first = tokio::select! {
@@ -454,12 +468,20 @@ impl Worker {
             } else {
                 0
             };
+            let want = permits.len() + prefetch;
+            let mut hold = first_hold;
+            if want > 1 {
+                let more = (want - 1).min(holds.available_permits()) as u32;
+                if let Ok(p) = holds.clone().try_acquire_many_owned(more) {
+                    hold.merge(p);
+                }
+            }
             let mut cmd = redis::cmd("XREADGROUP");
             cmd.arg("GROUP")
                 .arg(GROUP)
                 .arg(&self.agent_id)
                 .arg("COUNT")
-                .arg(permits.len() + prefetch)
+                .arg(hold.num_permits())
                 .arg("BLOCK")
                 .arg(READ_BLOCK.as_millis() as u64)
                 .arg("STREAMS")
@@ -493,6 +515,10 @@ impl Worker {
                     // Prefetched entries, and extras from several kernels'
                     // streams (COUNT applies per stream), wait for a slot.
                     let permit = permits.pop();
+                    // Each entry carries one hold (COUNT was the holds taken;
+                    // extras from other kernels' streams wait for one).
+                    let held = hold.split(1);
+                    let holds = holds.clone();
                     let slots = slots.clone();
                     let w = self.clone();
                     let stream = key.key.clone();
@@ -501,7 +527,14 @@ impl Worker {
                         waiting.fetch_add(1, Ordering::Relaxed);
                     }
                     tracker.spawn(async move {
-                        let _permit = match permit {
+                        let _held = match held {
+                            Some(h) => h,
+                            None => match holds.acquire_owned().await {
+                                Ok(h) => h,
+                                Err(_) => return,
+                            },
+                        };
+                        let permit = match permit {
                             Some(p) => p,
                             None => {
                                 let p = slots.acquire_owned().await;
@@ -512,7 +545,7 @@ impl Worker {
                                 }
                             }
                         };
-                        w.process(stream, entry.id, entry.map).await;
+                        w.process(stream, entry.id, entry.map, permit).await;
                     });
                 }
             }
@@ -618,11 +651,14 @@ impl Worker {
         .await;
     }
 
+    /// Compute one claimed entry and complete it; `slot` is given back as
+    /// soon as the computation ends.
     async fn process(
         self: Arc<Self>,
         stream: String,
         entry_id: String,
         fields: HashMap<String, Value>,
+        slot: tokio::sync::OwnedSemaphorePermit,
     ) {
         let raw = bulk(fields.get(TASK_FIELD)).unwrap_or_default();
         let attempt = match fields.get(ATTEMPT_FIELD) {
@@ -745,6 +781,7 @@ impl Worker {
             Ok(_) => {}
         }
         drop(compute);
+        drop(slot);
         let ack = chunk_span("ack");
         match outcome {
             Ok(values) => {

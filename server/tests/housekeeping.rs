@@ -527,6 +527,13 @@ async fn a_full_redis_refuses_submits_clearly_and_loses_no_result() {
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let st = status(&mut c, &queued.run_id).await;
     assert_eq!(st.progress.expect("progress").chunks_done, 0);
+    // …and it stops claiming: what it holds stays bounded (2 × concurrency
+    // + 64), the rest stays queued for agents that can finish it.
+    let (pending, _) = queue_state(&redis, &p);
+    assert!(
+        pending <= 2 * 2 + 64,
+        "{pending} chunks held by a stalled agent"
+    );
 
     // Cancel and delete still work, so a user can make room.
     c.cancel(CancelRequest {

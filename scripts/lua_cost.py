@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Instruction count of the completion script in Redis, per chunk.
+
+Runs redis-server under callgrind, loads the completion script exactly as the
+agents do (prelude + body from proto/src/stream.rs), sets up a RUNNING run,
+and calls the script on real pending deliveries with batches of 1, 8 and 32 chunks of P2's shape (100
+packed f64 values, a 60-byte event body). Prints Redis's instructions per
+chunk (Ir, callgrind's count: stable on a noisy shared machine, unlike wall
+time). Also counts XREADGROUP COUNT 8 per entry delivered, and reports the
+biggest functions of the batch-32 case.
+
+    python3 scripts/lua_cost.py            # needs valgrind and redis-server
+
+Used before and after each hot-path change; figures in docs/benchmarks.md.
+"""
+import glob
+import re
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+from bench import Resp, free_port, stream_scripts, wait_port  # noqa: E402
+
+CALLS = 200
+
+
+def dump(pid, d):
+    """Dump callgrind's counters and return the total Ir since the last zero."""
+    before = set(glob.glob(os.path.join(d, "cg.*")))
+    subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        new = set(glob.glob(os.path.join(d, "cg.*"))) - before
+        for f in new:
+            text = open(f).read()
+            for line in text.splitlines():
+                if line.startswith("summary:"):
+                    return int(line.split()[1]), f
+        time.sleep(0.2)
+    raise SystemExit("callgrind dump did not appear")
+
+
+def main():
+    for tool in ("valgrind", "callgrind_control", "redis-server"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} not found (apt-get install -y valgrind redis-server)")
+    d = tempfile.mkdtemp(prefix="ttg-lua-cost-")
+    port = free_port()
+    vg = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={d}/cg.%p",
+                           "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                           "--appendonly", "no", "--dir", d],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, within=60)
+        r = Resp(port)
+        sha = r.call("SCRIPT", "LOAD", stream_scripts()).decode()
+        r.call("HSET", "b:run", "state", "RUNNING", "total", 10 ** 9, "done", 0, "dead", 0, "count", 0,
+               "sum", 0, "retention_ms", 1000)
+        need = 20 + CALLS * (1 + 8 + 32)
+        for i in range(need + CALLS * 8 + 100):
+            r.call("XADD", "b:tasks", "*", "t", "x" * 40, "a", "1", "tp", "")
+        r.call("XGROUP", "CREATE", "b:tasks", "agents", "0")
+        # Real deliveries for the script to ack and delete, as in a run.
+        got = r.call("XREADGROUP", "GROUP", "agents", "w", "COUNT", need, "STREAMS", "b:tasks", ">")
+        ids = iter([e[0].decode() for e in got[0][1]])
+        values, body = "v" * 800, "e" * 60
+        keys = lambda i: ["b:run", f"b:done:{i}", "b:results", "b:events", "b:tasks", "b:deadbits",
+                          "b:stats", "b:expiring"]
+        rows = []
+        pid = vg.pid
+        # Warm up (the script compiled, the stream's structures allocated).
+        for i in range(20):
+            r.call("EVALSHA", sha, 8, *keys(f"w{i}"), "agents", "run",
+                   *[next(ids), 0, 100, "4999.5", "0.5", "99.5", values, body])
+        for batch in (1, 8, 32):
+            subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
+            r.call("PING")
+            for i in range(CALLS):
+                args = []
+                for k in range(batch):
+                    args += [next(ids), k, 100, "4999.5", "0.5", "99.5", values, body]
+                r.call("EVALSHA", sha, 8, *keys(f"{batch}:{i}"), "agents", "run", *args)
+            ir, f = dump(pid, d)
+            rows.append((f"completion script, batch {batch}", ir / (CALLS * batch)))
+            if batch == 32:
+                top = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100", f],
+                                     capture_output=True, text=True).stdout
+                lines = [ln for ln in top.splitlines() if re.match(r"^\s*[\d,]+ \(", ln)]
+                hot = [ln for ln in lines if "PROGRAM TOTALS" not in ln][:18]
+        subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
+        r.call("PING")
+        for i in range(CALLS):
+            r.call("XREADGROUP", "GROUP", "agents", f"c{i % 3}", "COUNT", 8, "STREAMS", "b:tasks", ">")
+        ir, _ = dump(pid, d)
+        rows.append(("XREADGROUP COUNT 8, per entry", ir / (CALLS * 8)))
+        for name, per in rows:
+            print(f"{name:40s} {per:10,.0f} Ir per chunk")
+        print("\nbiggest functions, batch 32 (self Ir over all calls):")
+        print("\n".join(hot))
+    finally:
+        vg.terminate()
+        vg.wait()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
