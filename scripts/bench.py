@@ -499,12 +499,12 @@ def p6(args, tmp):
         c.stop()
     assert lines == 100_000_001, lines
     srv = s.rss["server"]
-    ag = [max(v) for k, v in s.rss.items() if k.startswith("agent")]
+    ag = [v for k, v in s.rss.items() if k.startswith("agent")]
     q = lambda v: v[len(v) // 10] if v else 0
     return [
         ("P6", "10^8 params, chunk 10,000 (10,000 chunks), work_ms=0, 3 agents × concurrency 2",
          f"{wall:.1f} s", f"SUCCEEDED, {1e8 / wall / 1e6:.1f} M params/s; server RSS {mib(q(srv))} → "
-         f"max {mib(max(srv))}; agents max {', '.join(mib(a) for a in ag)}; Redis peak "
+         f"max {mib(max(srv))}; agents {', '.join(f'{mib(q(a))} → max {mib(max(a))}' for a in ag)}; Redis peak "
          f"{max(s.redis_mem) / 2**20:,.0f} MiB, results {res_bytes / 1e8:.2f} B/param"),
         ("P6e", "export of the 10^8 values, `ttgctl results RUN -o csv | wc -l`", f"{export_s:.1f} s",
          f"{lines:,} lines; ttgctl max RSS {mib(ru.ru_maxrss)}; server RSS after {mib(server_after)}"),

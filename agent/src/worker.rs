@@ -96,6 +96,9 @@ struct Batch {
 
 /// Most chunks in one completion script call.
 const MAX_BATCH: usize = 64;
+/// A completion call stops taking chunks once it carries this many bytes of
+/// packed values (big chunks go a few at a time).
+const MAX_BATCH_BYTES: usize = 1 << 20;
 /// Chunks an agent holds (claimed, not yet completed in Redis) beyond its
 /// `concurrency`: a slot is free again as soon as its chunk is computed, so
 /// the next chunk computes while the last one's completion is in flight and
@@ -828,25 +831,27 @@ impl Worker {
         compute_ms: u64,
     ) {
         let run_id = &task.run_id;
-        let body = event_body(
-            run_id,
-            event::Kind::ChunkCompleted(ChunkCompleted {
-                chunk_index: task.chunk_index,
-                start: task.start,
-                end: task.end,
-                agent_id: self.agent_id.clone(),
-                attempt,
-                sum: values.iter().sum(),
-                compute_ms,
-            }),
-        );
+        let body = |sum| {
+            event_body(
+                run_id,
+                event::Kind::ChunkCompleted(ChunkCompleted {
+                    chunk_index: task.chunk_index,
+                    start: task.start,
+                    end: task.end,
+                    agent_id: self.agent_id.clone(),
+                    attempt,
+                    sum,
+                    compute_ms,
+                }),
+            )
+        };
         let (tx, rx) = oneshot::channel();
         let lead = {
             let Ok(mut b) = self.batch.lock() else { return };
             b.queue.push(PendingCompletion {
                 stream: stream.to_string(),
                 run_id: run_id.clone(),
-                chunk: ChunkResult::new(entry_id, task.chunk_index, values, body),
+                chunk: ChunkResult::with_event(entry_id, task.chunk_index, values, body),
                 done: tx,
             });
             !std::mem::replace(&mut b.sending, true)
@@ -896,7 +901,14 @@ impl Worker {
                     std::mem::forget(release);
                     return;
                 }
-                let n = b.queue.len().min(MAX_BATCH);
+                // At most MAX_BATCH chunks and MAX_BATCH_BYTES of values (at
+                // least one chunk): one script call blocks Redis while it runs.
+                let mut n = 0;
+                let mut bytes = 0;
+                while n < b.queue.len().min(MAX_BATCH) && (n == 0 || bytes < MAX_BATCH_BYTES) {
+                    bytes += b.queue[n].chunk.packed.len();
+                    n += 1;
+                }
                 b.queue.drain(..n).collect::<Vec<_>>()
             };
             while !round.is_empty() {

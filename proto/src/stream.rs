@@ -451,9 +451,24 @@ pub struct ChunkResult {
 impl ChunkResult {
     /// A chunk's values and event body, summarised for the script.
     pub fn new(entry_id: &str, chunk_index: u64, values: &[f64], event: Vec<u8>) -> Self {
-        let sum: f64 = values.iter().sum();
-        let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-        let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        Self::with_event(entry_id, chunk_index, values, |_| event)
+    }
+
+    /// As [`ChunkResult::new`], with the event body built from the chunk's
+    /// sum (one pass over the values for sum, min and max).
+    pub fn with_event(
+        entry_id: &str,
+        chunk_index: u64,
+        values: &[f64],
+        event: impl FnOnce(f64) -> Vec<u8>,
+    ) -> Self {
+        let (mut sum, mut min, mut max) = (0.0, f64::INFINITY, f64::NEG_INFINITY);
+        for &v in values {
+            sum += v;
+            min = min.min(v);
+            max = max.max(v);
+        }
+        let event = event(sum);
         Self {
             entry_id: entry_id.to_string(),
             chunk_index,
