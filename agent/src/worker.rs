@@ -105,9 +105,10 @@ const MAX_BATCH_BYTES: usize = 1 << 20;
 /// completions batch up; this bounds what waits when Redis is slow or full.
 const HOLD_EXTRA: usize = MAX_BATCH;
 /// Chunks computing faster than this on average are worth prefetching: an
-/// agent then claims up to `concurrency` chunks beyond its free slots, so a
-/// read brings several. Longer chunks are claimed only into free slots, so
-/// none waits on a busy agent while another is idle.
+/// agent then claims, beyond its free slots, about this much work per slot
+/// (at least `concurrency` chunks, at most HOLD_EXTRA), so a read brings
+/// many and completions batch. Longer chunks are claimed only into free
+/// slots, so none waits on a busy agent while another is idle.
 const PREFETCH_BELOW: Duration = Duration::from_millis(10);
 
 /// Next back-off delay.
@@ -466,8 +467,13 @@ impl Worker {
                 continue;
             };
             let avg = self.compute_avg_us.load(Ordering::Relaxed);
-            let prefetch = if avg < PREFETCH_BELOW.as_micros() as u64 {
-                (self.concurrency as usize).saturating_sub(waiting.load(Ordering::Relaxed))
+            let below = PREFETCH_BELOW.as_micros() as u64;
+            let prefetch = if avg < below {
+                // About PREFETCH_BELOW of work queued per slot: at least
+                // `concurrency` chunks, at most HOLD_EXTRA.
+                let c = self.concurrency as u64;
+                let depth = (c * below / avg.max(1)).clamp(c, HOLD_EXTRA as u64) as usize;
+                depth.saturating_sub(waiting.load(Ordering::Relaxed))
             } else {
                 0
             };
