@@ -39,6 +39,9 @@ struct Held {
     info: HeldChunk,
     /// Aborts this chunk alone (it was reclaimed from under us).
     abort: CancellationToken,
+    /// Computed: its completion may already have acked it in Redis, so an
+    /// entry XCLAIM no longer returns is no sign it was taken from us.
+    computed: bool,
 }
 
 /// What this agent knows of a run it has seen.
@@ -254,7 +257,7 @@ impl Worker {
                 .await?;
             let Ok(held) = self.held.lock() else { continue };
             for id in ids.iter().filter(|id| !kept.contains(id)) {
-                if let Some(h) = held.get(id) {
+                if let Some(h) = held.get(id).filter(|h| !h.computed) {
                     tracing::warn!(run = %h.info.run_id, chunk = h.info.chunk_index, agent = %self.agent_id,
                         "chunk was reclaimed from this agent (it looked dead); abandoning it");
                     self.lost.fetch_add(1, Ordering::Relaxed);
@@ -485,16 +488,19 @@ impl Worker {
                     hold.merge(p);
                 }
             }
+            // While claimed entries wait for a slot, never block: a blocked
+            // read would keep the slots it holds from them until it returns.
+            let local_work = waiting.load(Ordering::Relaxed) > 0;
             let mut cmd = redis::cmd("XREADGROUP");
             cmd.arg("GROUP")
                 .arg(GROUP)
                 .arg(&self.agent_id)
                 .arg("COUNT")
-                .arg(hold.num_permits())
-                .arg("BLOCK")
-                .arg(READ_BLOCK.as_millis() as u64)
-                .arg("STREAMS")
-                .arg(&streams);
+                .arg(hold.num_permits());
+            if !local_work {
+                cmd.arg("BLOCK").arg(READ_BLOCK.as_millis() as u64);
+            }
+            cmd.arg("STREAMS").arg(&streams);
             for _ in &streams {
                 cmd.arg(">");
             }
@@ -519,7 +525,15 @@ impl Worker {
                     continue;
                 }
             };
-            for key in reply.map(|r| r.keys).unwrap_or_default() {
+            let keys = reply.map(|r| r.keys).unwrap_or_default();
+            if local_work && keys.iter().all(|k| k.ids.is_empty()) {
+                // Nothing new: hand the slots to the waiting entries first.
+                drop(permits);
+                drop(hold);
+                tokio::task::yield_now().await;
+                continue;
+            }
+            for key in keys {
                 for entry in key.ids {
                     // Prefetched entries, and extras from several kernels'
                     // streams (COUNT applies per stream), wait for a slot.
@@ -741,6 +755,7 @@ impl Worker {
                         traceparent: claim_tp,
                     },
                     abort: chunk_abort.clone(),
+                    computed: false,
                 },
             );
         }
@@ -791,6 +806,11 @@ impl Worker {
         }
         drop(compute);
         drop(slot);
+        if let Ok(mut h) = self.held.lock() {
+            if let Some(h) = h.get_mut(&entry_id) {
+                h.computed = true;
+            }
+        }
         let ack = chunk_span("ack");
         match outcome {
             Ok(values) => {
