@@ -313,8 +313,15 @@ def p2(args, tmp):
     conc = 4
     c = Cluster(args.bin, agents=3, concurrency=conc, tmp=new_dir(tmp))
     try:
-        res = [c.run(1_000_000, 100, 0) for _ in range(args.reps)]
         r = Resp(c.redis_port)
+        res, gaps = [], []
+        for _ in range(args.reps):
+            res.append(c.run(1_000_000, 100, 0))
+            # The longest silence between two of the run's events (entry ids
+            # carry Redis's ms clock): a stalled agent shows here.
+            ev = r.call("XRANGE", f"ttg:run:{res[-1][2]['run_id']}:events", "-", "+")
+            ms = [int(e[0].split(b"-")[0]) for e in ev]
+            gaps.append(max(b - a for a, b in zip(ms, ms[1:])))
         stats = r.call("INFO", "commandstats").decode()
         calls = lambda cmd: int(re.search(rf"cmdstat_{cmd}:calls=(\d+)", stats).group(1))
         chunks = args.reps * 10_000
@@ -331,7 +338,8 @@ def p2(args, tmp):
     return [
         ("P2", f"1,000,000 params, work_ms=0, chunk 100 (10,000 chunks), 3 agents × concurrency {conc}",
          f"{med:.3f} s", f"goal ≤ 0.5 s; {rate:,.0f} chunks/s (min {min(walls):.3f}, max {max(walls):.3f}); "
-         f"{rate / limit:.0%} of the redis-benchmark limit for the same command mix"),
+         f"{rate / limit:.0%} of the redis-benchmark limit for the same command mix; longest gap between "
+         f"a run's events {max(gaps)} ms"),
         ("P2r", f"redis-benchmark, same machine: completion script (EVALSHA, real keys and sizes, "
          f"{max(1, round(cbatch))} chunks per call) and XREADGROUP COUNT {max(1, round(batch))} (the batches "
          f"P2's agents averaged: {cbatch:.1f} and {batch:.1f}), -c 3 -P {conc}",
