@@ -623,6 +623,26 @@ pub fn queue_state(redis: &Redis, prefix: &str) -> (usize, usize) {
     (r.ids.len(), len)
 }
 
+/// Wait (≤ 10 s) until the placeholder tasks stream holds nothing and nothing
+/// is pending in it. Not at once when a run ends: if a chunk was reclaimed
+/// from a live agent (frozen, cut off) and that agent's late result won, the
+/// chunk's re-queued copy is still queued or computing when the run ends; an
+/// agent then drops it (run finished). It must go, just not instantly.
+pub async fn assert_queue_drains(redis: &Redis, prefix: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let q = queue_state(redis, prefix);
+        if q == (0, 0) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tasks stream not drained 10 s after the run ended: (pending, length) = {q:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Check a finished run counted every chunk exactly once with the exact sum.
 pub fn assert_exactly_once(events: &[Event], params: u64, chunks: u64) {
     let done = completed_chunks(events);
