@@ -250,7 +250,16 @@ async fn one_trace_per_run_metrics_move_and_logs_join_traces() {
     assert_eq!(sample(&sm, "ttg_runs_stored"), Some(1.0), "{sm}");
     let mut computed = 0.0;
     for m in &agent_metrics[..2] {
-        let t = scrape(*m).await;
+        // The gauge drops when the agent has the completion's reply, a moment
+        // after watchers see the run end.
+        let t = wait_until("agent in_flight back to 0", Duration::from_secs(5), || {
+            let m = *m;
+            async move {
+                let t = scrape(m).await;
+                (sample(&t, "ttg_agent_in_flight") == Some(0.0)).then_some(t)
+            }
+        })
+        .await;
         computed += sample(&t, "ttg_agent_chunks_computed_total").unwrap_or(0.0);
         assert!(
             sample(&t, "ttg_agent_compute_seconds_count").unwrap_or(0.0) > 0.0,
