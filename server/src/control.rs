@@ -132,16 +132,7 @@ impl ControlPlane for Control {
         // Its undelivered tasks leave the stream in the background; delivered
         // ones are dropped by their agents.
         let (store, run_id) = (self.store.clone(), req.run_id.clone());
-        tokio::spawn(async move {
-            match store.purge_cancelled_tasks(&run_id).await {
-                Ok(n) => {
-                    tracing::debug!(run = %run_id, tasks = n, "cancelled run's queued tasks removed")
-                }
-                Err(e) => {
-                    tracing::warn!(run = %run_id, error = %e, "cancelled run's queued tasks not removed; agents drop them as they read them")
-                }
-            }
-        });
+        tokio::spawn(async move { store.remove_cancelled_tasks(&run_id).await });
         // This replica's agents at once; the others' through Redis pub/sub.
         self.sessions.broadcast_cancel(&req.run_id);
         if let Err(e) = self

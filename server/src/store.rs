@@ -450,11 +450,7 @@ impl Store {
                 );
                 tracing::warn!(run = %run_id, error = %e, "{why}; cancelling the run");
                 match self.cancel(&run_id, &why).await {
-                    Ok(_) => {
-                        if let Err(pe) = self.purge_cancelled_tasks(&run_id).await {
-                            tracing::warn!(run = %run_id, error = %pe, "cancelled run's queued tasks not removed; agents drop them as they read them");
-                        }
-                    }
+                    Ok(_) => self.remove_cancelled_tasks(&run_id).await,
                     Err(ce) => {
                         tracing::error!(run = %run_id, error = %ce, "half-submitted run not cancelled; cancel it with `ttgctl cancel {run_id}`")
                     }
@@ -1053,9 +1049,22 @@ return 1
 
     /// Delete a cancelled run's task entries that no agent was delivered yet,
     /// so they do not wait in the stream for an agent to read and drop them
-    /// (a run of a kernel no agent offers would keep them forever). Returns
-    /// how many were deleted.
-    pub async fn purge_cancelled_tasks(&self, run_id: &str) -> Result<u64> {
+    /// (a run of a kernel no agent offers would keep them forever). A failure
+    /// is logged, not returned: agents still drop such entries as they read
+    /// them.
+    pub async fn remove_cancelled_tasks(&self, run_id: &str) {
+        match self.purge_cancelled_tasks(run_id).await {
+            Ok(n) => {
+                tracing::debug!(run = %run_id, tasks = n, "cancelled run's queued tasks removed")
+            }
+            Err(e) => {
+                tracing::warn!(run = %run_id, error = %e, "cancelled run's queued tasks not removed; agents drop them as they read them")
+            }
+        }
+    }
+
+    /// See [`Store::remove_cancelled_tasks`]; returns how many were deleted.
+    async fn purge_cancelled_tasks(&self, run_id: &str) -> Result<u64> {
         let spec = self.spec(run_id).await?;
         let stream = self.keys.tasks(&spec.kernel);
         let mut c = self.conn();
