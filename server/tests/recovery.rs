@@ -91,7 +91,7 @@ async fn sigkill_reclaims_at_once_and_every_chunk_counts_once() {
         );
     }
     assert_exactly_once(&events, 3_000, 100);
-    assert_queue_drains(&redis, &p).await;
+    assert_queue_drains(&redis, &p, Duration::from_secs(10)).await;
     // The dead consumer was removed from the group.
     let consumers: Vec<redis::Value> = redis::cmd("XINFO")
         .arg("CONSUMERS")
@@ -149,7 +149,7 @@ async fn sigstop_reclaims_at_lease_expiry_and_the_zombie_changes_nothing() {
     ag[1].signal("CONT");
     let events = watch_all(&mut c, &run.run_id, "").await;
     assert_exactly_once(&events, 1_000, 100);
-    assert_queue_drains(&redis, &p).await;
+    assert_queue_drains(&redis, &p, Duration::from_secs(10)).await;
     // The zombie came back as a live agent.
     wait_until("z1 reconnects", Duration::from_secs(10), || {
         let mut c = c.clone();
@@ -214,7 +214,7 @@ async fn with_no_server_up_the_sweep_recovers_a_dead_agents_chunk() {
         "{rec:?}"
     );
     assert_exactly_once(&events, 600, 60);
-    assert_queue_drains(&redis, &p).await;
+    assert_queue_drains(&redis, &p, Duration::from_secs(10)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -644,7 +644,7 @@ async fn two_replicas_share_one_redis_and_a_dead_replica_loses_nothing() {
         );
     }
     assert_exactly_once(&events, 3_000, 100);
-    assert_queue_drains(&redis, &p).await;
+    assert_queue_drains(&redis, &p, Duration::from_secs(10)).await;
     drop((x1, x2));
 }
 
@@ -739,7 +739,7 @@ async fn redis_killed_and_restarted_mid_run_the_run_finishes_exactly() {
     assert_eq!(cents(st.aggregate.expect("agg").sum), cents(5_000_355.00));
     let events = watch_all(&mut c, &run.run_id, "").await;
     assert_exactly_once(&events, 10_000, 100);
-    assert_queue_drains(&redis, &p).await;
+    assert_queue_drains(&redis, &p, Duration::from_secs(10)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -776,7 +776,7 @@ async fn cancel_on_one_replica_aborts_in_flight_chunks_on_agents_of_another_at_o
         "aborted after {:?}, not after the 10 s chunks",
         t.elapsed()
     );
-    assert_queue_drains(&redis, &p).await;
+    assert_queue_drains(&redis, &p, Duration::from_secs(5)).await;
     let st = status(&mut ca, &run.run_id).await;
     assert_eq!(st.state, RunState::Cancelled as i32);
     assert_eq!(

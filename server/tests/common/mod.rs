@@ -318,15 +318,30 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
+    wait_for(what, within, || {
+        let next = f();
+        async move { next.await.ok_or("nothing yet") }
+    })
+    .await
+}
+
+/// Poll `f` until it returns Ok, or panic after `within` naming `what` and
+/// the last Err it returned (what was seen instead).
+pub async fn wait_for<T, E, F, Fut>(what: &str, within: Duration, mut f: F) -> T
+where
+    E: std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
     let deadline = Instant::now() + within;
     loop {
-        if let Some(v) = f().await {
-            return v;
+        match f().await {
+            Ok(v) => return v,
+            Err(last) => assert!(
+                Instant::now() < deadline,
+                "timed out after {within:?} waiting for: {what} (last seen: {last:?})"
+            ),
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for: {what}"
-        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -623,24 +638,23 @@ pub fn queue_state(redis: &Redis, prefix: &str) -> (usize, usize) {
     (r.ids.len(), len)
 }
 
-/// Wait (≤ 10 s) until the placeholder tasks stream holds nothing and nothing
-/// is pending in it. Not at once when a run ends: if a chunk was reclaimed
-/// from a live agent (frozen, cut off) and that agent's late result won, the
-/// chunk's re-queued copy is still queued or computing when the run ends; an
-/// agent then drops it (run finished). It must go, just not instantly.
-pub async fn assert_queue_drains(redis: &Redis, prefix: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+/// Wait (≤ `within`) until the placeholder tasks stream holds nothing and
+/// nothing is pending in it. Not at once when a run ends: if a chunk was
+/// reclaimed from a live agent (frozen, cut off) and that agent's late result
+/// won, the chunk's re-queued copy is still queued or computing when the run
+/// ends; an agent then drops it (run finished). It must go, just not
+/// instantly.
+pub async fn assert_queue_drains(redis: &Redis, prefix: &str, within: Duration) {
+    wait_for("tasks stream drained, nothing pending", within, || {
         let q = queue_state(redis, prefix);
-        if q == (0, 0) {
-            return;
+        async move {
+            match q {
+                (0, 0) => Ok(()),
+                (pending, len) => Err(format!("{pending} pending, stream length {len}")),
+            }
         }
-        assert!(
-            Instant::now() < deadline,
-            "tasks stream not drained 10 s after the run ended: (pending, length) = {q:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 /// Check a finished run counted every chunk exactly once with the exact sum.
