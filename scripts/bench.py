@@ -334,14 +334,16 @@ def p2(args, tmp):
     subs = [x[1] for x in res]
     med = statistics.median(walls)
     rate = 10_000 / med
-    reads, completes, limit = redis_limit(tmp, 10_000, 3, conc, max(1, round(batch)), max(1, round(cbatch)))
+    # redis-benchmark repeats one command line: whole batches.
+    rb, rcb = max(1, round(batch)), max(1, round(cbatch))
+    reads, completes, limit = redis_limit(tmp, 10_000, 3, conc, rb, rcb)
     return [
         ("P2", f"1,000,000 params, work_ms=0, chunk 100 (10,000 chunks), 3 agents × concurrency {conc}",
          f"{med:.3f} s", f"goal ≤ 0.5 s; {rate:,.0f} chunks/s (min {min(walls):.3f}, max {max(walls):.3f}); "
          f"{rate / limit:.0%} of the redis-benchmark limit for the same command mix; longest gap between "
          f"a run's events {max(gaps)} ms"),
         ("P2r", f"redis-benchmark, same machine: completion script (EVALSHA, real keys and sizes, "
-         f"{max(1, round(cbatch))} chunks per call) and XREADGROUP COUNT {max(1, round(batch))} (the batches "
+         f"{rcb} chunks per call) and XREADGROUP COUNT {rb} (the batches "
          f"P2's agents averaged: {cbatch:.1f} and {batch:.1f}), -c 3 -P {conc}",
          f"{limit:,.0f} chunks/s", f"completion script {completes:,.0f} chunks/s, XREADGROUP {reads:,.0f} "
          "calls/s; Redis alone, no agent or server work"),
