@@ -37,6 +37,10 @@ pub enum Error {
     /// Redis client could not be built.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// The server refused the agent's token (wrong, or revoked): the agent
+    /// stopped claiming and abandoned what it held (already reclaimed).
+    #[error("the server refuses this agent's token (wrong or revoked); check --token / TTG_TOKEN")]
+    Unauthorized,
 }
 
 /// How a run of the agent ended.
@@ -79,6 +83,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Exit, Er
         redis = %ttg_proto::redis_conn::redact_url(&config.redis_url), server = %config.server, "ttg-agent starting");
 
     let session_stop = CancellationToken::new();
+    let unauthorized = CancellationToken::new();
     let ending = Arc::new(Mutex::new(session::Ending::Abandon));
     let session = tokio::spawn(session::run(
         config.connect_opts(),
@@ -86,7 +91,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Exit, Er
         worker.clone(),
         session_stop.clone(),
         ending.clone(),
+        unauthorized.clone(),
     ));
+    // A refused token stops claiming at once, like a shutdown.
+    let stop = shutdown.child_token();
+    {
+        let (stop, unauthorized) = (stop.clone(), unauthorized.clone());
+        tokio::spawn(async move {
+            unauthorized.cancelled().await;
+            stop.cancel();
+        });
+    }
 
     // The lease keeper and the sweep run until the session ends: a draining
     // agent's entries must stay fresh while it finishes them.
@@ -95,8 +110,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Exit, Er
     let sweeper = tokio::spawn(worker.clone().sweep(SWEEP_IDLE_LEASES, keeper_stop.clone()));
 
     let tracker = TaskTracker::new();
-    worker.clone().claim_loop(shutdown, tracker.clone()).await;
+    worker.clone().claim_loop(stop, tracker.clone()).await;
     tracker.close();
+    if unauthorized.is_cancelled() {
+        // No session, so the server reclaimed what we hold: stop at once.
+        worker.abort();
+    }
     tracing::info!(agent = %agent_id, held = worker.held().len(), timeout = ?config.drain_timeout, "draining");
     let exit = if tokio::time::timeout(config.drain_timeout, tracker.wait())
         .await
@@ -120,5 +139,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Exit, Er
     session_stop.cancel();
     let _ = session.await;
     tracing::info!(agent = %agent_id, exit = ?exit, "ttg-agent stopped");
+    if unauthorized.is_cancelled() {
+        return Err(Error::Unauthorized);
+    }
     Ok(exit)
 }

@@ -29,15 +29,48 @@ pub enum Ending {
     Abandon,
 }
 
+/// Why a session went down.
+#[derive(Debug)]
+enum Down {
+    /// The server answered with this status.
+    Refused(tonic::Status),
+    /// Anything else (connection, stream, protocol).
+    Other(String),
+}
+
+impl From<String> for Down {
+    fn from(s: String) -> Self {
+        Down::Other(s)
+    }
+}
+
+impl From<&str> for Down {
+    fn from(s: &str) -> Self {
+        Down::Other(s.to_string())
+    }
+}
+
+impl std::fmt::Display for Down {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Down::Refused(s) => write!(f, "session refused ({:?}): {}", s.code(), s.message()),
+            Down::Other(s) => f.write_str(s),
+        }
+    }
+}
+
 /// Keep a session open until `stop` fires, then end it as `ending` says.
 /// `servers` is a comma-separated list of URLs (replicas); on failure the
-/// next one is tried.
+/// next one is tried. If a server refuses the agent's token
+/// (Unauthenticated, PermissionDenied: wrong, or revoked) `unauthorized` is
+/// cancelled and this returns: the agent must stop working.
 pub async fn run(
     opts: ttg_proto::client::ConnectOpts,
     servers: String,
     worker: Arc<Worker>,
     stop: CancellationToken,
     ending: Arc<std::sync::Mutex<Ending>>,
+    unauthorized: CancellationToken,
 ) {
     let servers: Vec<String> = servers
         .split(',')
@@ -53,6 +86,17 @@ pub async fn run(
         let attempt = serve(&server, &opts, &worker, &stop, &ending, &mut backoff);
         match tracing::Instrument::instrument(attempt, span).await {
             Ok(()) => return,
+            Err(Down::Refused(s))
+                if matches!(
+                    s.code(),
+                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                ) =>
+            {
+                tracing::error!(agent = %worker.agent_id(), server = %server, error = %s.message(),
+                    "the server refuses this agent's token; stopping");
+                unauthorized.cancel();
+                return;
+            }
             Err(e) => {
                 tracing::warn!(agent = %worker.agent_id(), server = %server, error = %e, retry_in = ?backoff, "session down; reconnecting");
             }
@@ -72,7 +116,7 @@ async fn serve(
     stop: &CancellationToken,
     ending: &std::sync::Mutex<Ending>,
     backoff: &mut Duration,
-) -> Result<(), String> {
+) -> Result<(), Down> {
     let channel = ttg_proto::client::endpoint(server, opts)?
         .connect()
         .await
@@ -89,6 +133,7 @@ async fn serve(
             kernels: worker.kernel_names(),
             pid: std::process::id(),
             kernel_decls: worker.kernel_decls(),
+            instance: worker.instance().to_string(),
         })),
     };
     tx.send(hello)
@@ -97,14 +142,14 @@ async fn serve(
     let mut inbound = client
         .session(ReceiverStream::new(rx))
         .await
-        .map_err(|s| format!("session: {}", s.message()))?
+        .map_err(Down::Refused)?
         .into_inner();
     let welcome = match tokio::time::timeout(Duration::from_secs(5), inbound.message()).await {
         Ok(Ok(Some(m))) => match m.msg {
             Some(server_message::Msg::Welcome(w)) => w,
             _ => return Err("expected Welcome".into()),
         },
-        Ok(Err(s)) => return Err(format!("session refused: {}", s.message())),
+        Ok(Err(s)) => return Err(Down::Refused(s)),
         Ok(Ok(None)) => return Err("session closed before Welcome".into()),
         Err(_) => return Err("no Welcome within 5s".into()),
     };
@@ -132,7 +177,7 @@ async fn serve(
                     }
                 }
                 Ok(None) => return Err("server closed the session".into()),
-                Err(s) => return Err(format!("session broken: {}", s.message())),
+                Err(s) => return Err(Down::Refused(s)),
             },
             _ = stop.cancelled() => {
                 let how = ending.lock().map(|e| *e).unwrap_or(Ending::Abandon);

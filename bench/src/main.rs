@@ -101,6 +101,8 @@ async fn session(
             kernels: Vec::new(),
             pid: std::process::id(),
             kernel_decls: Vec::new(),
+            // Unique per session; the server only needs it stable per process.
+            instance: format!("loadgen-{:016x}-{i}", std::process::id()),
         };
         tx.send(AgentMessage {
             msg: Some(agent_message::Msg::Hello(hello)),

@@ -2,6 +2,13 @@
 //! given), `ttg-server` and N `ttg-agent`s as child processes, logs in one
 //! folder. Used by `ttgctl up` and `ttgctl demo`. Children die with us (even
 //! if we are SIGKILLed), and [`Cluster::stop`] drains agents before the rest.
+//!
+//! Other users of the machine get nothing: the folder has a random name, is
+//! created 0700 and must not exist before (so nobody can plant or read the
+//! tokens file), the private Redis requires a random password (its config
+//! file, 0600, is in that folder), and secrets reach the children by
+//! environment or file, never on a command line (`/proc/*/cmdline` is
+//! world-readable; `/proc/*/environ` is not).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -101,15 +108,51 @@ pub fn free_port() -> CliResult<u16> {
     Ok(l.local_addr()?.port())
 }
 
-async fn redis_ping(port: u16) -> bool {
+async fn redis_ping(port: u16, password: &str) -> bool {
     let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
         return false;
     };
-    if s.write_all(b"PING\r\n").await.is_err() {
+    let cmd = format!("AUTH {password}\r\nPING\r\n");
+    if s.write_all(cmd.as_bytes()).await.is_err() {
         return false;
     }
-    let mut buf = [0u8; 16];
-    matches!(tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await, Ok(Ok(n)) if buf[..n].starts_with(b"+PONG"))
+    // "+OK\r\n+PONG\r\n", possibly in two reads.
+    let mut buf = Vec::new();
+    let read = async {
+        let mut b = [0u8; 32];
+        while !buf.ends_with(b"+PONG\r\n") && buf.len() < 64 {
+            match s.read(&mut b).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&b[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), read).await;
+    buf == b"+OK\r\n+PONG\r\n"
+}
+
+/// A new folder only this user can enter: a random name under the temp
+/// folder, created with mode 0700, failing if anything is already there
+/// (never reused: a folder someone else made could be theirs to read).
+pub fn private_dir() -> CliResult<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let dir = std::env::temp_dir().join(format!("ttg-local-{}", random_token()?));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| CliError::usage(format!("cannot create {}: {e}", dir.display())))?;
+    // We just created it (create fails on anything existing, symlinks
+    // included), so it is ours; the mode is checked against an odd umask.
+    let meta = std::fs::symlink_metadata(&dir)?;
+    if !meta.is_dir() || meta.permissions().mode() & 0o077 != 0 {
+        return Err(CliError::usage(format!(
+            "{} is not a private folder (mode {:o}, owner {}): refusing to use it",
+            dir.display(),
+            meta.permissions().mode() & 0o777,
+            meta.uid()
+        )));
+    }
+    Ok(dir)
 }
 
 /// Wait until the server's health check says SERVING.
@@ -147,8 +190,7 @@ impl Cluster {
     /// tokens: a client token ([`Cluster::client_token`]) and an agent token
     /// are generated into the cluster's folder, readable by this user only.
     pub async fn start(opts: ClusterOpts) -> CliResult<Cluster> {
-        let dir = std::env::temp_dir().join(format!("ttg-local-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
+        let dir = private_dir()?;
         let (client_token, agent_token) = (random_token()?, random_token()?);
         let tokens = dir.join("tokens");
         write_private(
@@ -177,8 +219,7 @@ impl Cluster {
         let mut cmd = Command::new(server_bin);
         cmd.arg("--listen")
             .arg(opts.listen.to_string())
-            .arg("--redis-url")
-            .arg(&cluster.redis_url)
+            .env("TTG_REDIS_URL", &cluster.redis_url)
             .arg("--prefix")
             .arg(&opts.prefix)
             .arg("--tokens-file")
@@ -220,25 +261,27 @@ impl Cluster {
             )
         })?;
         let port = free_port()?;
+        let password = random_token()?;
+        let conf = self.dir.join("redis.conf");
+        // Quoted: the folder name is ours (temp dir + random hex), but a
+        // TMPDIR with spaces must not break the config.
+        write_private(
+            &conf,
+            &format!(
+                "port {port}\nbind 127.0.0.1\ndir \"{}\"\nsave \"\"\nappendonly yes\nrequirepass {password}\n",
+                self.dir.display()
+            ),
+        )?;
         let log = self.log("redis")?;
         let mut cmd = Command::new(bin);
-        cmd.arg("--port")
-            .arg(port.to_string())
-            .arg("--bind")
-            .arg("127.0.0.1")
-            .arg("--dir")
-            .arg(&self.dir)
-            .arg("--save")
-            .arg("")
-            .arg("--appendonly")
-            .arg("yes")
+        cmd.arg(&conf)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
         sys::child_dies_with_us(&mut cmd, libc::SIGTERM);
         self.redis = Some(cmd.spawn()?);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !redis_ping(port).await {
+        while !redis_ping(port, &password).await {
             if Instant::now() > deadline {
                 return Err(CliError::unavailable(format!(
                     "redis-server did not start:\n{}",
@@ -247,7 +290,7 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Ok(format!("redis://127.0.0.1:{port}"))
+        Ok(format!("redis://:{password}@127.0.0.1:{port}"))
     }
 
     /// Start one more agent.
@@ -258,8 +301,7 @@ impl Cluster {
         let mut cmd = Command::new(find_binary("ttg-agent")?);
         cmd.arg("--server")
             .arg(&self.server_url)
-            .arg("--redis-url")
-            .arg(&self.redis_url)
+            .env("TTG_REDIS_URL", &self.redis_url)
             .arg("--prefix")
             .arg(&self.opts.prefix)
             .arg("--agent-id")

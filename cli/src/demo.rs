@@ -91,6 +91,7 @@ async fn run(cluster: &Cluster, o: &DemoOpts) -> CliResult<i32> {
         kernel: "placeholder".into(),
         args: vec![format!("work_ms={}", o.work_ms)],
         max_attempts: None,
+        fail_fast: None,
         name: "demo".into(),
         retention: None,
         watch: false,

@@ -98,6 +98,9 @@ enum Cmd {
         /// Keep the run's data this long after it ends, e.g. 30d or 12h (default: the server's --run-retention, 7d).
         #[arg(long, value_parser = humantime::parse_duration)]
         retention: Option<std::time::Duration>,
+        /// Stop the run as FAILED once this many chunk attempts in a row fail with the same first line of error, 0..=100000 (0: never; default 10).
+        #[arg(long, value_name = "N")]
+        fail_fast: Option<u32>,
         /// Watch the run to its end after submitting.
         #[arg(long)]
         watch: bool,
@@ -168,6 +171,9 @@ enum Cmd {
         /// Write to this file instead of stdout.
         #[arg(long)]
         file: Option<String>,
+        /// Exit 0 even if the run did not succeed (its values so far are written either way; without this a run that is not SUCCEEDED exits 1 and says on stderr how many values are missing).
+        #[arg(long)]
+        partial: bool,
     },
     /// Run a local cluster (Redis, server, agents) until Ctrl-C.
     Up {
@@ -256,9 +262,11 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
             max_attempts,
             name,
             retention,
+            fail_fast,
             watch,
         } => {
             let o = submit::SubmitOpts {
+                fail_fast,
                 params,
                 chunk_size,
                 kernel,
@@ -297,12 +305,12 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Cmd::Delete { run } => status::delete(server, &run, cli.format).await,
         Cmd::Agents => status::agents(server, cli.format).await,
         Cmd::Kernels => status::kernels(server, cli.format).await,
-        Cmd::Results { run, file } => {
+        Cmd::Results { run, file, partial } => {
             let format = match cli.format {
                 Format::Json => results::ResultsFormat::Json,
                 Format::Text | Format::Csv => results::ResultsFormat::Csv,
             };
-            results::results(server, &run, format, file.as_deref()).await
+            results::results(server, &run, format, file.as_deref(), partial).await
         }
         Cmd::Up {
             agents,

@@ -71,7 +71,8 @@ pub fn status_json(st: &RunStatus) -> Value {
         "kernel": spec.kernel,
         "args": spec.args,
         "max_attempts": spec.max_attempts,
-        "chunks": {"total": p.chunks_total, "done": p.chunks_done, "dead": p.chunks_dead, "in_flight": st.chunks_in_flight},
+        "chunks": {"total": p.chunks_total, "done": p.chunks_done, "dead": p.chunks_dead, "purged": p.chunks_purged, "in_flight": st.chunks_in_flight},
+        "fail_fast": spec.fail_fast,
         "params_done": p.params_done,
         "aggregate": aggregate_json(&st.aggregate.unwrap_or_default()),
         "created_ms": time(st.created_ms),
@@ -90,7 +91,7 @@ pub fn status_text(st: &RunStatus) -> String {
     let p = st.progress.unwrap_or_default();
     let a = st.aggregate.unwrap_or_default();
     let mut out = format!(
-        "run        {}{}\nstate      {}\nkernel     {} {}\nparams     {} in chunks of {}\nchunks     {} done, {} dead, {} in flight, of {}\n",
+        "run        {}{}\nstate      {}\nkernel     {} {}\nparams     {} in chunks of {}\nchunks     {} done, {} dead, {}{} in flight, of {}\n",
         spec.run_id,
         if spec.name.is_empty() { String::new() } else { format!(" ({})", spec.name) },
         state_name(st.state),
@@ -100,17 +101,15 @@ pub fn status_text(st: &RunStatus) -> String {
         spec.chunk_size,
         p.chunks_done,
         p.chunks_dead,
+        if p.chunks_purged > 0 {
+            format!("{} purged (never computed), ", p.chunks_purged)
+        } else {
+            String::new()
+        },
         st.chunks_in_flight,
         p.chunks_total,
     );
-    out.push_str(&format!(
-        "aggregate  count {}, sum {}, min {}, max {}, mean {}\n",
-        a.count,
-        thousands(a.sum, 2),
-        a.min,
-        a.max,
-        thousands(a.mean, 4)
-    ));
+    out.push_str(&format!("aggregate  {}\n", aggregate_text(&a)));
     if st.started_ms > 0 {
         let end = if st.finished_ms > 0 {
             st.finished_ms
@@ -197,4 +196,20 @@ pub fn event_json(e: &Event) -> Value {
         "id": e.id, "run_id": e.run_id, "time_ms": e.time_ms, "kind": kind, "detail": detail,
         "progress": {"chunks_total": p.chunks_total, "chunks_done": p.chunks_done, "chunks_dead": p.chunks_dead, "params_done": p.params_done},
     })
+}
+
+/// An aggregate as one line of text; "no values" when nothing was counted
+/// (a sum, min and max of 0 would read as real values).
+pub fn aggregate_text(a: &Aggregate) -> String {
+    if a.count == 0 {
+        return "no values".to_string();
+    }
+    format!(
+        "count {}, sum {}, min {}, max {}, mean {}",
+        a.count,
+        thousands(a.sum, 2),
+        a.min,
+        a.max,
+        thousands(a.mean, 4)
+    )
 }

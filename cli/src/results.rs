@@ -1,11 +1,14 @@
 //! `ttgctl results RUN -o csv|json`: stream every value in parameter order,
-//! without holding the run in memory.
+//! without holding the run in memory. A run that is not SUCCEEDED has its
+//! stored values written all the same, but the command says on stderr how
+//! many are missing and exits 1, unless `--partial`.
 
 use std::io::{BufWriter, Write};
 
-use ttg_proto::v1::GetResultsRequest;
+use ttg_proto::v1::{GetResultsRequest, RunState, StatusRequest};
 
-use crate::client::{self, CliError, CliResult, EXIT_OK};
+use crate::client::{self, CliError, CliResult, EXIT_FAILED, EXIT_OK};
+use crate::output::state_name;
 
 /// Export format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,8 +25,17 @@ pub async fn results(
     run_id: &str,
     format: ResultsFormat,
     path: Option<&str>,
+    partial: bool,
 ) -> CliResult<i32> {
     let mut c = client::control(server).await?;
+    // The state before reading: a run that succeeds meanwhile was complete
+    // when read, and one still running is reported as such.
+    let st = c
+        .status(StatusRequest {
+            run_id: run_id.to_string(),
+        })
+        .await?
+        .into_inner();
     let mut stream = c
         .get_results(GetResultsRequest {
             run_id: run_id.to_string(),
@@ -39,6 +51,7 @@ pub async fn results(
     };
     let mut out = BufWriter::with_capacity(1 << 16, sink);
     let mut first = true;
+    let mut written = 0u64;
     match format {
         ResultsFormat::Csv => writeln!(out, "param,value")?,
         ResultsFormat::Json => write!(out, "[")?,
@@ -46,6 +59,7 @@ pub async fn results(
     while let Some(chunk) = stream.message().await? {
         for (i, v) in chunk.values.iter().enumerate() {
             let p = chunk.start + i as u64;
+            written += 1;
             match format {
                 ResultsFormat::Csv => writeln!(out, "{p},{v}")?,
                 ResultsFormat::Json => {
@@ -63,5 +77,19 @@ pub async fn results(
         writeln!(out, "]")?;
     }
     out.flush()?;
-    Ok(EXIT_OK)
+    if st.state == RunState::Succeeded as i32 {
+        return Ok(EXIT_OK);
+    }
+    let params = st.spec.as_ref().map(|s| s.params).unwrap_or(0);
+    let missing = params.saturating_sub(written);
+    eprintln!(
+        "run {run_id} is {}: wrote {written} of {params} values, {missing} missing{}",
+        state_name(st.state),
+        if partial {
+            ""
+        } else {
+            " (pass --partial to accept an incomplete export with exit 0)"
+        }
+    );
+    Ok(if partial { EXIT_OK } else { EXIT_FAILED })
 }

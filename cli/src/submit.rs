@@ -24,6 +24,8 @@ pub struct SubmitOpts {
     pub name: String,
     /// Retention after the run ends (server default when None).
     pub retention: Option<std::time::Duration>,
+    /// Fail-fast streak (server default when None).
+    pub fail_fast: Option<u32>,
     /// Watch to the end.
     pub watch: bool,
 }
@@ -66,6 +68,7 @@ pub fn request(o: &SubmitOpts) -> CliResult<SubmitRequest> {
             }
             Some(d) => Some(d.as_secs()),
         },
+        fail_fast: o.fail_fast,
     })
 }
 

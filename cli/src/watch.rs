@@ -2,6 +2,9 @@
 //! chunks/s, parameters/s and ETA on a terminal, a plain line at most once a
 //! second otherwise, JSON lines with `-o json`. If the stream drops (server
 //! restart, network), it reconnects and resumes after the last event seen.
+//! A terminal event ends the watch only when the stream ends after it: a run
+//! that was retried after it failed goes on, and so does the watch. Repeated
+//! failures with the same error are folded into one line ("× 30").
 //! Ends by printing the aggregate; exit 0 if the run succeeded, 1 otherwise.
 
 use std::io::IsTerminal;
@@ -12,7 +15,7 @@ use tonic::Code;
 use ttg_proto::v1::{event, Event, RunState, StatusRequest, WatchRequest};
 
 use crate::client::{self, CliError, CliResult, EXIT_FAILED, EXIT_OK};
-use crate::output::{event_json, state_name, thousands, Format};
+use crate::output::{aggregate_text, event_json, state_name, thousands, Format};
 
 /// Give up reconnecting after this long without a stream.
 const RECONNECT_FOR: Duration = Duration::from_secs(60);
@@ -43,8 +46,16 @@ pub struct Outcome {
     pub exit: i32,
 }
 
+/// Failures with one error, folded into one line.
+struct Folded {
+    error: String,
+    repeats: u64,
+    chunks: Vec<u64>,
+}
+
 struct Progress {
     bar: Option<ProgressBar>,
+    folded: Option<Folded>,
     plain: bool,
     last_line: Option<Instant>,
     printed_last: bool,
@@ -78,14 +89,20 @@ impl Progress {
         } else {
             "-".into()
         };
+        let dead = if p.chunks_dead > 0 {
+            format!("{} dead, ", p.chunks_dead)
+        } else {
+            String::new()
+        };
         let msg = format!(
-            "{} chunks/s, {} params/s, ETA {eta}",
+            "{dead}{} chunks/s, {} params/s, ETA {eta}",
             thousands(chunk_rate, 0),
             thousands(param_rate, 0)
         );
         if let Some(bar) = &self.bar {
+            // Done chunks only: a run with dead chunks never shows 100 %.
             bar.set_length(p.chunks_total);
-            bar.set_position(p.chunks_done + p.chunks_dead);
+            bar.set_position(p.chunks_done);
             bar.set_message(msg);
         } else if self.plain {
             let due = self
@@ -95,7 +112,7 @@ impl Progress {
                 self.last_line = Some(Instant::now());
                 self.printed_last = left == 0;
                 let pct = if p.chunks_total > 0 {
-                    100.0 * (p.chunks_done + p.chunks_dead) as f64 / p.chunks_total as f64
+                    100.0 * p.chunks_done as f64 / p.chunks_total as f64
                 } else {
                     0.0
                 };
@@ -107,7 +124,49 @@ impl Progress {
         }
     }
 
-    fn note(&self, line: &str) {
+    fn note(&mut self, line: &str) {
+        self.flush_folded();
+        self.print(line);
+    }
+
+    /// A failure line; the same error again right after is counted, not
+    /// printed, and shows as one "× N" line once something else happens.
+    fn failure(&mut self, chunk: u64, line: &str, error: &str) {
+        if let Some(f) = &mut self.folded {
+            if f.error == error {
+                f.repeats += 1;
+                if f.chunks.len() < 5 {
+                    f.chunks.push(chunk);
+                }
+                return;
+            }
+        }
+        self.flush_folded();
+        self.print(line);
+        self.folded = Some(Folded {
+            error: error.to_string(),
+            repeats: 0,
+            chunks: Vec::new(),
+        });
+    }
+
+    fn flush_folded(&mut self) {
+        if let Some(f) = self.folded.take() {
+            if f.repeats > 0 {
+                let mut chunks: Vec<String> = f.chunks.iter().map(u64::to_string).collect();
+                if f.repeats as usize > chunks.len() {
+                    chunks.push("…".into());
+                }
+                self.print(&format!(
+                    "  … the same error × {} more (chunks {})",
+                    f.repeats,
+                    chunks.join(", ")
+                ));
+            }
+        }
+    }
+
+    fn print(&self, line: &str) {
         match &self.bar {
             Some(bar) => bar.println(line),
             None if self.plain => println!("{line}"),
@@ -115,7 +174,8 @@ impl Progress {
         }
     }
 
-    fn finish(&self) {
+    fn finish(&mut self) {
+        self.flush_folded();
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
@@ -146,6 +206,7 @@ pub async fn watch(server: &str, run_id: &str, after: &str, format: Format) -> C
     });
     let mut progress = Progress {
         bar,
+        folded: None,
         plain: format == Format::Text && !fancy,
         last_line: None,
         printed_last: false,
@@ -156,6 +217,7 @@ pub async fn watch(server: &str, run_id: &str, after: &str, format: Format) -> C
     let mut outcome = Outcome::default();
     let mut down_since: Option<Instant> = None;
     let mut backoff = Duration::from_millis(100);
+    let mut ended: Option<Event> = None;
     loop {
         let stream = client
             .watch(WatchRequest {
@@ -166,7 +228,7 @@ pub async fn watch(server: &str, run_id: &str, after: &str, format: Format) -> C
         let mut stream = match stream {
             Ok(s) => s.into_inner(),
             Err(s) if retryable(s.code()) => {
-                reconnect_wait(&mut down_since, &mut backoff, &progress, s.message()).await?;
+                reconnect_wait(&mut down_since, &mut backoff, &mut progress, s.message()).await?;
                 if let Ok(c) = client::control(server).await {
                     client = c;
                 }
@@ -200,70 +262,40 @@ pub async fn watch(server: &str, run_id: &str, after: &str, format: Format) -> C
                             ));
                         }
                         Some(event::Kind::RunRetried(r)) => {
-                            progress.note(&format!("{} dead chunks re-queued by retry", r.chunks));
+                            ended = None;
+                            progress
+                                .note(&format!("{} chunks re-queued: the run goes on", r.chunks));
                         }
-                        Some(event::Kind::ChunkFailed(f)) => progress.note(&format!(
-                            "chunk {} attempt {} failed on {}: {}{}",
+                        Some(event::Kind::ChunkFailed(f)) => progress.failure(
                             f.chunk_index,
-                            f.attempt,
-                            f.agent_id,
-                            f.error,
-                            if f.dead { " — dead-lettered" } else { "" }
-                        )),
-                        Some(event::Kind::RunCompleted(c)) => {
-                            progress.finish();
-                            let a = c.aggregate.unwrap_or_default();
-                            outcome.state = c.state;
-                            outcome.sum = a.sum;
-                            outcome.count = a.count;
-                            outcome.exit = if c.state == RunState::Succeeded as i32 {
-                                EXIT_OK
-                            } else {
-                                EXIT_FAILED
-                            };
-                            if format == Format::Text {
-                                let secs = if progress.started_ms > 0 {
-                                    (e.time_ms - progress.started_ms) as f64 / 1000.0
-                                } else {
-                                    0.0
-                                };
-                                let p = e.progress.unwrap_or_default();
-                                println!(
-                                    "run {run_id} {} in {secs:.2} s: {}/{} chunks done, {} dead, {} values",
-                                    state_name(c.state), p.chunks_done, p.chunks_total, p.chunks_dead, thousands(a.count as f64, 0)
-                                );
-                                println!(
-                                    "sum {}  min {}  max {}  mean {}",
-                                    thousands(a.sum, 2),
-                                    a.min,
-                                    a.max,
-                                    thousands(a.mean, 4)
-                                );
-                            }
-                            return Ok(outcome);
-                        }
-                        Some(event::Kind::RunCancelled(c)) => {
-                            progress.finish();
-                            outcome.state = RunState::Cancelled as i32;
-                            outcome.exit = EXIT_FAILED;
-                            if format == Format::Text {
-                                println!(
-                                    "run {run_id} CANCELLED{}",
-                                    if c.reason.is_empty() {
-                                        String::new()
-                                    } else {
-                                        format!(": {}", c.reason)
-                                    }
-                                );
-                            }
-                            return Ok(outcome);
+                            &format!(
+                                "chunk {} attempt {} failed on {}: {}{}",
+                                f.chunk_index,
+                                f.attempt,
+                                f.agent_id,
+                                f.error,
+                                if f.dead { " — dead-lettered" } else { "" }
+                            ),
+                            &f.error,
+                        ),
+                        Some(event::Kind::RunCompleted(_)) | Some(event::Kind::RunCancelled(_)) => {
+                            // The end, unless more follows (a retry reopens
+                            // a FAILED run): decided when the stream ends.
+                            ended = Some(e.clone());
                         }
                         _ => {}
                     }
                 }
                 Ok(None) => {
-                    // The stream ended without a terminal event: the server went
-                    // away mid-stream (shutdown). Resume after `last`.
+                    // After a terminal event the server ends the stream only
+                    // if the run is still finished; check, since a server
+                    // shutting down also ends it. Otherwise resume after `last`.
+                    if let Some(end) = ended.take() {
+                        if finished_now(&mut client, run_id).await {
+                            progress.finish();
+                            return Ok(conclude(run_id, &end, &progress, format, outcome));
+                        }
+                    }
                     break;
                 }
                 Err(s) if retryable(s.code()) => break,
@@ -276,7 +308,7 @@ pub async fn watch(server: &str, run_id: &str, after: &str, format: Format) -> C
         reconnect_wait(
             &mut down_since,
             &mut backoff,
-            &progress,
+            &mut progress,
             "stream interrupted",
         )
         .await?;
@@ -301,7 +333,7 @@ fn retryable(code: Code) -> bool {
 async fn reconnect_wait(
     down_since: &mut Option<Instant>,
     backoff: &mut Duration,
-    progress: &Progress,
+    progress: &mut Progress,
     why: &str,
 ) -> CliResult<()> {
     let since = *down_since.get_or_insert_with(Instant::now);
@@ -318,4 +350,89 @@ async fn reconnect_wait(
     tokio::time::sleep(*backoff).await;
     *backoff = (*backoff * 2).min(Duration::from_secs(2));
     Ok(())
+}
+
+/// Whether the run is in a final state now (false if that cannot be told).
+async fn finished_now(client: &mut client::Control, run_id: &str) -> bool {
+    client
+        .status(StatusRequest {
+            run_id: run_id.to_string(),
+        })
+        .await
+        .map(|s| {
+            let s = s.into_inner().state;
+            s == RunState::Succeeded as i32
+                || s == RunState::Failed as i32
+                || s == RunState::Cancelled as i32
+        })
+        .unwrap_or(false)
+}
+
+/// Print the end of the run (`end` is its terminal event) and the outcome.
+fn conclude(
+    run_id: &str,
+    end: &Event,
+    progress: &Progress,
+    format: Format,
+    mut outcome: Outcome,
+) -> Outcome {
+    match &end.kind {
+        Some(event::Kind::RunCompleted(c)) => {
+            let a = c.aggregate.unwrap_or_default();
+            outcome.state = c.state;
+            outcome.sum = a.sum;
+            outcome.count = a.count;
+            outcome.exit = if c.state == RunState::Succeeded as i32 {
+                EXIT_OK
+            } else {
+                EXIT_FAILED
+            };
+            if format == Format::Text {
+                let secs = if progress.started_ms > 0 {
+                    (end.time_ms - progress.started_ms) as f64 / 1000.0
+                } else {
+                    0.0
+                };
+                let p = end.progress.unwrap_or_default();
+                println!(
+                    "run {run_id} {} in {secs:.2} s: {}/{} chunks done, {} dead, {} values",
+                    state_name(c.state),
+                    p.chunks_done,
+                    p.chunks_total,
+                    p.chunks_dead,
+                    thousands(a.count as f64, 0)
+                );
+                if !c.message.is_empty() {
+                    println!("{}", c.message);
+                }
+                if a.count == 0 {
+                    println!("{}", aggregate_text(&a));
+                } else {
+                    println!(
+                        "sum {}  min {}  max {}  mean {}",
+                        thousands(a.sum, 2),
+                        a.min,
+                        a.max,
+                        thousands(a.mean, 4)
+                    );
+                }
+            }
+        }
+        Some(event::Kind::RunCancelled(c)) => {
+            outcome.state = RunState::Cancelled as i32;
+            outcome.exit = EXIT_FAILED;
+            if format == Format::Text {
+                println!(
+                    "run {run_id} CANCELLED{}",
+                    if c.reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", c.reason)
+                    }
+                );
+            }
+        }
+        _ => {}
+    }
+    outcome
 }

@@ -150,6 +150,11 @@ impl Keys {
     pub fn agent(&self, agent_id: &str) -> String {
         format!("{}agent:{agent_id}", self.prefix)
     }
+
+    /// Digest of the instance secret of the process that owns a live agent id.
+    pub fn agent_owner(&self, agent_id: &str) -> String {
+        format!("{}agent-owner:{agent_id}", self.prefix)
+    }
 }
 
 /// A new run id: 10 base-36 characters of milliseconds (time-sortable for the

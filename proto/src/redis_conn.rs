@@ -62,18 +62,39 @@ pub async fn blocking(client: &Client, block: Duration) -> RedisResult<Multiplex
         .await
 }
 
-/// The URL with any password replaced by `***`, for logs.
+/// The URL with any password replaced by `***`, for logs: the `user:pass@`
+/// part, and `pass` / `password` query parameters (`redis+unix:///s?pass=…`).
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
     };
-    let Some((auth, host)) = rest.rsplit_once('@') else {
-        return url.to_string();
+    let mut out = match base.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((auth, host)) => match auth.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+                None => format!("{scheme}://***@{host}"),
+            },
+            None => base.to_string(),
+        },
+        None => base.to_string(),
     };
-    match auth.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => format!("{scheme}://***@{host}"),
+    if let Some(q) = query {
+        let params: Vec<String> = q
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _))
+                    if k.eq_ignore_ascii_case("pass") || k.eq_ignore_ascii_case("password") =>
+                {
+                    format!("{k}=***")
+                }
+                _ => kv.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
     }
+    out
 }
 
 /// Whether a Redis error will likely heal by itself (Redis down, restarting,
@@ -115,6 +136,18 @@ mod tests {
             "redis://u:***@h:6379/0"
         );
         assert_eq!(redact_url("rediss://secret@h"), "rediss://***@h");
+        assert_eq!(
+            redact_url("redis+unix:///tmp/r.sock?db=1&pass=secret"),
+            "redis+unix:///tmp/r.sock?db=1&pass=***"
+        );
+        assert_eq!(
+            redact_url("redis+unix:///tmp/r.sock?user=u&password=secret"),
+            "redis+unix:///tmp/r.sock?user=u&password=***"
+        );
+        assert_eq!(
+            redact_url("redis://u:secret@h:1/0?protocol=resp3"),
+            "redis://u:***@h:1/0?protocol=resp3"
+        );
         assert_eq!(
             redact_url("redis://127.0.0.1:6379"),
             "redis://127.0.0.1:6379"

@@ -213,6 +213,7 @@ pub fn run_status_from_hash(
             chunks_done: int("done").max(0) as u64,
             chunks_dead: int("dead").max(0) as u64,
             params_done: count,
+            chunks_purged: int("purged").max(0) as u64,
         }),
         chunks_in_flight: 0,
         aggregate: Some(Aggregate {
@@ -226,7 +227,9 @@ pub fn run_status_from_hash(
         started_ms: started,
         finished_ms: finished,
         params_per_second: rate,
-        message: String::new(),
+        // Why the run ended early (fail-fast), if it did; otherwise filled
+        // in later with why it is waiting.
+        message: text("error").unwrap_or_default(),
         dead_chunks: Vec::new(),
         expires_ms: int("expires_ms"),
         spec: Some(spec),
@@ -310,6 +313,18 @@ local function finish_if_done(run, events, run_id, ts, stats, expiring)
   emit(run, events, f_bytes(2, run_id) .. f_bytes(13, f_varint(1, code) .. f_bytes(2, aggregate(run))), ts)
   return state
 end
+-- End an active run as FAILED before every chunk is done or dead (fail-fast).
+-- The chunks neither done nor dead are counted as purged, so the books
+-- balance (done + dead + purged = total); retry re-queues them from the
+-- run's bitmaps. `why` is valid UTF-8 of bounded length (the caller's).
+local function stop_failed(run, events, run_id, ts, stats, expiring, why)
+  local v = redis.call('HMGET', run, 'total', 'done', 'dead')
+  redis.call('HSET', run, 'state', 'FAILED', 'finished_ms', ts, 'error', why,
+    'purged', num(v[1]) - num(v[2]) - num(v[3]))
+  redis.call('HINCRBY', stats, 'active', -1)
+  start_retention(run, expiring, run_id, ts)
+  emit(run, events, f_bytes(2, run_id) .. f_bytes(13, f_varint(1, 4) .. f_bytes(2, aggregate(run)) .. f_bytes(3, why)), ts)
+end
 -- One failed attempt at a chunk (kernel error, or its agent died): re-queue
 -- the task with attempt + 1, or at max attempts dead-letter it, count it dead
 -- and end the run if it was the last chunk. The caller has already acked and
@@ -349,31 +364,47 @@ end
 /// run's counters per batch instead of per chunk: the counters are read once
 /// and written back once (safe: a script runs alone).
 ///
-/// A chunk that was dead-lettered and then completes (a zombie's late result)
-/// is rescued: it stops counting as dead.
+/// Only a delivery still pending for the calling consumer is completed (one
+/// XPENDING lookup per entry): a made-up entry id, or a delivery reclaimed
+/// from the caller, stores nothing. A chunk that was dead-lettered and then
+/// completes by a delivery the caller still holds is rescued: it stops
+/// counting as dead. A counted chunk ends the run's fail-fast streak.
 ///
 /// KEYS: [`Keys::complete_keys`](crate::keys::Keys::complete_keys): run,
 /// done, results, events, tasks, dead bitmap, stats, expiring.
-/// ARGV: group, run id, then per chunk [`COMPLETE_ARGS`] values: entry id,
-/// chunk index, value count, sum, min, max, packed values, ChunkCompleted
-/// event body.
+/// ARGV: group, run id, consumer, then per chunk [`COMPLETE_ARGS`] values:
+/// entry id, chunk index, value count, sum, min, max, packed values,
+/// ChunkCompleted event body.
 /// Returns `{codes, state}`: one code per chunk, 1 counted, 0 duplicate (a
-/// result was already stored), 2 run not active, -1 run unknown; and the
-/// run's state after.
+/// result was already stored; for a delivery the caller no longer holds,
+/// nothing else changed), 2 run not active, -1 run unknown, -3 not held by
+/// the caller and no result stored (nothing changed for it); and the run's
+/// state after ('' if no chunk was held).
 const COMPLETE: &str = r#"
 local run = KEYS[1]
-local n = (#ARGV - 2) / 8
-local ids = {}
-for i = 0, n - 1 do ids[#ids + 1] = ARGV[3 + i * 8] end
+local n = (#ARGV - 3) / 8
+local ids, held, codes = {}, {}, {}
+for i = 0, n - 1 do
+  local id = ARGV[4 + i * 8]
+  codes[i + 1] = -3
+  if #redis.call('XPENDING', KEYS[5], ARGV[1], id, id, 1, ARGV[3]) > 0 then
+    held[i] = true
+    ids[#ids + 1] = id
+  elseif redis.call('GETBIT', KEYS[2], ARGV[5 + i * 8]) == 1 then
+    -- Already counted (e.g. this very call, retried after its reply was
+    -- lost): a duplicate, and nothing to change.
+    codes[i + 1] = 0
+  end
+end
+if #ids == 0 then return {codes, ''} end
 redis.call('XACK', KEYS[5], ARGV[1], unpack(ids))
 redis.call('XDEL', KEYS[5], unpack(ids))
-local codes = {}
-local v = redis.call('HMGET', run, 'state', 'total', 'done', 'dead', 'count', 'min', 'max')
+local v = redis.call('HMGET', run, 'state', 'total', 'done', 'dead', 'count', 'min', 'max', 'ff_n')
 local state = v[1]
 if not state or not active(state) then
   local code = 2
   if not state then code = -1; state = '' end
-  for i = 1, n do codes[i] = code end
+  for i = 0, n - 1 do if held[i] then codes[i + 1] = code end end
   return {codes, state}
 end
 local total, done, dead, count = num(v[2]), num(v[3]), num(v[4]), num(v[5])
@@ -384,9 +415,11 @@ local ts_f = f_varint(3, ts)
 local fields = {}
 local counted, dups, sum = 0, 0, 0
 for i = 0, n - 1 do
-  local b = 3 + i * 8
+  local b = 4 + i * 8
   local chunk = ARGV[b + 1]
-  if redis.call('SETBIT', KEYS[2], chunk, 1) == 1 then
+  if not held[i] then
+    -- not ours: code stays -3
+  elseif redis.call('SETBIT', KEYS[2], chunk, 1) == 1 then
     codes[i + 1] = 0
     dups = dups + 1
   else
@@ -414,6 +447,7 @@ redis.call('HINCRBY', KEYS[7], 'completed', counted)
 -- One addition per batch (each costs a decimal parse and print in Redis).
 redis.call('HINCRBYFLOAT', run, 'sum', string.format('%.17g', sum))
 local upd = {'done', done, 'count', count, 'dead', dead}
+if num(v[8]) > 0 then upd[#upd + 1] = 'ff_n'; upd[#upd + 1] = 0 end
 if mn_s then upd[#upd + 1] = 'min'; upd[#upd + 1] = mn_s end
 if mx_s then upd[#upd + 1] = 'max'; upd[#upd + 1] = mx_s end
 if state == 'QUEUED' then
@@ -483,20 +517,21 @@ impl ChunkResult {
 }
 
 /// The completion script's invocation for `chunks` of `run_id`, delivered
-/// from `tasks_stream`. Its reply is `(Vec<i64>, String)`: see
+/// from `tasks_stream` to `consumer`. Its reply is `(Vec<i64>, String)`: see
 /// [`Completion::from_reply`].
 pub fn complete_invocation<'a>(
     scripts: &'a Scripts,
     keys: &crate::keys::Keys,
     run_id: &str,
     tasks_stream: &str,
+    consumer: &str,
     chunks: &[ChunkResult],
 ) -> redis::ScriptInvocation<'a> {
     let mut inv = scripts.complete.prepare_invoke();
     for k in keys.complete_keys(run_id, tasks_stream) {
         inv.key(k);
     }
-    inv.arg(crate::keys::GROUP).arg(run_id);
+    inv.arg(crate::keys::GROUP).arg(run_id).arg(consumer);
     for c in chunks {
         inv.arg(&c.entry_id)
             .arg(c.chunk_index)
@@ -510,22 +545,41 @@ pub fn complete_invocation<'a>(
     inv
 }
 
-/// Record a failed attempt, atomically: ack and delete the delivery; if the
-/// run is active and the chunk has no result, either re-queue the task with
-/// attempt + 1 or, when no attempts are left, put it in the run's dead-letter
-/// stream, count it dead and end the run if it was the last chunk.
+/// Record a failed attempt (a kernel error), atomically, only if the
+/// delivery is still pending for the calling consumer: ack and delete it; if
+/// the run is active and the chunk has no result, either re-queue the task
+/// with attempt + 1 or, when no attempts are left, put it in the run's
+/// dead-letter stream, count it dead and end the run if it was the last
+/// chunk. Then fail-fast: the run's streak of failures with the same first
+/// line grows (or restarts at 1 with a new line); once it reaches the run's
+/// `fail_fast` the run ends FAILED with that line, its other chunks purged.
 ///
 /// KEYS: [`Keys::fail_keys`](crate::keys::Keys::fail_keys): run, done, dead
 /// bitmap, dead-letter stream, events, tasks, stats, expiring.
 /// ARGV: group, entry id, chunk index, task bytes, attempt, max attempts,
 /// error, traceparent, ChunkFailed body (dead = false), ChunkFailed body
-/// (dead = true), run id.
-/// Returns `{code, state}`: 1 re-queued, 3 dead-lettered, 0 chunk already
-/// has a result, 2 run not active, -1 run unknown.
+/// (dead = true), run id, consumer, the error's first line (bounded, UTF-8).
+/// Returns `{code, state}`: 1 re-queued, 3 dead-lettered, 4 the run was
+/// stopped by fail-fast, 0 chunk already has a result, 2 run not active, -1
+/// run unknown, -2 the delivery is not pending for the caller.
 const FAIL: &str = r#"
+if #redis.call('XPENDING', KEYS[6], ARGV[1], ARGV[2], ARGV[2], 1, ARGV[12]) == 0 then
+  return {-2, ''}
+end
 redis.call('XACK', KEYS[6], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[6], ARGV[2])
-return fail_attempt(KEYS, ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11])
+local r = fail_attempt(KEYS, ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11])
+if r[1] ~= 1 and r[1] ~= 3 then return r end
+local v = redis.call('HMGET', KEYS[1], 'fail_fast', 'ff_line', 'ff_n', 'state')
+local limit = num(v[1])
+if limit <= 0 then return r end
+local streak = 1
+if v[2] == ARGV[13] then streak = num(v[3]) + 1 end
+redis.call('HSET', KEYS[1], 'ff_line', ARGV[13], 'ff_n', streak)
+if streak < limit or not active(v[4]) then return r end
+stop_failed(KEYS[1], KEYS[5], ARGV[11], now_ms(), KEYS[7], KEYS[8],
+  'stopped by fail-fast: ' .. streak .. ' attempts in a row failed with: ' .. ARGV[13])
+return {4, 'FAILED'}
 "#;
 
 /// Reclaim one delivery held by an agent that died (or froze past its lease,
@@ -582,7 +636,7 @@ if n > 0 then
   local ts = now_ms()
   if state == 'FAILED' then
     redis.call('HSET', KEYS[1], 'state', 'RUNNING')
-    redis.call('HDEL', KEYS[1], 'finished_ms', 'expires_ms')
+    redis.call('HDEL', KEYS[1], 'finished_ms', 'expires_ms', 'purged', 'error', 'ff_line', 'ff_n')
     redis.call('ZREM', KEYS[7], ARGV[1])
     redis.call('HINCRBY', KEYS[6], 'active', 1)
     state = 'RUNNING'
@@ -590,21 +644,6 @@ if n > 0 then
   emit(KEYS[1], KEYS[4], f_bytes(2, ARGV[1]) .. f_bytes(17, f_varint(1, n)), ts)
 end
 return {n, state, #entries}
-"#;
-
-/// Mark a run started when an agent first claims one of its chunks.
-/// KEYS: run, events. ARGV: RunStarted event body.
-/// Returns the run's state after ('' if the run is unknown).
-const START: &str = r#"
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return '' end
-if state == 'QUEUED' then
-  local ts = now_ms()
-  redis.call('HSET', KEYS[1], 'state', 'RUNNING', 'started_ms', ts)
-  emit(KEYS[1], KEYS[2], ARGV[1], ts)
-  return 'RUNNING'
-end
-return state
 "#;
 
 /// Cancel a run if it is still active; its retention starts.
@@ -620,7 +659,11 @@ local ts = now_ms()
 -- write that adds data when maxmemory is reached, and only then, so this
 -- lets a user cancel (and then delete) runs to free a full Redis.
 redis.call('HDEL', KEYS[1], 'expires_ms')
-redis.call('HSET', KEYS[1], 'state', 'CANCELLED', 'finished_ms', ts)
+local c = redis.call('HMGET', KEYS[1], 'total', 'done', 'dead')
+-- No chunk is counted after this (completions of an ended run store
+-- nothing), so the books balance: done + dead + purged = total.
+redis.call('HSET', KEYS[1], 'state', 'CANCELLED', 'finished_ms', ts,
+  'purged', num(c[1]) - num(c[2]) - num(c[3]))
 redis.call('HINCRBY', KEYS[3], 'active', -1)
 start_retention(KEYS[1], KEYS[4], ARGV[2], ts)
 emit(KEYS[1], KEYS[2], ARGV[1], ts)
@@ -689,8 +732,10 @@ pub struct Scripts {
     pub del_consumer: Script,
     /// See [`RETRY`].
     pub retry: Script,
-    /// See [`START`].
-    pub start: Script,
+    /// See `proto/lua/claim_gate.lua`.
+    pub claim_gate: Script,
+    /// See `proto/lua/requeue_missing.lua`.
+    pub requeue_missing: Script,
     /// See [`CANCEL`].
     pub cancel: Script,
     /// See [`PURGE`].
@@ -715,7 +760,8 @@ impl Scripts {
             reclaim: s(RECLAIM),
             del_consumer: s(DEL_CONSUMER),
             retry: s(RETRY),
-            start: s(START),
+            claim_gate: s(include_str!("../lua/claim_gate.lua")),
+            requeue_missing: s(include_str!("../lua/requeue_missing.lua")),
             cancel: s(CANCEL),
             purge: s(PURGE),
             purge_tasks: s(PURGE_TASKS),
@@ -730,6 +776,8 @@ pub enum Failure {
     Requeued,
     /// No attempts left: dead-lettered; the run's state after.
     DeadLettered(RunState),
+    /// The failure ended the run's fail-fast streak: the run is FAILED.
+    StoppedByFailFast,
     /// The chunk already had a result: nothing to do.
     AlreadyDone,
     /// The run is not active (or unknown): dropped.
@@ -744,6 +792,7 @@ impl Failure {
         match code {
             1 => Failure::Requeued,
             3 => Failure::DeadLettered(parse_state(state)),
+            4 => Failure::StoppedByFailFast,
             0 => Failure::AlreadyDone,
             -2 => Failure::NotOwned,
             _ => Failure::Inactive,
@@ -762,6 +811,9 @@ pub enum Completion {
     Inactive(RunState),
     /// No such run (deleted or expired): acked, dropped.
     UnknownRun,
+    /// The delivery is not pending for the caller (it was reclaimed from
+    /// it, or never was its): nothing changed.
+    NotHeld,
 }
 
 impl Completion {
@@ -772,6 +824,7 @@ impl Completion {
             1 => Completion::Counted(parse_state(state)),
             0 => Completion::Duplicate,
             2 => Completion::Inactive(parse_state(state)),
+            -3 => Completion::NotHeld,
             _ => Completion::UnknownRun,
         }
     }

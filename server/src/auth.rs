@@ -7,17 +7,22 @@
 //! without the role `PermissionDenied`.
 //!
 //! The tokens file has one token per line: `<role> <token> [<name>]`, `#`
-//! comments. It is re-read when it changes (polled every 5 s), so rotating a
-//! Kubernetes Secret needs no restart; a file that fails to parse is logged
-//! and the previous tokens stay in force. Tokens are compared in constant
-//! time and never logged; the name is what logs and metrics show.
+//! comments. A token may be written as `sha256:<64 hex digits>` (the SHA-256
+//! of the token, e.g. `printf %s "$TOKEN" | sha256sum`), so a leaked file is
+//! not a leaked credential. It is re-read when it changes (polled every 5 s),
+//! so rotating a Kubernetes Secret needs no restart; a file that fails to
+//! parse is logged and the previous tokens stay in force. A reload that
+//! removes a token also ends the Watch streams and agent sessions it opened
+//! (see [`Grant`]). Only digests are kept in memory, compared in constant
+//! time; tokens are never logged; the name is what logs and metrics show.
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
+use tokio::sync::watch;
 use tonic::Status;
 
 /// What a token may do.
@@ -62,8 +67,29 @@ pub struct Identity {
 }
 
 struct Entry {
-    token: Vec<u8>,
+    /// SHA-256 of the token.
+    digest: [u8; 32],
     id: Identity,
+}
+
+/// SHA-256 of a presented token.
+fn digest(token: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, token);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// `sha256:<64 hex digits>` as a digest.
+fn parse_digest(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// A parsed tokens file.
@@ -109,18 +135,24 @@ impl Tokens {
                     i + 1
                 )
             })?;
-            if token.len() < MIN_TOKEN_LEN {
-                return Err(format!(
-                    "line {}: tokens must be at least {MIN_TOKEN_LEN} characters",
-                    i + 1
-                ));
-            }
+            let digest = match token.strip_prefix("sha256:") {
+                Some(hex) => parse_digest(hex).ok_or_else(|| {
+                    format!("line {}: sha256: must be followed by 64 hex digits", i + 1)
+                })?,
+                None if token.len() < MIN_TOKEN_LEN => {
+                    return Err(format!(
+                        "line {}: tokens must be at least {MIN_TOKEN_LEN} characters",
+                        i + 1
+                    ))
+                }
+                None => digest(token.as_bytes()),
+            };
             let name = parts
                 .next()
                 .map(str::to_string)
                 .unwrap_or_else(|| format!("token-{}", i + 1));
             entries.push(Entry {
-                token: token.as_bytes().to_vec(),
+                digest,
                 id: Identity { name, role },
             });
         }
@@ -133,13 +165,61 @@ impl Tokens {
     /// The identity holding `presented`. Every entry is compared, each in
     /// time independent of where the bytes differ, so timing reveals nothing.
     pub fn identify(&self, presented: &[u8]) -> Option<Identity> {
+        self.identify_digest(&digest(presented))
+    }
+
+    fn identify_digest(&self, d: &[u8; 32]) -> Option<Identity> {
         let mut found = None;
         for e in &self.entries {
-            if ct_eq(&e.token, presented) {
+            if ct_eq(&e.digest, d) {
                 found = Some(e.id.clone());
             }
         }
         found
+    }
+}
+
+/// What a request's token was granted, in the request's extensions: its
+/// identity, and a way for a long-lived stream to learn that a tokens reload
+/// removed the token (or changed its role).
+#[derive(Clone)]
+pub struct Grant {
+    /// Who made the request.
+    pub id: Identity,
+    digest: [u8; 32],
+    tokens: watch::Receiver<Arc<Tokens>>,
+}
+
+/// Shows who, never the digest.
+impl std::fmt::Debug for Grant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grant").field("id", &self.id).finish()
+    }
+}
+
+impl Grant {
+    /// Resolves once a reload no longer grants this token its role; never
+    /// while it still does.
+    pub async fn revoked(mut self) {
+        loop {
+            if self.tokens.changed().await.is_err() {
+                // No more reloads: the grant stands for good.
+                return std::future::pending().await;
+            }
+            let still = self.tokens.borrow().identify_digest(&self.digest);
+            if still.as_ref() != Some(&self.id) {
+                return;
+            }
+        }
+    }
+}
+
+/// Resolves when `grant` is revoked; never without one (auth off, or an
+/// open method).
+pub async fn revoked(grant: Option<Grant>) {
+    match grant {
+        Some(g) => g.revoked().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -173,7 +253,7 @@ fn required(path: &str) -> Option<&'static [Role]> {
 
 /// Token checking, shared by every connection.
 pub struct Auth {
-    tokens: RwLock<Arc<Tokens>>,
+    tokens: watch::Sender<Arc<Tokens>>,
     path: Option<PathBuf>,
 }
 
@@ -185,22 +265,24 @@ impl Auth {
         let tokens =
             Tokens::parse(&text).map_err(|e| format!("--tokens-file {}: {e}", path.display()))?;
         Ok(Auth {
-            tokens: RwLock::new(Arc::new(tokens)),
+            tokens: watch::Sender::new(Arc::new(tokens)),
             path: Some(path.to_path_buf()),
         })
     }
 
     /// Check a request for `path` with this `authorization` header value.
-    pub fn check(&self, path: &str, header: Option<&[u8]>) -> Result<Option<Identity>, Status> {
+    pub fn check(&self, path: &str, header: Option<&[u8]>) -> Result<Option<Grant>, Status> {
         let Some(roles) = required(path) else {
             return Ok(None);
         };
         let presented = header
             .and_then(|h| h.strip_prefix(b"Bearer ").or_else(|| h.strip_prefix(b"bearer ")))
             .ok_or_else(|| Status::unauthenticated("missing bearer token: send `authorization: Bearer <token>` (ttgctl --token / TTG_TOKEN)"))?;
-        let tokens = self.tokens.read().map(|t| t.clone()).unwrap_or_default();
-        let id = tokens
-            .identify(presented)
+        let d = digest(presented);
+        let id = self
+            .tokens
+            .borrow()
+            .identify_digest(&d)
             .ok_or_else(|| Status::unauthenticated("unknown bearer token"))?;
         if !roles.contains(&id.role) {
             let want: Vec<_> = roles.iter().map(|r| r.as_str()).collect();
@@ -211,7 +293,11 @@ impl Auth {
                 want.join(" or ")
             )));
         }
-        Ok(Some(id))
+        Ok(Some(Grant {
+            id,
+            digest: d,
+            tokens: self.tokens.subscribe(),
+        }))
     }
 
     /// Re-read the tokens file when it changes, until `stop`.
@@ -237,9 +323,7 @@ impl Auth {
             {
                 Ok(t) => {
                     let n = t.entries.len();
-                    if let Ok(mut w) = self.tokens.write() {
-                        *w = Arc::new(t);
-                    }
+                    self.tokens.send_replace(Arc::new(t));
                     tracing::info!(file = %path.display(), tokens = n, "tokens reloaded");
                 }
                 Err(e) => {
@@ -297,8 +381,9 @@ where
                 .get(http::header::AUTHORIZATION)
                 .map(|v| v.as_bytes());
             match auth.check(req.uri().path(), header) {
-                Ok(Some(id)) => {
-                    req.extensions_mut().insert(id);
+                Ok(Some(grant)) => {
+                    req.extensions_mut().insert(grant.id.clone());
+                    req.extensions_mut().insert(grant);
                 }
                 Ok(None) => {}
                 Err(status) => {
@@ -321,9 +406,70 @@ mod tests {
 
     fn auth(text: &str) -> Auth {
         Auth {
-            tokens: RwLock::new(Arc::new(Tokens::parse(text).unwrap())),
+            tokens: watch::Sender::new(Arc::new(Tokens::parse(text).unwrap())),
             path: None,
         }
+    }
+
+    #[test]
+    fn hashed_tokens_work_and_bad_digests_are_refused() {
+        // printf %s cccccccccccccccc | sha256sum
+        let d = digest(b"cccccccccccccccc");
+        let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
+        let a = auth(&format!("client sha256:{hex} hashed\n"));
+        let id = a
+            .check(
+                "/ttg.v1.ControlPlane/Submit",
+                Some(b"Bearer cccccccccccccccc"),
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(id.id.name, "hashed");
+        // The digest itself is not a token.
+        let as_token = format!("Bearer sha256:{hex}");
+        assert!(a
+            .check("/ttg.v1.ControlPlane/Submit", Some(as_token.as_bytes()))
+            .is_err());
+        assert!(Tokens::parse("client sha256:abc")
+            .unwrap_err()
+            .contains("64 hex digits"));
+        assert!(Tokens::parse(&format!("client sha256:{}", "zz".repeat(32))).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_reload_that_removes_a_token_revokes_its_grants() {
+        let a = auth("client cccccccccccccccc alice\nreader rrrrrrrrrrrrrrrr bob\n");
+        let alice = a
+            .check(
+                "/ttg.v1.ControlPlane/Watch",
+                Some(b"Bearer cccccccccccccccc"),
+            )
+            .unwrap();
+        let bob = a
+            .check(
+                "/ttg.v1.ControlPlane/Watch",
+                Some(b"Bearer rrrrrrrrrrrrrrrr"),
+            )
+            .unwrap();
+        let alice_gone = tokio::spawn(revoked(alice));
+        let bob_gone = tokio::spawn(revoked(bob));
+        // A reload that keeps both revokes nothing.
+        a.tokens.send_replace(Arc::new(
+            Tokens::parse("client cccccccccccccccc alice\nreader rrrrrrrrrrrrrrrr bob\n").unwrap(),
+        ));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!alice_gone.is_finished() && !bob_gone.is_finished());
+        // Bob's token removed: only his grant ends.
+        a.tokens.send_replace(Arc::new(
+            Tokens::parse("client cccccccccccccccc alice\n").unwrap(),
+        ));
+        tokio::time::timeout(Duration::from_secs(5), bob_gone)
+            .await
+            .unwrap()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!alice_gone.is_finished());
+        alice_gone.abort();
     }
 
     #[test]
@@ -336,6 +482,7 @@ mod tests {
             a.check("/ttg.v1.ControlPlane/Submit", c)
                 .unwrap()
                 .unwrap()
+                .id
                 .name,
             "alice"
         );
@@ -424,7 +571,7 @@ mod fuzz {
         #[test]
         fn parsing_and_checking_never_panic(file in ".{0,300}", header in proptest::collection::vec(any::<u8>(), 0..80)) {
             let _ = Tokens::parse(&file);
-            let a = Auth { tokens: RwLock::new(Arc::new(Tokens::parse("client cccccccccccccccc").unwrap())), path: None };
+            let a = Auth { tokens: watch::Sender::new(Arc::new(Tokens::parse("client cccccccccccccccc").unwrap())), path: None };
             let _ = a.check("/ttg.v1.ControlPlane/Submit", Some(&header));
         }
     }

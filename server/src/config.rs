@@ -73,6 +73,14 @@ pub struct Config {
     #[arg(long, env = "TTG_JANITOR_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub janitor_interval: Duration,
 
+    /// How often the audit looks for active runs with lost chunks (default 30s).
+    #[arg(long, env = "TTG_AUDIT_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub audit_interval: Duration,
+
+    /// How long a run with chunks unaccounted for must go without an event before the audit scans its tasks stream for them (default 60s).
+    #[arg(long, env = "TTG_AUDIT_QUIET", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub audit_quiet: Duration,
+
     #[command(flatten)]
     pub limits: Limits,
 }
@@ -105,6 +113,10 @@ pub struct Limits {
     /// Most runs QUEUED or RUNNING at once, installation-wide (default 1000).
     #[arg(long, env = "TTG_MAX_RUNS_IN_FLIGHT", default_value_t = 1_000)]
     pub max_runs_in_flight: u64,
+
+    /// Most agent sessions one token may hold open on one server replica (default 256).
+    #[arg(long, env = "TTG_MAX_SESSIONS_PER_TOKEN", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_sessions_per_token: u32,
 
     /// Most Submits per minute per token, per server replica (default 120).
     #[arg(long, env = "TTG_SUBMIT_RATE", default_value_t = 120)]
@@ -163,6 +175,16 @@ impl Config {
             || self.janitor_interval > Duration::from_secs(3_600)
         {
             return Err("--janitor-interval must be within 10ms..=1h".into());
+        }
+        if self.audit_interval < Duration::from_millis(10)
+            || self.audit_interval > Duration::from_secs(3_600)
+        {
+            return Err("--audit-interval must be within 10ms..=1h".into());
+        }
+        if self.audit_quiet < Duration::from_millis(100)
+            || self.audit_quiet > Duration::from_secs(86_400)
+        {
+            return Err("--audit-quiet must be within 100ms..=24h".into());
         }
         if self.limits.max_message_bytes < 64 * 1024 {
             return Err("--max-message-bytes must be at least 65536".into());

@@ -109,16 +109,21 @@ impl ControlPlane for Control {
         &self,
         request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let grant = request.extensions().get::<crate::auth::Grant>().cloned();
         let req = request.into_inner();
+        check_event_id(&req.after_event_id)?;
         // Fail fast with NotFound as the call's status, not inside the stream.
         self.store.spec(&req.run_id).await?;
         let (tx, rx) = mpsc::channel(256);
         let store = self.store.clone();
         let stop = self.shutdown.child_token();
         tokio::spawn(async move {
-            store
-                .watch(&req.run_id, &req.after_event_id, tx, stop)
-                .await
+            tokio::select! {
+                _ = store.watch(&req.run_id, &req.after_event_id, tx.clone(), stop) => {}
+                _ = crate::auth::revoked(grant) => {
+                    let _ = tx.send(Err(Error::Revoked)).await;
+                }
+            }
         });
         Ok(Response::new(to_status_stream(rx)))
     }
@@ -261,5 +266,27 @@ impl ControlPlane for Control {
         let store = self.store.clone();
         tokio::spawn(async move { store.results(&req.run_id, tx).await });
         Ok(Response::new(to_status_stream(rx)))
+    }
+}
+
+/// `after_event_id` must be empty or a stream id `<ms>-<seq>` (or `<ms>`):
+/// anything else (`+`, `$`, text) is refused here rather than by Redis.
+fn check_event_id(id: &str) -> Result<(), Error> {
+    if id.is_empty() {
+        return Ok(());
+    }
+    let mut parts = id.splitn(2, '-');
+    let ok = parts.next().is_some_and(|ms| {
+        !ms.is_empty() && ms.len() <= 20 && ms.bytes().all(|b| b.is_ascii_digit())
+    }) && parts.next().is_none_or(|seq| {
+        !seq.is_empty() && seq.len() <= 20 && seq.bytes().all(|b| b.is_ascii_digit())
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "after_event_id",
+            "must be empty (from the start) or an event id as printed by watch, like 1700000000000-0",
+        ))
     }
 }

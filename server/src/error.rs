@@ -48,6 +48,9 @@ pub enum Error {
     /// The server is shutting down.
     #[error("server is shutting down")]
     ShuttingDown,
+    /// A tokens reload removed the token that opened this stream.
+    #[error("the token that opened this stream was revoked")]
+    Revoked,
     /// Start-up failed (bad listener, bad Redis URL, transport error).
     #[error("{0}")]
     Startup(String),
@@ -89,6 +92,7 @@ impl From<Error> for tonic::Status {
                 Status::unavailable(format!("{e}; retry later"))
             }
             Error::ShuttingDown => Status::unavailable(e.to_string()),
+            Error::Revoked => Status::unauthenticated(e.to_string()),
             Error::Redis(_) | Error::Corrupt(_) | Error::Startup(_) => {
                 tracing::error!(error = %e, "internal error");
                 Status::internal("internal error; see server log")

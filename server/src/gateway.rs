@@ -14,7 +14,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
-use ttg_proto::keys::valid_run_id;
 use ttg_proto::now_ms;
 use ttg_proto::reclaim::Cause;
 use ttg_proto::v1::agent_gateway_server::AgentGateway;
@@ -22,6 +21,8 @@ use ttg_proto::v1::{
     agent_message, server_message, AgentInfo, AgentMessage, CancelRun, ServerMessage, Welcome,
 };
 
+use crate::auth::Grant;
+use crate::hello::{check_hello, trim_heartbeat};
 use crate::store::Store;
 
 /// How long a new session may take to say Hello.
@@ -32,6 +33,8 @@ type Outbound = mpsc::Sender<Result<ServerMessage, Status>>;
 /// Sessions held by this replica: agent id → its outbound channel.
 pub struct Sessions {
     inner: Mutex<HashMap<String, (u64, Outbound)>>,
+    /// Open sessions per token name (only with auth on).
+    per_token: Mutex<HashMap<String, u32>>,
     next: std::sync::atomic::AtomicU64,
     server_id: String,
 }
@@ -41,6 +44,7 @@ impl Sessions {
     pub fn new(server_id: String) -> Self {
         Self {
             inner: Mutex::new(HashMap::new()),
+            per_token: Mutex::new(HashMap::new()),
             next: std::sync::atomic::AtomicU64::new(0),
             server_id,
         }
@@ -79,6 +83,31 @@ impl Sessions {
         }
     }
 
+    /// Count one more session for `token`, unless it holds `max` already.
+    fn admit(&self, token: &str, max: u32) -> bool {
+        let Ok(mut m) = self.per_token.lock() else {
+            return false;
+        };
+        let n = m.entry(token.to_string()).or_insert(0);
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// A session of `token` ended.
+    fn release(&self, token: &str) {
+        if let Ok(mut m) = self.per_token.lock() {
+            if let Some(n) = m.get_mut(token) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(token);
+                }
+            }
+        }
+    }
+
     /// Number of sessions held.
     pub fn len(&self) -> usize {
         self.inner.lock().map(|m| m.len()).unwrap_or(0)
@@ -113,6 +142,7 @@ pub struct Gateway {
     server_id: String,
     heartbeat_interval: Duration,
     lease: Duration,
+    max_sessions_per_token: u32,
     shutdown: CancellationToken,
 }
 
@@ -124,6 +154,7 @@ impl Gateway {
         server_id: String,
         heartbeat_interval: Duration,
         lease: Duration,
+        max_sessions_per_token: u32,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
@@ -132,6 +163,7 @@ impl Gateway {
             server_id,
             heartbeat_interval,
             lease,
+            max_sessions_per_token,
             shutdown,
         }
     }
@@ -148,6 +180,8 @@ enum End {
     LeaseExpired,
     /// This server is shutting down; the agent will reconnect elsewhere.
     ServerShutdown,
+    /// A tokens reload removed the session's token.
+    Revoked,
 }
 
 #[tonic::async_trait]
@@ -158,6 +192,26 @@ impl AgentGateway for Gateway {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        let grant = request.extensions().get::<Grant>().cloned();
+        let token = grant.as_ref().map(|g| g.id.name.clone());
+        if let Some(t) = &token {
+            if !self.sessions.admit(t, self.max_sessions_per_token) {
+                return Err(Status::resource_exhausted(format!(
+                    "token {t:?} already holds {} agent sessions on this server (--max-sessions-per-token)",
+                    self.max_sessions_per_token
+                )));
+            }
+        }
+        // Gives the token's session slot back however the session ends.
+        struct Slot(Arc<Sessions>, Option<String>);
+        impl Drop for Slot {
+            fn drop(&mut self) {
+                if let Some(t) = &self.1 {
+                    self.0.release(t);
+                }
+            }
+        }
+        let slot = Slot(self.sessions.clone(), token);
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let store = self.store.clone();
@@ -169,6 +223,7 @@ impl AgentGateway for Gateway {
             tracing::info_span!("session", agent_id = tracing::field::Empty, side = "server");
         tokio::spawn(tracing::Instrument::instrument(
             async move {
+                let _slot = slot;
                 let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
                     Ok(Ok(Some(AgentMessage {
                         msg: Some(agent_message::Msg::Hello(h)),
@@ -182,15 +237,34 @@ impl AgentGateway for Gateway {
                         return;
                     }
                 };
-                if !valid_run_id(&hello.agent_id) {
-                    let _ = tx
-                        .send(Err(Status::invalid_argument(
-                            "hello.agent_id: must be 1..=64 characters of letters, digits and '-'",
-                        )))
-                        .await;
+                if let Err(why) = check_hello(&hello) {
+                    tracing::warn!(error = %why, "agent session refused: bad Hello");
+                    let _ = tx.send(Err(Status::invalid_argument(why))).await;
                     return;
                 }
                 let agent_id = hello.agent_id.clone();
+                // A live agent id belongs to the process that holds it: a
+                // second Hello with it is refused unless it carries the same
+                // instance secret (the same process, reconnecting).
+                match store
+                    .claim_agent_id(&agent_id, &hello.instance, lease)
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(agent = %agent_id, "agent session refused: the id is held by another live agent");
+                        let _ = tx
+                            .send(Err(Status::already_exists(format!(
+                                "hello.agent_id: agent {agent_id:?} is held by another live agent process; pick another id or wait until its lease expires"
+                            ))))
+                            .await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                }
                 tracing::Span::current().record("agent_id", agent_id.as_str());
                 let mut info = AgentInfo {
                     agent_id: agent_id.clone(),
@@ -222,15 +296,10 @@ impl AgentGateway for Gateway {
                 let end = if tx.send(Ok(welcome)).await.is_err() {
                     End::Dropped
                 } else {
-                    serve(
-                        &mut inbound,
-                        &mut info,
-                        &store,
-                        lease,
-                        &shutdown,
-                        &mut last_beat,
-                    )
-                    .await
+                    tokio::select! {
+                        end = serve(&mut inbound, &mut info, &store, lease, &shutdown, &mut last_beat) => end,
+                        _ = crate::auth::revoked(grant) => End::Revoked,
+                    }
                 };
                 sessions.remove(&agent_id, n);
                 let (cause, died) = match end {
@@ -248,6 +317,15 @@ impl AgentGateway for Gateway {
                         return;
                     }
                     End::Dropped => (Cause::SessionLost, std::time::Instant::now()),
+                    End::Revoked => {
+                        tracing::warn!(agent = %agent_id, "agent session ended: its token was revoked");
+                        let _ = tx
+                            .send(Err(Status::unauthenticated(
+                                "the session's token was revoked",
+                            )))
+                            .await;
+                        (Cause::SessionLost, std::time::Instant::now())
+                    }
                     End::LeaseExpired => (Cause::LeaseExpired, last_beat.into_std()),
                 };
                 if sessions.holds(&agent_id) {
@@ -292,7 +370,10 @@ async fn serve(
             Err(_) => return End::LeaseExpired,
             Ok(Err(_)) | Ok(Ok(None)) => return End::Dropped,
             Ok(Ok(Some(AgentMessage { msg: Some(m) }))) => match m {
-                agent_message::Msg::Heartbeat(hb) => {
+                agent_message::Msg::Heartbeat(mut hb) => {
+                    if trim_heartbeat(&mut hb) {
+                        tracing::warn!(agent = %info.agent_id, "oversized heartbeat trimmed");
+                    }
                     *last_beat = Instant::now();
                     deadline = *last_beat + lease;
                     for ms in &hb.ack_latency_ms {

@@ -17,6 +17,7 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod gateway;
+pub mod hello;
 pub mod store;
 
 use std::sync::Arc;
@@ -120,20 +121,34 @@ async fn collect_metrics(store: Arc<store::Store>, stop: CancellationToken) {
     }
 }
 
-/// Every `interval`, remove the runs whose retention has ended. Every replica
-/// runs one; the purge script makes their work idempotent.
-async fn janitor(store: Arc<store::Store>, interval: Duration, stop: CancellationToken) {
+/// Every `interval`, remove the runs whose retention has ended; every
+/// `audit_every`, audit the active runs' books and re-queue lost chunks (see
+/// `store::audit`). Every replica runs one; the scripts make their work
+/// idempotent.
+async fn janitor(
+    store: Arc<store::Store>,
+    interval: Duration,
+    audit_every: Duration,
+    audit_quiet: Duration,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut audit = tokio::time::interval(audit_every);
+    audit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        match store.expire_due().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(runs = n, "janitor removed expired runs"),
-            Err(e) => tracing::warn!(error = %e, "janitor: expiring runs failed; will retry"),
+            _ = tick.tick() => match store.expire_due().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(runs = n, "janitor removed expired runs"),
+                Err(e) => tracing::warn!(error = %e, "janitor: expiring runs failed; will retry"),
+            },
+            _ = audit.tick() => match store.audit(audit_quiet).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(chunks = n, "audit re-queued lost chunks"),
+                Err(e) => tracing::warn!(error = %e, "audit failed; will retry"),
+            },
         }
     }
 }
@@ -215,6 +230,8 @@ pub async fn run(
     tokio::spawn(janitor(
         store.clone(),
         config.janitor_interval,
+        config.audit_interval,
+        config.audit_quiet,
         shutdown.clone(),
     ));
     {
@@ -245,6 +262,7 @@ pub async fn run(
         server_id.clone(),
         config.heartbeat_interval,
         config.lease,
+        config.limits.max_sessions_per_token,
         shutdown.clone(),
     );
 

@@ -39,6 +39,7 @@ fn req(
         max_attempts: attempts,
         name: String::new(),
         retention_s: None,
+        fail_fast: None,
     }
 }
 
@@ -109,6 +110,35 @@ fn cases() -> Vec<Case> {
             req: req(10, None, "", &[], Some(101)),
             cli: vec!["--params", "10", "--max-attempts", "101"],
             needle: "max_attempts: must be in 1..=100, got 101",
+        },
+        Case {
+            what: "fail-fast past the maximum",
+            req: SubmitRequest {
+                fail_fast: Some(100_001),
+                ..req(10, None, "", &[], None)
+            },
+            cli: vec!["--params", "10", "--fail-fast", "100001"],
+            needle: "fail_fast: must be in 0..=100000 (0 = never), got 100001",
+        },
+        Case {
+            what: "a name with a right-to-left override (Unicode Cf)",
+            req: SubmitRequest {
+                name: "invoice\u{202E}fdp.exe".into(),
+                ..req(10, None, "", &[], None)
+            },
+            cli: vec!["--params", "10", "--name", "invoice\u{202E}fdp.exe"],
+            needle:
+                "name: must not contain control or format characters (Unicode Cc, Cf), got U+202E",
+        },
+        Case {
+            what: "a name with a control character (Unicode Cc)",
+            req: SubmitRequest {
+                name: "a\u{7}b".into(),
+                ..req(10, None, "", &[], None)
+            },
+            cli: vec!["--params", "10", "--name", "a\u{7}b"],
+            needle:
+                "name: must not contain control or format characters (Unicode Cc, Cf), got U+0007",
         },
         Case {
             what: "retention past the maximum",

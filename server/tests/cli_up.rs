@@ -24,21 +24,69 @@ fn wait_closed(port: u16, within: Duration) -> bool {
     false
 }
 
-/// Read `ttgctl up`'s banner and return the private Redis's port. The rest of
-/// its output is drained by a thread, so its stdout stays open as a
-/// terminal's would.
-fn redis_port_from_banner(out: impl std::io::Read + Send + 'static) -> u16 {
+/// What `ttgctl up`'s banner says.
+struct Banner {
+    /// The private Redis's port.
+    redis_port: u16,
+    /// The cluster's folder (from the logs line).
+    dir: std::path::PathBuf,
+    /// Every line of the banner.
+    text: String,
+}
+
+/// Read `ttgctl up`'s banner up to its last line. The rest of its output is
+/// drained by a thread, so its stdout stays open as a terminal's would.
+fn banner(out: impl std::io::Read + Send + 'static) -> Banner {
     let mut lines = BufReader::new(out).lines();
     let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut port, mut dir, mut text) = (None, None, String::new());
     while Instant::now() < deadline {
         let Some(Ok(line)) = lines.next() else { break };
-        if let Some(rest) = line.trim().strip_prefix("redis   redis://127.0.0.1:") {
-            let port: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+        text.push_str(&line);
+        text.push('\n');
+        let l = line.trim();
+        // The password is never printed: `redis://:***@127.0.0.1:PORT`.
+        if let Some(rest) = l.strip_prefix("redis   redis://:***@127.0.0.1:") {
+            let p: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+            port = p.parse().ok();
+        }
+        if let Some(rest) = l.strip_prefix("logs    ") {
+            dir = rest.strip_suffix("/*.log").map(std::path::PathBuf::from);
+        }
+        if l.starts_with("Ctrl-C stops everything") {
             std::thread::spawn(move || for _ in lines.by_ref() {});
-            return port.parse().expect("redis port");
+            return Banner {
+                redis_port: port.unwrap_or_else(|| panic!("no redis line in:\n{text}")),
+                dir: dir.unwrap_or_else(|| panic!("no logs line in:\n{text}")),
+                text,
+            };
         }
     }
-    panic!("ttgctl up printed no redis line");
+    panic!("ttgctl up printed no full banner:\n{text}");
+}
+
+/// Redis's first reply to a PING without AUTH.
+fn ping_without_auth(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect redis");
+    s.write_all(b"PING\r\n").expect("write");
+    let mut buf = [0u8; 128];
+    let n = s.read(&mut buf).expect("read");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// Command lines of every process whose command line mentions `needle`.
+fn cmdlines_with(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        if let Ok(raw) = std::fs::read(e.path().join("cmdline")) {
+            let line = String::from_utf8_lossy(&raw).replace('\0', " ");
+            if line.contains(needle) {
+                out.push(line);
+            }
+        }
+    }
+    out
 }
 
 /// ttgctl with its own HOME: `up` saves its cluster's token in
@@ -68,7 +116,55 @@ fn up_serves_a_sweep_and_tears_down_on_ctrl_c() {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn ttgctl up");
-    let redis_port = redis_port_from_banner(up.stdout.take().expect("stdout"));
+    let b = banner(up.stdout.take().expect("stdout"));
+    let redis_port = b.redis_port;
+    // No one else on the machine gets in: a fresh random folder only we can
+    // enter, a Redis that wants a password, and no secret on any command line.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&b.dir)
+        .expect("cluster dir")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700, "{}", b.dir.display());
+    let name = b
+        .dir
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        name.starts_with("ttg-local-") && name.len() == "ttg-local-".len() + 32,
+        "{name}: not a random name"
+    );
+    assert!(ping_without_auth(redis_port).starts_with("-NOAUTH"));
+    let conf = std::fs::read_to_string(b.dir.join("redis.conf")).expect("redis.conf");
+    let password = conf
+        .lines()
+        .find_map(|l| l.strip_prefix("requirepass "))
+        .expect("requirepass")
+        .to_string();
+    let tokens = std::fs::read_to_string(b.dir.join("tokens")).expect("tokens");
+    let mut secrets = vec![password];
+    secrets.extend(
+        tokens
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .map(str::to_string),
+    );
+    assert_eq!(secrets.len(), 3, "{tokens}");
+    for secret in &secrets {
+        assert!(
+            !b.text.contains(secret.as_str()),
+            "a secret in the banner:\n{}",
+            b.text
+        );
+        let seen = cmdlines_with(secret);
+        assert!(seen.is_empty(), "a secret on a command line: {seen:?}");
+    }
+    assert!(
+        !cmdlines_with(&name).is_empty(),
+        "the children were looked for"
+    );
     let out = ttgctl(home.path())
         .args([
             "--server", &server, "submit", "--params", "10000", "--watch",
@@ -131,7 +227,7 @@ fn up_stops_when_its_parent_dies() {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn shell");
-    let redis_port = redis_port_from_banner(shell.stdout.take().expect("stdout"));
+    let redis_port = banner(shell.stdout.take().expect("stdout")).redis_port;
     assert!(port_open(port));
     shell.kill().expect("kill shell");
     let _ = shell.wait();

@@ -356,7 +356,7 @@ async fn a_chunk_completed_twice_is_counted_once() {
                 }),
             );
             let chunk = ChunkResult::new(&entry, task.chunk_index, &values, body);
-            let inv = complete_invocation(scripts, &keys, &run_id, &tasks, &[chunk]);
+            let inv = complete_invocation(scripts, &keys, &run_id, &tasks, "tester", &[chunk]);
             let (codes, state): (Vec<i64>, String) =
                 inv.invoke_async(&mut conn).await.expect("complete");
             Completion::from_reply(codes[0], &state)
@@ -487,7 +487,7 @@ async fn a_batch_of_completions_counts_each_chunk_once() {
     dup.sum = "1e10".into();
     batch.push(dup);
     let scripts = Scripts::new();
-    let inv = complete_invocation(&scripts, &keys, &run.run_id, &tasks, &batch);
+    let inv = complete_invocation(&scripts, &keys, &run.run_id, &tasks, "tester", &batch);
     let (codes, state): (Vec<i64>, String) = inv.invoke_async(&mut conn).await.expect("complete");
     assert_eq!(codes, vec![1, 1, 1, 1, 0]);
     assert_eq!(state, "SUCCEEDED");

@@ -5,21 +5,13 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
 use ttg_proto::v1::{
     event, CancelRequest, GetResultsRequest, ListKernelsRequest, RunState, SubmitRequest,
 };
-
-fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, body).expect("write script");
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    p
-}
 
 fn exec_req(
     params: u64,
@@ -41,6 +33,7 @@ fn exec_req(
         max_attempts: Some(attempts),
         name: "exec-test".into(),
         retention_s: None,
+        fail_fast: None,
     }
 }
 

@@ -430,7 +430,9 @@ async fn kernel_errors_retry_then_dead_letter_and_a_late_result_rescues() {
                 .arg("")
                 .arg(body(false))
                 .arg(body(true))
-                .arg(&run_id);
+                .arg(&run_id)
+                .arg("tester")
+                .arg("boom");
             let (code, state): (i64, String) = inv.invoke_async(&mut conn).await.expect("fail");
             Failure::from_reply(code, &state)
         }
@@ -457,7 +459,7 @@ async fn kernel_errors_retry_then_dead_letter_and_a_late_result_rescues() {
                 }),
             );
             let chunk = ChunkResult::new(&entry, task.chunk_index, &values, body);
-            let inv = complete_invocation(script, &keys, &run_id, &tasks, &[chunk]);
+            let inv = complete_invocation(script, &keys, &run_id, &tasks, "tester", &[chunk]);
             let (codes, state): (Vec<i64>, String) =
                 inv.invoke_async(&mut conn).await.expect("complete");
             Completion::from_reply(codes[0], &state)

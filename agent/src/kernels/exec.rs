@@ -36,8 +36,11 @@ impl Exec {
         Self { allow }
     }
 
-    /// Resolve `program` like execvp would (PATH for a bare name), and check
-    /// it against the allow-list.
+    /// Resolve `program` like execvp would (PATH for a bare name) to its
+    /// canonical path (no symlink left in it), and check that against the
+    /// allow-list. The caller starts exactly the returned path: starting the
+    /// path as given would follow a symlink that may have been swapped
+    /// since the check.
     fn resolve(&self, program: &str) -> Result<PathBuf, String> {
         let path = if program.contains('/') {
             PathBuf::from(program)
@@ -59,7 +62,7 @@ impl Exec {
                 real.display()
             ));
         }
-        Ok(path)
+        Ok(real)
     }
 }
 

@@ -357,6 +357,7 @@ pub fn submit_req(params: u64, chunk_size: u64, work_ms: u64) -> SubmitRequest {
         max_attempts: None,
         name: "test".into(),
         retention_s: None,
+        fail_fast: None,
     }
 }
 
@@ -686,4 +687,13 @@ pub fn ttgctl(server: &str, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Write an executable script `name` with `body` into `dir`.
+pub fn script(dir: &std::path::Path, name: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    std::fs::write(&p, body).expect("write script");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    p
 }

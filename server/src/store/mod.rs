@@ -22,13 +22,17 @@ use ttg_proto::stream::{
     TRACEPARENT_FIELD,
 };
 use ttg_proto::v1::{
-    event, AgentInfo, DeadChunk, Event, KernelDecl, OfferedKernel, Progress, ResultChunk,
-    RunCancelled, RunSpec, RunState, RunStatus, RunSubmitted, SubmitRequest, Task,
+    event, AgentInfo, DeadChunk, Event, KernelDecl, Progress, ResultChunk, RunCancelled, RunSpec,
+    RunState, RunStatus, RunSubmitted, SubmitRequest, Task,
 };
 use ttg_proto::{kernels, now_ms, redis_conn};
 
 use crate::config::Limits;
 use crate::error::{Error, Result};
+
+mod agents;
+mod audit;
+pub use audit::{missing_chunks, task_for};
 
 /// Largest `params` a run may have.
 pub const MAX_PARAMS: u64 = 10_000_000_000;
@@ -44,6 +48,10 @@ pub const MAX_NAME: usize = 128;
 pub const DEFAULT_CHUNK_SIZE: u64 = 100;
 /// Default attempts per chunk.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// Default fail-fast streak (failed attempts in a row with one error).
+pub const DEFAULT_FAIL_FAST: u32 = 10;
+/// Largest fail-fast streak.
+pub const MAX_FAIL_FAST: u32 = 100_000;
 /// Tasks written per pipelined, atomic batch at Submit.
 const SUBMIT_BATCH: u64 = 2_000;
 /// Longest a Watch blocks in XREAD before it checks the run and the client.
@@ -101,6 +109,8 @@ pub struct ValidSubmit {
     pub name: String,
     /// Milliseconds the run's data is kept after it ends.
     pub retention_ms: u64,
+    /// Same-error failures in a row that stop the run (0: never).
+    pub fail_fast: u32,
 }
 
 /// Check a Submit request; errors name the field and the allowed range.
@@ -191,10 +201,26 @@ pub fn validate_submit(
             format!("must be in 1..={MAX_ATTEMPTS}, got {max_attempts}"),
         ));
     }
-    if req.name.chars().count() > MAX_NAME || req.name.chars().any(char::is_control) {
+    if req.name.chars().count() > MAX_NAME {
         return Err(Error::invalid(
             "name",
-            format!("must be at most {MAX_NAME} printable characters"),
+            format!("must be at most {MAX_NAME} characters"),
+        ));
+    }
+    if let Some(c) = req.name.chars().find(|&c| is_control_or_format(c)) {
+        return Err(Error::invalid(
+            "name",
+            format!(
+                "must not contain control or format characters (Unicode Cc, Cf), got U+{:04X}",
+                c as u32
+            ),
+        ));
+    }
+    let fail_fast = req.fail_fast.unwrap_or(DEFAULT_FAIL_FAST);
+    if fail_fast > MAX_FAIL_FAST {
+        return Err(Error::invalid(
+            "fail_fast",
+            format!("must be in 0..={MAX_FAIL_FAST} (0 = never), got {fail_fast}"),
         ));
     }
     let max_keep = limits.max_run_retention.as_secs().max(1);
@@ -216,7 +242,39 @@ pub fn validate_submit(
         args,
         max_attempts,
         name: req.name.clone(),
+        fail_fast,
     })
+}
+
+/// Unicode categories Cc (controls) and Cf (format characters: bidi
+/// overrides such as U+202E, zero-width joiners, the BOM …), which can make
+/// a name display as something else. Cf as of Unicode 15.1.
+pub fn is_control_or_format(c: char) -> bool {
+    const CF: &[(u32, u32)] = &[
+        (0x00AD, 0x00AD),
+        (0x0600, 0x0605),
+        (0x061C, 0x061C),
+        (0x06DD, 0x06DD),
+        (0x070F, 0x070F),
+        (0x0890, 0x0891),
+        (0x08E2, 0x08E2),
+        (0x180E, 0x180E),
+        (0x200B, 0x200F),
+        (0x202A, 0x202E),
+        (0x2060, 0x2064),
+        (0x2066, 0x206F),
+        (0xFEFF, 0xFEFF),
+        (0xFFF9, 0xFFFB),
+        (0x110BD, 0x110BD),
+        (0x110CD, 0x110CD),
+        (0x13430, 0x1343F),
+        (0x1BCA0, 0x1BCA3),
+        (0x1D173, 0x1D17A),
+        (0xE0001, 0xE0001),
+        (0xE0020, 0xE007F),
+    ];
+    let u = c as u32;
+    c.is_control() || CF.iter().any(|&(lo, hi)| (lo..=hi).contains(&u))
 }
 
 /// Check a run id from a request before it is used in a key.
@@ -360,6 +418,7 @@ impl Store {
             created_ms: created,
             traceparent: traceparent.clone(),
             retention_ms: v.retention_ms,
+            fail_fast: v.fail_fast,
         };
         let tasks_key = self.keys.tasks(&v.kernel);
         self.ensure_group(&tasks_key).await?;
@@ -394,6 +453,7 @@ impl Store {
                     ("created_ms", created.to_string().into_bytes()),
                     ("enqueued", b"0".to_vec()),
                     ("retention_ms", v.retention_ms.to_string().into_bytes()),
+                    ("fail_fast", v.fail_fast.to_string().into_bytes()),
                 ],
             )
             .ignore()
@@ -545,8 +605,22 @@ impl Store {
         let tasks = self.keys.tasks(&spec.kernel);
         self.ensure_group(&tasks).await?;
         const BATCH: usize = 1_000;
-        let mut total = 0u64;
         let mut c = self.conn();
+        // A run stopped by fail-fast has purged chunks (neither done nor
+        // dead): queue them first, while the dead bits still tell them apart
+        // from the dead-lettered ones re-queued below.
+        let purged: Option<u64> = self
+            .timed(
+                redis::cmd("HGET")
+                    .arg(self.keys.run(run_id))
+                    .arg("purged")
+                    .query_async(&mut c),
+            )
+            .await?;
+        let mut total = 0u64;
+        if purged.unwrap_or(0) > 0 {
+            total += self.requeue_missing(&spec, "retry").await?.0;
+        }
         loop {
             let mut inv = self.scripts.retry.key(self.keys.run(run_id));
             inv.key(self.keys.dead_bits(run_id))
@@ -715,6 +789,8 @@ impl Store {
             ("failed", "ttg_chunk_attempts_failed_total"),
             ("reclaimed", "ttg_chunks_reclaimed_total"),
             ("dead", "ttg_chunks_dead_lettered_total"),
+            ("requeued_by_audit", "ttg_chunks_requeued_by_audit_total"),
+            ("requeued_by_retry", "ttg_chunks_requeued_by_retry_total"),
         ] {
             metrics::counter!(name).absolute(stats.get(field).copied().unwrap_or(0).max(0) as u64);
         }
@@ -1145,86 +1221,6 @@ return 1
                 "Redis maxmemory-policy is {policy:?}, not \"noeviction\": under memory pressure Redis may evict TTG's tasks, pending entries or results and lose chunks; set `maxmemory-policy noeviction` (see docs/operations.md)");
         }
         Some(policy)
-    }
-
-    /// Kernels live agents offer, with their declarations and who offers them.
-    pub async fn offered_kernels(&self) -> Result<Vec<OfferedKernel>> {
-        let mut by_name: BTreeMap<String, OfferedKernel> = BTreeMap::new();
-        for a in self.live_agents().await? {
-            for d in &a.kernel_decls {
-                let k = by_name
-                    .entry(d.name.clone())
-                    .or_insert_with(|| OfferedKernel {
-                        decl: Some(d.clone()),
-                        agent_ids: Vec::new(),
-                    });
-                k.agent_ids.push(a.agent_id.clone());
-            }
-        }
-        Ok(by_name.into_values().collect())
-    }
-
-    /// Agents whose lease has not expired.
-    pub async fn live_agents(&self) -> Result<Vec<AgentInfo>> {
-        let now = now_ms();
-        let mut c = self.conn();
-        let ids: Vec<String> = self
-            .timed(
-                redis::cmd("ZRANGEBYSCORE")
-                    .arg(self.keys.agents())
-                    .arg(now)
-                    .arg("+inf")
-                    .query_async(&mut c),
-            )
-            .await?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys: Vec<String> = ids.iter().map(|id| self.keys.agent(id)).collect();
-        let raw: Vec<Option<Vec<u8>>> = self
-            .timed(redis::cmd("MGET").arg(&keys).query_async(&mut c))
-            .await?;
-        Ok(raw
-            .into_iter()
-            .flatten()
-            .filter_map(|b| prost::Message::decode(b.as_slice()).ok())
-            .collect())
-    }
-
-    /// Record an agent's session and extend its lease to now + `lease`.
-    pub async fn put_agent(&self, info: &AgentInfo, lease: Duration) -> Result<()> {
-        let lease_ms = lease.as_millis() as i64;
-        let mut p = redis::pipe();
-        p.cmd("SET")
-            .arg(self.keys.agent(&info.agent_id))
-            .arg(encode(info))
-            // Kept well past the lease: a reaper reads it to know which streams
-            // a dead agent read; removed on Bye or once reclaimed.
-            .arg("PX")
-            .arg(3_600_000)
-            .ignore()
-            .zadd(self.keys.agents(), &info.agent_id, now_ms() + lease_ms)
-            .ignore()
-            // Entries of agents gone for a long while are garbage; drop them here
-            // so the set stays the size of the fleet.
-            .cmd("ZREMRANGEBYSCORE")
-            .arg(self.keys.agents())
-            .arg("-inf")
-            .arg(now_ms() - 3_600_000)
-            .ignore();
-        let mut c = self.conn();
-        self.timed(p.query_async::<()>(&mut c)).await
-    }
-
-    /// Forget an agent (it said Bye, or its session ended).
-    pub async fn remove_agent(&self, agent_id: &str) -> Result<()> {
-        let mut p = redis::pipe();
-        p.del(self.keys.agent(agent_id))
-            .ignore()
-            .zrem(self.keys.agents(), agent_id)
-            .ignore();
-        let mut c = self.conn();
-        self.timed(p.query_async::<()>(&mut c)).await
     }
 
     /// Stream a run's events after `after` into `tx` until the run ends, the

@@ -20,12 +20,14 @@ use tokio_util::task::TaskTracker;
 use ttg_proto::keys::{Keys, GROUP};
 use ttg_proto::redis_conn::{self, is_transient};
 use ttg_proto::stream::{
-    decode_task, event_body, parse_state, ChunkResult, Completion, Failure, Scripts, ATTEMPT_FIELD,
-    TASK_FIELD, TRACEPARENT_FIELD,
+    decode_task, event_body, ChunkResult, Completion, Failure, Scripts, ATTEMPT_FIELD, TASK_FIELD,
+    TRACEPARENT_FIELD,
 };
-use ttg_proto::v1::{event, ChunkCompleted, ChunkFailed, HeldChunk, RunStarted, RunState, Task};
+use ttg_proto::v1::{event, ChunkCompleted, ChunkFailed, HeldChunk, RunState, Task};
 
 use crate::kernels::{ChunkInput, KernelError, Registry};
+
+mod runs;
 
 /// Longest XREADGROUP BLOCK; also how soon a drain notices it should stop claiming.
 const READ_BLOCK: Duration = Duration::from_millis(1_000);
@@ -44,16 +46,13 @@ struct Held {
     computed: bool,
 }
 
-/// What this agent knows of a run it has seen.
-struct RunLocal {
-    state: RunState,
-    /// Cancelled when the run is cancelled: aborts its in-flight chunks.
-    cancel: CancellationToken,
-}
-
 /// The agent's work side.
 pub struct Worker {
     agent_id: String,
+    /// This process's secret for its Hello (see `Hello.instance`): the same
+    /// on every reconnect, so the server lets only this process take its
+    /// agent id back.
+    instance: String,
     keys: Keys,
     client: redis::Client,
     conn: ConnectionManager,
@@ -68,7 +67,7 @@ pub struct Worker {
     /// Claim-to-ack latencies (ms) since the last heartbeat, for the server's
     /// fleet-wide histogram.
     ack_latencies: Mutex<Vec<u32>>,
-    runs: Mutex<HashMap<String, RunLocal>>,
+    runs: Mutex<HashMap<String, runs::RunLocal>>,
     completed: AtomicU64,
     /// Completions waiting to be sent, and whether a task is sending them.
     batch: Mutex<Batch>,
@@ -140,6 +139,7 @@ impl Worker {
         let conn = redis_conn::manager(&client)?;
         Ok(Self {
             agent_id,
+            instance: format!("{:032x}", rand::random::<u128>()),
             keys: Keys::new(prefix),
             client,
             conn,
@@ -161,6 +161,11 @@ impl Worker {
     /// Agent id (its consumer name).
     pub fn agent_id(&self) -> &str {
         &self.agent_id
+    }
+
+    /// This process's session secret (never logged).
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// Kernels offered.
@@ -371,20 +376,6 @@ impl Worker {
     /// Abandon every in-flight chunk now (after a drain timeout).
     pub fn abort(&self) {
         self.abort.cancel();
-    }
-
-    /// The server says `run_id` was cancelled: abort its chunks at once and
-    /// drop any further ones without computing them.
-    pub fn cancel_run(&self, run_id: &str) {
-        if let Ok(mut runs) = self.runs.lock() {
-            let r = runs.entry(run_id.to_string()).or_insert_with(|| RunLocal {
-                state: RunState::Cancelled,
-                cancel: self.abort.child_token(),
-            });
-            r.state = RunState::Cancelled;
-            r.cancel.cancel();
-        }
-        tracing::info!(run = %run_id, agent = %self.agent_id, "run cancelled: aborting its chunks");
     }
 
     fn streams(&self) -> Vec<String> {
@@ -607,73 +598,6 @@ impl Worker {
         }
     }
 
-    /// The run's cancel token if the run is active; None if it is cancelled,
-    /// finished or unknown (its chunks are then dropped unanswered). The first
-    /// chunk of a run seen by this agent marks the run RUNNING.
-    async fn run_gate(&self, run_id: &str) -> Option<CancellationToken> {
-        if let Ok(runs) = self.runs.lock() {
-            if let Some(r) = runs.get(run_id) {
-                return matches!(r.state, RunState::Queued | RunState::Running)
-                    .then(|| r.cancel.clone());
-            }
-        }
-        let body = event_body(
-            run_id,
-            event::Kind::RunStarted(RunStarted {
-                agent_id: self.agent_id.clone(),
-            }),
-        );
-        let (run_key, events_key) = (self.keys.run(run_id), self.keys.events(run_id));
-        let state: String = self
-            .persist("start run", |mut c| {
-                let mut inv = self.scripts.start.key(&run_key);
-                inv.key(&events_key).arg(&body);
-                async move { inv.invoke_async(&mut c).await }
-            })
-            .await?;
-        let state = if state.is_empty() {
-            RunState::Unspecified
-        } else {
-            parse_state(&state)
-        };
-        let mut runs = self.runs.lock().ok()?;
-        if runs.len() > 4_096 {
-            runs.retain(|_, r| matches!(r.state, RunState::Queued | RunState::Running));
-        }
-        let r = runs.entry(run_id.to_string()).or_insert_with(|| RunLocal {
-            state,
-            cancel: self.abort.child_token(),
-        });
-        matches!(r.state, RunState::Queued | RunState::Running).then(|| r.cancel.clone())
-    }
-
-    fn mark_run(&self, run_id: &str, state: RunState) {
-        if let Ok(mut runs) = self.runs.lock() {
-            if let Some(r) = runs.get_mut(run_id) {
-                r.state = state;
-            }
-        }
-    }
-
-    fn run_cancelled(&self, run_id: &str) -> bool {
-        self.runs
-            .lock()
-            .ok()
-            .and_then(|r| r.get(run_id).map(|r| r.state == RunState::Cancelled))
-            .unwrap_or(false)
-    }
-
-    /// Ack and delete an entry without a result (run cancelled or gone).
-    async fn drop_entry(&self, stream: &str, entry_id: &str) {
-        self.persist("drop entry", |mut c| {
-            let mut p = redis::pipe();
-            p.cmd("XACK").arg(stream).arg(GROUP).arg(entry_id).ignore();
-            p.cmd("XDEL").arg(stream).arg(entry_id).ignore();
-            async move { p.query_async::<()>(&mut c).await }
-        })
-        .await;
-    }
-
     /// Compute one claimed entry and complete it; `slot` is given back as
     /// soon as the computation ends.
     async fn process(
@@ -731,10 +655,8 @@ impl Worker {
         let claimed = Instant::now();
 
         let claim = chunk_span("claim");
-        let gate = tracing::Instrument::instrument(self.run_gate(&run_id), claim.clone()).await;
-        let Some(run_cancel) = gate else {
-            tracing::debug!(parent: &claim, run = %run_id, chunk, agent = %self.agent_id, "run not active: chunk dropped");
-            self.drop_entry(&stream, &entry_id).await;
+        let gate = self.run_gate(&run_id, &stream, &entry_id);
+        let Some(run_cancel) = tracing::Instrument::instrument(gate, claim.clone()).await else {
             return;
         };
         let chunk_abort = run_cancel.child_token();
@@ -824,8 +746,8 @@ impl Worker {
                 }
             }
             Err(KernelError::Cancelled) if self.run_cancelled(&run_id) => {
-                tracing::Instrument::instrument(self.drop_entry(&stream, &entry_id), ack.clone())
-                    .await;
+                let settle = self.settle_cancelled(&stream, &entry_id, &task, &traceparent);
+                tracing::Instrument::instrument(settle, ack.clone()).await;
             }
             Err(KernelError::Cancelled) if !self.abort.is_cancelled() => {
                 // Reclaimed from under us: the reclaimer already acked it.
@@ -901,6 +823,14 @@ impl Worker {
             }
             Completion::Inactive(s) => self.mark_run(run_id, s),
             Completion::UnknownRun => self.mark_run(run_id, RunState::Unspecified),
+            Completion::NotHeld => {
+                // Reclaimed from under us (we looked dead) before the result
+                // landed: the re-queued copy is computed elsewhere.
+                self.lost.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("ttg_agent_chunks_lost_total").increment(1);
+                tracing::warn!(run = %run_id, chunk = task.chunk_index, agent = %self.agent_id,
+                    "result not stored: the chunk was reclaimed from this agent");
+            }
         }
     }
 
@@ -952,6 +882,7 @@ impl Worker {
                             keys,
                             &run_id,
                             &stream,
+                            &self.agent_id,
                             &chunks,
                         );
                         async move { inv.invoke_async(&mut c).await }
@@ -999,6 +930,14 @@ impl Worker {
             )
         };
         let (retry_body, dead_body) = (body(false), body(true));
+        // What fail-fast compares: the first line, at most 200 characters.
+        let first_line: String = error
+            .lines()
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(200)
+            .collect();
         let task_bytes = ttg_proto::stream::encode(task);
         let keys = self.keys.fail_keys(run_id, stream);
         let reply: Option<(i64, String)> = self
@@ -1017,15 +956,26 @@ impl Worker {
                     .arg(traceparent)
                     .arg(&retry_body)
                     .arg(&dead_body)
-                    .arg(run_id);
+                    .arg(run_id)
+                    .arg(&self.agent_id)
+                    .arg(&first_line);
                 async move { inv.invoke_async(&mut c).await }
             })
             .await;
         if let Some((code, state)) = reply {
             let f = Failure::from_reply(code, &state);
             tracing::warn!(run = %run_id, chunk = task.chunk_index, agent = %self.agent_id, attempt, error = %error, outcome = ?f, "chunk attempt failed");
-            if let Failure::DeadLettered(s) = f {
-                self.mark_run(run_id, s);
+            match f {
+                Failure::DeadLettered(s) => self.mark_run(run_id, s),
+                // The run ended meanwhile: believe it, so its other queued
+                // chunks go through the claim gate instead of computing.
+                Failure::Inactive => self.mark_run(run_id, ttg_proto::stream::parse_state(&state)),
+                Failure::StoppedByFailFast => {
+                    tracing::error!(run = %run_id, agent = %self.agent_id, error = %first_line,
+                        "run stopped by fail-fast: its chunks keep failing with the same error");
+                    self.mark_run(run_id, RunState::Failed)
+                }
+                _ => {}
             }
         }
     }

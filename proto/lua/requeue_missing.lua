@@ -1,0 +1,46 @@
+-- requeue_missing: put back chunks that are neither done nor dead and have no
+-- task entry, from the run's own bitmaps. Run with the shared prelude.
+-- Used by the server's audit (a run with an empty queue, nothing in flight
+-- and chunks unaccounted for) and by retry of a run stopped by fail-fast.
+--
+-- KEYS[1] run hash, KEYS[2] done bitmap, KEYS[3] dead bitmap, KEYS[4] tasks
+-- stream, KEYS[5] events stream, KEYS[6] stats hash, KEYS[7] expiring zset.
+-- ARGV[1] run id, ARGV[2] mode ('audit' or 'retry'), ARGV[3] traceparent,
+-- then pairs: chunk index, Task bytes of that chunk.
+-- Returns {requeued, state}: requeued -1 if the run is unknown, -2 if it is
+-- not active (in 'retry' mode: and not a FAILED run with purged chunks).
+--
+-- Invariant: a chunk is queued only while its done and dead bits are both
+-- clear, checked in this same atomic step, so no counted or dead-lettered
+-- chunk is ever queued again here. A chunk that still has an entry (the
+-- caller's scan raced with a re-queue) is queued twice at worst: the first
+-- result wins and the second is dropped as a duplicate, never counted.
+-- In 'retry' mode a FAILED run with purged chunks reopens (RUNNING again,
+-- purged back to 0, its retention stopped), so done + dead + purged = total
+-- keeps holding whenever the run is terminal.
+local run = KEYS[1]
+local state = redis.call('HGET', run, 'state')
+if not state then return {-1, ''} end
+if ARGV[2] == 'retry' and state == 'FAILED' and num(redis.call('HGET', run, 'purged')) > 0 then
+  redis.call('HSET', run, 'state', 'RUNNING')
+  redis.call('HDEL', run, 'finished_ms', 'expires_ms', 'purged', 'error', 'ff_line', 'ff_n')
+  redis.call('ZREM', KEYS[7], ARGV[1])
+  redis.call('HINCRBY', KEYS[6], 'active', 1)
+  state = 'RUNNING'
+end
+if not active(state) then return {-2, state} end
+local n = 0
+for i = 4, #ARGV - 1, 2 do
+  local chunk = ARGV[i]
+  if redis.call('GETBIT', KEYS[2], chunk) == 0 and redis.call('GETBIT', KEYS[3], chunk) == 0 then
+    redis.call('XADD', KEYS[4], '*', 't', ARGV[i + 1], 'a', 1, 'tp', ARGV[3])
+    n = n + 1
+  end
+end
+if n > 0 then
+  local field = 'requeued_by_retry'
+  if ARGV[2] == 'audit' then field = 'requeued_by_audit' end
+  redis.call('HINCRBY', KEYS[6], field, n)
+  emit(run, KEYS[5], f_bytes(2, ARGV[1]) .. f_bytes(17, f_varint(1, n)), now_ms())
+end
+return {n, state}

@@ -1,0 +1,150 @@
+//! Agents in Redis: their records (what ListAgents and Status read), their
+//! leases (the `agents` sorted set, scored by lease expiry) and who owns a
+//! live agent id (the session whose Hello carried its instance secret).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ttg_proto::now_ms;
+use ttg_proto::stream::encode;
+use ttg_proto::v1::{AgentInfo, OfferedKernel};
+
+use super::Store;
+use crate::error::Result;
+
+/// Most agent records one ListAgents or Status call reads.
+pub const MAX_AGENTS_READ: usize = 2_000;
+/// An agent's record outlives its last heartbeat by this many leases: long
+/// enough for a reaper to read which streams a dead agent read, short
+/// enough that a ghost does not linger (the agent rewrites it at Hello).
+const RECORD_LEASES: u32 = 20;
+
+/// Take agent id ARGV[1] for instance digest ARGV[2], unless another
+/// instance owns it and its lease (KEYS[2] score) has not expired.
+/// KEYS: owner key, agents zset. ARGV: agent id, instance digest, now ms,
+/// owner ttl ms. Returns 1 taken, 0 refused.
+const CLAIM_ID: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[2] then
+  local exp = redis.call('ZSCORE', KEYS[2], ARGV[1])
+  if exp and tonumber(exp) > tonumber(ARGV[3]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[4])
+return 1
+"#;
+
+impl Store {
+    /// Kernels live agents offer, with their declarations and who offers them.
+    pub async fn offered_kernels(&self) -> Result<Vec<OfferedKernel>> {
+        let mut by_name: BTreeMap<String, OfferedKernel> = BTreeMap::new();
+        for a in self.live_agents().await? {
+            for d in &a.kernel_decls {
+                let k = by_name
+                    .entry(d.name.clone())
+                    .or_insert_with(|| OfferedKernel {
+                        decl: Some(d.clone()),
+                        agent_ids: Vec::new(),
+                    });
+                k.agent_ids.push(a.agent_id.clone());
+            }
+        }
+        Ok(by_name.into_values().collect())
+    }
+
+    /// Agents whose lease has not expired.
+    pub async fn live_agents(&self) -> Result<Vec<AgentInfo>> {
+        let now = now_ms();
+        let mut c = self.conn();
+        let ids: Vec<String> = self
+            .timed(
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(self.keys.agents())
+                    .arg(now)
+                    .arg("+inf")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(MAX_AGENTS_READ)
+                    .query_async(&mut c),
+            )
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.keys.agent(id)).collect();
+        let raw: Vec<Option<Vec<u8>>> = self
+            .timed(redis::cmd("MGET").arg(&keys).query_async(&mut c))
+            .await?;
+        Ok(raw
+            .into_iter()
+            .flatten()
+            .filter_map(|b| prost::Message::decode(b.as_slice()).ok())
+            .collect())
+    }
+
+    /// Record an agent's session and extend its lease to now + `lease`.
+    pub async fn put_agent(&self, info: &AgentInfo, lease: Duration) -> Result<()> {
+        let lease_ms = lease.as_millis() as i64;
+        let keep_ms = lease_ms * RECORD_LEASES as i64;
+        let mut p = redis::pipe();
+        p.cmd("SET")
+            .arg(self.keys.agent(&info.agent_id))
+            .arg(encode(info))
+            // Kept past the lease: a reaper reads it to know which streams
+            // a dead agent read; removed on Bye or once reclaimed.
+            .arg("PX")
+            .arg(keep_ms)
+            .ignore()
+            .zadd(self.keys.agents(), &info.agent_id, now_ms() + lease_ms)
+            .ignore()
+            // Entries of agents gone for a long while are garbage; drop them here
+            // so the set stays the size of the fleet.
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(self.keys.agents())
+            .arg("-inf")
+            .arg(now_ms() - 3_600_000)
+            .ignore();
+        let mut c = self.conn();
+        self.timed(p.query_async::<()>(&mut c)).await
+    }
+
+    /// Forget an agent (it said Bye, or its session ended).
+    pub async fn remove_agent(&self, agent_id: &str) -> Result<()> {
+        let mut p = redis::pipe();
+        p.del(self.keys.agent(agent_id))
+            .ignore()
+            .del(self.keys.agent_owner(agent_id))
+            .ignore()
+            .zrem(self.keys.agents(), agent_id)
+            .ignore();
+        let mut c = self.conn();
+        self.timed(p.query_async::<()>(&mut c)).await
+    }
+
+    /// Take `agent_id` for the agent process whose Hello carried `instance`:
+    /// refused (false) while another process owns it and its lease is live.
+    /// Only a digest of the instance secret is stored.
+    pub async fn claim_agent_id(
+        &self,
+        agent_id: &str,
+        instance: &str,
+        lease: Duration,
+    ) -> Result<bool> {
+        let d = ring::digest::digest(&ring::digest::SHA256, instance.as_bytes());
+        let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let keep_ms = lease.as_millis() as u64 * RECORD_LEASES as u64;
+        let mut c = self.conn();
+        let taken: i64 = self
+            .timed(
+                redis::Script::new(CLAIM_ID)
+                    .key(self.keys.agent_owner(agent_id))
+                    .key(self.keys.agents())
+                    .arg(agent_id)
+                    .arg(hex)
+                    .arg(now_ms())
+                    .arg(keep_ms)
+                    .invoke_async(&mut c),
+            )
+            .await?;
+        Ok(taken == 1)
+    }
+}
