@@ -74,7 +74,7 @@ def main():
         pid = vg.pid
         # Warm up (the script compiled, the stream's structures allocated).
         for i in range(20):
-            r.call("EVALSHA", sha, 8, *keys(f"w{i}"), "agents", "run",
+            r.call("EVALSHA", sha, 8, *keys(f"w{i}"), "agents", "run", "w",
                    *[next(ids), 0, 100, "4999.5", "0.5", "99.5", values, body])
         for batch in (1, 8, 32):
             subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
@@ -83,7 +83,7 @@ def main():
                 args = []
                 for k in range(batch):
                     args += [next(ids), k, 100, "4999.5", "0.5", "99.5", values, body]
-                r.call("EVALSHA", sha, 8, *keys(f"{batch}:{i}"), "agents", "run", *args)
+                r.call("EVALSHA", sha, 8, *keys(f"{batch}:{i}"), "agents", "run", "w", *args)
             ir, f = dump(pid, d)
             rows.append((f"completion script, batch {batch}", ir / (CALLS * batch)))
             if batch == 32:
