@@ -252,11 +252,12 @@ def p1(args, tmp):
 
 
 def stream_scripts():
-    """The completion script exactly as the agents load it (prelude + body),
-    read from proto/src/stream.rs, so redis-benchmark runs the same code."""
-    src = open(os.path.join(os.path.dirname(__file__), "..", "proto", "src", "stream.rs")).read()
-    grab = lambda name: re.search(rf'const {name}: &str = r#"(.*?)"#;', src, re.S).group(1)
-    return grab("PRELUDE") + "\n" + grab("COMPLETE")
+    """The completion script exactly as the agents load it: proto/lua/prelude.lua
+    then proto/lua/complete.lua (what ttg_proto::scripts::Scripts builds), so
+    redis-benchmark runs the same code."""
+    lua = os.path.join(os.path.dirname(__file__), "..", "proto", "lua")
+    read = lambda name: open(os.path.join(lua, name + ".lua")).read()
+    return read("prelude") + "\n" + read("complete")
 
 
 def redis_limit(tmp, chunks, agents, concurrency, batch, cbatch):

@@ -2,7 +2,7 @@
 """Instruction count of the completion script in Redis, per chunk.
 
 Runs redis-server under callgrind, loads the completion script exactly as the
-agents do (prelude + body from proto/src/stream.rs), sets up a RUNNING run,
+agents do (proto/lua/prelude.lua + complete.lua), sets up a RUNNING run,
 and calls the script on real pending deliveries with batches of 1, 8 and 32 chunks of P2's shape (100
 packed f64 values, a 60-byte event body). Prints Redis's instructions per
 chunk (Ir, callgrind's count: stable on a noisy shared machine, unlike wall

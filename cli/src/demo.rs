@@ -33,7 +33,7 @@ async fn kill_at(server: &str, run_id: &str, pid: u32, pct: u32) -> Option<(i64,
             crate::sys::signal(pid, libc::SIGKILL);
             return Some((ttg_proto::now_ms(), p.chunks_done * 100 / p.chunks_total));
         }
-        if ttg_proto::stream::is_finished(ttg_proto::v1::RunState::try_from(st.state).ok()?) {
+        if ttg_proto::records::is_finished(ttg_proto::v1::RunState::try_from(st.state).ok()?) {
             return None;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;

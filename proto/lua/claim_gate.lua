@@ -1,23 +1,18 @@
 -- claim_gate: decide, against Redis, whether a task entry an agent just
--- claimed is still work. Run with the shared prelude (stream.rs PRELUDE).
---
--- KEYS[1] run hash, KEYS[2] run's events stream, KEYS[3] tasks stream.
--- ARGV[1] consumer group, ARGV[2] entry id, ARGV[3] consumer (the agent id),
--- ARGV[4] RunStarted event body.
--- Returns {code, state}:
---    1  the run is unknown or no longer QUEUED/RUNNING: the entry was acked
---       and deleted (state '' when the run is unknown);
---    0  the run is active: compute the chunk (a QUEUED run becomes RUNNING
---       and its RunStarted event is emitted);
---   -2  the entry is not pending for this consumer (reclaimed from it):
---       nothing changed.
---
+-- claimed is still work.
+-- KEYS (3): run hash, events stream, tasks stream.
+-- ARGV (4): group, entry id, consumer (the agent id), RunStarted event body.
+-- Returns {code, state}: 1 the run is unknown or no longer QUEUED/RUNNING
+--   and the entry was acked and deleted (state '' when unknown); 0 the run
+--   is active, compute the chunk (a QUEUED run becomes RUNNING, with its
+--   RunStarted event); -2 the entry is not pending for this consumer
+--   (reclaimed from it): nothing changed.
 -- Invariant: an entry is only ever destroyed here in the same atomic step
--- that read its run's state, never on an agent's cached belief. Dropping an
--- entry of an ended run loses nothing: every chunk of an ended run is done,
--- dead-lettered (retry re-queues it from the dead letters) or counted as
--- purged (cancel, fail-fast; retry of a fail-fast run re-queues it from the
--- run's bitmaps).
+--   that read its run's state, never on an agent's cached belief. Dropping
+--   an entry of an ended run loses nothing: every chunk of an ended run is
+--   done, dead-lettered (retry re-queues it from the dead letters) or
+--   counted as purged (cancel, fail-fast; retry of a fail-fast run
+--   re-queues it from the run's bitmaps).
 if #redis.call('XPENDING', KEYS[3], ARGV[1], ARGV[2], ARGV[2], 1, ARGV[3]) == 0 then
   return {-2, ''}
 end

@@ -1,23 +1,21 @@
--- requeue_missing: put back chunks that are neither done nor dead and have no
--- task entry, from the run's own bitmaps. Run with the shared prelude.
--- Used by the server's audit (a run with an empty queue, nothing in flight
--- and chunks unaccounted for) and by retry of a run stopped by fail-fast.
---
--- KEYS[1] run hash, KEYS[2] done bitmap, KEYS[3] dead bitmap, KEYS[4] tasks
--- stream, KEYS[5] events stream, KEYS[6] stats hash, KEYS[7] expiring zset.
--- ARGV[1] run id, ARGV[2] mode ('audit' or 'retry'), ARGV[3] traceparent,
--- then pairs: chunk index, Task bytes of that chunk.
+-- requeue_missing: put back chunks that are neither done nor dead, from the
+-- run's own bitmaps. Used by the server's audit (a run with an empty queue,
+-- nothing in flight and chunks unaccounted for) and by retry of a run
+-- stopped by fail-fast.
+-- KEYS (7): run hash, done bitmap, dead bitmap, tasks stream, events
+--   stream, stats hash, expiring zset.
+-- ARGV (3 + 2 per chunk): run id, mode ('audit' or 'retry'), traceparent;
+--   then per chunk: chunk index, its Task bytes.
 -- Returns {requeued, state}: requeued -1 if the run is unknown, -2 if it is
--- not active (in 'retry' mode: and not a FAILED run with purged chunks).
---
+--   not active (in 'retry' mode: and not a FAILED run with purged chunks).
 -- Invariant: a chunk is queued only while its done and dead bits are both
--- clear, checked in this same atomic step, so no counted or dead-lettered
--- chunk is ever queued again here. A chunk that still has an entry (the
--- caller's scan raced with a re-queue) is queued twice at worst: the first
--- result wins and the second is dropped as a duplicate, never counted.
--- In 'retry' mode a FAILED run with purged chunks reopens (RUNNING again,
--- purged back to 0, its retention stopped), so done + dead + purged = total
--- keeps holding whenever the run is terminal.
+--   clear, checked in this same atomic step, so no counted or dead-lettered
+--   chunk is queued again here. A chunk that still has an entry (the
+--   caller's scan raced a re-queue) is queued twice at worst: the first
+--   result wins and the second is dropped as a duplicate, never counted.
+--   In 'retry' mode a FAILED run with purged chunks reopens (RUNNING again,
+--   purged back to 0, its retention stopped), so done + dead + purged =
+--   total keeps holding whenever the run is terminal.
 local run = KEYS[1]
 local state = redis.call('HGET', run, 'state')
 if not state then return {-1, ''} end

@@ -8,8 +8,10 @@
 //! - [`client`]: gRPC client TLS and bearer-token set-up (agents, ttgctl).
 //! - [`kernels`]: the declarations of the built-in kernels and their arguments,
 //!   used by the server to validate `Submit` and by agents to parse arguments.
-//! - [`stream`]: record encodings and the atomic Lua scripts (start, complete,
-//!   cancel) that keep results, acks and counters in agreement.
+//! - [`records`]: what processes exchange through Redis (task entries, run
+//!   hashes, events, packed values) and the one decoder of each.
+//! - [`scripts`]: the atomic Lua scripts (`proto/lua/*.lua`) and one typed
+//!   builder per script, the only place their KEYS and ARGV are ordered.
 //! - [`reclaim`]: re-queueing a dead agent's deliveries, at most once.
 //! - [`redis_conn`]: connecting to Redis with bounded timeouts.
 //! - [`telemetry`]: logging set-up shared by every binary.
@@ -19,8 +21,9 @@ pub mod client;
 pub mod kernels;
 pub mod keys;
 pub mod reclaim;
+pub mod records;
 pub mod redis_conn;
-pub mod stream;
+pub mod scripts;
 pub mod telemetry;
 
 /// Generated gRPC services and messages of package `ttg.v1`.

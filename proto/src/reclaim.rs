@@ -12,9 +12,8 @@ use redis::streams::{StreamPendingCountReply, StreamRangeReply};
 use redis::{RedisResult, Value};
 
 use crate::keys::{Keys, GROUP};
-use crate::stream::{
-    decode_task, event_body, Failure, Scripts, ATTEMPT_FIELD, TASK_FIELD, TRACEPARENT_FIELD,
-};
+use crate::records::{event_body, TaskEntry, TASK_FIELD};
+use crate::scripts::{FailedAttempt, Failure, Scripts};
 use crate::v1::{event, ChunkFailed, ChunkReclaimed};
 
 /// Why an agent's deliveries are being reclaimed.
@@ -91,30 +90,23 @@ pub async fn reclaim_entry<C: ConnectionLike>(
             .await?;
         return Ok(None);
     };
-    let task_bytes = bulk(entry.map.get(TASK_FIELD))
-        .map(<[u8]>::to_vec)
-        .unwrap_or_default();
-    let task = match decode_task(&task_bytes) {
-        Ok(t) if !task_bytes.is_empty() => t,
-        Ok(_) | Err(_) => {
-            let error = match decode_task(&task_bytes) {
-                Err(e) => e.to_string(),
-                Ok(_) => "task entry without a `t` field".to_string(),
-            };
+    let TaskEntry {
+        task,
+        attempt,
+        traceparent: tp,
+    } = match TaskEntry::decode(&entry.map) {
+        Ok(e) => e,
+        Err(e) => {
+            let error = e.to_string();
+            let raw = bulk(entry.map.get(TASK_FIELD)).unwrap_or_default();
             tracing::error!(stream, entry = entry_id, error = %error, "corrupt task entry moved to the dead-entries stream");
-            crate::stream::quarantine(keys, stream, entry_id, &error, &task_bytes)
+            crate::records::quarantine(keys, stream, entry_id, &error, raw)
                 .query_async::<()>(conn)
                 .await?;
             return Ok(None);
         }
     };
-    let attempt = bulk(entry.map.get(ATTEMPT_FIELD))
-        .and_then(|b| std::str::from_utf8(b).ok())
-        .and_then(|s| s.parse::<u32>().ok())
-        .unwrap_or(1);
-    let tp = bulk(entry.map.get(TRACEPARENT_FIELD))
-        .map(<[u8]>::to_vec)
-        .unwrap_or_default();
+    let task_bytes = crate::records::encode(&task);
     let run_id = task.run_id.clone();
     // The reclaim is part of the run's trace, linked to the attempt it ends.
     let span = tracing::info_span!("reclaim", run_id = %run_id, chunk = task.chunk_index,
@@ -145,22 +137,24 @@ pub async fn reclaim_entry<C: ConnectionLike>(
             dead: true,
         }),
     );
-    let mut inv = scripts.reclaim.prepare_invoke();
-    for k in keys.fail_keys(&run_id, stream) {
-        inv.key(k);
-    }
-    inv.arg(GROUP)
-        .arg(entry_id)
-        .arg(owner)
-        .arg(task.chunk_index)
-        .arg(&task_bytes)
-        .arg(attempt)
-        .arg(task.max_attempts.max(1))
-        .arg(&error)
-        .arg(&tp)
-        .arg(retry_body)
-        .arg(dead_body)
-        .arg(&run_id);
+    let inv = scripts.reclaim(
+        keys,
+        &run_id,
+        stream,
+        owner,
+        &FailedAttempt {
+            entry_id,
+            task_bytes: &task_bytes,
+            chunk_index: task.chunk_index,
+            attempt,
+            max_attempts: task.max_attempts,
+            error: &error,
+            first_line: &error,
+            traceparent: &tp,
+            retry_body: &retry_body,
+            dead_body: &dead_body,
+        },
+    );
     let (code, state): (i64, String) =
         tracing::Instrument::instrument(inv.invoke_async(conn), span).await?;
     Ok(Some(Reclaimed {
@@ -228,10 +222,7 @@ pub async fn reclaim_consumer<C: ConnectionLike>(
         }
     }
     let _: i64 = scripts
-        .del_consumer
-        .key(stream)
-        .arg(GROUP)
-        .arg(agent)
+        .del_consumer(stream, agent)
         .invoke_async(conn)
         .await?;
     Ok(out)

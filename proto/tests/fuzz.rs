@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use proptest::prelude::*;
 use ttg_proto::kernels::{validate_args, BUILTIN};
-use ttg_proto::stream::{
+use ttg_proto::records::{
     decode_event, decode_spec, decode_task, encode, parse_state, run_status_from_hash,
     unpack_values,
 };

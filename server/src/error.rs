@@ -1,6 +1,6 @@
 //! The server's one error type, and its one conversion to a gRPC status.
 
-use ttg_proto::stream::DecodeError;
+use ttg_proto::records::DecodeError;
 
 /// Everything that can go wrong serving a request.
 #[derive(Debug, thiserror::Error)]

@@ -250,7 +250,7 @@ async fn the_audit_requeues_chunks_lost_outside_the_books() {
             .iter()
             .filter(|e| match e.map.get("t") {
                 Some(redis::Value::BulkString(b)) => {
-                    ttg_proto::stream::decode_task(b).is_ok_and(|t| t.run_id == lost.run_id)
+                    ttg_proto::records::decode_task(b).is_ok_and(|t| t.run_id == lost.run_id)
                 }
                 _ => false,
             })

@@ -10,9 +10,8 @@ use std::time::Duration;
 use common::*;
 use prost::Message;
 use ttg_proto::keys::{Keys, GROUP};
-use ttg_proto::stream::{
-    complete_invocation, decode_task, encode, event_body, ChunkResult, Completion, Scripts,
-};
+use ttg_proto::records::{decode_task, encode, event_body};
+use ttg_proto::scripts::{ChunkResult, Completion, Scripts};
 use ttg_proto::v1::{event, CancelRequest, ChunkCompleted, GetResultsRequest, RunState, Task};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -356,7 +355,7 @@ async fn a_chunk_completed_twice_is_counted_once() {
                 }),
             );
             let chunk = ChunkResult::new(&entry, task.chunk_index, &values, body);
-            let inv = complete_invocation(scripts, &keys, &run_id, &tasks, "tester", &[chunk]);
+            let inv = scripts.complete(&keys, &run_id, &tasks, "tester", &[chunk]);
             let (codes, state): (Vec<i64>, String) =
                 inv.invoke_async(&mut conn).await.expect("complete");
             Completion::from_reply(codes[0], &state)
@@ -483,11 +482,11 @@ async fn a_batch_of_completions_counts_each_chunk_once() {
     assert_eq!(batch.len(), 4);
     // The same delivery of chunk 1 again, inside the batch, with other values.
     let mut dup = batch[1].clone();
-    dup.packed = ttg_proto::stream::pack_values(&[1e9; 10]);
+    dup.packed = ttg_proto::records::pack_values(&[1e9; 10]);
     dup.sum = "1e10".into();
     batch.push(dup);
     let scripts = Scripts::new();
-    let inv = complete_invocation(&scripts, &keys, &run.run_id, &tasks, "tester", &batch);
+    let inv = scripts.complete(&keys, &run.run_id, &tasks, "tester", &batch);
     let (codes, state): (Vec<i64>, String) = inv.invoke_async(&mut conn).await.expect("complete");
     assert_eq!(codes, vec![1, 1, 1, 1, 0]);
     assert_eq!(state, "SUCCEEDED");
@@ -519,7 +518,7 @@ async fn a_batch_of_completions_counts_each_chunk_once() {
         .await
         .expect("results");
     let chunk1 =
-        ttg_proto::stream::unpack_values(values[1].as_deref().expect("chunk 1")).expect("values");
+        ttg_proto::records::unpack_values(values[1].as_deref().expect("chunk 1")).expect("values");
     assert_eq!(chunk1[0], 10.0, "first result wins inside a batch too");
     assert_eq!(queue_state(&redis, &p), (0, 0));
     server.stop().await;

@@ -20,7 +20,8 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 use ttg_proto::keys::{Keys, GROUP};
-use ttg_proto::stream::{complete_invocation, event_body, ChunkResult, Scripts};
+use ttg_proto::records::event_body;
+use ttg_proto::scripts::{ChunkResult, Scripts};
 use ttg_proto::v1::agent_gateway_client::AgentGatewayClient;
 use ttg_proto::v1::control_plane_client::ControlPlaneClient;
 use ttg_proto::v1::{
@@ -384,7 +385,7 @@ async fn a_completion_from_anyone_but_the_holder_stores_nothing() {
     };
     // Made-up entry ids, for every chunk: nothing is stored.
     let batch: Vec<ChunkResult> = (0..10).map(|i| forged(&format!("1-{i}"), i)).collect();
-    let inv = complete_invocation(&scripts, &keys, &run.run_id, &tasks, "mallory", &batch);
+    let inv = scripts.complete(&keys, &run.run_id, &tasks, "mallory", &batch);
     let (codes, _): (Vec<i64>, String) = inv.invoke_async(&mut conn).await.expect("script");
     assert_eq!(codes, vec![-3; 10]);
     // Real deliveries, but held by another consumer: nothing either.
@@ -406,7 +407,7 @@ async fn a_completion_from_anyone_but_the_holder_stores_nothing() {
         .enumerate()
         .map(|(i, id)| forged(id, i as u64))
         .collect();
-    let inv = complete_invocation(&scripts, &keys, &run.run_id, &tasks, "mallory", &batch);
+    let inv = scripts.complete(&keys, &run.run_id, &tasks, "mallory", &batch);
     let (codes, _): (Vec<i64>, String) = inv.invoke_async(&mut conn).await.expect("script");
     assert_eq!(codes, vec![-3; 10]);
     let st = c
@@ -425,7 +426,7 @@ async fn a_completion_from_anyone_but_the_holder_stores_nothing() {
         .expect("hlen");
     assert_eq!(stored, 0);
     // The holder's completion counts, as ever.
-    let inv = complete_invocation(&scripts, &keys, &run.run_id, &tasks, "eve", &batch[..1]);
+    let inv = scripts.complete(&keys, &run.run_id, &tasks, "eve", &batch[..1]);
     let (codes, _): (Vec<i64>, String) = inv.invoke_async(&mut conn).await.expect("script");
     assert_eq!(codes, vec![1]);
     server.stop().await;

@@ -12,9 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use ttg_proto::keys::{Keys, GROUP};
-use ttg_proto::stream::{
-    complete_invocation, decode_task, event_body, ChunkResult, Completion, Failure, Scripts,
-};
+use ttg_proto::records::{decode_task, event_body};
+use ttg_proto::scripts::{ChunkResult, Completion, FailedAttempt, Failure, Scripts};
 use ttg_proto::v1::{
     event, ChunkCompleted, ChunkFailed, ListAgentsRequest, RetryRequest, RunState, Task,
 };
@@ -397,12 +396,7 @@ async fn kernel_errors_retry_then_dead_letter_and_a_late_result_rescues() {
     };
     let fail = |entry: String, task: Task, attempt: u32| {
         let mut conn = conn.clone();
-        let (keys, tasks, run_id, script) = (
-            keys.clone(),
-            tasks.clone(),
-            run.run_id.clone(),
-            scripts.fail.clone(),
-        );
+        let (keys, tasks, run_id) = (keys.clone(), tasks.clone(), run.run_id.clone());
         async move {
             let body = |dead| {
                 event_body(
@@ -416,23 +410,26 @@ async fn kernel_errors_retry_then_dead_letter_and_a_late_result_rescues() {
                     }),
                 )
             };
-            let mut inv = script.prepare_invoke();
-            for k in keys.fail_keys(&run_id, &tasks) {
-                inv.key(k);
-            }
-            inv.arg(GROUP)
-                .arg(&entry)
-                .arg(task.chunk_index)
-                .arg(ttg_proto::stream::encode(&task))
-                .arg(attempt)
-                .arg(task.max_attempts)
-                .arg("boom")
-                .arg("")
-                .arg(body(false))
-                .arg(body(true))
-                .arg(&run_id)
-                .arg("tester")
-                .arg("boom");
+            let task_bytes = ttg_proto::records::encode(&task);
+            let (retry_body, dead_body) = (body(false), body(true));
+            let inv = scripts.fail(
+                &keys,
+                &run_id,
+                &tasks,
+                "tester",
+                &FailedAttempt {
+                    entry_id: &entry,
+                    task_bytes: &task_bytes,
+                    chunk_index: task.chunk_index,
+                    attempt,
+                    max_attempts: task.max_attempts,
+                    error: "boom",
+                    first_line: "boom",
+                    traceparent: b"",
+                    retry_body: &retry_body,
+                    dead_body: &dead_body,
+                },
+            );
             let (code, state): (i64, String) = inv.invoke_async(&mut conn).await.expect("fail");
             Failure::from_reply(code, &state)
         }
@@ -459,7 +456,7 @@ async fn kernel_errors_retry_then_dead_letter_and_a_late_result_rescues() {
                 }),
             );
             let chunk = ChunkResult::new(&entry, task.chunk_index, &values, body);
-            let inv = complete_invocation(script, &keys, &run_id, &tasks, "tester", &[chunk]);
+            let inv = script.complete(&keys, &run_id, &tasks, "tester", &[chunk]);
             let (codes, state): (Vec<i64>, String) =
                 inv.invoke_async(&mut conn).await.expect("complete");
             Completion::from_reply(codes[0], &state)

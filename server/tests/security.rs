@@ -737,7 +737,7 @@ async fn corrupt_task_entries_are_moved_aside_and_the_work_goes_on() {
         vec![("x", b"no task".to_vec())],
         vec![(
             "t",
-            ttg_proto::stream::encode(&ttg_proto::v1::Task {
+            ttg_proto::records::encode(&ttg_proto::v1::Task {
                 run_id: "r".into(),
                 start: 5,
                 end: 5,
@@ -747,7 +747,7 @@ async fn corrupt_task_entries_are_moved_aside_and_the_work_goes_on() {
         vec![
             (
                 "t",
-                ttg_proto::stream::encode(&ttg_proto::v1::Task {
+                ttg_proto::records::encode(&ttg_proto::v1::Task {
                     run_id: "r".into(),
                     start: 0,
                     end: 5,

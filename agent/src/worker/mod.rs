@@ -18,11 +18,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use ttg_proto::keys::{Keys, GROUP};
+use ttg_proto::records::{event_body, TaskEntry, TASK_FIELD};
 use ttg_proto::redis_conn::{self, is_transient};
-use ttg_proto::stream::{
-    decode_task, event_body, ChunkResult, Completion, Failure, Scripts, ATTEMPT_FIELD, TASK_FIELD,
-    TRACEPARENT_FIELD,
-};
+use ttg_proto::scripts::{ChunkResult, Completion, FailedAttempt, Failure, Scripts};
 use ttg_proto::v1::{event, ChunkCompleted, ChunkFailed, HeldChunk, RunState, Task};
 
 use crate::kernels::{ChunkInput, KernelError, Registry};
@@ -607,40 +605,28 @@ impl Worker {
         fields: HashMap<String, Value>,
         slot: tokio::sync::OwnedSemaphorePermit,
     ) {
-        let raw = bulk(fields.get(TASK_FIELD)).unwrap_or_default();
-        let attempt = match fields.get(ATTEMPT_FIELD) {
-            None => Some(1),
-            Some(_) => bulk(fields.get(ATTEMPT_FIELD))
-                .and_then(|b| std::str::from_utf8(b).ok())
-                .and_then(|s| s.parse::<u32>().ok())
-                .filter(|a| *a >= 1),
-        };
-        let decoded = match (bulk(fields.get(TASK_FIELD)).map(decode_task), attempt) {
-            (Some(Ok(t)), Some(a)) if t.end > t.start && !t.run_id.is_empty() => Ok((t, a)),
-            (Some(Ok(_)), Some(_)) => Err("task with an empty range or no run id".to_string()),
-            (Some(Ok(_)), None) => Err("attempt field is not a positive integer".to_string()),
-            (Some(Err(e)), _) => Err(e.to_string()),
-            (None, _) => Err("task entry without a `t` field".to_string()),
-        };
-        let (task, attempt) = match decoded {
-            Ok(v) => v,
-            Err(error) => {
+        let TaskEntry {
+            task,
+            attempt,
+            traceparent,
+        } = match TaskEntry::decode(&fields) {
+            Ok(e) => e,
+            Err(e) => {
                 // Never retried, never a panic: the entry goes to the
                 // dead-entries stream with the reason, and the loop moves on.
+                let error = e.to_string();
+                let raw = bulk(fields.get(TASK_FIELD)).unwrap_or_default();
                 tracing::error!(agent = %self.agent_id, stream = %stream, entry = %entry_id, error = %error,
                     "corrupt task entry moved to the dead-entries stream");
                 let keys = self.keys.clone();
                 self.persist("quarantine", |mut c| {
-                    let p = ttg_proto::stream::quarantine(&keys, &stream, &entry_id, &error, raw);
+                    let p = ttg_proto::records::quarantine(&keys, &stream, &entry_id, &error, raw);
                     async move { p.query_async::<()>(&mut c).await }
                 })
                 .await;
                 return;
             }
         };
-        let traceparent = bulk(fields.get(TRACEPARENT_FIELD))
-            .map(<[u8]>::to_vec)
-            .unwrap_or_default();
         let (run_id, chunk) = (task.run_id.clone(), task.chunk_index);
         let tp = String::from_utf8_lossy(&traceparent).into_owned();
         // claim → compute → ack, each a child of the run's `submit` span
@@ -877,14 +863,9 @@ impl Worker {
                 let keys = &self.keys;
                 let reply: Option<(Vec<i64>, String)> = self
                     .persist("complete", |mut c| {
-                        let inv = ttg_proto::stream::complete_invocation(
-                            &self.scripts,
-                            keys,
-                            &run_id,
-                            &stream,
-                            &self.agent_id,
-                            &chunks,
-                        );
+                        let inv =
+                            self.scripts
+                                .complete(keys, &run_id, &stream, &self.agent_id, &chunks);
                         async move { inv.invoke_async(&mut c).await }
                     })
                     .await;
@@ -938,27 +919,24 @@ impl Worker {
             .chars()
             .take(200)
             .collect();
-        let task_bytes = ttg_proto::stream::encode(task);
-        let keys = self.keys.fail_keys(run_id, stream);
+        let task_bytes = ttg_proto::records::encode(task);
+        let failed = FailedAttempt {
+            entry_id,
+            task_bytes: &task_bytes,
+            chunk_index: task.chunk_index,
+            attempt,
+            max_attempts: task.max_attempts,
+            error: &error,
+            first_line: &first_line,
+            traceparent,
+            retry_body: &retry_body,
+            dead_body: &dead_body,
+        };
         let reply: Option<(i64, String)> = self
             .persist("fail", |mut c| {
-                let mut inv = self.scripts.fail.prepare_invoke();
-                for key in &keys {
-                    inv.key(key);
-                }
-                inv.arg(GROUP)
-                    .arg(entry_id)
-                    .arg(task.chunk_index)
-                    .arg(&task_bytes)
-                    .arg(attempt)
-                    .arg(task.max_attempts.max(1))
-                    .arg(&error)
-                    .arg(traceparent)
-                    .arg(&retry_body)
-                    .arg(&dead_body)
-                    .arg(run_id)
-                    .arg(&self.agent_id)
-                    .arg(&first_line);
+                let inv = self
+                    .scripts
+                    .fail(&self.keys, run_id, stream, &self.agent_id, &failed);
                 async move { inv.invoke_async(&mut c).await }
             })
             .await;
@@ -969,7 +947,7 @@ impl Worker {
                 Failure::DeadLettered(s) => self.mark_run(run_id, s),
                 // The run ended meanwhile: believe it, so its other queued
                 // chunks go through the claim gate instead of computing.
-                Failure::Inactive => self.mark_run(run_id, ttg_proto::stream::parse_state(&state)),
+                Failure::Inactive => self.mark_run(run_id, ttg_proto::records::parse_state(&state)),
                 Failure::StoppedByFailFast => {
                     tracing::error!(run = %run_id, agent = %self.agent_id, error = %first_line,
                         "run stopped by fail-fast: its chunks keep failing with the same error");

@@ -9,8 +9,7 @@
 //! dropped on a belief formed before the retry.
 
 use tokio_util::sync::CancellationToken;
-use ttg_proto::keys::GROUP;
-use ttg_proto::stream::{event_body, parse_state};
+use ttg_proto::records::{event_body, parse_state};
 use ttg_proto::v1::{event, RunStarted, RunState, Task};
 
 use super::Worker;
@@ -132,16 +131,16 @@ impl Worker {
                 agent_id: self.agent_id.clone(),
             }),
         );
-        let (run_key, events_key) = (self.keys.run(run_id), self.keys.events(run_id));
         let (code, state): (i64, String) = self
             .persist("claim gate", |mut c| {
-                let mut inv = self.scripts.claim_gate.key(&run_key);
-                inv.key(&events_key)
-                    .key(stream)
-                    .arg(GROUP)
-                    .arg(entry_id)
-                    .arg(&self.agent_id)
-                    .arg(&body);
+                let inv = self.scripts.claim_gate(
+                    &self.keys,
+                    run_id,
+                    stream,
+                    entry_id,
+                    &self.agent_id,
+                    &body,
+                );
                 async move { inv.invoke_async(&mut c).await }
             })
             .await?;

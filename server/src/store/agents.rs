@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ttg_proto::now_ms;
-use ttg_proto::stream::encode;
+use ttg_proto::records::encode;
 use ttg_proto::v1::{AgentInfo, OfferedKernel};
 
 use super::Store;
@@ -18,20 +18,6 @@ pub const MAX_AGENTS_READ: usize = 2_000;
 /// enough for a reaper to read which streams a dead agent read, short
 /// enough that a ghost does not linger (the agent rewrites it at Hello).
 const RECORD_LEASES: u32 = 20;
-
-/// Take agent id ARGV[1] for instance digest ARGV[2], unless another
-/// instance owns it and its lease (KEYS[2] score) has not expired.
-/// KEYS: owner key, agents zset. ARGV: agent id, instance digest, now ms,
-/// owner ttl ms. Returns 1 taken, 0 refused.
-const CLAIM_ID: &str = r#"
-local cur = redis.call('GET', KEYS[1])
-if cur and cur ~= ARGV[2] then
-  local exp = redis.call('ZSCORE', KEYS[2], ARGV[1])
-  if exp and tonumber(exp) > tonumber(ARGV[3]) then return 0 end
-end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[4])
-return 1
-"#;
 
 impl Store {
     /// Kernels live agents offer, with their declarations and who offers them.
@@ -133,18 +119,10 @@ impl Store {
         let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
         let keep_ms = lease.as_millis() as u64 * RECORD_LEASES as u64;
         let mut c = self.conn();
-        let taken: i64 = self
-            .timed(
-                redis::Script::new(CLAIM_ID)
-                    .key(self.keys.agent_owner(agent_id))
-                    .key(self.keys.agents())
-                    .arg(agent_id)
-                    .arg(hex)
-                    .arg(now_ms())
-                    .arg(keep_ms)
-                    .invoke_async(&mut c),
-            )
-            .await?;
+        let inv = self
+            .scripts
+            .claim_agent_id(&self.keys, agent_id, &hex, now_ms(), keep_ms);
+        let taken: i64 = self.timed(inv.invoke_async(&mut c)).await?;
         Ok(taken == 1)
     }
 }

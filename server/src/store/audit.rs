@@ -14,7 +14,7 @@ use std::time::Duration;
 use redis::Value;
 use ttg_proto::chunking::chunk_range;
 use ttg_proto::now_ms;
-use ttg_proto::stream::{decode_task, encode, parse_state, TASK_FIELD};
+use ttg_proto::records::{decode_task, encode, parse_state, TASK_FIELD};
 use ttg_proto::v1::{RunSpec, RunState, Task};
 
 use super::Store;
@@ -83,19 +83,18 @@ impl Store {
         let mut queued = 0u64;
         let mut state = None;
         for batch in missing.chunks(REQUEUE_BATCH) {
-            let mut inv = self.scripts.requeue_missing.key(self.keys.run(run_id));
-            inv.key(self.keys.done(run_id))
-                .key(self.keys.dead_bits(run_id))
-                .key(&tasks)
-                .key(self.keys.events(run_id))
-                .key(self.keys.stats())
-                .key(self.keys.expiring())
-                .arg(run_id)
-                .arg(mode)
-                .arg(&spec.traceparent);
-            for &i in batch {
-                inv.arg(i).arg(encode(&task_for(spec, i)));
-            }
+            let chunks: Vec<(u64, Vec<u8>)> = batch
+                .iter()
+                .map(|&i| (i, encode(&task_for(spec, i))))
+                .collect();
+            let inv = self.scripts.requeue_missing(
+                &self.keys,
+                run_id,
+                &tasks,
+                mode,
+                &spec.traceparent,
+                &chunks,
+            );
             let (n, s): (i64, String) = self.timed(inv.invoke_async(&mut c)).await?;
             if n < 0 {
                 return Ok((queued, None));
@@ -206,7 +205,7 @@ impl Store {
                 .get(4)
                 .cloned()
                 .flatten()
-                .and_then(|b| ttg_proto::stream::decode_spec(&b).ok())
+                .and_then(|b| ttg_proto::records::decode_spec(&b).ok())
             else {
                 tracing::warn!(run = %id, "audit: run without a readable spec skipped");
                 continue;

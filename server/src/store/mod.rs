@@ -16,16 +16,17 @@ use tokio_util::sync::CancellationToken;
 use ttg_proto::chunking::{chunk_count, chunk_range};
 use ttg_proto::keys::{new_run_id, valid_run_id, Keys, GROUP};
 use ttg_proto::reclaim::{reclaim_consumer, Cause, Reclaimed};
-use ttg_proto::stream::{
-    self, decode_event, decode_spec, encode, event_body, is_finished, is_terminal, parse_state,
-    run_status_from_hash, unpack_values, Scripts, ATTEMPT_FIELD, EVENT_FIELD, TASK_FIELD,
-    TRACEPARENT_FIELD,
+use ttg_proto::records::{
+    decode_event, decode_spec, encode, event_body, is_finished, is_terminal, parse_state,
+    run_status_from_hash, unpack_values, ATTEMPT_FIELD, EVENT_FIELD, TASK_FIELD, TRACEPARENT_FIELD,
 };
 use ttg_proto::v1::{
     event, AgentInfo, DeadChunk, Event, KernelDecl, Progress, ResultChunk, RunCancelled, RunSpec,
     RunState, RunStatus, RunSubmitted, SubmitRequest, Task,
 };
 use ttg_proto::{kernels, now_ms, redis_conn};
+
+use ttg_proto::scripts::Scripts;
 
 use crate::config::Limits;
 use crate::error::{Error, Result};
@@ -622,15 +623,7 @@ impl Store {
             total += self.requeue_missing(&spec, "retry").await?.0;
         }
         loop {
-            let mut inv = self.scripts.retry.key(self.keys.run(run_id));
-            inv.key(self.keys.dead_bits(run_id))
-                .key(self.keys.dead_letters(run_id))
-                .key(self.keys.events(run_id))
-                .key(&tasks)
-                .key(self.keys.stats())
-                .key(self.keys.expiring())
-                .arg(run_id)
-                .arg(BATCH);
+            let inv = self.scripts.retry(&self.keys, run_id, &tasks, BATCH);
             let (n, state, read): (i64, String, usize) =
                 self.timed(inv.invoke_async(&mut c)).await?;
             match n {
@@ -841,24 +834,11 @@ impl Store {
     /// (its lease is pushed `hold` into the future so others skip it; if this
     /// reaper dies, another takes over when that passes).
     pub async fn claim_reap(&self, agent_id: &str, hold: Duration) -> Result<Option<AgentInfo>> {
-        const CLAIM: &str = r#"
-local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not s or tonumber(s) >= tonumber(ARGV[2]) then return 0 end
-redis.call('ZADD', KEYS[1], tonumber(ARGV[2]) + tonumber(ARGV[3]), ARGV[1])
-return 1
-"#;
         let mut c = self.conn();
-        let now = now_ms();
-        let won: i64 = self
-            .timed(
-                redis::Script::new(CLAIM)
-                    .key(self.keys.agents())
-                    .arg(agent_id)
-                    .arg(now)
-                    .arg(hold.as_millis() as u64)
-                    .invoke_async(&mut c),
-            )
-            .await?;
+        let inv = self
+            .scripts
+            .claim_reap(&self.keys, agent_id, now_ms(), hold.as_millis() as u64);
+        let won: i64 = self.timed(inv.invoke_async(&mut c)).await?;
         if won != 1 {
             return Ok(None);
         }
@@ -904,12 +884,7 @@ return 1
             }),
         );
         let mut c = self.conn();
-        let mut inv = self.scripts.cancel.key(self.keys.run(run_id));
-        inv.key(self.keys.events(run_id))
-            .key(self.keys.stats())
-            .key(self.keys.expiring())
-            .arg(body)
-            .arg(run_id);
+        let inv = self.scripts.cancel(&self.keys, run_id, &body);
         let (changed, state): (i64, String) = self.timed(inv.invoke_async(&mut c)).await?;
         if state.is_empty() {
             return Err(self.not_found(run_id).await);
@@ -1065,15 +1040,14 @@ return 1
 
     /// Run the purge script for one run; `why` is `expired` or `deleted`.
     async fn purge(&self, run_id: &str, why: &str) -> Result<(i64, String)> {
-        let mut inv = self.scripts.purge.prepare_invoke();
-        for k in self.keys.purge_keys(run_id) {
-            inv.key(k);
-        }
-        inv.arg(run_id)
-            .arg(why)
-            .arg(now_ms())
-            .arg(GONE_KEEP.as_millis() as u64)
-            .arg(GONE_MAX);
+        let inv = self.scripts.purge(
+            &self.keys,
+            run_id,
+            why,
+            now_ms(),
+            GONE_KEEP.as_millis() as u64,
+            GONE_MAX,
+        );
         let mut c = self.conn();
         self.timed(inv.invoke_async(&mut c)).await
     }
@@ -1176,15 +1150,14 @@ return 1
                 .iter()
                 .filter(|e| match e.map.get(TASK_FIELD) {
                     Some(Value::BulkString(b)) => {
-                        stream::decode_task(b).is_ok_and(|t| t.run_id == run_id)
+                        ttg_proto::records::decode_task(b).is_ok_and(|t| t.run_id == run_id)
                     }
                     _ => false,
                 })
                 .map(|e| e.id.as_str())
                 .collect();
             if !mine.is_empty() {
-                let mut inv = self.scripts.purge_tasks.key(&stream);
-                inv.arg(GROUP).arg(&mine);
+                let inv = self.scripts.purge_tasks(&stream, &mine);
                 let n: u64 = self.timed(inv.invoke_async(&mut c)).await?;
                 deleted += n;
             }
@@ -1401,4 +1374,4 @@ return 1
 }
 
 /// Re-exported for tests that inspect state names.
-pub use stream::is_finished as state_is_finished;
+pub use ttg_proto::records::is_finished as state_is_finished;

@@ -382,7 +382,7 @@ pub async fn wait_finished(
         let id = run_id.to_string();
         async move {
             let st = status(&mut c, &id).await;
-            ttg_proto::stream::is_finished(ttg_proto::v1::RunState::try_from(st.state).ok()?)
+            ttg_proto::records::is_finished(ttg_proto::v1::RunState::try_from(st.state).ok()?)
                 .then_some(st)
         }
     })
@@ -579,7 +579,7 @@ pub fn events_in_redis(redis: &Redis, prefix: &str, run_id: &str) -> Vec<Event> 
         .iter()
         .map(|e| match e.map.get("e") {
             Some(redis::Value::BulkString(b)) => {
-                ttg_proto::stream::decode_event(&e.id, b).expect("event")
+                ttg_proto::records::decode_event(&e.id, b).expect("event")
             }
             other => panic!("event field {other:?}"),
         })

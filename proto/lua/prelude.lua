@@ -1,0 +1,121 @@
+-- prelude: shared by every script (run before each body, in one EVAL).
+-- Protobuf field encoders, the clock, event emission, the end-of-run check
+-- and the failed-attempt step. Redis's Lua 5.1 numbers are doubles, exact
+-- for the integers used here (< 2^53).
+-- KEYS (0), ARGV (0): none of its own.
+-- Invariant: a run ends (SUCCEEDED or FAILED) exactly once, in the same
+-- step that makes done + dead reach total, or in stop_failed (fail-fast).
+local char, floor = string.char, math.floor
+-- Unrolled for the sizes the hot path sees: each string.char call and table
+-- costs the completion script more than the rest of its Lua together.
+local function varint(n)
+  n = floor(n)
+  if n < 128 then return char(n) end
+  if n < 16384 then return char(n % 128 + 128, floor(n / 128)) end
+  if n < 2097152 then
+    return char(n % 128 + 128, floor(n / 128) % 128 + 128, floor(n / 16384))
+  end
+  local out, i = {}, 0
+  while n >= 128 do
+    i = i + 1
+    out[i] = n % 128 + 128
+    n = floor(n / 128)
+  end
+  out[i + 1] = n
+  return char(unpack(out))
+end
+local function f_varint(field, n) return varint(field * 8) .. varint(n) end
+local function f_bytes(field, s) return varint(field * 8 + 2) .. varint(#s) .. s end
+local function f_double(field, x) return varint(field * 8 + 1) .. struct.pack('<d', x) end
+local function num(v) return tonumber(v) or 0 end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- The event's `progress` field (4) from the run's counters.
+-- Tags written out (fields 1-4 varint: 8, 16, 24, 32; field 4 bytes: 34);
+-- the message is under 128 bytes, so its length is one byte.
+local function progress_of(total, done, dead, count)
+  local m = '\8' .. varint(total) .. '\16' .. varint(done) .. '\24' .. varint(dead) .. '\32' .. varint(count)
+  return '\34' .. char(#m) .. m
+end
+local function progress(run)
+  local v = redis.call('HMGET', run, 'total', 'done', 'dead', 'count')
+  return progress_of(num(v[1]), num(v[2]), num(v[3]), num(v[4]))
+end
+local function emit(run, events, body, ts)
+  redis.call('XADD', events, '*', 'e', body .. f_varint(3, ts) .. progress(run))
+end
+local function aggregate(run)
+  local v = redis.call('HMGET', run, 'count', 'sum', 'min', 'max')
+  local c, s = num(v[1]), num(v[2])
+  local mean = 0
+  if c > 0 then mean = s / c end
+  return f_varint(1, c) .. f_double(2, s) .. f_double(3, num(v[3])) .. f_double(4, num(v[4])) .. f_double(5, mean)
+end
+local function active(state) return state == 'QUEUED' or state == 'RUNNING' end
+-- A run that just ended starts its retention: it expires at ts + its
+-- retention_ms, when the server's janitor removes all of its keys at once.
+local function start_retention(run, expiring, run_id, ts)
+  local keep = num(redis.call('HGET', run, 'retention_ms'))
+  if keep <= 0 then return end
+  redis.call('HSET', run, 'expires_ms', ts + keep)
+  redis.call('ZADD', expiring, ts + keep, run_id)
+end
+-- Ends the run once every chunk is done or dead; returns the state after.
+-- `stats` counts active runs installation-wide (for --max-runs-in-flight).
+local function finish_if_done(run, events, run_id, ts, stats, expiring)
+  local v = redis.call('HMGET', run, 'total', 'done', 'dead', 'state')
+  local state = v[4]
+  if not active(state) then return state end
+  if num(v[2]) + num(v[3]) < num(v[1]) then return state end
+  local code = 3
+  state = 'SUCCEEDED'
+  if num(v[3]) > 0 then state = 'FAILED'; code = 4 end
+  redis.call('HSET', run, 'state', state, 'finished_ms', ts)
+  redis.call('HINCRBY', stats, 'active', -1)
+  start_retention(run, expiring, run_id, ts)
+  emit(run, events, f_bytes(2, run_id) .. f_bytes(13, f_varint(1, code) .. f_bytes(2, aggregate(run))), ts)
+  return state
+end
+-- End an active run as FAILED before every chunk is done or dead (fail-fast).
+-- The chunks neither done nor dead are counted as purged, so the books
+-- balance (done + dead + purged = total); retry re-queues them from the
+-- run's bitmaps. `why` is valid UTF-8 of bounded length (the caller's).
+local function stop_failed(run, events, run_id, ts, stats, expiring, why)
+  local v = redis.call('HMGET', run, 'total', 'done', 'dead')
+  redis.call('HSET', run, 'state', 'FAILED', 'finished_ms', ts, 'error', why,
+    'purged', num(v[1]) - num(v[2]) - num(v[3]))
+  redis.call('HINCRBY', stats, 'active', -1)
+  start_retention(run, expiring, run_id, ts)
+  emit(run, events, f_bytes(2, run_id) .. f_bytes(13, f_varint(1, 4) .. f_bytes(2, aggregate(run)) .. f_bytes(3, why)), ts)
+end
+-- One failed attempt at a chunk (kernel error, or its agent died): re-queue
+-- the task with attempt + 1, or at max attempts dead-letter it, count it dead
+-- and end the run if it was the last chunk. The caller has already acked and
+-- deleted the delivery. K: run, done, deadbits, dead stream, events, tasks,
+-- stats, expiring.
+-- Returns {code, state}: 1 re-queued, 3 dead-lettered, 0 chunk already has a
+-- result, 2 run not active, -1 run unknown.
+local function fail_attempt(K, chunk, task, attempt, max, err, tp, body_retry, body_dead, run_id)
+  local run = K[1]
+  local state = redis.call('HGET', run, 'state')
+  if not state then return {-1, ''} end
+  if not active(state) then return {2, state} end
+  if redis.call('GETBIT', K[2], chunk) == 1 then return {0, state} end
+  local ts = now_ms()
+  redis.call('HINCRBY', K[7], 'failed', 1)
+  if tonumber(attempt) < tonumber(max) then
+    redis.call('XADD', K[6], '*', 't', task, 'a', tonumber(attempt) + 1, 'tp', tp)
+    emit(run, K[5], body_retry, ts)
+    return {1, state}
+  end
+  if redis.call('GETBIT', K[3], chunk) == 0 then
+    redis.call('SETBIT', K[3], chunk, 1)
+    redis.call('HINCRBY', run, 'dead', 1)
+    redis.call('HINCRBY', K[7], 'dead', 1)
+    redis.call('XADD', K[4], '*', 'c', chunk, 'a', attempt, 'err', err, 't', task, 'tp', tp)
+  end
+  emit(run, K[5], body_dead, ts)
+  return {3, finish_if_done(run, K[5], run_id, ts, K[7], K[8])}
+end

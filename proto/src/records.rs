@@ -1,0 +1,362 @@
+//! Records two processes exchange through Redis: task entries, run hashes,
+//! events and packed values — their encodings and the one decoder of each.
+//! The scripts that write them atomically are in [`crate::scripts`].
+//!
+//! Layout (all keys from [`crate::keys::Keys`]):
+//! - tasks stream entry: `t` = protobuf [`Task`], `a` = attempt (decimal),
+//!   `tp` = W3C traceparent. The attempt is outside the protobuf so a script
+//!   can re-queue with `attempt + 1` by copying `t` as is.
+//! - run hash: `spec` = protobuf [`RunSpec`]; `state` (enum name); `total`,
+//!   `done`, `dead`, `count` (integers); `sum` (HINCRBYFLOAT, long double in
+//!   Redis); `min`, `max` (the shortest decimal of an f64); `created_ms`,
+//!   `started_ms`, `finished_ms`; `enqueued` (tasks written so far).
+//! - done bitmap: bit `i` set once chunk `i` is counted — "first result wins".
+//! - results hash: chunk index → packed little-endian f64.
+//! - events stream: `e` = protobuf [`Event`]. The Rust side encodes the event's
+//!   body (`run_id` and its `kind`); the scripts append `time_ms` and `progress`
+//!   (and whole terminal events) as extra protobuf fields, which is valid
+//!   protobuf: fields may come in any order and concatenated messages merge.
+
+use std::collections::HashMap;
+
+use prost::Message;
+use redis::Value;
+
+use crate::v1::{event, Aggregate, Event, Progress, RunSpec, RunState, RunStatus, Task};
+
+/// Tasks stream entry field holding the protobuf Task.
+pub const TASK_FIELD: &str = "t";
+/// Tasks stream entry field holding the attempt number.
+pub const ATTEMPT_FIELD: &str = "a";
+/// Tasks stream entry field holding the W3C traceparent.
+pub const TRACEPARENT_FIELD: &str = "tp";
+/// Events stream entry field holding the protobuf Event.
+pub const EVENT_FIELD: &str = "e";
+
+/// A record read from Redis could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Protobuf bytes were malformed.
+    #[error("malformed {what}: {source}")]
+    Protobuf {
+        /// Which record.
+        what: &'static str,
+        /// Decoder's complaint.
+        #[source]
+        source: prost::DecodeError,
+    },
+    /// A field was missing or of the wrong shape.
+    #[error("malformed {what}: {detail}")]
+    Field {
+        /// Which record.
+        what: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+/// Encode a record.
+pub fn encode<M: Message>(m: &M) -> Vec<u8> {
+    m.encode_to_vec()
+}
+
+/// A tasks stream entry, decoded: the task, its attempt and traceparent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskEntry {
+    /// The chunk to compute.
+    pub task: Task,
+    /// Attempt number, 1 for the first delivery.
+    pub attempt: u32,
+    /// W3C traceparent of the run's trace (bytes as stored; may be empty).
+    pub traceparent: Vec<u8>,
+}
+
+impl TaskEntry {
+    /// Decode an entry's fields. The one rule for bad entries, used by
+    /// agents and reclaimers alike: the `t` field must decode to a task
+    /// with a run id and a non-empty range, and `a`, when present, must be
+    /// a positive integer (absent means 1). Anything else is an error
+    /// naming what is wrong, for the dead-entries stream.
+    pub fn decode(fields: &HashMap<String, Value>) -> Result<TaskEntry, DecodeError> {
+        let bulk = |k: &str| match fields.get(k) {
+            Some(Value::BulkString(b)) => Some(b.as_slice()),
+            _ => None,
+        };
+        let field = |detail: &str| DecodeError::Field {
+            what: "task entry",
+            detail: detail.to_string(),
+        };
+        let task =
+            decode_task(bulk(TASK_FIELD).ok_or_else(|| field("entry without a `t` field"))?)?;
+        if task.run_id.is_empty() || task.end <= task.start {
+            return Err(field("task with an empty range or no run id"));
+        }
+        let attempt = match fields.get(ATTEMPT_FIELD) {
+            None => 1,
+            Some(_) => bulk(ATTEMPT_FIELD)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .and_then(|s| s.parse::<u32>().ok())
+                .filter(|a| *a >= 1)
+                .ok_or_else(|| field("attempt field is not a positive integer"))?,
+        };
+        Ok(TaskEntry {
+            task,
+            attempt,
+            traceparent: bulk(TRACEPARENT_FIELD)
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// Decode a task record.
+pub fn decode_task(bytes: &[u8]) -> Result<Task, DecodeError> {
+    Task::decode(bytes).map_err(|source| DecodeError::Protobuf {
+        what: "task",
+        source,
+    })
+}
+
+/// Decode a run spec.
+pub fn decode_spec(bytes: &[u8]) -> Result<RunSpec, DecodeError> {
+    RunSpec::decode(bytes).map_err(|source| DecodeError::Protobuf {
+        what: "run spec",
+        source,
+    })
+}
+
+/// Decode an event read from the events stream, setting its id.
+pub fn decode_event(id: &str, bytes: &[u8]) -> Result<Event, DecodeError> {
+    let mut e = Event::decode(bytes).map_err(|source| DecodeError::Protobuf {
+        what: "event",
+        source,
+    })?;
+    e.id = id.to_string();
+    Ok(e)
+}
+
+/// Body of an event (run id and kind); the scripts add time and progress.
+pub fn event_body(run_id: &str, kind: event::Kind) -> Vec<u8> {
+    Event {
+        run_id: run_id.to_string(),
+        kind: Some(kind),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// Whether an event ends its run's event stream.
+pub fn is_terminal(e: &Event) -> bool {
+    matches!(
+        e.kind,
+        Some(event::Kind::RunCompleted(_)) | Some(event::Kind::RunCancelled(_))
+    )
+}
+
+/// Commands that move an undecodable task entry to the installation's
+/// dead-entries stream with `error`, and ack and delete it, in one MULTI.
+pub fn quarantine(
+    keys: &crate::keys::Keys,
+    stream: &str,
+    entry_id: &str,
+    error: &str,
+    raw: &[u8],
+) -> redis::Pipeline {
+    let mut p = redis::pipe();
+    p.atomic()
+        .cmd("XADD")
+        .arg(keys.dead_entries())
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(100_000)
+        .arg("*")
+        .arg("stream")
+        .arg(stream)
+        .arg("entry")
+        .arg(entry_id)
+        .arg("err")
+        .arg(error)
+        .arg("t")
+        .arg(&raw[..raw.len().min(65_536)])
+        .ignore()
+        .cmd("XACK")
+        .arg(stream)
+        .arg(crate::keys::GROUP)
+        .arg(entry_id)
+        .ignore()
+        .cmd("XDEL")
+        .arg(stream)
+        .arg(entry_id)
+        .ignore();
+    p
+}
+
+/// Pack values as little-endian f64.
+pub fn pack_values(values: &[f64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len() * 8);
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+/// Unpack little-endian f64 values.
+pub fn unpack_values(bytes: &[u8]) -> Result<Vec<f64>, DecodeError> {
+    if !bytes.len().is_multiple_of(8) {
+        return Err(DecodeError::Field {
+            what: "result",
+            detail: format!("{} bytes is not a whole number of f64", bytes.len()),
+        });
+    }
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|c| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            f64::from_le_bytes(b)
+        })
+        .collect())
+}
+
+/// Parse a run state name as stored in the run hash.
+pub fn parse_state(s: &str) -> RunState {
+    RunState::from_str_name(s).unwrap_or(RunState::Unspecified)
+}
+
+/// Whether a state is final.
+pub fn is_finished(s: RunState) -> bool {
+    matches!(
+        s,
+        RunState::Succeeded | RunState::Failed | RunState::Cancelled
+    )
+}
+
+/// The run hash as a [`RunStatus`] (chunks in flight and message left empty:
+/// they come from agents' heartbeats, not from the hash).
+pub fn run_status_from_hash(
+    h: &HashMap<String, Vec<u8>>,
+    now_ms: i64,
+) -> Result<RunStatus, DecodeError> {
+    let spec_bytes = h.get("spec").ok_or(DecodeError::Field {
+        what: "run",
+        detail: "no spec".into(),
+    })?;
+    let spec = decode_spec(spec_bytes)?;
+    let text = |k: &str| h.get(k).map(|v| String::from_utf8_lossy(v).into_owned());
+    let int = |k: &str| text(k).and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
+    let float = |k: &str| text(k).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    let state = parse_state(&text("state").unwrap_or_default());
+    let count = int("count").max(0) as u64;
+    let sum = float("sum");
+    let started = int("started_ms");
+    let finished = int("finished_ms");
+    let end = if finished > 0 { finished } else { now_ms };
+    let secs = (end - started) as f64 / 1000.0;
+    let rate = if started > 0 && secs > 0.0 {
+        count as f64 / secs
+    } else {
+        0.0
+    };
+    Ok(RunStatus {
+        state: state as i32,
+        progress: Some(Progress {
+            chunks_total: int("total").max(0) as u64,
+            chunks_done: int("done").max(0) as u64,
+            chunks_dead: int("dead").max(0) as u64,
+            params_done: count,
+            chunks_purged: int("purged").max(0) as u64,
+        }),
+        chunks_in_flight: 0,
+        aggregate: Some(Aggregate {
+            count,
+            sum,
+            min: float("min"),
+            max: float("max"),
+            mean: if count > 0 { sum / count as f64 } else { 0.0 },
+        }),
+        created_ms: spec.created_ms,
+        started_ms: started,
+        finished_ms: finished,
+        params_per_second: rate,
+        // Why the run ended early (fail-fast), if it did; otherwise filled
+        // in later with why it is waiting.
+        message: text("error").unwrap_or_default(),
+        dead_chunks: Vec::new(),
+        expires_ms: int("expires_ms"),
+        spec: Some(spec),
+    })
+}
+
+/// Shortest decimal that parses back to `v` exactly (what Rust's Display
+/// prints for f64), for HINCRBYFLOAT and the min/max fields.
+pub fn exact_decimal(v: f64) -> String {
+    format!("{v}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip() {
+        let v = vec![0.0, -1.5, 13.99, f64::MAX];
+        assert_eq!(unpack_values(&pack_values(&v)).unwrap(), v);
+        assert!(unpack_values(&[1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn decimals_round_trip() {
+        for v in [0.1, 5000355.0, 1e300, -2.5e-300, 999.99] {
+            assert_eq!(exact_decimal(v).parse::<f64>().unwrap(), v);
+        }
+    }
+
+    #[test]
+    fn task_entries_have_one_rule() {
+        let task = Task {
+            run_id: "r".into(),
+            start: 0,
+            end: 10,
+            ..Default::default()
+        };
+        let entry = |t: &Task, a: Option<&str>| {
+            let mut m = HashMap::new();
+            m.insert(TASK_FIELD.to_string(), Value::BulkString(encode(t)));
+            if let Some(a) = a {
+                m.insert(
+                    ATTEMPT_FIELD.to_string(),
+                    Value::BulkString(a.as_bytes().to_vec()),
+                );
+            }
+            m
+        };
+        assert_eq!(TaskEntry::decode(&entry(&task, None)).unwrap().attempt, 1);
+        assert_eq!(
+            TaskEntry::decode(&entry(&task, Some("3"))).unwrap().attempt,
+            3
+        );
+        for bad in ["0", "-1", "x", ""] {
+            assert!(
+                TaskEntry::decode(&entry(&task, Some(bad))).is_err(),
+                "{bad}"
+            );
+        }
+        let empty = Task {
+            end: 0,
+            ..task.clone()
+        };
+        assert!(TaskEntry::decode(&entry(&empty, None)).is_err());
+        let anonymous = Task {
+            run_id: String::new(),
+            ..task
+        };
+        assert!(TaskEntry::decode(&entry(&anonymous, None)).is_err());
+        assert!(TaskEntry::decode(&HashMap::new()).is_err());
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(decode_task(&[0xff, 0xff, 0xff]).is_err());
+        assert!(decode_event("1-0", &[0x0a, 0x05, 0x01]).is_err());
+    }
+}
