@@ -19,6 +19,7 @@ pub mod error;
 pub mod gateway;
 pub mod hello;
 pub mod store;
+pub mod validate;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,14 +3,10 @@
 //! live agent id (the session whose Hello carried its instance secret).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use ttg_proto::now_ms;
-use ttg_proto::records::encode;
-use ttg_proto::v1::{AgentInfo, OfferedKernel};
+use ttg_proto::v1::OfferedKernel;
 
-use super::Store;
-use crate::error::Result;
+use super::*;
 
 /// Most agent records one ListAgents or Status call reads.
 pub const MAX_AGENTS_READ: usize = 2_000;
@@ -124,5 +120,94 @@ impl Store {
             .claim_agent_id(&self.keys, agent_id, &hex, now_ms(), keep_ms);
         let taken: i64 = self.timed(inv.invoke_async(&mut c)).await?;
         Ok(taken == 1)
+    }
+
+    /// Reclaim everything `agent_id` holds in the tasks streams of `kernels`.
+    /// On success the agent's record is removed; on failure it stays, with an
+    /// expired lease, for a reaper to retry.
+    pub async fn reclaim_agent(
+        &self,
+        agent_id: &str,
+        kernels: &[String],
+        cause: Cause,
+        died: std::time::Instant,
+        held: &[ttg_proto::v1::HeldChunk],
+    ) -> Result<Vec<Reclaimed>> {
+        let mut c = self.conn();
+        let mut out = Vec::new();
+        // The claim span of each lost delivery, for the reclaim span's link.
+        let links: HashMap<String, String> = held
+            .iter()
+            .map(|h| (h.entry_id.clone(), h.traceparent.clone()))
+            .collect();
+        for k in kernels {
+            let stream = self.keys.tasks(k);
+            let fut = reclaim_consumer(
+                &mut c,
+                &self.keys,
+                &self.scripts,
+                &stream,
+                agent_id,
+                cause,
+                died,
+                &links,
+            );
+            // Several round trips per chunk held: allow more than one call's deadline.
+            match tokio::time::timeout(self.deadline * 4, fut).await {
+                Ok(r) => out.extend(r?),
+                Err(_) => return Err(Error::RedisTimeout(self.deadline * 4)),
+            }
+        }
+        for r in &out {
+            ::metrics::histogram!("ttg_reclaim_seconds").record(died.elapsed().as_secs_f64());
+            tracing::info!(run = %r.run_id, chunk = r.chunk_index, agent = %agent_id, attempt = r.attempt,
+                cause = cause.as_str(), after_ms = died.elapsed().as_millis() as u64, outcome = ?r.outcome, "chunk reclaimed");
+        }
+        self.remove_agent(agent_id).await?;
+        Ok(out)
+    }
+
+    /// Agents whose lease in Redis has expired.
+    pub async fn expired_agents(&self) -> Result<Vec<String>> {
+        let mut c = self.conn();
+        self.timed(
+            redis::cmd("ZRANGEBYSCORE")
+                .arg(self.keys.agents())
+                .arg("-inf")
+                .arg(format!("({}", now_ms()))
+                .arg("LIMIT")
+                .arg(0)
+                .arg(100)
+                .query_async(&mut c),
+        )
+        .await
+    }
+
+    /// Take the job of reaping an expired agent: succeeds for one caller only
+    /// (its lease is pushed `hold` into the future so others skip it; if this
+    /// reaper dies, another takes over when that passes).
+    pub async fn claim_reap(&self, agent_id: &str, hold: Duration) -> Result<Option<AgentInfo>> {
+        let mut c = self.conn();
+        let inv = self
+            .scripts
+            .claim_reap(&self.keys, agent_id, now_ms(), hold.as_millis() as u64);
+        let won: i64 = self.timed(inv.invoke_async(&mut c)).await?;
+        if won != 1 {
+            return Ok(None);
+        }
+        let raw: Option<Vec<u8>> = self
+            .timed(
+                redis::cmd("GET")
+                    .arg(self.keys.agent(agent_id))
+                    .query_async(&mut c),
+            )
+            .await?;
+        Ok(Some(
+            raw.and_then(|b| prost::Message::decode(b.as_slice()).ok())
+                .unwrap_or_else(|| AgentInfo {
+                    agent_id: agent_id.to_string(),
+                    ..Default::default()
+                }),
+        ))
     }
 }

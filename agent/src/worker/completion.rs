@@ -1,0 +1,234 @@
+//! Settling a computed chunk: completions batched into one script call per run (first result wins, one atomic step), and failed attempts (re-queue, dead letter, fail-fast).
+
+use super::*;
+
+/// Most chunks in one completion script call.
+pub(super) const MAX_BATCH: usize = 64;
+
+/// A completion call stops taking chunks once it carries this many bytes of
+/// packed values (big chunks go a few at a time).
+const MAX_BATCH_BYTES: usize = 1 << 20;
+
+/// A computed chunk waiting for its completion script.
+pub(super) struct PendingCompletion {
+    stream: String,
+    run_id: String,
+    chunk: ChunkResult,
+    done: oneshot::Sender<Option<Completion>>,
+}
+
+/// Completions are sent in batches: whichever chunk finds nobody sending
+/// becomes the sender and sends everything queued, again and again until the
+/// queue is empty; chunks finishing meanwhile just queue. Under load that
+/// makes one script call (one round trip, one read of the run's counters)
+/// for several chunks; alone, a chunk is sent at once.
+#[derive(Default)]
+pub(super) struct Batch {
+    queue: Vec<PendingCompletion>,
+    sending: bool,
+}
+
+impl Worker {
+    pub(super) async fn complete(
+        &self,
+        stream: &str,
+        entry_id: &str,
+        task: &Task,
+        attempt: u32,
+        values: &[f64],
+        compute_ms: u64,
+    ) {
+        let run_id = &task.run_id;
+        let body = |sum| {
+            event_body(
+                run_id,
+                event::Kind::ChunkCompleted(ChunkCompleted {
+                    chunk_index: task.chunk_index,
+                    start: task.start,
+                    end: task.end,
+                    agent_id: self.agent_id.clone(),
+                    attempt,
+                    sum,
+                    compute_ms,
+                }),
+            )
+        };
+        let (tx, rx) = oneshot::channel();
+        let lead = {
+            let Ok(mut b) = self.batch.lock() else { return };
+            b.queue.push(PendingCompletion {
+                stream: stream.to_string(),
+                run_id: run_id.clone(),
+                chunk: ChunkResult::with_event(entry_id, task.chunk_index, values, body),
+                done: tx,
+            });
+            !std::mem::replace(&mut b.sending, true)
+        };
+        if lead {
+            self.send_completions().await;
+        }
+        let Ok(Some(outcome)) = rx.await else { return };
+        self.completed.fetch_add(1, Ordering::Relaxed);
+        match outcome {
+            Completion::Counted(s) => {
+                tracing::debug!(run = %run_id, chunk = task.chunk_index, agent = %self.agent_id, attempt, compute_ms, "chunk completed");
+                if s != RunState::Running {
+                    tracing::info!(run = %run_id, agent = %self.agent_id, state = s.as_str_name(), "run finished");
+                    self.mark_run(run_id, s);
+                }
+            }
+            Completion::Duplicate => {
+                metrics::counter!("ttg_agent_duplicates_total").increment(1);
+                tracing::info!(run = %run_id, chunk = task.chunk_index, agent = %self.agent_id, "duplicate result ignored (first result wins)");
+            }
+            Completion::Inactive(s) => self.mark_run(run_id, s),
+            Completion::UnknownRun => self.mark_run(run_id, RunState::Unspecified),
+            Completion::NotHeld => {
+                // Reclaimed from under us (we looked dead) before the result
+                // landed: the re-queued copy is computed elsewhere.
+                self.lost.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("ttg_agent_chunks_lost_total").increment(1);
+                tracing::warn!(run = %run_id, chunk = task.chunk_index, agent = %self.agent_id,
+                    "result not stored: the chunk was reclaimed from this agent");
+            }
+        }
+    }
+
+    /// Send queued completions until the queue is empty (see [`Batch`]): one
+    /// script call per run and stream in each round. Each chunk's outcome goes
+    /// back to its waiting task; None if Redis refused for good or the agent
+    /// aborted (the entry stays pending in our name, to be reclaimed).
+    pub(super) async fn send_completions(&self) {
+        /// Lets another chunk take over sending if this future is dropped.
+        struct Release<'a>(&'a Mutex<Batch>);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                if let Ok(mut b) = self.0.lock() {
+                    b.sending = false;
+                }
+            }
+        }
+        let release = Release(&self.batch);
+        loop {
+            let mut round = {
+                let Ok(mut b) = self.batch.lock() else { return };
+                if b.queue.is_empty() {
+                    b.sending = false;
+                    std::mem::forget(release);
+                    return;
+                }
+                // At most MAX_BATCH chunks and MAX_BATCH_BYTES of values (at
+                // least one chunk): one script call blocks Redis while it runs.
+                let mut n = 0;
+                let mut bytes = 0;
+                while n < b.queue.len().min(MAX_BATCH) && (n == 0 || bytes < MAX_BATCH_BYTES) {
+                    bytes += b.queue[n].chunk.packed.len();
+                    n += 1;
+                }
+                b.queue.drain(..n).collect::<Vec<_>>()
+            };
+            while !round.is_empty() {
+                let (run_id, stream) = (round[0].run_id.clone(), round[0].stream.clone());
+                let (group, rest): (Vec<_>, Vec<_>) = round
+                    .into_iter()
+                    .partition(|p| p.run_id == run_id && p.stream == stream);
+                round = rest;
+                let chunks: Vec<ChunkResult> = group.iter().map(|p| p.chunk.clone()).collect();
+                let keys = &self.keys;
+                let reply: Option<(Vec<i64>, String)> = self
+                    .persist("complete", |mut c| {
+                        let inv =
+                            self.scripts
+                                .complete(keys, &run_id, &stream, &self.agent_id, &chunks);
+                        async move { inv.invoke_async(&mut c).await }
+                    })
+                    .await;
+                for (i, p) in group.into_iter().enumerate() {
+                    let outcome = reply.as_ref().map(|(codes, state)| {
+                        Completion::from_reply(codes.get(i).copied().unwrap_or(-1), state)
+                    });
+                    let _ = p.done.send(outcome);
+                }
+            }
+        }
+    }
+
+    pub(super) async fn fail(
+        &self,
+        stream: &str,
+        entry_id: &str,
+        task: &Task,
+        attempt: u32,
+        error: &str,
+        traceparent: &[u8],
+    ) {
+        let run_id = &task.run_id;
+        // Bound what a failing kernel can write into Redis and events.
+        let error: String = error
+            .chars()
+            .rev()
+            .take(2_000)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let body = |dead: bool| {
+            event_body(
+                run_id,
+                event::Kind::ChunkFailed(ChunkFailed {
+                    chunk_index: task.chunk_index,
+                    agent_id: self.agent_id.clone(),
+                    attempt,
+                    error: error.clone(),
+                    dead,
+                }),
+            )
+        };
+        let (retry_body, dead_body) = (body(false), body(true));
+        // What fail-fast compares: the first line, at most 200 characters.
+        let first_line: String = error
+            .lines()
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(200)
+            .collect();
+        let task_bytes = ttg_proto::records::encode(task);
+        let failed = FailedAttempt {
+            entry_id,
+            task_bytes: &task_bytes,
+            chunk_index: task.chunk_index,
+            attempt,
+            max_attempts: task.max_attempts,
+            error: &error,
+            first_line: &first_line,
+            traceparent,
+            retry_body: &retry_body,
+            dead_body: &dead_body,
+        };
+        let reply: Option<(i64, String)> = self
+            .persist("fail", |mut c| {
+                let inv = self
+                    .scripts
+                    .fail(&self.keys, run_id, stream, &self.agent_id, &failed);
+                async move { inv.invoke_async(&mut c).await }
+            })
+            .await;
+        if let Some((code, state)) = reply {
+            let f = Failure::from_reply(code, &state);
+            tracing::warn!(run = %run_id, chunk = task.chunk_index, agent = %self.agent_id, attempt, error = %error, outcome = ?f, "chunk attempt failed");
+            match f {
+                Failure::DeadLettered(s) => self.mark_run(run_id, s),
+                // The run ended meanwhile: believe it, so its other queued
+                // chunks go through the claim gate instead of computing.
+                Failure::Inactive => self.mark_run(run_id, ttg_proto::records::parse_state(&state)),
+                Failure::StoppedByFailFast => {
+                    tracing::error!(run = %run_id, agent = %self.agent_id, error = %first_line,
+                        "run stopped by fail-fast: its chunks keep failing with the same error");
+                    self.mark_run(run_id, RunState::Failed)
+                }
+                _ => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Metrics kept in Redis, published to Prometheus as one consistent snapshot.
+
+use super::*;
+
+impl Store {
+    /// Refresh the Prometheus gauges and counters that live in Redis: the
+    /// installation-wide chunk counters the scripts keep, runs by state
+    /// (among the newest 1,000), and per kernel the queue's entries, those
+    /// pending and the consumer group's lag.
+    pub async fn collect_metrics(&self) -> Result<()> {
+        // Everything is read first and published at the end, with no await
+        // in between: a scrape used to land between two Redis round trips
+        // and see half of this refresh beside half of the last (every chunk
+        // completed, the run still RUNNING). Publishing takes microseconds.
+        let mut c = self.conn();
+        let stats: HashMap<String, i64> = self
+            .timed(
+                redis::cmd("HGETALL")
+                    .arg(self.keys.stats())
+                    .query_async(&mut c),
+            )
+            .await?;
+        let ids: Vec<String> = self
+            .timed(
+                redis::cmd("ZREVRANGE")
+                    .arg(self.keys.runs())
+                    .arg(0)
+                    .arg(999)
+                    .query_async(&mut c),
+            )
+            .await?;
+        let mut by_state: HashMap<String, u64> = HashMap::new();
+        if !ids.is_empty() {
+            let mut p = redis::pipe();
+            for id in &ids {
+                p.cmd("HGET").arg(self.keys.run(id)).arg("state");
+            }
+            let states: Vec<Option<String>> = self.timed(p.query_async(&mut c)).await?;
+            for s in states.into_iter().flatten() {
+                *by_state.entry(s).or_default() += 1;
+            }
+        }
+        // Per kernel: entries, and the group's pending and lag (entries not
+        // yet delivered to any agent: what autoscaling watches).
+        let mut queues = Vec::new();
+        for k in ttg_proto::kernels::BUILTIN {
+            let key = self.keys.tasks(k.name);
+            let len: u64 = self
+                .timed(redis::cmd("XLEN").arg(&key).query_async(&mut c))
+                .await?;
+            let groups: RedisResult<Vec<HashMap<String, Value>>> = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(&key)
+                .query_async(&mut c)
+                .await;
+            let group = groups.unwrap_or_default().into_iter().next().map(|g| {
+                let num = |f: &str| match g.get(f) {
+                    Some(Value::Int(n)) => *n as f64,
+                    _ => 0.0,
+                };
+                (num("pending"), num("lag"))
+            });
+            queues.push((k.name, len, group));
+        }
+        // Redis memory, for sizing and alerting (see docs/operations.md).
+        let info: String = self
+            .timed(redis::cmd("INFO").arg("memory").query_async(&mut c))
+            .await?;
+        let runs: u64 = self
+            .timed(
+                redis::cmd("ZCARD")
+                    .arg(self.keys.runs())
+                    .query_async(&mut c),
+            )
+            .await?;
+
+        for (field, name) in [
+            ("completed", "ttg_chunks_completed_total"),
+            ("duplicates", "ttg_chunks_duplicate_total"),
+            ("failed", "ttg_chunk_attempts_failed_total"),
+            ("reclaimed", "ttg_chunks_reclaimed_total"),
+            ("dead", "ttg_chunks_dead_lettered_total"),
+            ("requeued_by_audit", "ttg_chunks_requeued_by_audit_total"),
+            ("requeued_by_retry", "ttg_chunks_requeued_by_retry_total"),
+        ] {
+            ::metrics::counter!(name)
+                .absolute(stats.get(field).copied().unwrap_or(0).max(0) as u64);
+        }
+        ::metrics::gauge!("ttg_runs_in_flight")
+            .set(stats.get("active").copied().unwrap_or(0) as f64);
+        for s in ["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"] {
+            ::metrics::gauge!("ttg_runs", "state" => s)
+                .set(by_state.get(s).copied().unwrap_or(0) as f64);
+        }
+        for (kernel, len, group) in queues {
+            ::metrics::gauge!("ttg_queue_entries", "kernel" => kernel).set(len as f64);
+            if let Some((pending, lag)) = group {
+                ::metrics::gauge!("ttg_queue_pending", "kernel" => kernel).set(pending);
+                ::metrics::gauge!("ttg_queue_lag", "kernel" => kernel).set(lag);
+            }
+        }
+        for line in info.lines() {
+            let (k, v) = line.split_once(':').unwrap_or_default();
+            let name = match k {
+                "used_memory" => "ttg_redis_used_memory_bytes",
+                "maxmemory" => "ttg_redis_maxmemory_bytes",
+                _ => continue,
+            };
+            if let Ok(v) = v.trim().parse::<f64>() {
+                ::metrics::gauge!(name).set(v);
+            }
+        }
+        ::metrics::gauge!("ttg_runs_stored").set(runs as f64);
+        Ok(())
+    }
+}
