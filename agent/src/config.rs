@@ -77,8 +77,8 @@ pub struct Config {
     #[arg(long, env = "TTG_LOG_FORMAT", default_value = "auto")]
     pub log_format: LogFormat,
 
-    /// Serve Prometheus metrics on http://ADDR/metrics (default: off).
-    #[arg(long, env = "TTG_METRICS_ADDR")]
+    /// Serve Prometheus metrics on http://ADDR/metrics (default: off). Its own variable, not the server's TTG_METRICS_ADDR: processes sharing an environment (ttgctl up) must not all bind one port.
+    #[arg(long, env = "TTG_AGENT_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
 

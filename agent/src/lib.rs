@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod kernels;
+pub mod metrics_help;
 pub mod session;
 mod sys;
 pub mod worker;

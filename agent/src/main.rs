@@ -17,6 +17,7 @@ async fn main() {
             eprintln!("ttg-agent: {e}");
             std::process::exit(69);
         }
+        ttg_agent::metrics_help::describe();
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_cancels(shutdown.clone()));

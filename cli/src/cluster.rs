@@ -39,6 +39,8 @@ pub struct ClusterOpts {
     pub prefix: String,
     /// Start agents with --allow-exec.
     pub allow_exec: bool,
+    /// Serve metrics from the server and each agent on free loopback ports.
+    pub metrics: bool,
 }
 
 /// A running local cluster.
@@ -58,6 +60,8 @@ pub struct Cluster {
     pub agents: Vec<Child>,
     opts: ClusterOpts,
     next_agent: u32,
+    /// Metrics addresses, `(name, address)`, when `--metrics` was given.
+    pub metrics: Vec<(String, SocketAddr)>,
 }
 
 /// Find a TTG binary: beside this `ttgctl` first (cargo puts them together),
@@ -210,6 +214,7 @@ impl Cluster {
             agents: Vec::new(),
             opts: opts.clone(),
             next_agent: 0,
+            metrics: Vec::new(),
         };
         cluster.redis_url = match &opts.redis_url {
             Some(u) => u.clone(),
@@ -224,6 +229,7 @@ impl Cluster {
             .arg(&opts.prefix)
             .arg("--tokens-file")
             .arg(&tokens)
+            .args(cluster.metrics_flag("server")?)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -316,9 +322,21 @@ impl Cluster {
         if self.opts.allow_exec {
             cmd.arg("--allow-exec");
         }
+        cmd.args(self.metrics_flag(&format!("agent-{n}"))?);
         sys::child_dies_with_us(&mut cmd, libc::SIGTERM);
         self.agents.push(cmd.spawn()?);
         Ok(n)
+    }
+
+    /// `--metrics-addr <free loopback port>` for component `name` (and
+    /// remember it), or nothing without `--metrics`.
+    fn metrics_flag(&mut self, name: &str) -> CliResult<Vec<String>> {
+        if !self.opts.metrics {
+            return Ok(Vec::new());
+        }
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        self.metrics.push((name.to_string(), addr));
+        Ok(vec!["--metrics-addr".into(), addr.to_string()])
     }
 
     /// A child that exited on its own, if any: its name and status.

@@ -73,6 +73,7 @@ pub async fn demo(o: DemoOpts) -> CliResult<i32> {
         listen,
         prefix: format!("ttg-demo-{}:", std::process::id()),
         allow_exec: false,
+        metrics: false,
     })
     .await?;
     crate::client::set_connect_opts(ttg_proto::client::ConnectOpts {

@@ -195,6 +195,9 @@ enum Cmd {
         /// Let the agents run users' programs with the exec kernel.
         #[arg(long)]
         allow_exec: bool,
+        /// Serve Prometheus metrics from the server and from each agent, each on its own free port (printed at start).
+        #[arg(long)]
+        metrics: bool,
     },
     /// Run a local cluster, a placeholder sweep watched to the end, and check its sum.
     Demo {
@@ -319,6 +322,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
             listen,
             prefix,
             allow_exec,
+            metrics,
         } => {
             if agents == 0 || agents > 256 {
                 return Err(CliError {
@@ -333,6 +337,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
                 listen,
                 prefix,
                 allow_exec,
+                metrics,
             })
             .await
         }

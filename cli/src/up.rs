@@ -54,6 +54,9 @@ pub async fn up(opts: ClusterOpts) -> CliResult<i32> {
             .unwrap_or_else(|| "CPUs".into())
     );
     say!("  logs    {}/*.log", cluster.dir.display());
+    for (name, addr) in &cluster.metrics {
+        say!("  metrics {name:<8} http://{addr}/metrics");
+    }
     match &saved {
         Some(f) => say!(
             "  token   in {} (ttgctl uses it; other clients: TTG_TOKEN=$(cat {}))",

@@ -18,6 +18,7 @@ pub mod control;
 pub mod error;
 pub mod gateway;
 pub mod hello;
+pub mod metrics_help;
 pub mod store;
 pub mod validate;
 

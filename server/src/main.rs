@@ -17,6 +17,7 @@ async fn main() {
             eprintln!("ttg-server: {e}");
             std::process::exit(69);
         }
+        ttg_server::metrics_help::describe();
     }
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(l) => l,

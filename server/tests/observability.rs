@@ -88,6 +88,41 @@ fn sample(text: &str, name: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
+/// Every metric in a scrape has a `# HELP` and a `# TYPE` line (what
+/// `promtool check metrics` asks); returns the names it saw.
+fn assert_described(text: &str) -> Vec<String> {
+    let mut names: Vec<String> = text
+        .lines()
+        .filter(|l| {
+            !l.starts_with('#')
+                && !l.trim().is_empty()
+                && !l.starts_with("HTTP/")
+                && l.contains(' ')
+        })
+        .filter(|l| l.starts_with("ttg_"))
+        .map(|l| l.split([' ', '{']).next().unwrap_or("").to_string())
+        .map(|n| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| n.strip_suffix(s).map(str::to_string))
+                .unwrap_or(n)
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    for n in &names {
+        assert!(
+            text.lines().any(|l| l.starts_with(&format!("# HELP {n} "))),
+            "metric {n} has no HELP text"
+        );
+        assert!(
+            text.lines().any(|l| l.starts_with(&format!("# TYPE {n} "))),
+            "metric {n} has no TYPE"
+        );
+    }
+    names
+}
+
 fn metrics_port() -> SocketAddr {
     format!("127.0.0.1:{}", free_port()).parse().expect("addr")
 }
@@ -248,6 +283,8 @@ async fn one_trace_per_run_metrics_move_and_logs_join_traces() {
         "{sm}"
     );
     assert_eq!(sample(&sm, "ttg_runs_stored"), Some(1.0), "{sm}");
+    let described = assert_described(&sm);
+    assert!(described.len() >= 15, "{described:?}");
     let mut computed = 0.0;
     for m in &agent_metrics[..2] {
         // The gauge drops when the agent has the completion's reply, a moment
@@ -261,6 +298,7 @@ async fn one_trace_per_run_metrics_move_and_logs_join_traces() {
         })
         .await;
         computed += sample(&t, "ttg_agent_chunks_computed_total").unwrap_or(0.0);
+        assert_described(&t);
         assert!(
             sample(&t, "ttg_agent_compute_seconds_count").unwrap_or(0.0) > 0.0,
             "{t}"
