@@ -20,7 +20,7 @@ async fn main() {
         ttg_agent::metrics_help::describe();
     }
     let shutdown = CancellationToken::new();
-    tokio::spawn(signal_cancels(shutdown.clone()));
+    tokio::spawn(ttg_proto::runtime::signal_cancels(shutdown.clone()));
     let result = ttg_agent::run(config, shutdown).await;
     telemetry.shutdown().await;
     match result {
@@ -31,21 +31,4 @@ async fn main() {
             std::process::exit(64);
         }
     }
-}
-
-/// SIGTERM and SIGINT both start the drain.
-async fn signal_cancels(token: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    token.cancel();
 }

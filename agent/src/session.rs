@@ -10,15 +10,18 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
+use ttg_proto::runtime::Backoff;
 use ttg_proto::v1::agent_gateway_client::AgentGatewayClient;
 use ttg_proto::v1::{agent_message, server_message, AgentMessage, Bye, Heartbeat, Hello};
 
 use crate::worker::Worker;
 
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-/// Kept under the lease (3 s by default), so an agent whose server restarted
-/// is back before a reaper could take it for dead.
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Reconnect back-off: 100 ms doubling to 1 s — kept under the lease (3 s
+/// by default), so an agent whose server restarted is back before a reaper
+/// could take it for dead.
+fn reconnect_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(1))
+}
 
 /// How the session should end once `stop` fires.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,7 +80,7 @@ pub async fn run(
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .collect();
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = reconnect_backoff();
     let mut turn = 0usize;
     while !stop.is_cancelled() {
         let server = servers[turn % servers.len().max(1)].clone();
@@ -98,14 +101,13 @@ pub async fn run(
                 return;
             }
             Err(e) => {
-                tracing::warn!(agent = %worker.agent_id(), server = %server, error = %e, retry_in = ?backoff, "session down; reconnecting");
+                tracing::warn!(agent = %worker.agent_id(), server = %server, error = %e, retry_in = ?backoff.peek(), "session down; reconnecting");
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
             _ = stop.cancelled() => return,
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 
@@ -115,7 +117,7 @@ async fn serve(
     worker: &Worker,
     stop: &CancellationToken,
     ending: &std::sync::Mutex<Ending>,
-    backoff: &mut Duration,
+    backoff: &mut Backoff,
 ) -> Result<(), Down> {
     let channel = ttg_proto::client::endpoint(server, opts)?
         .connect()
@@ -153,7 +155,7 @@ async fn serve(
         Ok(Ok(None)) => return Err("session closed before Welcome".into()),
         Err(_) => return Err("no Welcome within 5s".into()),
     };
-    *backoff = BACKOFF_MIN;
+    backoff.reset();
     worker.set_lease(Duration::from_millis(welcome.lease_ms));
     tracing::info!(agent = %worker.agent_id(), server = %welcome.server_id, lease_ms = welcome.lease_ms, "session open");
     let mut tick = tokio::time::interval(Duration::from_millis(

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tonic::Code;
+use ttg_proto::runtime::Backoff;
 use ttg_proto::v1::{event, Event, RunState, StatusRequest, WatchRequest};
 
 use crate::client::{self, CliError, CliResult, EXIT_FAILED, EXIT_OK};
@@ -216,7 +217,7 @@ pub async fn watch(server: &str, run_id: &str, after: &str, format: Format) -> C
     let mut last = after.to_string();
     let mut outcome = Outcome::default();
     let mut down_since: Option<Instant> = None;
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     let mut ended: Option<Event> = None;
     loop {
         let stream = client
@@ -243,7 +244,7 @@ pub async fn watch(server: &str, run_id: &str, after: &str, format: Format) -> C
             match stream.message().await {
                 Ok(Some(e)) => {
                     down_since = None;
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     last = e.id.clone();
                     if format == Format::Json {
                         println!("{}", event_json(&e));
@@ -332,7 +333,7 @@ fn retryable(code: Code) -> bool {
 
 async fn reconnect_wait(
     down_since: &mut Option<Instant>,
-    backoff: &mut Duration,
+    backoff: &mut Backoff,
     progress: &mut Progress,
     why: &str,
 ) -> CliResult<()> {
@@ -347,8 +348,7 @@ async fn reconnect_wait(
     if since.elapsed() < Duration::from_millis(50) {
         progress.note(&format!("watch interrupted ({why}); reconnecting…"));
     }
-    tokio::time::sleep(*backoff).await;
-    *backoff = (*backoff * 2).min(Duration::from_secs(2));
+    tokio::time::sleep(backoff.next_delay()).await;
     Ok(())
 }
 

@@ -13,7 +13,8 @@
 //! - [`scripts`]: the atomic Lua scripts (`proto/lua/*.lua`) and one typed
 //!   builder per script, the only place their KEYS and ARGV are ordered.
 //! - [`reclaim`]: re-queueing a dead agent's deliveries, at most once.
-//! - [`redis_conn`]: connecting to Redis with bounded timeouts.
+//! - [`redis_conn`]: connecting to Redis with bounded timeouts; consumer groups.
+//! - [`runtime`]: the shutdown signal and back-off every binary uses.
 //! - [`telemetry`]: logging set-up shared by every binary.
 
 pub mod chunking;
@@ -23,6 +24,7 @@ pub mod keys;
 pub mod reclaim;
 pub mod records;
 pub mod redis_conn;
+pub mod runtime;
 pub mod scripts;
 pub mod telemetry;
 

@@ -62,6 +62,27 @@ pub async fn blocking(client: &Client, block: Duration) -> RedisResult<Multiplex
         .await
 }
 
+/// Create the consumer group of a tasks stream (and the stream) if missing.
+/// Created at id 0, so tasks added before the group existed are delivered;
+/// BUSYGROUP (it exists) is success.
+pub async fn ensure_group<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
+    stream: &str,
+) -> RedisResult<()> {
+    let r: RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(crate::keys::GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(conn)
+        .await;
+    match r {
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        other => other,
+    }
+}
+
 /// The URL with any password replaced by `***`, for logs: the `user:pass@`
 /// part, and `pass` / `password` query parameters (`redis+unix:///s?pass=…`).
 pub fn redact_url(url: &str) -> String {

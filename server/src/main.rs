@@ -27,28 +27,11 @@ async fn main() {
         }
     };
     let shutdown = CancellationToken::new();
-    tokio::spawn(signal_cancels(shutdown.clone()));
+    tokio::spawn(ttg_proto::runtime::signal_cancels(shutdown.clone()));
     let result = ttg_server::run(listener, config, shutdown).await;
     telemetry.shutdown().await;
     if let Err(e) = result {
         eprintln!("ttg-server: {e}");
         std::process::exit(1);
     }
-}
-
-/// SIGTERM and SIGINT both cancel the one token.
-async fn signal_cancels(token: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    token.cancel();
 }

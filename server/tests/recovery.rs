@@ -150,17 +150,8 @@ async fn sigstop_reclaims_at_lease_expiry_and_the_zombie_changes_nothing() {
     assert_exactly_once(&events, 1_000, 100);
     assert_queue_drains(&redis, &p, Duration::from_secs(10)).await;
     // The zombie came back as a live agent.
-    wait_until("z1 reconnects", Duration::from_secs(10), || {
-        let mut c = c.clone();
-        async move {
-            let a = c
-                .list_agents(ListAgentsRequest {})
-                .await
-                .ok()?
-                .into_inner()
-                .agents;
-            a.iter().any(|a| a.agent_id == "z1").then_some(())
-        }
+    wait_agents(&c, "z1 reconnects", Duration::from_secs(10), |a| {
+        a.iter().any(|a| a.agent_id == "z1").then_some(())
     })
     .await;
 }
@@ -179,18 +170,8 @@ async fn with_no_server_up_the_sweep_recovers_a_dead_agents_chunk() {
     );
     let mut ag = agents(&server.url, &redis.url, &p, &["s0", "s1"], 1);
     let mut c = control(&server.url).await;
-    wait_until("agents connected", Duration::from_secs(10), || {
-        let mut c = c.clone();
-        async move {
-            (c.list_agents(ListAgentsRequest {})
-                .await
-                .ok()?
-                .into_inner()
-                .agents
-                .len()
-                == 2)
-                .then_some(())
-        }
+    wait_agents(&c, "agents connected", Duration::from_secs(10), |a| {
+        (a.len() == 2).then_some(())
     })
     .await;
     let run = c
@@ -228,18 +209,8 @@ async fn the_sweep_never_takes_a_live_agents_long_chunk() {
     );
     let _ag = agents(&server.url, &redis.url, &p, &["l0", "l1"], 1);
     let mut c = control(&server.url).await;
-    wait_until("agents connected", Duration::from_secs(10), || {
-        let mut c = c.clone();
-        async move {
-            (c.list_agents(ListAgentsRequest {})
-                .await
-                .ok()?
-                .into_inner()
-                .agents
-                .len()
-                == 2)
-                .then_some(())
-        }
+    wait_agents(&c, "agents connected", Duration::from_secs(10), |a| {
+        (a.len() == 2).then_some(())
     })
     .await;
     // 4 chunks of 4 s each: each computes for 8 sweep thresholds (2.5 s × ... ),
@@ -582,15 +553,11 @@ async fn two_replicas_share_one_redis_and_a_dead_replica_loses_nothing() {
     let x2 = Agent::spawn(&both_ab, &redis.url, &p, "x2", 1, &[]);
     let mut x3 = Agent::spawn(&both_ba, &redis.url, &p, "x3", 1, &[]);
     let mut cb = control(&b.url).await;
-    let b_id = wait_until("x3 on B, x1 and x2 on A", Duration::from_secs(10), || {
-        let mut c = cb.clone();
-        async move {
-            let a = c
-                .list_agents(ListAgentsRequest {})
-                .await
-                .ok()?
-                .into_inner()
-                .agents;
+    let b_id = wait_agents(
+        &cb,
+        "x3 on B, x1 and x2 on A",
+        Duration::from_secs(10),
+        |a| {
             let sid = |n: &str| {
                 a.iter()
                     .find(|x| x.agent_id == n)
@@ -598,8 +565,8 @@ async fn two_replicas_share_one_redis_and_a_dead_replica_loses_nothing() {
             };
             let (s1, s3) = (sid("x1")?, sid("x3")?);
             (s1 != s3 && sid("x2")? == s1).then_some(s3)
-        }
-    })
+        },
+    )
     .await;
     let run = cb
         .submit(submit_req(3_000, 30, 5))
@@ -609,19 +576,12 @@ async fn two_replicas_share_one_redis_and_a_dead_replica_loses_nothing() {
     wait_holding(&redis, &p, "x1").await;
     a.kill();
     // A's agents move to B; nobody is reclaimed for it.
-    wait_until("x1 and x2 reconnect to B", Duration::from_secs(10), || {
-        let mut c = cb.clone();
-        let b_id = b_id.clone();
-        async move {
-            let a = c
-                .list_agents(ListAgentsRequest {})
-                .await
-                .ok()?
-                .into_inner()
-                .agents;
-            (a.iter().filter(|x| x.server_id == b_id).count() == 3).then_some(())
-        }
-    })
+    wait_agents(
+        &cb,
+        "x1 and x2 reconnect to B",
+        Duration::from_secs(10),
+        |a| (a.iter().filter(|x| x.server_id == b_id).count() == 3).then_some(()),
+    )
     .await;
     assert!(
         reclaims(&events_in_redis(&redis, &p, &run.run_id)).is_empty(),

@@ -30,18 +30,7 @@ impl Worker {
     pub(super) async fn ensure_groups(&self) -> RedisResult<()> {
         let mut c = self.conn.clone();
         for s in self.streams() {
-            let r: RedisResult<()> = redis::cmd("XGROUP")
-                .arg("CREATE")
-                .arg(&s)
-                .arg(GROUP)
-                .arg("0")
-                .arg("MKSTREAM")
-                .query_async(&mut c)
-                .await;
-            match r {
-                Err(e) if e.code() == Some("BUSYGROUP") => {}
-                other => other?,
-            }
+            redis_conn::ensure_group(&mut c, &s).await?;
         }
         Ok(())
     }
@@ -58,7 +47,7 @@ impl Worker {
         let streams = self.streams();
         let mut blocking: Option<MultiplexedConnection> = None;
         let mut groups_ready = false;
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = redis_backoff();
         while !stop.is_cancelled() {
             // A hold, then a slot, in that order everywhere (entries waiting
             // for a slot already have their hold), so neither waits forever.
@@ -82,7 +71,7 @@ impl Worker {
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot create consumer groups; retrying");
                         drop(permits);
-                        sleep_or_stop(&mut backoff, &stop).await;
+                        backoff.sleep_or(&stop).await;
                         continue;
                     }
                 }
@@ -93,7 +82,7 @@ impl Worker {
                     Err(e) => {
                         tracing::warn!(error = %e, "redis unreachable; retrying");
                         drop(permits);
-                        sleep_or_stop(&mut backoff, &stop).await;
+                        backoff.sleep_or(&stop).await;
                         continue;
                     }
                 }
@@ -141,7 +130,7 @@ impl Worker {
             let reply: RedisResult<Option<StreamReadReply>> = cmd.query_async(conn).await;
             let reply = match reply {
                 Ok(r) => {
-                    backoff = BACKOFF_MIN;
+                    backoff.reset();
                     r
                 }
                 Err(e) => {
@@ -153,7 +142,7 @@ impl Worker {
                     }
                     tracing::warn!(error = %e, "XREADGROUP failed; retrying");
                     drop(permits);
-                    sleep_or_stop(&mut backoff, &stop).await;
+                    backoff.sleep_or(&stop).await;
                     continue;
                 }
             };
@@ -206,12 +195,4 @@ impl Worker {
             }
         }
     }
-}
-
-async fn sleep_or_stop(backoff: &mut Duration, stop: &CancellationToken) {
-    tokio::select! {
-        _ = tokio::time::sleep(*backoff) => {}
-        _ = stop.cancelled() => {}
-    }
-    *backoff = next_backoff(*backoff);
 }

@@ -27,6 +27,7 @@ use tokio_util::task::TaskTracker;
 use ttg_proto::keys::{Keys, GROUP};
 use ttg_proto::records::{event_body, TaskEntry, TASK_FIELD};
 use ttg_proto::redis_conn::{self, is_transient};
+use ttg_proto::runtime::Backoff;
 use ttg_proto::scripts::{ChunkResult, Completion, FailedAttempt, Failure, Scripts};
 use ttg_proto::v1::{event, ChunkCompleted, ChunkFailed, HeldChunk, RunState, Task};
 
@@ -40,9 +41,10 @@ mod completion;
 mod lease;
 mod runs;
 
-/// Back-off bounds for Redis retries.
-const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Back-off for Redis retries: 50 ms doubling to 2 s.
+fn redis_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(50), Duration::from_secs(2))
+}
 
 /// A delivery this agent holds.
 struct Held {
@@ -84,11 +86,6 @@ pub struct Worker {
     compute_avg_us: AtomicU64,
     /// Hard stop: abandons in-flight chunks (left pending, to be reclaimed).
     abort: CancellationToken,
-}
-
-/// Next back-off delay.
-fn next_backoff(d: Duration) -> Duration {
-    (d * 2).min(BACKOFF_MAX)
 }
 
 fn bulk(v: Option<&Value>) -> Option<&[u8]> {
@@ -204,7 +201,7 @@ impl Worker {
         F: FnMut(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = RedisResult<T>>,
     {
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = redis_backoff();
         loop {
             match op(self.conn.clone()).await {
                 Ok(v) => return Some(v),
@@ -222,10 +219,9 @@ impl Worker {
                 }
             }
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
                 _ = self.abort.cancelled() => return None,
             }
-            backoff = next_backoff(backoff);
         }
     }
 }

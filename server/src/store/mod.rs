@@ -26,7 +26,7 @@ use redis::{RedisResult, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use ttg_proto::chunking::chunk_range;
-use ttg_proto::keys::{new_run_id, valid_run_id, Keys, GROUP};
+use ttg_proto::keys::{new_run_id, valid_run_id, Keys};
 use ttg_proto::reclaim::{reclaim_consumer, Cause, Reclaimed};
 use ttg_proto::records::{
     decode_event, decode_spec, encode, event_body, is_finished, is_terminal, parse_state,
@@ -107,18 +107,8 @@ impl Store {
     /// id 0, so tasks added before the group existed are still delivered.
     pub async fn ensure_group(&self, stream_key: &str) -> Result<()> {
         let mut c = self.conn();
-        let mut cmd = redis::cmd("XGROUP");
-        cmd.arg("CREATE")
-            .arg(stream_key)
-            .arg(GROUP)
-            .arg("0")
-            .arg("MKSTREAM");
-        let fut = cmd.query_async::<()>(&mut c);
-        match tokio::time::timeout(self.deadline, fut).await {
-            Err(_) => Err(Error::RedisTimeout(self.deadline)),
-            Ok(Err(e)) if e.code() == Some("BUSYGROUP") => Ok(()),
-            Ok(r) => Ok(r?),
-        }
+        self.timed(redis_conn::ensure_group(&mut c, stream_key))
+            .await
     }
 
     /// The Redis client, for connections of their own (pub/sub).

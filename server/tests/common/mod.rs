@@ -697,3 +697,26 @@ pub fn script(dir: &std::path::Path, name: &str, body: &str) -> PathBuf {
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     p
 }
+
+/// The live agents (None if the server cannot be asked right now).
+pub async fn live_agents(c: &ControlPlaneClient<Channel>) -> Option<Vec<ttg_proto::v1::AgentInfo>> {
+    let mut c = c.clone();
+    Some(
+        c.list_agents(ttg_proto::v1::ListAgentsRequest {})
+            .await
+            .ok()?
+            .into_inner()
+            .agents,
+    )
+}
+
+/// Wait until the live agents satisfy `ok`; returns what `ok` made of them.
+pub async fn wait_agents<T>(
+    c: &ControlPlaneClient<Channel>,
+    what: &str,
+    within: Duration,
+    ok: impl Fn(&[ttg_proto::v1::AgentInfo]) -> Option<T>,
+) -> T {
+    let ok = &ok;
+    wait_until(what, within, || async move { ok(&live_agents(c).await?) }).await
+}

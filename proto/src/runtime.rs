@@ -1,0 +1,84 @@
+//! Process plumbing every binary shares: the shutdown signal and the
+//! back-off used wherever a peer (Redis, the server) is retried.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+/// Cancel `token` on the first SIGTERM or SIGINT (both start a drain).
+pub async fn signal_cancels(token: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    token.cancel();
+}
+
+/// Exponential back-off: `min`, doubling on every failure up to `max`,
+/// back to `min` on success.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    /// Start at `min`, never above `max`.
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Self {
+            min,
+            max,
+            current: min,
+        }
+    }
+
+    /// The delay to wait now; the next one doubles (up to `max`).
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.current;
+        self.current = (self.current * 2).min(self.max);
+        d
+    }
+
+    /// The delay the next failure would wait, without moving on.
+    pub fn peek(&self) -> Duration {
+        self.current
+    }
+
+    /// A success: start again from `min`.
+    pub fn reset(&mut self) {
+        self.current = self.min;
+    }
+
+    /// Sleep the next delay, or less if `stop` is cancelled first.
+    pub async fn sleep_or(&mut self, stop: &CancellationToken) {
+        let d = self.next_delay();
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = stop.cancelled() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_caps_and_resets() {
+        let ms = Duration::from_millis;
+        let mut b = Backoff::new(ms(50), ms(300));
+        let seen: Vec<_> = (0..5).map(|_| b.next_delay()).collect();
+        assert_eq!(seen, vec![ms(50), ms(100), ms(200), ms(300), ms(300)]);
+        b.reset();
+        assert_eq!(b.peek(), ms(50));
+    }
+}
