@@ -2,8 +2,31 @@
 
 use super::*;
 
+/// A claimed entry, decoded.
+struct Claimed {
+    stream: String,
+    entry_id: String,
+    task: Task,
+    attempt: u32,
+    /// W3C traceparent of the run, as stored in the entry.
+    traceparent: Vec<u8>,
+}
+
+impl Claimed {
+    /// A span of the chunk's trace (claim → compute → ack), a child of the
+    /// run's `submit` span through the traceparent carried in the entry.
+    fn span(&self, name: &'static str, agent_id: &str) -> tracing::Span {
+        let t = &self.task;
+        let span = tracing::info_span!("chunk", otel.name = name, run_id = %t.run_id,
+            chunk = t.chunk_index, params.start = t.start, params.end = t.end,
+            attempt = self.attempt, agent_id = %agent_id, kernel = %t.kernel);
+        ttg_proto::telemetry::set_parent(&span, &String::from_utf8_lossy(&self.traceparent));
+        span
+    }
+}
+
 impl Worker {
-    /// Compute one claimed entry and complete it; `slot` is given back as
+    /// Compute one claimed entry and settle it; `slot` is given back as
     /// soon as the computation ends.
     pub(super) async fn process(
         self: Arc<Self>,
@@ -12,15 +35,53 @@ impl Worker {
         fields: HashMap<String, Value>,
         slot: tokio::sync::OwnedSemaphorePermit,
     ) {
-        let TaskEntry {
-            task,
-            attempt,
-            traceparent,
-        } = match TaskEntry::decode(&fields) {
-            Ok(e) => e,
+        let Some(c) = self.decode_or_quarantine(stream, entry_id, &fields).await else {
+            return;
+        };
+        let claimed_at = Instant::now();
+        let claim = c.span("claim", &self.agent_id);
+        let gate = self.run_gate(&c.task.run_id, &c.stream, &c.entry_id);
+        let Some(run_cancel) = tracing::Instrument::instrument(gate, claim.clone()).await else {
+            return;
+        };
+        let abort = run_cancel.child_token();
+        self.hold(&c, &claim, abort.clone());
+        drop(claim);
+        let (outcome, compute_ms) = self.compute(&c, &abort).await;
+        drop(slot);
+        if let Ok(mut h) = self.held.lock() {
+            if let Some(h) = h.get_mut(&c.entry_id) {
+                h.computed = true;
+            }
+        }
+        self.settle(&c, outcome, compute_ms, claimed_at).await;
+        metrics::gauge!("ttg_agent_in_flight").decrement(1.0);
+        if let Ok(mut h) = self.held.lock() {
+            h.remove(&c.entry_id);
+        }
+    }
+
+    /// The decoded entry, or None after moving a corrupt one to the
+    /// dead-entries stream (never retried, never a panic).
+    async fn decode_or_quarantine(
+        &self,
+        stream: String,
+        entry_id: String,
+        fields: &HashMap<String, Value>,
+    ) -> Option<Claimed> {
+        match TaskEntry::decode(fields) {
+            Ok(TaskEntry {
+                task,
+                attempt,
+                traceparent,
+            }) => Some(Claimed {
+                stream,
+                entry_id,
+                task,
+                attempt,
+                traceparent,
+            }),
             Err(e) => {
-                // Never retried, never a panic: the entry goes to the
-                // dead-entries stream with the reason, and the loop moves on.
                 let error = e.to_string();
                 let raw = bulk(fields.get(TASK_FIELD)).unwrap_or_default();
                 tracing::error!(agent = %self.agent_id, stream = %stream, entry = %entry_id, error = %error,
@@ -31,76 +92,82 @@ impl Worker {
                     async move { p.query_async::<()>(&mut c).await }
                 })
                 .await;
-                return;
+                None
             }
-        };
-        let (run_id, chunk) = (task.run_id.clone(), task.chunk_index);
-        let tp = String::from_utf8_lossy(&traceparent).into_owned();
-        // claim → compute → ack, each a child of the run's `submit` span
-        // through the traceparent carried in the task entry.
-        let chunk_span = |name: &'static str| {
-            let span = tracing::info_span!("chunk", otel.name = name, run_id = %run_id, chunk,
-                params.start = task.start, params.end = task.end, attempt, agent_id = %self.agent_id,
-                kernel = %task.kernel);
-            ttg_proto::telemetry::set_parent(&span, &tp);
-            span
-        };
-        let claimed = Instant::now();
+        }
+    }
 
-        let claim = chunk_span("claim");
-        let gate = self.run_gate(&run_id, &stream, &entry_id);
-        let Some(run_cancel) = tracing::Instrument::instrument(gate, claim.clone()).await else {
-            return;
-        };
-        let chunk_abort = run_cancel.child_token();
+    /// Record the entry as held (heartbeats report it; the lease keeper
+    /// keeps it fresh; `abort` stops it if it is reclaimed from us).
+    fn hold(&self, c: &Claimed, claim: &tracing::Span, abort: CancellationToken) {
         let claim_tp = ttg_proto::telemetry::traceparent_of(
-            &tracing_opentelemetry::OpenTelemetrySpanExt::context(&claim),
+            &tracing_opentelemetry::OpenTelemetrySpanExt::context(claim),
         );
-        drop(claim);
         if let Ok(mut h) = self.held.lock() {
             h.insert(
-                entry_id.clone(),
+                c.entry_id.clone(),
                 Held {
-                    stream: stream.clone(),
+                    stream: c.stream.clone(),
                     info: HeldChunk {
-                        run_id: run_id.clone(),
-                        chunk_index: chunk,
-                        entry_id: entry_id.clone(),
-                        attempt,
+                        run_id: c.task.run_id.clone(),
+                        chunk_index: c.task.chunk_index,
+                        entry_id: c.entry_id.clone(),
+                        attempt: c.attempt,
                         traceparent: claim_tp,
                     },
-                    abort: chunk_abort.clone(),
+                    abort,
                     computed: false,
                 },
             );
         }
         metrics::gauge!("ttg_agent_in_flight").increment(1.0);
+    }
+
+    /// Compute the chunk with its kernel and check the values; returns the
+    /// outcome and the time it took (ms).
+    async fn compute(
+        &self,
+        c: &Claimed,
+        abort: &CancellationToken,
+    ) -> (Result<Vec<f64>, KernelError>, u64) {
+        let t = &c.task;
         let input = ChunkInput {
-            run_id: run_id.clone(),
-            chunk_index: chunk,
-            start: task.start,
-            end: task.end,
-            args: task.args.clone(),
-            attempt,
+            run_id: t.run_id.clone(),
+            chunk_index: t.chunk_index,
+            start: t.start,
+            end: t.end,
+            args: t.args.clone(),
+            attempt: c.attempt,
         };
-        let compute = chunk_span("compute");
+        let span = c.span("compute", &self.agent_id);
         let began = Instant::now();
-        let outcome = tracing::Instrument::instrument(
-            async {
-                match self.registry.get(&task.kernel) {
-                    Some(k) => k.compute(&input, &chunk_abort).await,
-                    None => Err(KernelError::Failed(format!(
-                        "agent does not offer kernel {:?}",
-                        task.kernel
-                    ))),
-                }
-            },
-            compute.clone(),
-        )
-        .await
-        .and_then(|v| check_values(&task, v));
-        let compute_ms = began.elapsed().as_millis() as u64;
-        let us = began.elapsed().as_micros().min(u64::MAX as u128 - 1) as u64;
+        let work = async {
+            match self.registry.get(&t.kernel) {
+                Some(k) => k.compute(&input, abort).await,
+                None => Err(KernelError::Failed(format!(
+                    "agent does not offer kernel {:?}",
+                    t.kernel
+                ))),
+            }
+        };
+        let outcome = tracing::Instrument::instrument(work, span.clone())
+            .await
+            .and_then(|v| check_values(t, v));
+        self.record_compute_time(began.elapsed());
+        match &outcome {
+            Err(KernelError::Failed(msg)) => {
+                ttg_proto::telemetry::set_error(&span, msg);
+                metrics::counter!("ttg_agent_kernel_errors_total").increment(1);
+            }
+            Err(KernelError::Cancelled) => ttg_proto::telemetry::set_error(&span, "cancelled"),
+            Ok(_) => {}
+        }
+        (outcome, began.elapsed().as_millis() as u64)
+    }
+
+    /// Keep the moving average of compute time that sets the prefetch depth.
+    fn record_compute_time(&self, took: Duration) {
+        let us = took.as_micros().min(u64::MAX as u128 - 1) as u64;
         let _ = self
             .compute_avg_us
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |avg| {
@@ -110,36 +177,33 @@ impl Worker {
                     avg - avg / 8 + us / 8
                 })
             });
-        metrics::histogram!("ttg_agent_compute_seconds").record(began.elapsed().as_secs_f64());
-        match &outcome {
-            Err(KernelError::Failed(msg)) => {
-                ttg_proto::telemetry::set_error(&compute, msg);
-                metrics::counter!("ttg_agent_kernel_errors_total").increment(1);
-            }
-            Err(KernelError::Cancelled) => ttg_proto::telemetry::set_error(&compute, "cancelled"),
-            Ok(_) => {}
-        }
-        drop(compute);
-        drop(slot);
-        if let Ok(mut h) = self.held.lock() {
-            if let Some(h) = h.get_mut(&entry_id) {
-                h.computed = true;
-            }
-        }
-        let ack = chunk_span("ack");
+        metrics::histogram!("ttg_agent_compute_seconds").record(took.as_secs_f64());
+    }
+
+    /// Complete, fail, drop or abandon the entry after its computation.
+    async fn settle(
+        &self,
+        c: &Claimed,
+        outcome: Result<Vec<f64>, KernelError>,
+        compute_ms: u64,
+        claimed_at: Instant,
+    ) {
+        let (run_id, task, attempt) = (&c.task.run_id, &c.task, c.attempt);
+        let ack = c.span("ack", &self.agent_id);
         match outcome {
             Ok(values) => {
-                let done = self.complete(&stream, &entry_id, &task, attempt, &values, compute_ms);
+                let done =
+                    self.complete(&c.stream, &c.entry_id, task, attempt, &values, compute_ms);
                 tracing::Instrument::instrument(done, ack.clone()).await;
                 metrics::counter!("ttg_agent_chunks_computed_total").increment(1);
                 if let Ok(mut v) = self.ack_latencies.lock() {
                     if v.len() < 4096 {
-                        v.push(claimed.elapsed().as_millis().min(u32::MAX as u128) as u32);
+                        v.push(claimed_at.elapsed().as_millis().min(u32::MAX as u128) as u32);
                     }
                 }
             }
-            Err(KernelError::Cancelled) if self.run_cancelled(&run_id) => {
-                let settle = self.settle_cancelled(&stream, &entry_id, &task, &traceparent);
+            Err(KernelError::Cancelled) if self.run_cancelled(run_id) => {
+                let settle = self.settle_cancelled(&c.stream, &c.entry_id, task, &c.traceparent);
                 tracing::Instrument::instrument(settle, ack.clone()).await;
             }
             Err(KernelError::Cancelled) if !self.abort.is_cancelled() => {
@@ -148,17 +212,13 @@ impl Worker {
             Err(KernelError::Cancelled) => {
                 // Agent aborting: leave the entry pending in our name; it is
                 // reclaimed when our session ends without Bye.
-                tracing::warn!(run = %run_id, chunk, agent = %self.agent_id, "chunk abandoned");
+                tracing::warn!(run = %run_id, chunk = task.chunk_index, agent = %self.agent_id, "chunk abandoned");
             }
             Err(KernelError::Failed(msg)) => {
-                let failed = self.fail(&stream, &entry_id, &task, attempt, &msg, &traceparent);
+                let failed = self.fail(&c.stream, &c.entry_id, task, attempt, &msg, &c.traceparent);
                 tracing::Instrument::instrument(failed, ack.clone()).await;
                 ttg_proto::telemetry::set_error(&ack, &msg);
             }
-        }
-        metrics::gauge!("ttg_agent_in_flight").decrement(1.0);
-        if let Ok(mut h) = self.held.lock() {
-            h.remove(&entry_id);
         }
     }
 }

@@ -35,28 +35,12 @@ impl Store {
                 .collect()
         };
         let v = validate_submit(req, &offered, &self.limits)?;
-        let mut c0 = self.conn();
-        let active: Option<i64> = self
-            .timed(
-                redis::cmd("HGET")
-                    .arg(self.keys.stats())
-                    .arg("active")
-                    .query_async(&mut c0),
-            )
-            .await?;
-        if active.unwrap_or(0).max(0) as u64 >= self.limits.max_runs_in_flight {
-            return Err(Error::ResourceExhausted(format!(
-                "runs in flight: {} QUEUED or RUNNING, the limit is {} (--max-runs-in-flight); wait for one to end or cancel one",
-                active.unwrap_or(0),
-                self.limits.max_runs_in_flight
-            )));
-        }
+        self.check_runs_in_flight().await?;
         let created = now_ms();
         let run_id = new_run_id(created, rand::random());
         let current = tracing::Span::current();
         current.record("run_id", run_id.as_str());
         current.record("chunks", v.chunks);
-        let traceparent = ttg_proto::telemetry::current_traceparent();
         let spec = RunSpec {
             run_id: run_id.clone(),
             params: v.params,
@@ -67,79 +51,113 @@ impl Store {
             max_attempts: v.max_attempts,
             name: v.name.clone(),
             created_ms: created,
-            traceparent: traceparent.clone(),
+            traceparent: ttg_proto::telemetry::current_traceparent(),
             retention_ms: v.retention_ms,
             fail_fast: v.fail_fast,
         };
-        let tasks_key = self.keys.tasks(&v.kernel);
-        self.ensure_group(&tasks_key).await?;
+        self.ensure_group(&self.keys.tasks(&v.kernel)).await?;
+        self.write_run(&spec).await?;
+        self.queue_tasks(&spec).await?;
+        tracing::info!(run = %run_id, params = v.params, chunks = v.chunks, kernel = %v.kernel, "run submitted");
+        Ok((run_id, v.chunks))
+    }
 
-        let run_key = self.keys.run(&run_id);
+    /// ResourceExhausted once --max-runs-in-flight runs are QUEUED or RUNNING.
+    async fn check_runs_in_flight(&self) -> Result<()> {
+        let mut c = self.conn();
+        let active: Option<i64> = self
+            .timed(
+                redis::cmd("HGET")
+                    .arg(self.keys.stats())
+                    .arg("active")
+                    .query_async(&mut c),
+            )
+            .await?;
+        let active = active.unwrap_or(0);
+        if active.max(0) as u64 >= self.limits.max_runs_in_flight {
+            return Err(Error::ResourceExhausted(format!(
+                "runs in flight: {active} QUEUED or RUNNING, the limit is {} (--max-runs-in-flight); wait for one to end or cancel one",
+                self.limits.max_runs_in_flight
+            )));
+        }
+        Ok(())
+    }
+
+    /// The run hash, its index entry, the active count and its
+    /// `RunSubmitted` event, in one MULTI.
+    async fn write_run(&self, spec: &RunSpec) -> Result<()> {
+        let run_id = &spec.run_id;
         let submitted = Event {
             run_id: run_id.clone(),
-            time_ms: created,
+            time_ms: spec.created_ms,
             progress: Some(Progress {
-                chunks_total: v.chunks,
+                chunks_total: spec.total_chunks,
                 ..Default::default()
             }),
             kind: Some(event::Kind::RunSubmitted(RunSubmitted {
-                params: v.params,
-                chunks: v.chunks,
-                kernel: v.kernel.clone(),
+                params: spec.params,
+                chunks: spec.total_chunks,
+                kernel: spec.kernel.clone(),
             })),
             ..Default::default()
         };
+        let num = |n: u64| n.to_string().into_bytes();
         let mut p = redis::pipe();
         p.atomic()
             .hset_multiple(
-                &run_key,
+                self.keys.run(run_id),
                 &[
                     ("state", RunState::Queued.as_str_name().as_bytes().to_vec()),
-                    ("spec", encode(&spec)),
-                    ("total", v.chunks.to_string().into_bytes()),
-                    ("done", b"0".to_vec()),
-                    ("dead", b"0".to_vec()),
-                    ("count", b"0".to_vec()),
-                    ("sum", b"0".to_vec()),
-                    ("created_ms", created.to_string().into_bytes()),
-                    ("enqueued", b"0".to_vec()),
-                    ("retention_ms", v.retention_ms.to_string().into_bytes()),
-                    ("fail_fast", v.fail_fast.to_string().into_bytes()),
+                    ("spec", encode(spec)),
+                    ("total", num(spec.total_chunks)),
+                    ("done", num(0)),
+                    ("dead", num(0)),
+                    ("count", num(0)),
+                    ("sum", num(0)),
+                    ("created_ms", spec.created_ms.to_string().into_bytes()),
+                    ("enqueued", num(0)),
+                    ("retention_ms", num(spec.retention_ms)),
+                    ("fail_fast", num(spec.fail_fast.into())),
                 ],
             )
             .ignore()
-            .zadd(self.keys.runs(), &run_id, created)
+            .zadd(self.keys.runs(), run_id, spec.created_ms)
             .ignore()
             .hincr(self.keys.stats(), "active", 1)
             .ignore()
             .xadd(
-                self.keys.events(&run_id),
+                self.keys.events(run_id),
                 "*",
                 &[(EVENT_FIELD, encode(&submitted))],
             )
             .ignore();
         let mut c = self.conn();
-        self.timed(p.query_async::<()>(&mut c)).await?;
+        self.timed(p.query_async::<()>(&mut c)).await
+    }
 
-        // One pipelined MULTI per batch: the tasks and the `enqueued` counter
-        // land together, so the counter always says exactly what is queued.
+    /// Append every task, one pipelined MULTI per batch: the tasks and the
+    /// `enqueued` counter land together, so the counter always says exactly
+    /// what is queued. A batch that fails cancels the run (its queued tasks
+    /// are then removed): a half-queued run never waits forever.
+    async fn queue_tasks(&self, spec: &RunSpec) -> Result<()> {
+        let (run_id, total) = (&spec.run_id, spec.total_chunks);
+        let tasks_key = self.keys.tasks(&spec.kernel);
         let mut task = Task {
             run_id: run_id.clone(),
-            kernel: v.kernel.clone(),
+            kernel: spec.kernel.clone(),
             args: spec.args.clone(),
-            max_attempts: v.max_attempts,
+            max_attempts: spec.max_attempts,
             ..Default::default()
         };
+        let mut c = self.conn();
         let mut first = 0;
-        while first < v.chunks {
-            let last = (first + SUBMIT_BATCH).min(v.chunks);
+        while first < total {
+            let last = (first + SUBMIT_BATCH).min(total);
             let mut p = redis::pipe();
             p.atomic();
             for i in first..last {
-                let (start, end) = chunk_range(v.params, v.chunk_size, i);
+                (task.start, task.end) = chunk_range(spec.params, spec.chunk_size, i);
                 task.chunk_index = i;
-                task.start = start;
-                task.end = end;
                 p.cmd("XADD")
                     .arg(&tasks_key)
                     .arg("*")
@@ -148,20 +166,15 @@ impl Store {
                     .arg(ATTEMPT_FIELD)
                     .arg(1)
                     .arg(TRACEPARENT_FIELD)
-                    .arg(&traceparent)
+                    .arg(&spec.traceparent)
                     .ignore();
             }
-            p.hset(&run_key, "enqueued", last).ignore();
+            p.hset(self.keys.run(run_id), "enqueued", last).ignore();
             if let Err(e) = self.timed(p.query_async::<()>(&mut c)).await {
-                // Never leave a half-queued run waiting forever: cancel it
-                // (its queued tasks are then removed) and answer the error.
-                let why = format!(
-                    "submit failed after queuing {first} of {} chunks: {e}",
-                    v.chunks
-                );
+                let why = format!("submit failed after queuing {first} of {total} chunks: {e}");
                 tracing::warn!(run = %run_id, error = %e, "{why}; cancelling the run");
-                match self.cancel(&run_id, &why).await {
-                    Ok(_) => self.remove_cancelled_tasks(&run_id).await,
+                match self.cancel(run_id, &why).await {
+                    Ok(_) => self.remove_cancelled_tasks(run_id).await,
                     Err(ce) => {
                         tracing::error!(run = %run_id, error = %ce, "half-submitted run not cancelled; cancel it with `ttgctl cancel {run_id}`")
                     }
@@ -170,7 +183,6 @@ impl Store {
             }
             first = last;
         }
-        tracing::info!(run = %run_id, params = v.params, chunks = v.chunks, kernel = %v.kernel, "run submitted");
-        Ok((run_id, v.chunks))
+        Ok(())
     }
 }

@@ -28,7 +28,6 @@ impl Store {
         stop: &CancellationToken,
     ) -> Result<()> {
         let events_key = self.keys.events(run_id);
-        let run_key = self.keys.run(run_id);
         let mut last = if after.is_empty() {
             "0-0".to_string()
         } else {
@@ -39,7 +38,6 @@ impl Store {
         let mut blocking = self
             .timed(redis_conn::blocking(&self.client, WATCH_BLOCK))
             .await?;
-        let mut c = self.conn();
         loop {
             if stop.is_cancelled() {
                 return Err(Error::ShuttingDown);
@@ -60,81 +58,101 @@ impl Store {
                         .query_async(&mut blocking),
                 )
                 .await?;
-            let entries = reply.map(|r| r.keys).unwrap_or_default();
-            let mut got_any = false;
-            for key in entries {
-                for entry in key.ids {
-                    got_any = true;
-                    last = entry.id.clone();
-                    let Some(Value::BulkString(bytes)) = entry.map.get(EVENT_FIELD) else {
-                        tracing::warn!(run = %run_id, id = %entry.id, "event without payload skipped");
-                        continue;
-                    };
-                    let ev = match decode_event(&entry.id, bytes) {
-                        Ok(ev) => ev,
-                        Err(e) => {
-                            tracing::warn!(run = %run_id, id = %entry.id, error = %e, "corrupt event skipped");
-                            continue;
-                        }
-                    };
-                    let terminal = is_terminal(&ev);
-                    if tx.send(Ok(ev)).await.is_err() {
-                        return Ok(());
-                    }
-                    // A FAILED run that was retried goes on: end only if the
-                    // run is still finished now.
-                    if terminal {
-                        let state: Option<String> = self
-                            .timed(
-                                redis::cmd("HGET")
-                                    .arg(&run_key)
-                                    .arg("state")
-                                    .query_async(&mut c),
-                            )
-                            .await?;
-                        if state.is_none_or(|s| is_finished(parse_state(&s))) {
-                            return Ok(());
-                        }
-                    }
-                }
+            let entries: Vec<_> = reply
+                .map(|r| r.keys)
+                .unwrap_or_default()
+                .into_iter()
+                .flat_map(|k| k.ids)
+                .collect();
+            let nothing_new = entries.is_empty();
+            if self.forward(run_id, entries, &mut last, tx).await? == Forwarded::End {
+                return Ok(());
             }
-            if !got_any {
-                // Nothing new: the run may have ended before `after`, or been
-                // deleted. Otherwise keep waiting.
-                let state: Option<String> = self
-                    .timed(
-                        redis::cmd("HGET")
-                            .arg(&run_key)
-                            .arg("state")
-                            .query_async(&mut c),
-                    )
-                    .await?;
-                match state {
-                    None => return Err(self.not_found(run_id).await),
-                    Some(s) if is_finished(parse_state(&s)) => {
-                        // The terminal event may have landed between XREAD and
-                        // HGET: read once more without blocking before ending.
-                        let more: Option<StreamReadReply> = self
-                            .timed(
-                                redis::cmd("XREAD")
-                                    .arg("COUNT")
-                                    .arg(1)
-                                    .arg("STREAMS")
-                                    .arg(&events_key)
-                                    .arg(&last)
-                                    .query_async(&mut c),
-                            )
-                            .await?;
-                        if more
-                            .map(|r| r.keys.iter().all(|k| k.ids.is_empty()))
-                            .unwrap_or(true)
-                        {
-                            return Ok(());
-                        }
-                    }
-                    Some(_) => {}
-                }
+            if nothing_new && self.ended_before(run_id, &last).await? {
+                return Ok(());
             }
         }
     }
+
+    /// Send `entries` to the watcher (skipping corrupt ones); `End` once the
+    /// watcher is gone or a terminal event was sent and the run is still
+    /// finished (a FAILED run that was retried goes on).
+    async fn forward(
+        &self,
+        run_id: &str,
+        entries: Vec<redis::streams::StreamId>,
+        last: &mut String,
+        tx: &mpsc::Sender<Result<Event>>,
+    ) -> Result<Forwarded> {
+        for entry in entries {
+            *last = entry.id.clone();
+            let Some(Value::BulkString(bytes)) = entry.map.get(EVENT_FIELD) else {
+                tracing::warn!(run = %run_id, id = %entry.id, "event without payload skipped");
+                continue;
+            };
+            let ev = match decode_event(&entry.id, bytes) {
+                Ok(ev) => ev,
+                Err(e) => {
+                    tracing::warn!(run = %run_id, id = %entry.id, error = %e, "corrupt event skipped");
+                    continue;
+                }
+            };
+            let terminal = is_terminal(&ev);
+            if tx.send(Ok(ev)).await.is_err() {
+                return Ok(Forwarded::End);
+            }
+            if terminal && self.run_state(run_id).await?.is_none_or(is_finished) {
+                return Ok(Forwarded::End);
+            }
+        }
+        Ok(Forwarded::More)
+    }
+
+    /// With nothing new after `last`: whether the watch is over — the run
+    /// ended before `last` (checked once more without blocking, in case the
+    /// terminal event landed meanwhile), or NotFound if it is gone.
+    async fn ended_before(&self, run_id: &str, last: &str) -> Result<bool> {
+        match self.run_state(run_id).await? {
+            None => Err(self.not_found(run_id).await),
+            Some(s) if is_finished(s) => {
+                let mut c = self.conn();
+                let more: Option<StreamReadReply> = self
+                    .timed(
+                        redis::cmd("XREAD")
+                            .arg("COUNT")
+                            .arg(1)
+                            .arg("STREAMS")
+                            .arg(self.keys.events(run_id))
+                            .arg(last)
+                            .query_async(&mut c),
+                    )
+                    .await?;
+                Ok(more
+                    .map(|r| r.keys.iter().all(|k| k.ids.is_empty()))
+                    .unwrap_or(true))
+            }
+            Some(_) => Ok(false),
+        }
+    }
+
+    /// The run's state in its hash; None if the run is gone.
+    async fn run_state(&self, run_id: &str) -> Result<Option<RunState>> {
+        let mut c = self.conn();
+        let state: Option<String> = self
+            .timed(
+                redis::cmd("HGET")
+                    .arg(self.keys.run(run_id))
+                    .arg("state")
+                    .query_async(&mut c),
+            )
+            .await?;
+        Ok(state.map(|s| parse_state(&s)))
+    }
+}
+
+/// Whether a watch goes on after forwarding a batch of events.
+#[derive(Debug, PartialEq, Eq)]
+enum Forwarded {
+    More,
+    End,
 }
