@@ -212,143 +212,168 @@ impl AgentGateway for Gateway {
             }
         }
         let slot = Slot(self.sessions.clone(), token);
-        let mut inbound = request.into_inner();
+        let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
-        let store = self.store.clone();
-        let sessions = self.sessions.clone();
-        let server_id = self.server_id.clone();
-        let (interval, lease) = (self.heartbeat_interval, self.lease);
-        let shutdown = self.shutdown.child_token();
+        let session = SessionTask {
+            store: self.store.clone(),
+            sessions: self.sessions.clone(),
+            server_id: self.server_id.clone(),
+            interval: self.heartbeat_interval,
+            lease: self.lease,
+            shutdown: self.shutdown.child_token(),
+            tx,
+        };
         let span =
             tracing::info_span!("session", agent_id = tracing::field::Empty, side = "server");
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 let _slot = slot;
-                let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
-                    Ok(Ok(Some(AgentMessage {
-                        msg: Some(agent_message::Msg::Hello(h)),
-                    }))) => h,
-                    _ => {
-                        let _ = tx
-                            .send(Err(Status::invalid_argument(
-                                "first message of a session must be Hello",
-                            )))
-                            .await;
-                        return;
-                    }
-                };
-                if let Err(why) = check_hello(&hello) {
-                    tracing::warn!(error = %why, "agent session refused: bad Hello");
-                    let _ = tx.send(Err(Status::invalid_argument(why))).await;
-                    return;
-                }
-                let agent_id = hello.agent_id.clone();
-                // A live agent id belongs to the process that holds it: a
-                // second Hello with it is refused unless it carries the same
-                // instance secret (the same process, reconnecting).
-                match store
-                    .claim_agent_id(&agent_id, &hello.instance, lease)
-                    .await
-                {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::warn!(agent = %agent_id, "agent session refused: the id is held by another live agent");
-                        let _ = tx
-                            .send(Err(Status::already_exists(format!(
-                                "hello.agent_id: agent {agent_id:?} is held by another live agent process; pick another id or wait until its lease expires"
-                            ))))
-                            .await;
-                        return;
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e.into())).await;
-                        return;
-                    }
-                }
-                tracing::Span::current().record("agent_id", agent_id.as_str());
-                let mut info = AgentInfo {
-                    agent_id: agent_id.clone(),
-                    host: hello.host,
-                    version: hello.version,
-                    concurrency: hello.concurrency,
-                    kernels: hello.kernels,
-                    connected_ms: now_ms(),
-                    last_heartbeat_ms: now_ms(),
-                    held: Vec::new(),
-                    server_id: server_id.clone(),
-                    pid: hello.pid,
-                    kernel_decls: hello.kernel_decls,
-                };
-                if let Err(e) = store.put_agent(&info, lease).await {
-                    let _ = tx.send(Err(e.into())).await;
-                    return;
-                }
-                let n = sessions.insert(&agent_id, tx.clone());
-                tracing::info!(agent = %agent_id, host = %info.host, concurrency = info.concurrency, "agent session opened");
-                let welcome = ServerMessage {
-                    msg: Some(server_message::Msg::Welcome(Welcome {
-                        heartbeat_interval_ms: interval.as_millis() as u64,
-                        lease_ms: lease.as_millis() as u64,
-                        server_id,
-                    })),
-                };
-                let mut last_beat = Instant::now();
-                let end = if tx.send(Ok(welcome)).await.is_err() {
-                    End::Dropped
-                } else {
-                    tokio::select! {
-                        end = serve(&mut inbound, &mut info, &store, lease, &shutdown, &mut last_beat) => end,
-                        _ = crate::auth::revoked(grant) => End::Revoked,
-                    }
-                };
-                sessions.remove(&agent_id, n);
-                let (cause, died) = match end {
-                    End::ServerShutdown => {
-                        // Leave the record: the agent keeps working and reconnects
-                        // to another replica; its lease in Redis says it is alive.
-                        tracing::info!(agent = %agent_id, "session closed by server shutdown");
-                        return;
-                    }
-                    End::Bye => {
-                        if let Err(e) = store.remove_agent(&agent_id).await {
-                            tracing::warn!(agent = %agent_id, error = %e, "could not remove agent record");
-                        }
-                        tracing::info!(agent = %agent_id, "agent left cleanly");
-                        return;
-                    }
-                    End::Dropped => (Cause::SessionLost, std::time::Instant::now()),
-                    End::Revoked => {
-                        tracing::warn!(agent = %agent_id, "agent session ended: its token was revoked");
-                        let _ = tx
-                            .send(Err(Status::unauthenticated(
-                                "the session's token was revoked",
-                            )))
-                            .await;
-                        (Cause::SessionLost, std::time::Instant::now())
-                    }
-                    End::LeaseExpired => (Cause::LeaseExpired, last_beat.into_std()),
-                };
-                if sessions.holds(&agent_id) {
-                    // The agent already reconnected (a new session replaced this
-                    // one): it is alive, and what it holds is its own.
-                    tracing::info!(agent = %agent_id, "old session ended; agent already back");
-                    return;
-                }
-                tracing::warn!(agent = %agent_id, cause = cause.as_str(), "agent lost: reclaiming its chunks");
-                match store
-                    .reclaim_agent(&agent_id, &info.kernels, cause, died, &info.held)
-                    .await
-                {
-                    Ok(r) => tracing::info!(agent = %agent_id, chunks = r.len(), "reclaim done"),
-                    // The record stays with an expired lease: a reaper retries.
-                    Err(e) => {
-                        tracing::error!(agent = %agent_id, error = %e, "reclaim failed; a reaper will retry")
-                    }
-                }
+                session.run(inbound, grant).await;
             },
             span,
         ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// One agent session, from Hello to its end (and the reclaim it may need).
+struct SessionTask {
+    store: Arc<Store>,
+    sessions: Arc<Sessions>,
+    server_id: String,
+    interval: Duration,
+    lease: Duration,
+    shutdown: CancellationToken,
+    tx: Outbound,
+}
+
+impl SessionTask {
+    async fn run(self, mut inbound: Streaming<AgentMessage>, grant: Option<Grant>) {
+        let mut info = match self.admit(&mut inbound).await {
+            Ok(info) => info,
+            Err(status) => {
+                let _ = self.tx.send(Err(status)).await;
+                return;
+            }
+        };
+        let agent_id = info.agent_id.clone();
+        let n = self.sessions.insert(&agent_id, self.tx.clone());
+        tracing::info!(agent = %agent_id, host = %info.host, concurrency = info.concurrency, "agent session opened");
+        let welcome = ServerMessage {
+            msg: Some(server_message::Msg::Welcome(Welcome {
+                heartbeat_interval_ms: self.interval.as_millis() as u64,
+                lease_ms: self.lease.as_millis() as u64,
+                server_id: self.server_id.clone(),
+            })),
+        };
+        let mut last_beat = Instant::now();
+        let end = if self.tx.send(Ok(welcome)).await.is_err() {
+            End::Dropped
+        } else {
+            tokio::select! {
+                end = serve(&mut inbound, &mut info, &self.store, self.lease, &self.shutdown, &mut last_beat) => end,
+                _ = crate::auth::revoked(grant) => End::Revoked,
+            }
+        };
+        self.sessions.remove(&agent_id, n);
+        self.finish(end, &info, last_beat).await;
+    }
+
+    /// Read and check Hello, take the agent id for its process, record the
+    /// agent: its `AgentInfo`, or the status to refuse the session with.
+    async fn admit(&self, inbound: &mut Streaming<AgentMessage>) -> Result<AgentInfo, Status> {
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(AgentMessage {
+                msg: Some(agent_message::Msg::Hello(h)),
+            }))) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "first message of a session must be Hello",
+                ))
+            }
+        };
+        if let Err(why) = check_hello(&hello) {
+            tracing::warn!(error = %why, "agent session refused: bad Hello");
+            return Err(Status::invalid_argument(why));
+        }
+        let agent_id = hello.agent_id.clone();
+        // A live agent id belongs to the process that holds it: a second
+        // Hello with it is refused unless it carries the same instance
+        // secret (the same process, reconnecting).
+        if !self
+            .store
+            .claim_agent_id(&agent_id, &hello.instance, self.lease)
+            .await?
+        {
+            tracing::warn!(agent = %agent_id, "agent session refused: the id is held by another live agent");
+            return Err(Status::already_exists(format!(
+                "hello.agent_id: agent {agent_id:?} is held by another live agent process; pick another id or wait until its lease expires"
+            )));
+        }
+        tracing::Span::current().record("agent_id", agent_id.as_str());
+        let info = AgentInfo {
+            agent_id,
+            host: hello.host,
+            version: hello.version,
+            concurrency: hello.concurrency,
+            kernels: hello.kernels,
+            connected_ms: now_ms(),
+            last_heartbeat_ms: now_ms(),
+            held: Vec::new(),
+            server_id: self.server_id.clone(),
+            pid: hello.pid,
+            kernel_decls: hello.kernel_decls,
+        };
+        self.store.put_agent(&info, self.lease).await?;
+        Ok(info)
+    }
+
+    /// After the session: forget a clean leaver, leave the record on a
+    /// server shutdown, and reclaim what a lost agent held (unless it is
+    /// already back on a newer session).
+    async fn finish(&self, end: End, info: &AgentInfo, last_beat: Instant) {
+        let agent_id = &info.agent_id;
+        let (cause, died) = match end {
+            End::ServerShutdown => {
+                // Leave the record: the agent keeps working and reconnects to
+                // another replica; its lease in Redis says it is alive.
+                tracing::info!(agent = %agent_id, "session closed by server shutdown");
+                return;
+            }
+            End::Bye => {
+                if let Err(e) = self.store.remove_agent(agent_id).await {
+                    tracing::warn!(agent = %agent_id, error = %e, "could not remove agent record");
+                }
+                tracing::info!(agent = %agent_id, "agent left cleanly");
+                return;
+            }
+            End::Dropped => (Cause::SessionLost, std::time::Instant::now()),
+            End::Revoked => {
+                tracing::warn!(agent = %agent_id, "agent session ended: its token was revoked");
+                let revoked = Status::unauthenticated("the session's token was revoked");
+                let _ = self.tx.send(Err(revoked)).await;
+                (Cause::SessionLost, std::time::Instant::now())
+            }
+            End::LeaseExpired => (Cause::LeaseExpired, last_beat.into_std()),
+        };
+        if self.sessions.holds(agent_id) {
+            // The agent already reconnected (a new session replaced this
+            // one): it is alive, and what it holds is its own.
+            tracing::info!(agent = %agent_id, "old session ended; agent already back");
+            return;
+        }
+        tracing::warn!(agent = %agent_id, cause = cause.as_str(), "agent lost: reclaiming its chunks");
+        match self
+            .store
+            .reclaim_agent(agent_id, &info.kernels, cause, died, &info.held)
+            .await
+        {
+            Ok(r) => tracing::info!(agent = %agent_id, chunks = r.len(), "reclaim done"),
+            // The record stays with an expired lease: a reaper retries.
+            Err(e) => {
+                tracing::error!(agent = %agent_id, error = %e, "reclaim failed; a reaper will retry")
+            }
+        }
     }
 }
 

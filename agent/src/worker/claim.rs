@@ -1,5 +1,10 @@
 //! The claim loop: read tasks with XREADGROUP into free slots (and, for short chunks, about 10 ms of work ahead per slot), each entry handed to its own task.
 
+use std::sync::atomic::AtomicUsize;
+
+use redis::streams::StreamKey;
+use tokio::sync::OwnedSemaphorePermit;
+
 use super::*;
 
 /// Longest XREADGROUP BLOCK; also how soon a drain notices it should stop claiming.
@@ -38,115 +43,48 @@ impl Worker {
     /// Claim and compute until `stop` is cancelled; chunks already claimed are
     /// handed to `tracker` and keep running after this returns.
     pub async fn claim_loop(self: Arc<Self>, stop: CancellationToken, tracker: TaskTracker) {
-        let slots = Arc::new(Semaphore::new(self.concurrency as usize));
-        // Chunks held from claim to completion: computing, waiting for a
-        // slot (prefetched) or waiting for their completion script.
-        let holds = Arc::new(Semaphore::new(2 * self.concurrency as usize + HOLD_EXTRA));
-        // Entries claimed and waiting for a free slot (see PREFETCH_BELOW).
-        let waiting = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let streams = self.streams();
-        let mut blocking: Option<MultiplexedConnection> = None;
-        let mut groups_ready = false;
-        let mut backoff = redis_backoff();
+        let mut c = Claimer::new(&self);
         while !stop.is_cancelled() {
             // A hold, then a slot, in that order everywhere (entries waiting
             // for a slot already have their hold), so neither waits forever.
-            let first_hold = tokio::select! {
-                p = holds.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-                _ = stop.cancelled() => return,
+            let Some(first_hold) = acquire(&c.holds, &stop).await else {
+                return;
             };
             // Claim only what we can start now: chunks held but not computing
             // would wait here instead of on an idle agent.
-            let first = tokio::select! {
-                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-                _ = stop.cancelled() => return,
+            let Some(first) = acquire(&c.slots, &stop).await else {
+                return;
             };
             let mut permits = vec![first];
-            while let Ok(p) = slots.clone().try_acquire_owned() {
+            while let Ok(p) = c.slots.clone().try_acquire_owned() {
                 permits.push(p);
             }
-            if !groups_ready {
-                match self.ensure_groups().await {
-                    Ok(()) => groups_ready = true,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot create consumer groups; retrying");
-                        drop(permits);
-                        backoff.sleep_or(&stop).await;
-                        continue;
-                    }
-                }
-            }
-            if blocking.is_none() {
-                match redis_conn::blocking(&self.client, READ_BLOCK).await {
-                    Ok(c) => blocking = Some(c),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "redis unreachable; retrying");
-                        drop(permits);
-                        backoff.sleep_or(&stop).await;
-                        continue;
-                    }
-                }
-            }
-            let Some(conn) = blocking.as_mut() else {
+            if let Err(e) = c.ready(&self).await {
+                tracing::warn!(error = %e, "redis unreachable or consumer groups missing; retrying");
+                drop(permits);
+                c.backoff.sleep_or(&stop).await;
                 continue;
-            };
-            let avg = self.compute_avg_us.load(Ordering::Relaxed);
-            let below = PREFETCH_BELOW.as_micros() as u64;
-            let prefetch = if avg < below {
-                // About PREFETCH_BELOW of work queued per slot: at least
-                // `concurrency` chunks, at most HOLD_EXTRA.
-                let c = self.concurrency as u64;
-                let depth = (c * below / avg.max(1)).clamp(c, HOLD_EXTRA as u64) as usize;
-                depth.saturating_sub(waiting.load(Ordering::Relaxed))
-            } else {
-                0
-            };
-            let want = permits.len() + prefetch;
+            }
             let mut hold = first_hold;
+            let want = permits.len() + c.prefetch(&self);
             if want > 1 {
-                let more = (want - 1).min(holds.available_permits()) as u32;
-                if let Ok(p) = holds.clone().try_acquire_many_owned(more) {
+                let more = (want - 1).min(c.holds.available_permits()) as u32;
+                if let Ok(p) = c.holds.clone().try_acquire_many_owned(more) {
                     hold.merge(p);
                 }
             }
             // While claimed entries wait for a slot, never block: a blocked
             // read would keep the slots it holds from them until it returns.
-            let local_work = waiting.load(Ordering::Relaxed) > 0;
-            let mut cmd = redis::cmd("XREADGROUP");
-            cmd.arg("GROUP")
-                .arg(GROUP)
-                .arg(&self.agent_id)
-                .arg("COUNT")
-                .arg(hold.num_permits());
-            if !local_work {
-                cmd.arg("BLOCK").arg(READ_BLOCK.as_millis() as u64);
-            }
-            cmd.arg("STREAMS").arg(&streams);
-            for _ in &streams {
-                cmd.arg(">");
-            }
-            // Not raced against `stop`: dropping a read in flight could lose
-            // entries Redis already delivered to us. A read lasts ≤ READ_BLOCK.
-            let reply: RedisResult<Option<StreamReadReply>> = cmd.query_async(conn).await;
-            let reply = match reply {
-                Ok(r) => {
-                    backoff.reset();
-                    r
-                }
+            let local_work = c.waiting.load(Ordering::Relaxed) > 0;
+            let keys = match c.read(&self, hold.num_permits(), !local_work).await {
+                Ok(k) => k,
                 Err(e) => {
-                    if e.code() == Some("NOGROUP") {
-                        // Redis lost its data (restart without AOF) or a stream was deleted.
-                        groups_ready = false;
-                    } else if is_transient(&e) {
-                        blocking = None;
-                    }
                     tracing::warn!(error = %e, "XREADGROUP failed; retrying");
                     drop(permits);
-                    backoff.sleep_or(&stop).await;
+                    c.backoff.sleep_or(&stop).await;
                     continue;
                 }
             };
-            let keys = reply.map(|r| r.keys).unwrap_or_default();
             if local_work && keys.iter().all(|k| k.ids.is_empty()) {
                 // Nothing new: hand the slots to the waiting entries first.
                 drop(permits);
@@ -154,44 +92,155 @@ impl Worker {
                 tokio::task::yield_now().await;
                 continue;
             }
-            for key in keys {
-                for entry in key.ids {
-                    // Prefetched entries, and extras from several kernels'
-                    // streams (COUNT applies per stream), wait for a slot.
-                    let permit = permits.pop();
-                    // Each entry carries one hold (COUNT was the holds taken;
-                    // extras from other kernels' streams wait for one).
-                    let held = hold.split(1);
-                    let holds = holds.clone();
-                    let slots = slots.clone();
-                    let w = self.clone();
-                    let stream = key.key.clone();
-                    let waiting = waiting.clone();
-                    if permit.is_none() {
-                        waiting.fetch_add(1, Ordering::Relaxed);
-                    }
-                    tracker.spawn(async move {
-                        let _held = match held {
-                            Some(h) => h,
-                            None => match holds.acquire_owned().await {
-                                Ok(h) => h,
-                                Err(_) => return,
-                            },
-                        };
-                        let permit = match permit {
-                            Some(p) => p,
-                            None => {
-                                let p = slots.acquire_owned().await;
-                                waiting.fetch_sub(1, Ordering::Relaxed);
-                                match p {
-                                    Ok(p) => p,
-                                    Err(_) => return,
-                                }
-                            }
-                        };
-                        w.process(stream, entry.id, entry.map, permit).await;
-                    });
+            c.dispatch(&self, keys, permits, hold, &tracker);
+        }
+    }
+}
+
+/// A permit of `sem`, or None once `stop` is cancelled (or it is closed).
+async fn acquire(sem: &Arc<Semaphore>, stop: &CancellationToken) -> Option<OwnedSemaphorePermit> {
+    tokio::select! {
+        p = sem.clone().acquire_owned() => p.ok(),
+        _ = stop.cancelled() => None,
+    }
+}
+
+/// The claim loop's state.
+struct Claimer {
+    /// Chunks computing at once (`concurrency`).
+    slots: Arc<Semaphore>,
+    /// Chunks held from claim to completion: computing, waiting for a slot
+    /// (prefetched) or waiting for their completion script.
+    holds: Arc<Semaphore>,
+    /// Entries claimed and waiting for a free slot (see PREFETCH_BELOW).
+    waiting: Arc<AtomicUsize>,
+    streams: Vec<String>,
+    /// Its own connection: XREADGROUP BLOCK holds it.
+    blocking: Option<MultiplexedConnection>,
+    groups_ready: bool,
+    backoff: Backoff,
+}
+
+impl Claimer {
+    fn new(w: &Worker) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(w.concurrency as usize)),
+            holds: Arc::new(Semaphore::new(2 * w.concurrency as usize + HOLD_EXTRA)),
+            waiting: Arc::new(AtomicUsize::new(0)),
+            streams: w.streams(),
+            blocking: None,
+            groups_ready: false,
+            backoff: redis_backoff(),
+        }
+    }
+
+    /// Consumer groups exist and the blocking connection is open.
+    async fn ready(&mut self, w: &Worker) -> RedisResult<()> {
+        if !self.groups_ready {
+            w.ensure_groups().await?;
+            self.groups_ready = true;
+        }
+        if self.blocking.is_none() {
+            self.blocking = Some(redis_conn::blocking(&w.client, READ_BLOCK).await?);
+        }
+        Ok(())
+    }
+
+    /// Entries to claim beyond the free slots: about PREFETCH_BELOW of work
+    /// per slot for short chunks (at least `concurrency`, at most
+    /// HOLD_EXTRA, less what already waits), none for long ones.
+    fn prefetch(&self, w: &Worker) -> usize {
+        let avg = w.compute_avg_us.load(Ordering::Relaxed);
+        let below = PREFETCH_BELOW.as_micros() as u64;
+        if avg >= below {
+            return 0;
+        }
+        let c = w.concurrency as u64;
+        let depth = (c * below / avg.max(1)).clamp(c, HOLD_EXTRA as u64) as usize;
+        depth.saturating_sub(self.waiting.load(Ordering::Relaxed))
+    }
+
+    /// One XREADGROUP of up to `count` entries per stream, blocking up to
+    /// READ_BLOCK if `block`. Not raced against the stop: dropping a read in
+    /// flight could lose entries Redis already delivered to us.
+    async fn read(&mut self, w: &Worker, count: usize, block: bool) -> RedisResult<Vec<StreamKey>> {
+        let Some(conn) = self.blocking.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(GROUP)
+            .arg(&w.agent_id)
+            .arg("COUNT")
+            .arg(count);
+        if block {
+            cmd.arg("BLOCK").arg(READ_BLOCK.as_millis() as u64);
+        }
+        cmd.arg("STREAMS").arg(&self.streams);
+        for _ in &self.streams {
+            cmd.arg(">");
+        }
+        let reply: RedisResult<Option<StreamReadReply>> = cmd.query_async(conn).await;
+        match reply {
+            Ok(r) => {
+                self.backoff.reset();
+                Ok(r.map(|r| r.keys).unwrap_or_default())
+            }
+            Err(e) => {
+                if e.code() == Some("NOGROUP") {
+                    // Redis lost its data (restart without AOF) or a stream was deleted.
+                    self.groups_ready = false;
+                } else if is_transient(&e) {
+                    self.blocking = None;
                 }
+                Err(e)
+            }
+        }
+    }
+
+    /// Hand each entry to a task of its own with one hold and, if one is
+    /// left, a slot; prefetched entries (and extras from several kernels'
+    /// streams, as COUNT applies per stream) wait for theirs.
+    fn dispatch(
+        &self,
+        w: &Arc<Worker>,
+        keys: Vec<StreamKey>,
+        mut permits: Vec<OwnedSemaphorePermit>,
+        mut hold: OwnedSemaphorePermit,
+        tracker: &TaskTracker,
+    ) {
+        for key in keys {
+            for entry in key.ids {
+                let permit = permits.pop();
+                let held = hold.split(1);
+                let (holds, slots, waiting) =
+                    (self.holds.clone(), self.slots.clone(), self.waiting.clone());
+                let w = w.clone();
+                let stream = key.key.clone();
+                if permit.is_none() {
+                    waiting.fetch_add(1, Ordering::Relaxed);
+                }
+                tracker.spawn(async move {
+                    let _held = match held {
+                        Some(h) => h,
+                        None => match holds.acquire_owned().await {
+                            Ok(h) => h,
+                            Err(_) => return,
+                        },
+                    };
+                    let permit = match permit {
+                        Some(p) => p,
+                        None => {
+                            let p = slots.acquire_owned().await;
+                            waiting.fetch_sub(1, Ordering::Relaxed);
+                            match p {
+                                Ok(p) => p,
+                                Err(_) => return,
+                            }
+                        }
+                    };
+                    w.process(stream, entry.id, entry.map, permit).await;
+                });
             }
         }
     }

@@ -153,6 +153,8 @@ impl Worker {
         }
     }
 
+    /// Record a failed attempt with the `fail` script: re-queued, dead-lettered,
+    /// or the run stopped by fail-fast.
     pub(super) async fn fail(
         &self,
         stream: &str,
@@ -163,14 +165,14 @@ impl Worker {
         traceparent: &[u8],
     ) {
         let run_id = &task.run_id;
-        // Bound what a failing kernel can write into Redis and events.
-        let error: String = error
+        let error = last_chars(error, 2_000);
+        // What fail-fast compares: the first line, at most 200 characters.
+        let first_line: String = error
+            .lines()
+            .next()
+            .unwrap_or("")
             .chars()
-            .rev()
-            .take(2_000)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
+            .take(200)
             .collect();
         let body = |dead: bool| {
             event_body(
@@ -185,14 +187,6 @@ impl Worker {
             )
         };
         let (retry_body, dead_body) = (body(false), body(true));
-        // What fail-fast compares: the first line, at most 200 characters.
-        let first_line: String = error
-            .lines()
-            .next()
-            .unwrap_or("")
-            .chars()
-            .take(200)
-            .collect();
         let task_bytes = ttg_proto::records::encode(task);
         let failed = FailedAttempt {
             entry_id,
@@ -217,18 +211,30 @@ impl Worker {
         if let Some((code, state)) = reply {
             let f = Failure::from_reply(code, &state);
             tracing::warn!(run = %run_id, chunk = task.chunk_index, agent = %self.agent_id, attempt, error = %error, outcome = ?f, "chunk attempt failed");
-            match f {
-                Failure::DeadLettered(s) => self.mark_run(run_id, s),
-                // The run ended meanwhile: believe it, so its other queued
-                // chunks go through the claim gate instead of computing.
-                Failure::Inactive => self.mark_run(run_id, ttg_proto::records::parse_state(&state)),
-                Failure::StoppedByFailFast => {
-                    tracing::error!(run = %run_id, agent = %self.agent_id, error = %first_line,
-                        "run stopped by fail-fast: its chunks keep failing with the same error");
-                    self.mark_run(run_id, RunState::Failed)
-                }
-                _ => {}
-            }
+            self.believe_failure(run_id, f, &state, &first_line);
         }
     }
+
+    /// What a failure's outcome says about its run.
+    fn believe_failure(&self, run_id: &str, f: Failure, state: &str, first_line: &str) {
+        match f {
+            Failure::DeadLettered(s) => self.mark_run(run_id, s),
+            // The run ended meanwhile: believe it, so its other queued
+            // chunks go through the claim gate instead of computing.
+            Failure::Inactive => self.mark_run(run_id, ttg_proto::records::parse_state(state)),
+            Failure::StoppedByFailFast => {
+                tracing::error!(run = %run_id, agent = %self.agent_id, error = %first_line,
+                    "run stopped by fail-fast: its chunks keep failing with the same error");
+                self.mark_run(run_id, RunState::Failed)
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The last `n` characters of `s`: what a failing kernel may write into
+/// Redis and events is bounded (the end of an error says the most).
+fn last_chars(s: &str, n: usize) -> String {
+    let skip = s.chars().count().saturating_sub(n);
+    s.chars().skip(skip).collect()
 }
