@@ -65,6 +65,34 @@ struct Progress {
 }
 
 impl Progress {
+    /// A bar on a terminal, plain lines otherwise (text), nothing for JSON.
+    fn new(st: &ttg_proto::v1::RunStatus, format: Format) -> Self {
+        let spec = st.spec.clone().unwrap_or_default();
+        let fancy = format == Format::Text && std::io::stderr().is_terminal();
+        let bar = fancy.then(|| {
+            let b = ProgressBar::with_draw_target(
+                Some(spec.total_chunks),
+                ProgressDrawTarget::stderr(),
+            );
+            if let Ok(style) = ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar:.cyan/blue} {pos}/{len} chunks  {msg}",
+            ) {
+                b.set_style(style);
+            }
+            b.enable_steady_tick(Duration::from_millis(200));
+            b
+        });
+        Progress {
+            bar,
+            folded: None,
+            plain: format == Format::Text && !fancy,
+            last_line: None,
+            printed_last: false,
+            started_ms: st.started_ms,
+            params_total: spec.params,
+        }
+    }
+
     fn update(&mut self, e: &Event) {
         let p = e.progress.unwrap_or_default();
         if self.started_ms == 0 {
@@ -192,129 +220,142 @@ pub async fn watch(server: &str, run_id: &str, after: &str, format: Format) -> C
         })
         .await?
         .into_inner();
-    let spec = st.spec.clone().unwrap_or_default();
-    let fancy = format == Format::Text && std::io::stderr().is_terminal();
-    let bar = fancy.then(|| {
-        let b =
-            ProgressBar::with_draw_target(Some(spec.total_chunks), ProgressDrawTarget::stderr());
-        if let Ok(style) = ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar:.cyan/blue} {pos}/{len} chunks  {msg}",
-        ) {
-            b.set_style(style);
-        }
-        b.enable_steady_tick(Duration::from_millis(200));
-        b
-    });
-    let mut progress = Progress {
-        bar,
-        folded: None,
-        plain: format == Format::Text && !fancy,
-        last_line: None,
-        printed_last: false,
-        started_ms: st.started_ms,
-        params_total: spec.params,
+    let mut w = Watcher {
+        run_id: run_id.to_string(),
+        format,
+        progress: Progress::new(&st, format),
+        last: after.to_string(),
+        outcome: Outcome::default(),
+        ended: None,
     };
-    let mut last = after.to_string();
-    let mut outcome = Outcome::default();
     let mut down_since: Option<Instant> = None;
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-    let mut ended: Option<Event> = None;
     loop {
+        let why = match w.follow(&mut client, &mut down_since, &mut backoff).await {
+            Ok(Followed::Ended(end)) => {
+                w.progress.finish();
+                return Ok(conclude(run_id, &end, &w.progress, format, w.outcome));
+            }
+            Ok(Followed::Interrupted(why)) => why,
+            Err(e) => {
+                w.progress.finish();
+                return Err(e);
+            }
+        };
+        reconnect_wait(&mut down_since, &mut backoff, &mut w.progress, &why).await?;
+        if let Ok(c) = client::control(server).await {
+            client = c;
+        }
+    }
+}
+
+/// How one Watch stream ended.
+enum Followed {
+    /// At the run's end: its terminal event.
+    Ended(Event),
+    /// Cut short (server restart, network): resume after the last event.
+    Interrupted(String),
+}
+
+/// A watch in progress.
+struct Watcher {
+    run_id: String,
+    format: Format,
+    progress: Progress,
+    /// Id of the last event seen (resume after it).
+    last: String,
+    outcome: Outcome,
+    /// The terminal event seen last, if nothing followed it yet.
+    ended: Option<Event>,
+}
+
+impl Watcher {
+    /// Read one Watch stream from after `last` until it ends.
+    async fn follow(
+        &mut self,
+        client: &mut client::Control,
+        down_since: &mut Option<Instant>,
+        backoff: &mut Backoff,
+    ) -> CliResult<Followed> {
         let stream = client
             .watch(WatchRequest {
-                run_id: run_id.to_string(),
-                after_event_id: last.clone(),
+                run_id: self.run_id.clone(),
+                after_event_id: self.last.clone(),
             })
             .await;
         let mut stream = match stream {
             Ok(s) => s.into_inner(),
-            Err(s) if retryable(s.code()) => {
-                reconnect_wait(&mut down_since, &mut backoff, &mut progress, s.message()).await?;
-                if let Ok(c) = client::control(server).await {
-                    client = c;
-                }
-                continue;
-            }
-            Err(s) => {
-                progress.finish();
-                return Err(s.into());
-            }
+            Err(s) if retryable(s.code()) => return Ok(Followed::Interrupted(s.message().into())),
+            Err(s) => return Err(s.into()),
         };
         loop {
             match stream.message().await {
                 Ok(Some(e)) => {
-                    down_since = None;
+                    *down_since = None;
                     backoff.reset();
-                    last = e.id.clone();
-                    if format == Format::Json {
-                        println!("{}", event_json(&e));
-                    }
-                    progress.update(&e);
-                    match &e.kind {
-                        Some(event::Kind::ChunkReclaimed(r)) => {
-                            outcome.reclaims.push(Reclaim {
-                                chunk: r.chunk_index,
-                                after_ms: r.after_ms,
-                                time_ms: e.time_ms,
-                            });
-                            progress.note(&format!(
-                                "chunk {} reclaimed from agent {} ({}), back in the queue {} ms later as attempt {}",
-                                r.chunk_index, r.agent_id, r.cause, r.after_ms, r.attempt
-                            ));
-                        }
-                        Some(event::Kind::RunRetried(r)) => {
-                            ended = None;
-                            progress
-                                .note(&format!("{} chunks re-queued: the run goes on", r.chunks));
-                        }
-                        Some(event::Kind::ChunkFailed(f)) => progress.failure(
-                            f.chunk_index,
-                            &format!(
-                                "chunk {} attempt {} failed on {}: {}{}",
-                                f.chunk_index,
-                                f.attempt,
-                                f.agent_id,
-                                f.error,
-                                if f.dead { " — dead-lettered" } else { "" }
-                            ),
-                            &f.error,
-                        ),
-                        Some(event::Kind::RunCompleted(_)) | Some(event::Kind::RunCancelled(_)) => {
-                            // The end, unless more follows (a retry reopens
-                            // a FAILED run): decided when the stream ends.
-                            ended = Some(e.clone());
-                        }
-                        _ => {}
-                    }
+                    self.event(e);
                 }
                 Ok(None) => {
                     // After a terminal event the server ends the stream only
                     // if the run is still finished; check, since a server
-                    // shutting down also ends it. Otherwise resume after `last`.
-                    if let Some(end) = ended.take() {
-                        if finished_now(&mut client, run_id).await {
-                            progress.finish();
-                            return Ok(conclude(run_id, &end, &progress, format, outcome));
+                    // shutting down also ends it. Otherwise resume.
+                    if let Some(end) = self.ended.take() {
+                        if finished_now(client, &self.run_id).await {
+                            return Ok(Followed::Ended(end));
                         }
                     }
-                    break;
+                    return Ok(Followed::Interrupted("stream interrupted".into()));
                 }
-                Err(s) if retryable(s.code()) => break,
-                Err(s) => {
-                    progress.finish();
-                    return Err(s.into());
+                Err(s) if retryable(s.code()) => {
+                    return Ok(Followed::Interrupted("stream interrupted".into()))
                 }
+                Err(s) => return Err(s.into()),
             }
         }
-        reconnect_wait(
-            &mut down_since,
-            &mut backoff,
-            &mut progress,
-            "stream interrupted",
-        )
-        .await?;
-        if let Ok(c) = client::control(server).await {
-            client = c;
+    }
+
+    /// Show one event and remember what the outcome needs.
+    fn event(&mut self, e: Event) {
+        self.last = e.id.clone();
+        if self.format == Format::Json {
+            println!("{}", event_json(&e));
+        }
+        self.progress.update(&e);
+        match &e.kind {
+            Some(event::Kind::ChunkReclaimed(r)) => {
+                self.outcome.reclaims.push(Reclaim {
+                    chunk: r.chunk_index,
+                    after_ms: r.after_ms,
+                    time_ms: e.time_ms,
+                });
+                self.progress.note(&format!(
+                    "chunk {} reclaimed from agent {} ({}), back in the queue {} ms later as attempt {}",
+                    r.chunk_index, r.agent_id, r.cause, r.after_ms, r.attempt
+                ));
+            }
+            Some(event::Kind::RunRetried(r)) => {
+                self.ended = None;
+                self.progress
+                    .note(&format!("{} chunks re-queued: the run goes on", r.chunks));
+            }
+            Some(event::Kind::ChunkFailed(f)) => self.progress.failure(
+                f.chunk_index,
+                &format!(
+                    "chunk {} attempt {} failed on {}: {}{}",
+                    f.chunk_index,
+                    f.attempt,
+                    f.agent_id,
+                    f.error,
+                    if f.dead { " — dead-lettered" } else { "" }
+                ),
+                &f.error,
+            ),
+            Some(event::Kind::RunCompleted(_)) | Some(event::Kind::RunCancelled(_)) => {
+                // The end, unless more follows (a retry reopens a FAILED
+                // run): decided when the stream ends.
+                self.ended = Some(e);
+            }
+            _ => {}
         }
     }
 }

@@ -69,13 +69,90 @@ pub fn validate_submit(
     offered: &[KernelDecl],
     limits: &Limits,
 ) -> Result<ValidSubmit> {
-    let max_params = limits.max_params.min(MAX_PARAMS);
-    if !(1..=max_params).contains(&req.params) {
+    let (chunk_size, chunks) = check_shape(req, limits)?;
+    check_arg_sizes(req, limits)?;
+    let kernel = if req.kernel.is_empty() {
+        "placeholder"
+    } else {
+        req.kernel.as_str()
+    };
+    let decl = find_kernel(kernel, offered)?;
+    let args =
+        kernels::validate_args(&decl, &req.args).map_err(|e| Error::invalid(e.field, e.message))?;
+    let max_attempts = req.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
+    in_range("max_attempts", max_attempts, 1, MAX_ATTEMPTS, "")?;
+    check_name(&req.name)?;
+    let fail_fast = req.fail_fast.unwrap_or(DEFAULT_FAIL_FAST);
+    in_range("fail_fast", fail_fast, 0, MAX_FAIL_FAST, " (0 = never)")?;
+    let max_keep = limits.max_run_retention.as_secs().max(1);
+    let retention_s = req
+        .retention_s
+        .unwrap_or_else(|| limits.run_retention.as_secs().max(1));
+    in_range(
+        "retention_s",
+        retention_s,
+        1,
+        max_keep,
+        " seconds (--max-run-retention)",
+    )?;
+    Ok(ValidSubmit {
+        retention_ms: retention_s * 1_000,
+        params: req.params,
+        chunk_size,
+        chunks,
+        kernel: kernel.to_string(),
+        args,
+        max_attempts,
+        name: req.name.clone(),
+        fail_fast,
+    })
+}
+
+/// `field` must be in `lo..=hi`: "must be in lo..=hi<unit>, got v".
+fn in_range<T: PartialOrd + std::fmt::Display>(
+    field: &str,
+    v: T,
+    lo: T,
+    hi: T,
+    unit: &str,
+) -> Result<()> {
+    if v < lo || v > hi {
         return Err(Error::invalid(
-            "params",
-            format!("must be in 1..={max_params}, got {}", req.params),
+            field,
+            format!("must be in {lo}..={hi}{unit}, got {v}"),
         ));
     }
+    Ok(())
+}
+
+/// params, chunk_size and the chunks they make: `(chunk_size, chunks)`.
+fn check_shape(req: &SubmitRequest, limits: &Limits) -> Result<(u64, u64)> {
+    in_range(
+        "params",
+        req.params,
+        1,
+        limits.max_params.min(MAX_PARAMS),
+        "",
+    )?;
+    let chunk_size = req.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE);
+    in_range("chunk_size", chunk_size, 1, MAX_CHUNK_SIZE, "")?;
+    let chunks = chunk_count(req.params, chunk_size);
+    let max_chunks = limits.max_chunks.min(MAX_CHUNKS);
+    if chunks > max_chunks {
+        return Err(Error::invalid(
+            "chunk_size",
+            format!(
+                "{} params in chunks of {chunk_size} make {chunks} chunks; at most {max_chunks} chunks per run are allowed (use chunk_size >= {})",
+                req.params,
+                req.params.div_ceil(max_chunks)
+            ),
+        ));
+    }
+    Ok((chunk_size, chunks))
+}
+
+/// How many arguments, and how long each name and value.
+fn check_arg_sizes(req: &SubmitRequest, limits: &Limits) -> Result<()> {
     if req.args.len() > limits.max_args {
         return Err(Error::invalid(
             "args",
@@ -100,31 +177,12 @@ pub fn validate_submit(
             ),
         ));
     }
-    let chunk_size = req.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE);
-    if !(1..=MAX_CHUNK_SIZE).contains(&chunk_size) {
-        return Err(Error::invalid(
-            "chunk_size",
-            format!("must be in 1..={MAX_CHUNK_SIZE}, got {chunk_size}"),
-        ));
-    }
-    let chunks = chunk_count(req.params, chunk_size);
-    let max_chunks = limits.max_chunks.min(MAX_CHUNKS);
-    if chunks > max_chunks {
-        return Err(Error::invalid(
-            "chunk_size",
-            format!(
-                "{} params in chunks of {chunk_size} make {chunks} chunks; at most {max_chunks} chunks per run are allowed (use chunk_size >= {})",
-                req.params,
-                req.params.div_ceil(max_chunks)
-            ),
-        ));
-    }
-    let kernel = if req.kernel.is_empty() {
-        "placeholder"
-    } else {
-        req.kernel.as_str()
-    };
-    let decl = kernels::find(kernel)
+    Ok(())
+}
+
+/// The declaration of `kernel`: built in, or offered by a live agent.
+fn find_kernel(kernel: &str, offered: &[KernelDecl]) -> Result<KernelDecl> {
+    kernels::find(kernel)
         .map(|k| k.decl())
         .or_else(|| offered.iter().find(|d| d.name == kernel).cloned())
         .ok_or_else(|| {
@@ -139,23 +197,18 @@ pub fn validate_submit(
                 "kernel",
                 format!("unknown kernel {kernel:?} (known: {})", known.join(", ")),
             )
-        })?;
-    let args =
-        kernels::validate_args(&decl, &req.args).map_err(|e| Error::invalid(e.field, e.message))?;
-    let max_attempts = req.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
-    if !(1..=MAX_ATTEMPTS).contains(&max_attempts) {
-        return Err(Error::invalid(
-            "max_attempts",
-            format!("must be in 1..={MAX_ATTEMPTS}, got {max_attempts}"),
-        ));
-    }
-    if req.name.chars().count() > MAX_NAME {
+        })
+}
+
+/// A run name: at most MAX_NAME characters, none of Unicode Cc or Cf.
+fn check_name(name: &str) -> Result<()> {
+    if name.chars().count() > MAX_NAME {
         return Err(Error::invalid(
             "name",
             format!("must be at most {MAX_NAME} characters"),
         ));
     }
-    if let Some(c) = req.name.chars().find(|&c| is_control_or_format(c)) {
+    if let Some(c) = name.chars().find(|&c| is_control_or_format(c)) {
         return Err(Error::invalid(
             "name",
             format!(
@@ -164,34 +217,7 @@ pub fn validate_submit(
             ),
         ));
     }
-    let fail_fast = req.fail_fast.unwrap_or(DEFAULT_FAIL_FAST);
-    if fail_fast > MAX_FAIL_FAST {
-        return Err(Error::invalid(
-            "fail_fast",
-            format!("must be in 0..={MAX_FAIL_FAST} (0 = never), got {fail_fast}"),
-        ));
-    }
-    let max_keep = limits.max_run_retention.as_secs().max(1);
-    let retention_s = req
-        .retention_s
-        .unwrap_or_else(|| limits.run_retention.as_secs().max(1));
-    if !(1..=max_keep).contains(&retention_s) {
-        return Err(Error::invalid(
-            "retention_s",
-            format!("must be in 1..={max_keep} seconds (--max-run-retention), got {retention_s}"),
-        ));
-    }
-    Ok(ValidSubmit {
-        retention_ms: retention_s * 1_000,
-        params: req.params,
-        chunk_size,
-        chunks,
-        kernel: kernel.to_string(),
-        args,
-        max_attempts,
-        name: req.name.clone(),
-        fail_fast,
-    })
+    Ok(())
 }
 
 /// Unicode categories Cc (controls) and Cf (format characters: bidi
