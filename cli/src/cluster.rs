@@ -24,22 +24,29 @@ use tonic_health::pb::HealthCheckRequest;
 use crate::client::{CliError, CliResult};
 use crate::sys;
 
-/// What to start.
-#[derive(Clone, Debug)]
+/// What to start: `ttgctl up`'s flags.
+#[derive(clap::Args, Clone, Debug)]
 pub struct ClusterOpts {
-    /// Number of agents.
+    /// Number of agents (default 3).
+    #[arg(long, default_value_t = 3)]
     pub agents: u32,
-    /// Concurrency per agent (agent default when None).
+    /// Chunks each agent computes at once (default: number of CPUs).
+    #[arg(long)]
     pub concurrency: Option<u32>,
-    /// Use this Redis instead of starting one.
+    /// Use this Redis instead of starting a private redis-server.
+    #[arg(long)]
     pub redis_url: Option<String>,
-    /// Server listen address.
+    /// Address the server listens on (default 127.0.0.1:50051).
+    #[arg(long, default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
-    /// Key prefix.
+    /// Redis key prefix (default ttg:).
+    #[arg(long, default_value = "ttg:")]
     pub prefix: String,
-    /// Start agents with --allow-exec.
+    /// Let the agents run users' programs with the exec kernel.
+    #[arg(long)]
     pub allow_exec: bool,
-    /// Serve metrics from the server and each agent on free loopback ports.
+    /// Serve Prometheus metrics from the server and from each agent, each on its own free port (printed at start).
+    #[arg(long)]
     pub metrics: bool,
 }
 

@@ -5,7 +5,7 @@
 use crate::client::{CliError, CliResult, EXIT_FAILED, EXIT_OK};
 use crate::cluster::{free_port, Cluster, ClusterOpts};
 use crate::output::{thousands, Format};
-use crate::submit::{self, SubmitOpts};
+use crate::submit;
 use crate::watch;
 
 /// Print a line, ignoring a closed stdout: the cluster must still be torn down.
@@ -40,24 +40,42 @@ async fn kill_at(server: &str, run_id: &str, pid: u32, pct: u32) -> Option<(i64,
     }
 }
 
-/// Demo options.
+/// `ttgctl demo`'s flags.
+#[derive(clap::Args, Debug)]
 pub struct DemoOpts {
-    /// Parameters.
+    /// Number of parameters (default 10000).
+    #[arg(long, default_value_t = 10_000)]
     pub params: u64,
-    /// Agents.
+    /// Number of agents (default 3).
+    #[arg(long, default_value_t = 3)]
     pub agents: u32,
-    /// Concurrency per agent.
+    /// Chunks each agent computes at once (default 1).
+    #[arg(long, default_value_t = 1)]
     pub concurrency: u32,
-    /// Simulated work per parameter, ms.
+    /// Simulated work per parameter in ms (default 1: about 3.4 s for 10,000 over 3 agents).
+    #[arg(long, default_value_t = 1)]
     pub work_ms: u64,
-    /// Use this Redis instead of a private one.
+    /// Use this Redis instead of starting a private redis-server.
+    #[arg(long)]
     pub redis_url: Option<String>,
-    /// SIGKILL one agent when this percentage of chunks is done.
+    /// SIGKILL one agent when this percentage of chunks is done (1..=99), show the reclaim.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=99))]
     pub kill_at: Option<u32>,
 }
 
 /// Run the demo; returns the exit code.
 pub async fn demo(o: DemoOpts) -> CliResult<i32> {
+    if o.agents == 0 || o.agents > 64 {
+        return Err(CliError::usage(format!(
+            "--agents must be in 1..=64, got {}",
+            o.agents
+        )));
+    }
+    if o.kill_at.is_some() && o.agents < 2 {
+        return Err(CliError::usage(
+            "--kill-at needs --agents 2 or more: someone must finish the run",
+        ));
+    }
     let listen = format!("127.0.0.1:{}", free_port()?)
         .parse()
         .map_err(|e| CliError::failed(format!("{e}")))?;
@@ -86,7 +104,7 @@ pub async fn demo(o: DemoOpts) -> CliResult<i32> {
 }
 
 async fn run(cluster: &Cluster, o: &DemoOpts) -> CliResult<i32> {
-    let opts = SubmitOpts {
+    let opts = submit::Args {
         params: o.params,
         chunk_size: None,
         kernel: "placeholder".into(),

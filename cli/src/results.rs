@@ -10,6 +10,19 @@ use ttg_proto::v1::{GetResultsRequest, RunState, StatusRequest};
 use crate::client::{self, CliError, CliResult, EXIT_FAILED, EXIT_OK};
 use crate::output::state_name;
 
+/// `ttgctl results`'s flags.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Run id.
+    pub run: String,
+    /// Write to this file instead of stdout.
+    #[arg(long)]
+    pub file: Option<String>,
+    /// Exit 0 even if the run did not succeed (its values so far are written either way; without this a run that is not SUCCEEDED exits 1 and says on stderr how many values are missing).
+    #[arg(long)]
+    pub partial: bool,
+}
+
 /// Export format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ResultsFormat {

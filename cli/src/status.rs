@@ -54,26 +54,51 @@ impl StateArg {
     }
 }
 
-/// What `ttgctl runs` asks for.
-pub struct RunsQuery {
-    /// Runs per page.
+/// One run, by id (`status`, `retry`, `delete`).
+#[derive(clap::Args, Debug)]
+pub struct RunArg {
+    /// Run id.
+    pub run: String,
+}
+
+/// `ttgctl cancel`'s arguments.
+#[derive(clap::Args, Debug)]
+pub struct CancelArgs {
+    /// Run id.
+    pub run: String,
+    /// Reason, recorded in the run's events (default none).
+    #[arg(long, default_value = "")]
+    pub reason: String,
+}
+
+/// `ttgctl runs`'s flags.
+#[derive(clap::Args, Debug)]
+pub struct RunsArgs {
+    /// Runs per page, 1..=1000 (default 50).
+    #[arg(long, default_value_t = 50)]
     pub limit: u32,
-    /// States to keep (empty: all).
+    /// Only runs in these states (repeatable or comma-separated): queued, running, succeeded, failed, cancelled.
+    #[arg(long = "state", value_delimiter = ',', value_enum)]
     pub states: Vec<StateArg>,
-    /// Name substring.
+    /// Only runs whose name contains this text (case-insensitive).
+    #[arg(long, default_value = "")]
     pub name: String,
-    /// Submitted within.
+    /// Only runs submitted within this long, e.g. 2h or 7d.
+    #[arg(long, value_parser = humantime::parse_duration)]
     pub since: Option<std::time::Duration>,
-    /// Submitted at least this long ago.
+    /// Only runs submitted at least this long ago, e.g. 1d.
+    #[arg(long, value_parser = humantime::parse_duration)]
     pub older_than: Option<std::time::Duration>,
-    /// Page to start from.
+    /// Continue from a previous page (the token it printed).
+    #[arg(long, default_value = "")]
     pub page_token: String,
-    /// Follow every page.
+    /// Follow every page to the end instead of printing one page.
+    #[arg(long)]
     pub all: bool,
 }
 
 /// Print runs, newest first, a page (or with `all`, every page).
-pub async fn runs(server: &str, q: RunsQuery, format: Format) -> CliResult<i32> {
+pub async fn runs(server: &str, q: RunsArgs, format: Format) -> CliResult<i32> {
     if q.limit == 0 || q.limit > 1_000 {
         return Err(CliError::usage(format!(
             "--limit must be in 1..=1000, got {}",

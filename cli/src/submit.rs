@@ -8,25 +8,35 @@ use crate::client::{self, CliError, CliResult, EXIT_OK};
 use crate::output::Format;
 use crate::watch;
 
-/// Parsed `submit` options.
-pub struct SubmitOpts {
-    /// Parameters.
+/// `ttgctl submit`'s flags.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Number of parameters, 1..=10^10.
+    #[arg(long)]
     pub params: u64,
-    /// Chunk size (server default when None).
+    /// Parameters per chunk, 1..=10^6 (default 100).
+    #[arg(long)]
     pub chunk_size: Option<u64>,
-    /// Kernel.
+    /// Kernel (default placeholder).
+    #[arg(long, default_value = "placeholder")]
     pub kernel: String,
-    /// `key=value` arguments.
+    /// Kernel argument key=value, repeatable (e.g. --arg work_ms=1).
+    #[arg(long = "arg", value_name = "KEY=VALUE")]
     pub args: Vec<String>,
-    /// Attempts per chunk.
+    /// Attempts per chunk before dead-lettering, 1..=100 (default 3).
+    #[arg(long)]
     pub max_attempts: Option<u32>,
-    /// Name.
+    /// Name of the run (default none).
+    #[arg(long, default_value = "")]
     pub name: String,
-    /// Retention after the run ends (server default when None).
+    /// Keep the run's data this long after it ends, e.g. 30d or 12h (default: the server's --run-retention, 7d).
+    #[arg(long, value_parser = humantime::parse_duration)]
     pub retention: Option<std::time::Duration>,
-    /// Fail-fast streak (server default when None).
+    /// Stop the run as FAILED once this many chunk attempts in a row fail with the same first line of error, 0..=100000 (0: never; default 10).
+    #[arg(long, value_name = "N")]
     pub fail_fast: Option<u32>,
-    /// Watch to the end.
+    /// Watch the run to its end after submitting.
+    #[arg(long)]
     pub watch: bool,
 }
 
@@ -50,7 +60,7 @@ pub fn parse_args(raw: &[String]) -> CliResult<HashMap<String, String>> {
 }
 
 /// Build the request (shared with `demo`).
-pub fn request(o: &SubmitOpts) -> CliResult<SubmitRequest> {
+pub fn request(o: &Args) -> CliResult<SubmitRequest> {
     Ok(SubmitRequest {
         params: o.params,
         chunk_size: o.chunk_size,
@@ -73,7 +83,7 @@ pub fn request(o: &SubmitOpts) -> CliResult<SubmitRequest> {
 }
 
 /// Submit, print the run id, and watch if asked. Returns the exit code.
-pub async fn run(server: &str, o: SubmitOpts, format: Format) -> CliResult<i32> {
+pub async fn run(server: &str, o: Args, format: Format) -> CliResult<i32> {
     let req = request(&o)?;
     let mut client = client::control(server).await?;
     let resp = client.submit(req).await?.into_inner();

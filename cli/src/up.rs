@@ -18,6 +18,12 @@ macro_rules! say {
 
 /// Run the cluster until told to stop.
 pub async fn up(opts: ClusterOpts) -> CliResult<i32> {
+    if opts.agents == 0 || opts.agents > 256 {
+        return Err(CliError::usage(format!(
+            "--agents must be in 1..=256, got {}",
+            opts.agents
+        )));
+    }
     // Our parent's exit (a closed terminal, a killed script) stops us too.
     sys::die_with_parent(libc::SIGTERM);
     let mut cluster = Cluster::start(opts.clone()).await?;

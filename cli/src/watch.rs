@@ -21,6 +21,16 @@ use crate::output::{aggregate_text, event_json, state_name, thousands, Format};
 /// Give up reconnecting after this long without a stream.
 const RECONNECT_FOR: Duration = Duration::from_secs(60);
 
+/// `ttgctl watch`'s arguments.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Run id.
+    pub run: String,
+    /// Resume after this event id (default: from the start).
+    #[arg(long, default_value = "")]
+    pub after: String,
+}
+
 /// A reclaim seen during a watch.
 #[derive(Debug, Clone, Default)]
 pub struct Reclaim {
