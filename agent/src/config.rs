@@ -82,32 +82,64 @@ pub struct Config {
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
+/// A setting clap's types cannot check; the message names the flag.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A flag out of range, or flags that contradict each other.
+    #[error("{0}")]
+    Invalid(String),
+    /// The Redis URL or CA does not make a client.
+    #[error("--redis-url/--redis-ca: {0}")]
+    Redis(#[source] redis::RedisError),
+    /// The server URL, TLS files or token do not make a client.
+    #[error("{flag}: {source}")]
+    Client {
+        /// The flag at fault.
+        flag: &'static str,
+        /// Why.
+        #[source]
+        source: ttg_proto::client::ClientError,
+    },
+}
+
 impl Config {
     /// Check what clap's types cannot; the message names the flag.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if let Some(c) = self.concurrency {
             if !(1..=1024).contains(&c) {
-                return Err(format!("--concurrency must be in 1..=1024, got {c}"));
+                return Err(ConfigError::Invalid(format!(
+                    "--concurrency must be in 1..=1024, got {c}"
+                )));
             }
         }
         if let Some(id) = &self.agent_id {
             if !ttg_proto::keys::valid_run_id(id) {
-                return Err(
+                return Err(ConfigError::Invalid(
                     "--agent-id must be 1..=64 characters of letters, digits and '-'".into(),
-                );
+                ));
             }
         }
         if self.prefix.is_empty() || self.prefix.len() > 64 {
-            return Err("--prefix must be 1..=64 characters".into());
+            return Err(ConfigError::Invalid(
+                "--prefix must be 1..=64 characters".into(),
+            ));
         }
         ttg_proto::redis_conn::client(&self.redis_url, self.redis_ca.as_deref())
-            .map_err(|e| format!("--redis-url/--redis-ca: {e}"))?;
+            .map_err(ConfigError::Redis)?;
         for url in self.server.split(',').map(str::trim) {
-            ttg_proto::client::endpoint(url, &self.connect_opts())
-                .map_err(|e| format!("--server: {e}"))?;
+            ttg_proto::client::endpoint(url, &self.connect_opts()).map_err(|source| {
+                ConfigError::Client {
+                    flag: "--server",
+                    source,
+                }
+            })?;
         }
-        ttg_proto::client::Bearer::new(self.token.as_deref())
-            .map_err(|e| format!("--token: {e}"))?;
+        ttg_proto::client::Bearer::new(self.token.as_deref()).map_err(|source| {
+            ConfigError::Client {
+                flag: "--token",
+                source,
+            }
+        })?;
         Ok(())
     }
 

@@ -33,8 +33,20 @@ pub const SWEEP_IDLE_LEASES: u32 = 5;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Bad settings.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// An --exec-allow path cannot be resolved.
+    #[error("--exec-allow {}: {source}", path.display())]
+    ExecAllow {
+        /// The path given.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// --kernels names a kernel this agent does not have, or exec without --allow-exec.
     #[error("{0}")]
-    Config(String),
+    Kernels(String),
     /// Redis client could not be built.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
@@ -55,21 +67,21 @@ pub enum Exit {
 
 /// Run the agent until `shutdown` is cancelled, then drain.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Exit, Error> {
-    config.validate().map_err(Error::Config)?;
+    config.validate()?;
     let exec = if config.allow_exec {
-        Some(kernels::exec::allow_list(&config.exec_allow).map_err(Error::Config)?)
+        Some(kernels::exec::allow_list(&config.exec_allow)?)
     } else {
         None
     };
     if !config.allow_exec && config.kernels.iter().any(|k| k == "exec") {
-        return Err(Error::Config("--kernels exec needs --allow-exec".into()));
+        return Err(Error::Kernels("--kernels exec needs --allow-exec".into()));
     }
     let registry = if config.kernels.is_empty() {
         kernels::Registry::builtin(exec)
     } else {
         kernels::Registry::builtin(exec)
             .only(&config.kernels)
-            .map_err(|e| Error::Config(format!("--kernels: {e}")))?
+            .map_err(|e| Error::Kernels(format!("--kernels: {e}")))?
     };
     let agent_id = config.effective_agent_id();
     let worker = Arc::new(worker::Worker::new(

@@ -33,33 +33,20 @@ pub enum Ending {
 }
 
 /// Why a session went down.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 enum Down {
     /// The server answered with this status.
+    #[error("session refused ({:?}): {}", .0.code(), .0.message())]
     Refused(tonic::Status),
-    /// Anything else (connection, stream, protocol).
-    Other(String),
-}
-
-impl From<String> for Down {
-    fn from(s: String) -> Self {
-        Down::Other(s)
-    }
-}
-
-impl From<&str> for Down {
-    fn from(s: &str) -> Self {
-        Down::Other(s.to_string())
-    }
-}
-
-impl std::fmt::Display for Down {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Down::Refused(s) => write!(f, "session refused ({:?}): {}", s.code(), s.message()),
-            Down::Other(s) => f.write_str(s),
-        }
-    }
+    /// The client could not be set up (URL, TLS files, token).
+    #[error(transparent)]
+    Setup(#[from] ttg_proto::client::ClientError),
+    /// The connection could not be made.
+    #[error("connect: {0}")]
+    Connect(#[source] tonic::transport::Error),
+    /// The stream ended or broke the protocol.
+    #[error("{0}")]
+    Stream(&'static str),
 }
 
 /// Keep a session open until `stop` fires, then end it as `ending` says.
@@ -122,7 +109,7 @@ async fn serve(
     let channel = ttg_proto::client::endpoint(server, opts)?
         .connect()
         .await
-        .map_err(|e| format!("connect: {e}"))?;
+        .map_err(Down::Connect)?;
     let bearer = ttg_proto::client::Bearer::new(opts.token.as_deref())?;
     let mut client = AgentGatewayClient::with_interceptor(channel, bearer);
     let (tx, rx) = mpsc::channel::<AgentMessage>(16);
@@ -140,7 +127,7 @@ async fn serve(
     };
     tx.send(hello)
         .await
-        .map_err(|_| "session closed".to_string())?;
+        .map_err(|_| Down::Stream("session closed"))?;
     let mut inbound = client
         .session(ReceiverStream::new(rx))
         .await
@@ -149,11 +136,11 @@ async fn serve(
     let welcome = match tokio::time::timeout(Duration::from_secs(5), inbound.message()).await {
         Ok(Ok(Some(m))) => match m.msg {
             Some(server_message::Msg::Welcome(w)) => w,
-            _ => return Err("expected Welcome".into()),
+            _ => return Err(Down::Stream("expected Welcome")),
         },
         Ok(Err(s)) => return Err(Down::Refused(s)),
-        Ok(Ok(None)) => return Err("session closed before Welcome".into()),
-        Err(_) => return Err("no Welcome within 5s".into()),
+        Ok(Ok(None)) => return Err(Down::Stream("session closed before Welcome")),
+        Err(_) => return Err(Down::Stream("no Welcome within 5s")),
     };
     backoff.reset();
     worker.set_lease(Duration::from_millis(welcome.lease_ms));
@@ -170,7 +157,7 @@ async fn serve(
                     completed_total: worker.completed_total(),
                     ack_latency_ms: worker.take_ack_latencies(),
                 })) };
-                tx.send(hb).await.map_err(|_| "session closed".to_string())?;
+                tx.send(hb).await.map_err(|_| Down::Stream("session closed"))?;
             }
             m = inbound.message() => match m {
                 Ok(Some(msg)) => {
@@ -178,7 +165,7 @@ async fn serve(
                         worker.cancel_run(&c.run_id);
                     }
                 }
-                Ok(None) => return Err("server closed the session".into()),
+                Ok(None) => return Err(Down::Stream("server closed the session")),
                 Err(s) => return Err(Down::Refused(s)),
             },
             _ = stop.cancelled() => {

@@ -86,12 +86,15 @@ async fn session(
         ..Default::default()
     };
     let setup = async {
-        let channel = endpoint(&args.server, &opts)?
+        let channel = endpoint(&args.server, &opts)
+            .map_err(|e| e.to_string())?
             .connect()
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        let mut client =
-            AgentGatewayClient::with_interceptor(channel, Bearer::new(opts.token.as_deref())?);
+        let mut client = AgentGatewayClient::with_interceptor(
+            channel,
+            Bearer::new(opts.token.as_deref()).map_err(|e| e.to_string())?,
+        );
         let (tx, rx) = mpsc::channel::<AgentMessage>(4);
         let hello = Hello {
             agent_id: format!("loadgen-{}-{i}", std::process::id()),
@@ -225,12 +228,15 @@ async fn run(args: Args) -> Result<(), String> {
         token: args.client_token.clone().or_else(|| args.token.clone()),
         ..Default::default()
     };
-    let channel = endpoint(&args.server, &opts)?
+    let channel = endpoint(&args.server, &opts)
+        .map_err(|e| e.to_string())?
         .connect()
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    let mut control =
-        ControlPlaneClient::with_interceptor(channel, Bearer::new(opts.token.as_deref())?);
+    let mut control = ControlPlaneClient::with_interceptor(
+        channel,
+        Bearer::new(opts.token.as_deref()).map_err(|e| e.to_string())?,
+    );
     let run_id = control
         .submit(SubmitRequest {
             params: args.params,
@@ -249,11 +255,15 @@ async fn run(args: Args) -> Result<(), String> {
     let mut watches = Vec::new();
     for _ in 0..args.watchers {
         // Each watcher on its own connection, as separate users would be.
-        let channel = endpoint(&args.server, &opts)?
+        let channel = endpoint(&args.server, &opts)
+            .map_err(|e| e.to_string())?
             .connect()
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        let c = ControlPlaneClient::with_interceptor(channel, Bearer::new(opts.token.as_deref())?);
+        let c = ControlPlaneClient::with_interceptor(
+            channel,
+            Bearer::new(opts.token.as_deref()).map_err(|e| e.to_string())?,
+        );
         watches.push(tokio::spawn(watcher(c, run_id.clone())));
     }
     let mut delays = Vec::new();

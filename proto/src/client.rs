@@ -8,6 +8,38 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
+/// Why a client cannot be set up; the message is what a person can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server URL does not parse.
+    #[error("{url:?} is not a valid URL: {source}")]
+    BadUrl {
+        /// The URL given.
+        url: String,
+        /// Why.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// A PEM file could not be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS settings were refused.
+    #[error("TLS: {0}")]
+    Tls(#[source] tonic::transport::Error),
+    /// TLS files given for a plaintext URL.
+    #[error("--ca/--cert need an https:// server URL, got {0}")]
+    TlsNeedsHttps(String),
+    /// A token that cannot be sent in a header (never shown).
+    #[error("the token must be printable ASCII")]
+    BadToken,
+}
+
 /// How to reach a server.
 #[derive(Clone, Debug, Default)]
 pub struct ConnectOpts {
@@ -24,16 +56,24 @@ pub struct ConnectOpts {
 /// An endpoint for `url` with these options (connect timeout 2 s, TCP
 /// no-delay, HTTP/2 keepalive). `https://` URLs use TLS with the system's
 /// roots unless `ca` is given.
-pub fn endpoint(url: &str, opts: &ConnectOpts) -> Result<Endpoint, String> {
+pub fn endpoint(url: &str, opts: &ConnectOpts) -> Result<Endpoint, ClientError> {
     let mut ep = Endpoint::from_shared(url.to_string())
-        .map_err(|e| format!("{url:?} is not a valid URL: {e}"))?
+        .map_err(|source| ClientError::BadUrl {
+            url: url.to_string(),
+            source,
+        })?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true);
     if url.starts_with("https://") {
-        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        let read = |p: &PathBuf| {
+            std::fs::read(p).map_err(|source| ClientError::Read {
+                path: p.clone(),
+                source,
+            })
+        };
         let mut tls = ClientTlsConfig::new();
         tls = match &opts.ca {
             Some(ca) => tls.ca_certificate(Certificate::from_pem(read(ca)?)),
@@ -42,11 +82,9 @@ pub fn endpoint(url: &str, opts: &ConnectOpts) -> Result<Endpoint, String> {
         if let (Some(cert), Some(key)) = (&opts.cert, &opts.key) {
             tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
         }
-        ep = ep.tls_config(tls).map_err(|e| format!("TLS: {e}"))?;
+        ep = ep.tls_config(tls).map_err(ClientError::Tls)?;
     } else if opts.ca.is_some() || opts.cert.is_some() {
-        return Err(format!(
-            "--ca/--cert need an https:// server URL, got {url}"
-        ));
+        return Err(ClientError::TlsNeedsHttps(url.to_string()));
     }
     Ok(ep)
 }
@@ -58,13 +96,13 @@ pub struct Bearer(Option<MetadataValue<Ascii>>);
 impl Bearer {
     /// For `token` (None: send nothing). Fails on a token that is not
     /// printable ASCII, naming neither the token nor its bytes.
-    pub fn new(token: Option<&str>) -> Result<Self, String> {
+    pub fn new(token: Option<&str>) -> Result<Self, ClientError> {
         match token.map(str::trim).filter(|t| !t.is_empty()) {
             None => Ok(Bearer(None)),
             Some(t) => format!("Bearer {t}")
                 .parse()
                 .map(|v| Bearer(Some(v)))
-                .map_err(|_| "the token must be printable ASCII".to_string()),
+                .map_err(|_| ClientError::BadToken),
         }
     }
 }

@@ -224,7 +224,7 @@ pub fn set_error(span: &tracing::Span, message: &str) {
 
 /// Serve Prometheus text on `http://addr/metrics`. Latency metrics are
 /// histograms with buckets from 0.5 ms to 60 s.
-pub fn serve_metrics(addr: SocketAddr) -> Result<(), String> {
+pub fn serve_metrics(addr: SocketAddr) -> Result<(), MetricsError> {
     const BUCKETS: &[f64] = &[
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
         60.0,
@@ -233,7 +233,18 @@ pub fn serve_metrics(addr: SocketAddr) -> Result<(), String> {
         .with_http_listener(addr)
         .set_buckets(BUCKETS)
         .and_then(|b| b.install())
-        .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))
+        .map_err(|source| MetricsError { addr, source })
+}
+
+/// The metrics endpoint could not be served.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot serve metrics on {addr}: {source}")]
+pub struct MetricsError {
+    /// The address asked for.
+    pub addr: SocketAddr,
+    /// Why.
+    #[source]
+    pub source: metrics_exporter_prometheus::BuildError,
 }
 
 #[cfg(test)]

@@ -113,9 +113,61 @@ impl std::fmt::Debug for Tokens {
 /// Shortest token accepted: shorter ones are guessable.
 pub const MIN_TOKEN_LEN: usize = 16;
 
+/// A tokens file that cannot be used; the previous tokens stay in force on
+/// a reload, and the server does not start with one.
+#[derive(Debug, thiserror::Error)]
+pub enum TokensError {
+    /// The file could not be read.
+    #[error("--tokens-file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A line is wrong.
+    #[error("--tokens-file {}: line {line}: {message}", path.display())]
+    Line {
+        /// The file ('' when parsing text).
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// The file holds no token.
+    #[error("--tokens-file {}: no tokens", path.display())]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+impl TokensError {
+    /// The same error, naming `path`.
+    fn in_file(self, path: &Path) -> Self {
+        let path = path.to_path_buf();
+        match self {
+            TokensError::Line { line, message, .. } => TokensError::Line {
+                path,
+                line,
+                message,
+            },
+            TokensError::Empty { .. } => TokensError::Empty { path },
+            e @ TokensError::Read { .. } => e,
+        }
+    }
+}
+
 impl Tokens {
     /// Parse `role token [name]` lines.
-    pub fn parse(text: &str) -> Result<Tokens, String> {
+    pub fn parse(text: &str) -> Result<Tokens, TokensError> {
+        let bad = |i: usize, message: String| TokensError::Line {
+            path: PathBuf::new(),
+            line: i + 1,
+            message,
+        };
         let mut entries = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.split('#').next().unwrap_or("").trim();
@@ -124,25 +176,21 @@ impl Tokens {
             }
             let mut parts = line.split_whitespace();
             let (Some(role), Some(token)) = (parts.next(), parts.next()) else {
-                return Err(format!(
-                    "line {}: expected `<role> <token> [<name>]`",
-                    i + 1
-                ));
+                return Err(bad(i, "expected `<role> <token> [<name>]`".into()));
             };
             let role = Role::parse(role).ok_or_else(|| {
-                format!(
-                    "line {}: role must be client, reader or agent, got {role:?}",
-                    i + 1
+                bad(
+                    i,
+                    format!("role must be client, reader or agent, got {role:?}"),
                 )
             })?;
             let digest = match token.strip_prefix("sha256:") {
-                Some(hex) => parse_digest(hex).ok_or_else(|| {
-                    format!("line {}: sha256: must be followed by 64 hex digits", i + 1)
-                })?,
+                Some(hex) => parse_digest(hex)
+                    .ok_or_else(|| bad(i, "sha256: must be followed by 64 hex digits".into()))?,
                 None if token.len() < MIN_TOKEN_LEN => {
-                    return Err(format!(
-                        "line {}: tokens must be at least {MIN_TOKEN_LEN} characters",
-                        i + 1
+                    return Err(bad(
+                        i,
+                        format!("tokens must be at least {MIN_TOKEN_LEN} characters"),
                     ))
                 }
                 None => digest(token.as_bytes()),
@@ -157,7 +205,9 @@ impl Tokens {
             });
         }
         if entries.is_empty() {
-            return Err("no tokens".into());
+            return Err(TokensError::Empty {
+                path: PathBuf::new(),
+            });
         }
         Ok(Tokens { entries })
     }
@@ -223,6 +273,15 @@ pub async fn revoked(grant: Option<Grant>) {
     }
 }
 
+/// Read and parse a tokens file.
+fn read_tokens(path: &Path) -> Result<Tokens, TokensError> {
+    let text = std::fs::read_to_string(path).map_err(|source| TokensError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Tokens::parse(&text).map_err(|e| e.in_file(path))
+}
+
 /// Constant-time equality (for equal lengths; the length itself is not secret).
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -259,11 +318,8 @@ pub struct Auth {
 
 impl Auth {
     /// Tokens from `path` (read now; re-read by [`Auth::watch`]).
-    pub fn from_file(path: &Path) -> Result<Auth, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("--tokens-file {}: {e}", path.display()))?;
-        let tokens =
-            Tokens::parse(&text).map_err(|e| format!("--tokens-file {}: {e}", path.display()))?;
+    pub fn from_file(path: &Path) -> Result<Auth, TokensError> {
+        let tokens = read_tokens(path)?;
         Ok(Auth {
             tokens: watch::Sender::new(Arc::new(tokens)),
             path: Some(path.to_path_buf()),
@@ -317,10 +373,7 @@ impl Auth {
                 continue;
             }
             seen = now;
-            match std::fs::read_to_string(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|t| Tokens::parse(&t))
-            {
+            match read_tokens(&path) {
                 Ok(t) => {
                     let n = t.entries.len();
                     self.tokens.send_replace(Arc::new(t));
@@ -432,6 +485,7 @@ mod tests {
             .is_err());
         assert!(Tokens::parse("client sha256:abc")
             .unwrap_err()
+            .to_string()
             .contains("64 hex digits"));
         assert!(Tokens::parse(&format!("client sha256:{}", "zz".repeat(32))).is_err());
     }
@@ -551,12 +605,15 @@ mod tests {
     fn bad_files_are_rejected_with_the_line() {
         assert!(Tokens::parse("admin xxxxxxxxxxxxxxxx")
             .unwrap_err()
+            .to_string()
             .contains("line 1: role must be"));
         assert!(Tokens::parse("client short")
             .unwrap_err()
+            .to_string()
             .contains("at least 16"));
         assert!(Tokens::parse("# nothing\n")
             .unwrap_err()
+            .to_string()
             .contains("no tokens"));
     }
 }

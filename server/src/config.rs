@@ -131,71 +131,96 @@ pub struct Limits {
     pub max_run_retention: Duration,
 }
 
+/// A setting clap's types cannot check; the message names the flag.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A flag out of range, or flags that contradict each other.
+    #[error("{0}")]
+    Invalid(String),
+    /// The Redis URL or CA does not make a client.
+    #[error("--redis-url/--redis-ca: {0}")]
+    Redis(#[source] redis::RedisError),
+}
+
 impl Config {
     /// Check settings that clap's types cannot; the message names the flag.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.heartbeat_interval < Duration::from_millis(50)
             || self.heartbeat_interval > Duration::from_secs(60)
         {
-            return Err("--heartbeat-interval must be within 50ms..=60s".into());
-        }
-        if self.lease < self.heartbeat_interval * 2 {
-            return Err(format!(
-                "--lease ({:?}) must be at least twice --heartbeat-interval ({:?}) so one late heartbeat does not lose an agent's chunks",
-                self.lease, self.heartbeat_interval
+            return Err(ConfigError::Invalid(
+                "--heartbeat-interval must be within 50ms..=60s".into(),
             ));
         }
+        if self.lease < self.heartbeat_interval * 2 {
+            return Err(ConfigError::Invalid(format!(
+                "--lease ({:?}) must be at least twice --heartbeat-interval ({:?}) so one late heartbeat does not lose an agent's chunks",
+                self.lease, self.heartbeat_interval
+            )));
+        }
         if self.redis_timeout < Duration::from_millis(100) {
-            return Err("--redis-timeout must be at least 100ms".into());
+            return Err(ConfigError::Invalid(
+                "--redis-timeout must be at least 100ms".into(),
+            ));
         }
         if self.prefix.is_empty() || self.prefix.len() > 64 {
-            return Err("--prefix must be 1..=64 characters".into());
+            return Err(ConfigError::Invalid(
+                "--prefix must be 1..=64 characters".into(),
+            ));
         }
         ttg_proto::redis_conn::client(&self.redis_url, self.redis_ca.as_deref())
-            .map_err(|e| format!("--redis-url/--redis-ca: {e}"))?;
+            .map_err(ConfigError::Redis)?;
         match (&self.tokens_file, self.insecure_no_auth) {
             (None, false) => {
-                return Err("refusing to start without authentication: give --tokens-file FILE \
+                return Err(ConfigError::Invalid("refusing to start without authentication: give --tokens-file FILE \
                     (lines of `<role> <token> [<name>]`, see docs/security.md), or --insecure-no-auth \
                     for a single-user machine"
-                    .into())
+                    .into()))
             }
-            (Some(_), true) => return Err("--tokens-file and --insecure-no-auth contradict each other".into()),
+            (Some(_), true) => return Err(ConfigError::Invalid("--tokens-file and --insecure-no-auth contradict each other".into())),
             _ => {}
         }
         if self.limits.run_retention < Duration::from_secs(1)
             || self.limits.run_retention > self.limits.max_run_retention
         {
-            return Err(format!(
+            return Err(ConfigError::Invalid(format!(
                 "--run-retention must be within 1s..=--max-run-retention ({})",
                 humantime::format_duration(self.limits.max_run_retention)
-            ));
+            )));
         }
         if self.janitor_interval < Duration::from_millis(10)
             || self.janitor_interval > Duration::from_secs(3_600)
         {
-            return Err("--janitor-interval must be within 10ms..=1h".into());
+            return Err(ConfigError::Invalid(
+                "--janitor-interval must be within 10ms..=1h".into(),
+            ));
         }
         if self.audit_interval < Duration::from_millis(10)
             || self.audit_interval > Duration::from_secs(3_600)
         {
-            return Err("--audit-interval must be within 10ms..=1h".into());
+            return Err(ConfigError::Invalid(
+                "--audit-interval must be within 10ms..=1h".into(),
+            ));
         }
         if self.audit_quiet < Duration::from_millis(100)
             || self.audit_quiet > Duration::from_secs(86_400)
         {
-            return Err("--audit-quiet must be within 100ms..=24h".into());
+            return Err(ConfigError::Invalid(
+                "--audit-quiet must be within 100ms..=24h".into(),
+            ));
         }
         if self.limits.max_message_bytes < 64 * 1024 {
-            return Err("--max-message-bytes must be at least 65536".into());
+            return Err(ConfigError::Invalid(
+                "--max-message-bytes must be at least 65536".into(),
+            ));
         }
         if self.limits.submit_rate == 0
             || self.limits.max_args == 0
             || self.limits.max_runs_in_flight == 0
         {
-            return Err(
+            return Err(ConfigError::Invalid(
                 "--submit-rate, --max-args and --max-runs-in-flight must be at least 1".into(),
-            );
+            ));
         }
         Ok(())
     }

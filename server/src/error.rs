@@ -54,6 +54,9 @@ pub enum Error {
     /// Start-up failed (bad listener, bad Redis URL, transport error).
     #[error("{0}")]
     Startup(String),
+    /// The tokens file cannot be used.
+    #[error(transparent)]
+    Tokens(#[from] crate::auth::TokensError),
 }
 
 impl Error {
@@ -93,7 +96,7 @@ impl From<Error> for tonic::Status {
             }
             Error::ShuttingDown => Status::unavailable(e.to_string()),
             Error::Revoked => Status::unauthenticated(e.to_string()),
-            Error::Redis(_) | Error::Corrupt(_) | Error::Startup(_) => {
+            Error::Redis(_) | Error::Corrupt(_) | Error::Startup(_) | Error::Tokens(_) => {
                 tracing::error!(error = %e, "internal error");
                 Status::internal("internal error; see server log")
             }

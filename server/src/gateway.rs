@@ -294,7 +294,7 @@ impl SessionTask {
         };
         if let Err(why) = check_hello(&hello) {
             tracing::warn!(error = %why, "agent session refused: bad Hello");
-            return Err(Status::invalid_argument(why));
+            return Err(Status::invalid_argument(why.to_string()));
         }
         let agent_id = hello.agent_id.clone();
         // A live agent id belongs to the process that holds it: a second

@@ -29,36 +29,60 @@ pub const MAX_LATENCIES: usize = 4_096;
 /// Longest string in a held chunk (run id, entry id, traceparent).
 const MAX_HELD_STRING: usize = 128;
 
+/// A Hello field out of bounds: the field and the allowed range.
+#[derive(Debug, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct HelloError {
+    /// The field, e.g. `hello.host`.
+    pub field: &'static str,
+    /// What is allowed.
+    pub message: String,
+}
+
+fn bad(field: &'static str, message: impl Into<String>) -> HelloError {
+    HelloError {
+        field,
+        message: message.into(),
+    }
+}
+
 /// Check a Hello; the error names the field and the allowed range.
-pub fn check_hello(h: &Hello) -> Result<(), String> {
+pub fn check_hello(h: &Hello) -> Result<(), HelloError> {
     if !valid_run_id(&h.agent_id) {
-        return Err("hello.agent_id: must be 1..=64 characters of letters, digits and '-'".into());
+        return Err(bad(
+            "hello.agent_id",
+            "must be 1..=64 characters of letters, digits and '-'",
+        ));
     }
     let len = h.encoded_len();
     if len > MAX_HELLO_BYTES {
-        return Err(format!(
-            "hello: at most {MAX_HELLO_BYTES} bytes encoded, got {len}"
+        return Err(bad(
+            "hello",
+            format!("at most {MAX_HELLO_BYTES} bytes encoded, got {len}"),
         ));
     }
     if h.host.len() > MAX_HOST || h.host.chars().any(char::is_control) {
-        return Err(format!(
-            "hello.host: at most {MAX_HOST} bytes, no control characters"
+        return Err(bad(
+            "hello.host",
+            format!("at most {MAX_HOST} bytes, no control characters"),
         ));
     }
     if h.version.len() > MAX_VERSION || h.version.chars().any(char::is_control) {
-        return Err(format!(
-            "hello.version: at most {MAX_VERSION} bytes, no control characters"
+        return Err(bad(
+            "hello.version",
+            format!("at most {MAX_VERSION} bytes, no control characters"),
         ));
     }
     if !(1..=MAX_CONCURRENCY).contains(&h.concurrency) {
-        return Err(format!(
-            "hello.concurrency: must be in 1..={MAX_CONCURRENCY}, got {}",
-            h.concurrency
+        return Err(bad(
+            "hello.concurrency",
+            format!("must be in 1..={MAX_CONCURRENCY}, got {}", h.concurrency),
         ));
     }
     if h.kernels.len() > MAX_KERNELS || h.kernel_decls.len() > MAX_KERNELS {
-        return Err(format!(
-            "hello.kernels: at most {MAX_KERNELS} kernels and declarations"
+        return Err(bad(
+            "hello.kernels",
+            format!("at most {MAX_KERNELS} kernels and declarations"),
         ));
     }
     let name_ok = |k: &str| {
@@ -67,16 +91,17 @@ pub fn check_hello(h: &Hello) -> Result<(), String> {
             && k.chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
     };
-    if let Some(bad) = h
+    if let Some(name) = h
         .kernels
         .iter()
         .map(String::as_str)
         .chain(h.kernel_decls.iter().map(|d| d.name.as_str()))
         .find(|k| !name_ok(k))
     {
-        let shown: String = bad.chars().take(MAX_KERNEL_NAME).collect();
-        return Err(format!(
-            "hello.kernels: names are 1..={MAX_KERNEL_NAME} characters of letters, digits, '-', '_' and '.', got {shown:?}"
+        let shown: String = name.chars().take(MAX_KERNEL_NAME).collect();
+        return Err(bad(
+            "hello.kernels",
+            format!("names are 1..={MAX_KERNEL_NAME} characters of letters, digits, '-', '_' and '.', got {shown:?}"),
         ));
     }
     if !INSTANCE_LEN.contains(&h.instance.len())
@@ -85,10 +110,11 @@ pub fn check_hello(h: &Hello) -> Result<(), String> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-')
     {
-        return Err(format!(
-            "hello.instance: must be {}..={} characters of letters, digits and '-' (a random secret of the agent process; upgrade the agent)",
+        return Err(bad(
+            "hello.instance",
+            format!("must be {}..={} characters of letters, digits and '-' (a random secret of the agent process; upgrade the agent)",
             INSTANCE_LEN.start(),
-            INSTANCE_LEN.end()
+            INSTANCE_LEN.end()),
         ));
     }
     Ok(())
@@ -156,7 +182,7 @@ mod tests {
         for (field, mutate) in cases {
             let mut h = hello();
             mutate(&mut h);
-            let err = check_hello(&h).unwrap_err();
+            let err = check_hello(&h).unwrap_err().to_string();
             assert!(
                 err.starts_with(field) || err.starts_with("hello:"),
                 "{field}: {err}"

@@ -243,7 +243,7 @@ pub async fn run(
     }
     let auth = match &config.tokens_file {
         Some(path) => {
-            let a = Arc::new(auth::Auth::from_file(path).map_err(Error::Startup)?);
+            let a = Arc::new(auth::Auth::from_file(path)?);
             tokio::spawn(a.clone().watch(shutdown.clone()));
             Some(a)
         }

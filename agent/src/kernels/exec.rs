@@ -41,7 +41,7 @@ impl Exec {
     /// allow-list. The caller starts exactly the returned path: starting the
     /// path as given would follow a symlink that may have been swapped
     /// since the check.
-    fn resolve(&self, program: &str) -> Result<PathBuf, String> {
+    fn resolve(&self, program: &str) -> Result<PathBuf, ExecError> {
         let path = if program.contains('/') {
             PathBuf::from(program)
         } else {
@@ -51,16 +51,16 @@ impl Exec {
                         .map(|d| d.join(program))
                         .find(|c| c.is_file())
                 })
-                .ok_or_else(|| format!("program {program:?} not found on PATH"))?
+                .ok_or_else(|| ExecError(format!("program {program:?} not found on PATH")))?
         };
         let real = path
             .canonicalize()
-            .map_err(|e| format!("program {}: {e}", path.display()))?;
+            .map_err(|e| ExecError(format!("program {}: {e}", path.display())))?;
         if !self.allow.is_empty() && !self.allow.iter().any(|a| real == *a || real.starts_with(a)) {
-            return Err(format!(
+            return Err(ExecError(format!(
                 "program {} is not in this agent's --exec-allow list",
                 real.display()
-            ));
+            )));
         }
         Ok(real)
     }
@@ -68,7 +68,7 @@ impl Exec {
 
 /// Split `s` into words like a POSIX shell would (whitespace, '…', "…",
 /// backslash escapes), without expanding anything.
-pub fn split_words(s: &str) -> Result<Vec<String>, String> {
+pub fn split_words(s: &str) -> Result<Vec<String>, ExecError> {
     let mut words = Vec::new();
     let mut cur = String::new();
     let mut in_word = false;
@@ -87,7 +87,7 @@ pub fn split_words(s: &str) -> Result<Vec<String>, String> {
                     match chars.next() {
                         Some('\'') => break,
                         Some(c) => cur.push(c),
-                        None => return Err("unbalanced ' in args".into()),
+                        None => return Err(ExecError("unbalanced ' in args".into())),
                     }
                 }
             }
@@ -102,10 +102,10 @@ pub fn split_words(s: &str) -> Result<Vec<String>, String> {
                                 cur.push('\\');
                                 cur.push(c);
                             }
-                            None => return Err("unbalanced \" in args".into()),
+                            None => return Err(ExecError("unbalanced \" in args".into())),
                         },
                         Some(c) => cur.push(c),
-                        None => return Err("unbalanced \" in args".into()),
+                        None => return Err(ExecError("unbalanced \" in args".into())),
                     }
                 }
             }
@@ -113,7 +113,7 @@ pub fn split_words(s: &str) -> Result<Vec<String>, String> {
                 in_word = true;
                 match chars.next() {
                     Some(c) => cur.push(c),
-                    None => return Err("trailing backslash in args".into()),
+                    None => return Err(ExecError("trailing backslash in args".into())),
                 }
             }
             c => {
@@ -128,29 +128,41 @@ pub fn split_words(s: &str) -> Result<Vec<String>, String> {
     Ok(words)
 }
 
+/// What the exec kernel reports about a program: the message becomes the
+/// chunk's error (KernelError::Failed), so it says what the program did.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ExecError(String);
+
+impl From<ExecError> for KernelError {
+    fn from(e: ExecError) -> Self {
+        KernelError::Failed(e.0)
+    }
+}
+
 /// Parse one number per parameter.
-fn parse_output(out: &[u8], n: usize) -> Result<Vec<f64>, String> {
-    let text = std::str::from_utf8(out).map_err(|_| "output is not UTF-8".to_string())?;
+fn parse_output(out: &[u8], n: usize) -> Result<Vec<f64>, ExecError> {
+    let text = std::str::from_utf8(out).map_err(|_| ExecError("output is not UTF-8".into()))?;
     let mut values = Vec::with_capacity(n);
     for (i, word) in text.split_whitespace().enumerate() {
         if i >= n {
-            return Err(format!(
+            return Err(ExecError(format!(
                 "more than {n} values on stdout (one per parameter expected)"
-            ));
+            )));
         }
         let v: f64 = word.parse().map_err(|_| {
-            format!(
+            ExecError(format!(
                 "malformed output: value {} is {word:?}, not a number",
                 i + 1
-            )
+            ))
         })?;
         values.push(v);
     }
     if values.len() < n {
-        return Err(format!(
+        return Err(ExecError(format!(
             "short output: {} values on stdout for {n} parameters",
             values.len()
-        ));
+        )));
     }
     Ok(values)
 }
@@ -178,11 +190,10 @@ impl Kernel for Exec {
         Box::pin(async move {
             let bad = |e: ttg_proto::kernels::ArgError| KernelError::Failed(e.to_string());
             let program = text_arg(&EXEC, &chunk.args, "program").map_err(bad)?;
-            let argv = split_words(text_arg(&EXEC, &chunk.args, "args").map_err(bad)?)
-                .map_err(KernelError::Failed)?;
+            let argv = split_words(text_arg(&EXEC, &chunk.args, "args").map_err(bad)?)?;
             let timeout =
                 Duration::from_secs_f64(float_arg(&EXEC, &chunk.args, "timeout_s").map_err(bad)?);
-            let path = self.resolve(program).map_err(KernelError::Failed)?;
+            let path = self.resolve(program)?;
             let n = (chunk.end - chunk.start) as usize;
 
             let mut cmd = tokio::process::Command::new(&path);
@@ -291,12 +302,15 @@ fn scopeguard(pgid: Option<u32>) -> GroupGuard {
 }
 
 /// Allowed paths from `--exec-allow`, canonical.
-pub fn allow_list(raw: &[String]) -> Result<Vec<PathBuf>, String> {
+pub fn allow_list(raw: &[String]) -> Result<Vec<PathBuf>, crate::Error> {
     raw.iter()
         .map(|p| {
             Path::new(p)
                 .canonicalize()
-                .map_err(|e| format!("--exec-allow {p}: {e}"))
+                .map_err(|source| crate::Error::ExecAllow {
+                    path: PathBuf::from(p),
+                    source,
+                })
         })
         .collect()
 }
@@ -330,12 +344,15 @@ mod tests {
         );
         assert!(parse_output(b"1\n2\n", 3)
             .unwrap_err()
+            .to_string()
             .contains("short output: 2 values"));
         assert!(parse_output(b"1\nx\n3\n", 3)
             .unwrap_err()
+            .to_string()
             .contains("value 2 is \"x\""));
         assert!(parse_output(b"1 2 3 4", 3)
             .unwrap_err()
+            .to_string()
             .contains("more than 3"));
     }
 }

@@ -93,15 +93,15 @@ impl Registry {
     }
 
     /// Keep only the named kernels; unknown names are an error naming them.
-    pub fn only(mut self, names: &[String]) -> Result<Self, String> {
+    pub fn only(mut self, names: &[String]) -> Result<Self, UnknownKernel> {
         for n in names {
             if !self.kernels.contains_key(n.as_str()) {
                 let mut known: Vec<_> = self.kernels.keys().copied().collect();
                 known.sort_unstable();
-                return Err(format!(
-                    "unknown kernel {n:?} (known: {})",
-                    known.join(", ")
-                ));
+                return Err(UnknownKernel {
+                    name: n.clone(),
+                    known: known.iter().map(|k| k.to_string()).collect(),
+                });
             }
         }
         self.kernels.retain(|k, _| names.iter().any(|n| n == k));
@@ -119,4 +119,14 @@ impl Registry {
         v.sort();
         v
     }
+}
+
+/// A kernel name this agent does not have.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown kernel {name:?} (known: {})", known.join(", "))]
+pub struct UnknownKernel {
+    /// The name asked for.
+    pub name: String,
+    /// The names there are.
+    pub known: Vec<String>,
 }
