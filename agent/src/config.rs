@@ -113,7 +113,7 @@ impl Config {
             }
         }
         if let Some(id) = &self.agent_id {
-            if !ttg_proto::keys::valid_run_id(id) {
+            if !ttg_proto::keys::valid_agent_id(id) {
                 return Err(ConfigError::Invalid(
                     "--agent-id must be 1..=64 characters of letters, digits and '-'".into(),
                 ));

@@ -98,7 +98,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Exit, Er
     let session_stop = CancellationToken::new();
     let unauthorized = CancellationToken::new();
     let ending = Arc::new(Mutex::new(session::Ending::Abandon));
-    let session = tokio::spawn(session::run(
+    let session = tokio::spawn(session::keep_session(
         config.connect_opts(),
         config.server.clone(),
         worker.clone(),

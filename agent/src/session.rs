@@ -54,7 +54,7 @@ enum Down {
 /// next one is tried. If a server refuses the agent's token
 /// (Unauthenticated, PermissionDenied: wrong, or revoked) `unauthorized` is
 /// cancelled and this returns: the agent must stop working.
-pub async fn run(
+pub async fn keep_session(
     opts: ttg_proto::client::ConnectOpts,
     servers: String,
     worker: Arc<Worker>,
@@ -73,7 +73,7 @@ pub async fn run(
         let server = servers[turn % servers.len().max(1)].clone();
         turn += 1;
         let span = tracing::info_span!("session", side = "agent", agent_id = %worker.agent_id(), server = %server);
-        let attempt = serve(&server, &opts, &worker, &stop, &ending, &mut backoff);
+        let attempt = one_session(&server, &opts, &worker, &stop, &ending, &mut backoff);
         match tracing::Instrument::instrument(attempt, span).await {
             Ok(()) => return,
             Err(Down::Refused(s))
@@ -98,7 +98,7 @@ pub async fn run(
     }
 }
 
-async fn serve(
+async fn one_session(
     server: &str,
     opts: &ttg_proto::client::ConnectOpts,
     worker: &Worker,

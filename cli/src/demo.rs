@@ -98,12 +98,12 @@ pub async fn demo(o: DemoOpts) -> CliResult<i32> {
         token: Some(cluster.client_token.clone()),
         ..Default::default()
     });
-    let result = run(&cluster, &o).await;
+    let result = sweep(&cluster, &o).await;
     cluster.stop().await;
     result
 }
 
-async fn run(cluster: &Cluster, o: &DemoOpts) -> CliResult<i32> {
+async fn sweep(cluster: &Cluster, o: &DemoOpts) -> CliResult<i32> {
     let opts = submit::Args {
         params: o.params,
         chunk_size: None,

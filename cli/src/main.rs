@@ -142,7 +142,7 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
     }
     let format = cli.format;
     match cli.command {
-        Cmd::Submit(a) => submit::run(server, a, format).await,
+        Cmd::Submit(a) => submit::submit(server, a, format).await,
         Cmd::Status(a) => status::status(server, &a.run, format).await,
         Cmd::Watch(a) => Ok(watch::watch(server, &a.run, &a.after, format).await?.exit),
         Cmd::Cancel(a) => status::cancel(server, &a.run, &a.reason, format).await,

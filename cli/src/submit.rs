@@ -83,7 +83,7 @@ pub fn request(o: &Args) -> CliResult<SubmitRequest> {
 }
 
 /// Submit, print the run id, and watch if asked. Returns the exit code.
-pub async fn run(server: &str, o: Args, format: Format) -> CliResult<i32> {
+pub async fn submit(server: &str, o: Args, format: Format) -> CliResult<i32> {
     let req = request(&o)?;
     let mut client = client::control(server).await?;
     let resp = client.submit(req).await?.into_inner();

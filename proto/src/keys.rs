@@ -79,8 +79,8 @@ impl Keys {
     /// Stream of task entries that could not be decoded (corrupt or foreign
     /// writes): `stream`, `entry`, `err`, and the raw `t` field. They are
     /// moved here, never retried, so a bad entry cannot wedge a consumer.
-    pub fn dead_entries(&self) -> String {
-        format!("{}dead", self.prefix)
+    pub fn corrupt_entries(&self) -> String {
+        format!("{}corrupt", self.prefix)
     }
 
     /// Pub/sub channel on which replicas tell each other of cancelled runs, so
@@ -196,6 +196,16 @@ pub fn run_id_ms(s: &str) -> Option<i64> {
 
 /// Whether `s` looks like a run id (guards key construction against odd input).
 pub fn valid_run_id(s: &str) -> bool {
+    valid_id(s)
+}
+
+/// Whether `s` can be an agent id: it names a consumer and a key, so the
+/// same rule as run ids (1..=64 letters, digits and '-').
+pub fn valid_agent_id(s: &str) -> bool {
+    valid_id(s)
+}
+
+fn valid_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 

@@ -165,7 +165,7 @@ pub fn quarantine(
     let mut p = redis::pipe();
     p.atomic()
         .cmd("XADD")
-        .arg(keys.dead_entries())
+        .arg(keys.corrupt_entries())
         .arg("MAXLEN")
         .arg("~")
         .arg(100_000)

@@ -271,7 +271,7 @@ impl SessionTask {
             End::Dropped
         } else {
             tokio::select! {
-                end = serve(&mut inbound, &mut info, &self.store, self.lease, &self.shutdown, &mut last_beat) => end,
+                end = receive(&mut inbound, &mut info, &self.store, self.lease, &self.shutdown, &mut last_beat) => end,
                 _ = crate::auth::revoked(grant) => End::Revoked,
             }
         };
@@ -377,7 +377,7 @@ impl SessionTask {
     }
 }
 
-async fn serve(
+async fn receive(
     inbound: &mut Streaming<AgentMessage>,
     info: &mut AgentInfo,
     store: &Store,

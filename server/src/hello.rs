@@ -4,7 +4,7 @@
 //! here, and a heartbeat's lists are trimmed to what an honest agent sends.
 
 use prost::Message;
-use ttg_proto::keys::valid_run_id;
+use ttg_proto::keys::valid_agent_id;
 use ttg_proto::v1::{Heartbeat, Hello};
 
 /// Largest Hello, encoded (kernel declarations included).
@@ -48,7 +48,7 @@ fn bad(field: &'static str, message: impl Into<String>) -> HelloError {
 
 /// Check a Hello; the error names the field and the allowed range.
 pub fn check_hello(h: &Hello) -> Result<(), HelloError> {
-    if !valid_run_id(&h.agent_id) {
+    if !valid_agent_id(&h.agent_id) {
         return Err(bad(
             "hello.agent_id",
             "must be 1..=64 characters of letters, digits and '-'",

@@ -772,7 +772,7 @@ async fn corrupt_task_entries_are_moved_aside_and_the_work_goes_on() {
     let dead: redis::streams::StreamRangeReply =
         wait_until("junk moved aside", Duration::from_secs(10), || {
             let d: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-                .arg(keys.dead_entries())
+                .arg(keys.corrupt_entries())
                 .arg("-")
                 .arg("+")
                 .query(&mut redis.conn())

@@ -87,7 +87,7 @@ impl Worker {
                 tracing::error!(agent = %self.agent_id, stream = %stream, entry = %entry_id, error = %error,
                     "corrupt task entry moved to the dead-entries stream");
                 let keys = self.keys.clone();
-                self.persist("quarantine", |mut c| {
+                self.retry_redis("quarantine", |mut c| {
                     let p = ttg_proto::records::quarantine(&keys, &stream, &entry_id, &error, raw);
                     async move { p.query_async::<()>(&mut c).await }
                 })
@@ -106,7 +106,7 @@ impl Worker {
         if let Ok(mut h) = self.held.lock() {
             h.insert(
                 c.entry_id.clone(),
-                Held {
+                HeldEntry {
                     stream: c.stream.clone(),
                     info: HeldChunk {
                         run_id: c.task.run_id.clone(),

@@ -45,9 +45,10 @@ impl Worker {
     pub async fn claim_loop(self: Arc<Self>, stop: CancellationToken, tracker: TaskTracker) {
         let mut c = Claimer::new(&self);
         while !stop.is_cancelled() {
-            // A hold, then a slot, in that order everywhere (entries waiting
-            // for a slot already have their hold), so neither waits forever.
-            let Some(first_hold) = acquire(&c.holds, &stop).await else {
+            // A share of the claim budget, then a slot, in that order
+            // everywhere (entries waiting for a slot already have their
+            // share), so neither waits forever.
+            let Some(first_share) = acquire(&c.budget, &stop).await else {
                 return;
             };
             // Claim only what we can start now: chunks held but not computing
@@ -65,18 +66,18 @@ impl Worker {
                 c.backoff.sleep_or(&stop).await;
                 continue;
             }
-            let mut hold = first_hold;
+            let mut shares = first_share;
             let want = permits.len() + c.prefetch(&self);
             if want > 1 {
-                let more = (want - 1).min(c.holds.available_permits()) as u32;
-                if let Ok(p) = c.holds.clone().try_acquire_many_owned(more) {
-                    hold.merge(p);
+                let more = (want - 1).min(c.budget.available_permits()) as u32;
+                if let Ok(p) = c.budget.clone().try_acquire_many_owned(more) {
+                    shares.merge(p);
                 }
             }
             // While claimed entries wait for a slot, never block: a blocked
             // read would keep the slots it holds from them until it returns.
             let local_work = c.waiting.load(Ordering::Relaxed) > 0;
-            let keys = match c.read(&self, hold.num_permits(), !local_work).await {
+            let keys = match c.read(&self, shares.num_permits(), !local_work).await {
                 Ok(k) => k,
                 Err(e) => {
                     tracing::warn!(error = %e, "XREADGROUP failed; retrying");
@@ -88,11 +89,11 @@ impl Worker {
             if local_work && keys.iter().all(|k| k.ids.is_empty()) {
                 // Nothing new: hand the slots to the waiting entries first.
                 drop(permits);
-                drop(hold);
+                drop(shares);
                 tokio::task::yield_now().await;
                 continue;
             }
-            c.dispatch(&self, keys, permits, hold, &tracker);
+            c.dispatch(&self, keys, permits, shares, &tracker);
         }
     }
 }
@@ -111,7 +112,7 @@ struct Claimer {
     slots: Arc<Semaphore>,
     /// Chunks held from claim to completion: computing, waiting for a slot
     /// (prefetched) or waiting for their completion script.
-    holds: Arc<Semaphore>,
+    budget: Arc<Semaphore>,
     /// Entries claimed and waiting for a free slot (see PREFETCH_BELOW).
     waiting: Arc<AtomicUsize>,
     streams: Vec<String>,
@@ -125,7 +126,7 @@ impl Claimer {
     fn new(w: &Worker) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(w.concurrency as usize)),
-            holds: Arc::new(Semaphore::new(2 * w.concurrency as usize + HOLD_EXTRA)),
+            budget: Arc::new(Semaphore::new(2 * w.concurrency as usize + HOLD_EXTRA)),
             waiting: Arc::new(AtomicUsize::new(0)),
             streams: w.streams(),
             blocking: None,
@@ -198,7 +199,7 @@ impl Claimer {
         }
     }
 
-    /// Hand each entry to a task of its own with one hold and, if one is
+    /// Hand each entry to a task of its own with one share of the budget and, if one is
     /// left, a slot; prefetched entries (and extras from several kernels'
     /// streams, as COUNT applies per stream) wait for theirs.
     fn dispatch(
@@ -206,24 +207,27 @@ impl Claimer {
         w: &Arc<Worker>,
         keys: Vec<StreamKey>,
         mut permits: Vec<OwnedSemaphorePermit>,
-        mut hold: OwnedSemaphorePermit,
+        mut shares: OwnedSemaphorePermit,
         tracker: &TaskTracker,
     ) {
         for key in keys {
             for entry in key.ids {
                 let permit = permits.pop();
-                let held = hold.split(1);
-                let (holds, slots, waiting) =
-                    (self.holds.clone(), self.slots.clone(), self.waiting.clone());
+                let share = shares.split(1);
+                let (budget, slots, waiting) = (
+                    self.budget.clone(),
+                    self.slots.clone(),
+                    self.waiting.clone(),
+                );
                 let w = w.clone();
                 let stream = key.key.clone();
                 if permit.is_none() {
                     waiting.fetch_add(1, Ordering::Relaxed);
                 }
                 tracker.spawn(async move {
-                    let _held = match held {
+                    let _share = match share {
                         Some(h) => h,
-                        None => match holds.acquire_owned().await {
+                        None => match budget.acquire_owned().await {
                             Ok(h) => h,
                             Err(_) => return,
                         },

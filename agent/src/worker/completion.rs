@@ -136,7 +136,7 @@ impl Worker {
                 let chunks: Vec<ChunkResult> = group.iter().map(|p| p.chunk.clone()).collect();
                 let keys = &self.keys;
                 let reply: Option<(Vec<i64>, String)> = self
-                    .persist("complete", |mut c| {
+                    .retry_redis("complete", |mut c| {
                         let inv =
                             self.scripts
                                 .complete(keys, &run_id, &stream, &self.agent_id, &chunks);
@@ -201,7 +201,7 @@ impl Worker {
             dead_body: &dead_body,
         };
         let reply: Option<(i64, String)> = self
-            .persist("fail", |mut c| {
+            .retry_redis("fail", |mut c| {
                 let inv = self
                     .scripts
                     .fail(&self.keys, run_id, stream, &self.agent_id, &failed);

@@ -9,7 +9,7 @@
 //! answers (it is idempotent: first result wins, XACK of an acked entry is a
 //! no-op), and an entry this agent cannot finish stays pending in its name,
 //! for the server to reclaim. This file holds the shared state and
-//! [`Worker::persist`] (retry until Redis answers); its imports are the
+//! [`Worker::retry_redis`] (retry until Redis answers); its imports are the
 //! shared prelude of the files above (`use super::*`).
 
 use std::collections::HashMap;
@@ -47,7 +47,7 @@ fn redis_backoff() -> Backoff {
 }
 
 /// A delivery this agent holds.
-struct Held {
+struct HeldEntry {
     stream: String,
     info: HeldChunk,
     /// Aborts this chunk alone (it was reclaimed from under us).
@@ -70,7 +70,7 @@ pub struct Worker {
     scripts: Scripts,
     registry: Registry,
     concurrency: u32,
-    held: Mutex<HashMap<String, Held>>,
+    held: Mutex<HashMap<String, HeldEntry>>,
     /// Lease from the server's Welcome (ms); the keeper refreshes every half.
     lease_ms: AtomicU64,
     /// Chunks reclaimed from under this agent (it looked dead, then woke).
@@ -196,7 +196,7 @@ impl Worker {
 
     /// Run `op` until Redis answers, backing off on transient errors. Gives up
     /// (None) on a non-transient error or once the agent aborts.
-    pub(super) async fn persist<T, F, Fut>(&self, what: &str, mut op: F) -> Option<T>
+    pub(super) async fn retry_redis<T, F, Fut>(&self, what: &str, mut op: F) -> Option<T>
     where
         F: FnMut(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = RedisResult<T>>,

@@ -98,7 +98,7 @@ impl Worker {
             self.believe_active(&task.run_id, state);
             let keys = self.keys.clone();
             let tp = String::from_utf8_lossy(traceparent).into_owned();
-            self.persist("re-queue", |mut c| {
+            self.retry_redis("re-queue", |mut c| {
                 let keys = keys.clone();
                 let tp = tp.clone();
                 async move {
@@ -132,7 +132,7 @@ impl Worker {
             }),
         );
         let (code, state): (i64, String) = self
-            .persist("claim gate", |mut c| {
+            .retry_redis("claim gate", |mut c| {
                 let inv = self.scripts.claim_gate(
                     &self.keys,
                     run_id,
