@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+pub use ttg_proto::runtime::ConfigError;
 use ttg_proto::telemetry::LogFormat;
 
 /// `ttg-agent` configuration.
@@ -80,26 +81,6 @@ pub struct Config {
     /// Serve Prometheus metrics on http://ADDR/metrics (default: off). Its own variable, not the server's TTG_METRICS_ADDR: processes sharing an environment (ttgctl up) must not all bind one port.
     #[arg(long, env = "TTG_AGENT_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
-}
-
-/// A setting clap's types cannot check; the message names the flag.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// A flag out of range, or flags that contradict each other.
-    #[error("{0}")]
-    Invalid(String),
-    /// The Redis URL or CA does not make a client.
-    #[error("--redis-url/--redis-ca: {0}")]
-    Redis(#[source] redis::RedisError),
-    /// The server URL, TLS files or token do not make a client.
-    #[error("{flag}: {source}")]
-    Client {
-        /// The flag at fault.
-        flag: &'static str,
-        /// Why.
-        #[source]
-        source: ttg_proto::client::ClientError,
-    },
 }
 
 impl Config {

@@ -74,37 +74,13 @@ pub async fn reclaim_entry<C: ConnectionLike>(
     after: Duration,
     lost_span: &str,
 ) -> RedisResult<Option<Reclaimed>> {
-    let range: StreamRangeReply = redis::cmd("XRANGE")
-        .arg(stream)
-        .arg(entry_id)
-        .arg(entry_id)
-        .query_async(conn)
-        .await?;
-    let Some(entry) = range.ids.into_iter().next() else {
-        // Pending but gone from the stream: nothing to re-queue; clear the PEL.
-        redis::cmd("XACK")
-            .arg(stream)
-            .arg(GROUP)
-            .arg(entry_id)
-            .query_async::<()>(conn)
-            .await?;
-        return Ok(None);
-    };
-    let TaskEntry {
+    let Some(TaskEntry {
         task,
         attempt,
         traceparent: tp,
-    } = match TaskEntry::decode(&entry.map) {
-        Ok(e) => e,
-        Err(e) => {
-            let error = e.to_string();
-            let raw = bulk(entry.map.get(TASK_FIELD)).unwrap_or_default();
-            tracing::error!(stream, entry = entry_id, error = %error, "corrupt task entry moved to the dead-entries stream");
-            crate::records::quarantine(keys, stream, entry_id, &error, raw)
-                .query_async::<()>(conn)
-                .await?;
-            return Ok(None);
-        }
+    }) = read_entry(conn, keys, stream, entry_id).await?
+    else {
+        return Ok(None);
     };
     let task_bytes = crate::records::encode(&task);
     let run_id = task.run_id.clone();
@@ -117,26 +93,7 @@ pub async fn reclaim_entry<C: ConnectionLike>(
         tracing_opentelemetry::OpenTelemetrySpanExt::add_link(&span, sc);
     }
     let error = format!("agent {agent} died holding it ({})", cause.as_str());
-    let retry_body = event_body(
-        &run_id,
-        event::Kind::ChunkReclaimed(ChunkReclaimed {
-            chunk_index: task.chunk_index,
-            agent_id: agent.to_string(),
-            attempt: attempt + 1,
-            after_ms: after.as_millis() as u64,
-            cause: cause.as_str().to_string(),
-        }),
-    );
-    let dead_body = event_body(
-        &run_id,
-        event::Kind::ChunkFailed(ChunkFailed {
-            chunk_index: task.chunk_index,
-            agent_id: agent.to_string(),
-            attempt,
-            error: error.clone(),
-            dead: true,
-        }),
-    );
+    let (retry_body, dead_body) = reclaim_bodies(&task, attempt, agent, cause, after, &error);
     let inv = scripts.reclaim(
         keys,
         &run_id,
@@ -163,6 +120,77 @@ pub async fn reclaim_entry<C: ConnectionLike>(
         attempt,
         outcome: Failure::from_reply(code, &state),
     }))
+}
+
+/// The entry `entry_id` of `stream`, decoded; None if there is nothing to
+/// reclaim: it is gone from the stream (its pending record is cleared) or
+/// corrupt (moved to the corrupt-entries stream).
+async fn read_entry<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+    stream: &str,
+    entry_id: &str,
+) -> RedisResult<Option<TaskEntry>> {
+    let range: StreamRangeReply = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg(entry_id)
+        .arg(entry_id)
+        .query_async(conn)
+        .await?;
+    let Some(entry) = range.ids.into_iter().next() else {
+        redis::cmd("XACK")
+            .arg(stream)
+            .arg(GROUP)
+            .arg(entry_id)
+            .query_async::<()>(conn)
+            .await?;
+        return Ok(None);
+    };
+    match TaskEntry::decode(&entry.map) {
+        Ok(e) => Ok(Some(e)),
+        Err(e) => {
+            let error = e.to_string();
+            let raw = bulk(entry.map.get(TASK_FIELD)).unwrap_or_default();
+            tracing::error!(stream, entry = entry_id, error = %error, "corrupt task entry moved to the corrupt-entries stream");
+            crate::records::quarantine(keys, stream, entry_id, &error, raw)
+                .query_async::<()>(conn)
+                .await?;
+            Ok(None)
+        }
+    }
+}
+
+/// The events of a reclaim: ChunkReclaimed if re-queued, ChunkFailed
+/// (dead) if no attempts are left.
+fn reclaim_bodies(
+    task: &crate::v1::Task,
+    attempt: u32,
+    agent: &str,
+    cause: Cause,
+    after: Duration,
+    error: &str,
+) -> (Vec<u8>, Vec<u8>) {
+    let retry = event_body(
+        &task.run_id,
+        event::Kind::ChunkReclaimed(ChunkReclaimed {
+            chunk_index: task.chunk_index,
+            agent_id: agent.to_string(),
+            attempt: attempt + 1,
+            after_ms: after.as_millis() as u64,
+            cause: cause.as_str().to_string(),
+        }),
+    );
+    let dead = event_body(
+        &task.run_id,
+        event::Kind::ChunkFailed(ChunkFailed {
+            chunk_index: task.chunk_index,
+            agent_id: agent.to_string(),
+            attempt,
+            error: error.to_string(),
+            dead: true,
+        }),
+    );
+    (retry, dead)
 }
 
 /// Reclaim everything consumer `agent` holds in `stream`, then remove the

@@ -76,7 +76,7 @@ impl TaskEntry {
     /// agents and reclaimers alike: the `t` field must decode to a task
     /// with a run id and a non-empty range, and `a`, when present, must be
     /// a positive integer (absent means 1). Anything else is an error
-    /// naming what is wrong, for the dead-entries stream.
+    /// naming what is wrong, for the corrupt-entries stream.
     pub fn decode(fields: &HashMap<String, Value>) -> Result<TaskEntry, DecodeError> {
         let bulk = |k: &str| match fields.get(k) {
             Some(Value::BulkString(b)) => Some(b.as_slice()),
@@ -154,7 +154,7 @@ pub fn is_terminal(e: &Event) -> bool {
 }
 
 /// Commands that move an undecodable task entry to the installation's
-/// dead-entries stream with `error`, and ack and delete it, in one MULTI.
+/// corrupt-entries stream with `error`, and ack and delete it, in one MULTI.
 pub fn quarantine(
     keys: &crate::keys::Keys,
     stream: &str,

@@ -1,5 +1,6 @@
-//! Process plumbing every binary shares: the shutdown signal and the
-//! back-off used wherever a peer (Redis, the server) is retried.
+//! Process plumbing every binary shares: the shutdown signal, the back-off
+//! used wherever a peer (Redis, the server) is retried, and the error for a
+//! bad setting.
 
 use std::time::Duration;
 
@@ -20,6 +21,26 @@ pub async fn signal_cancels(token: CancellationToken) {
         _ = int.recv() => {}
     }
     token.cancel();
+}
+
+/// A setting clap's types cannot check; the message names the flag.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A flag out of range, or flags that contradict each other.
+    #[error("{0}")]
+    Invalid(String),
+    /// The Redis URL or CA does not make a client.
+    #[error("--redis-url/--redis-ca: {0}")]
+    Redis(#[source] redis::RedisError),
+    /// The server URL, TLS files or token do not make a client.
+    #[error("{flag}: {source}")]
+    Client {
+        /// The flag at fault.
+        flag: &'static str,
+        /// Why.
+        #[source]
+        source: crate::client::ClientError,
+    },
 }
 
 /// Exponential back-off: `min`, doubling on every failure up to `max`,

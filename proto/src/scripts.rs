@@ -95,6 +95,22 @@ pub struct FailedAttempt<'a> {
     pub dead_body: &'a [u8],
 }
 
+impl FailedAttempt<'_> {
+    /// The arguments fail.lua and reclaim.lua share, in their order: chunk,
+    /// task, attempt, max attempts, error, traceparent, both bodies, run id.
+    fn push(&self, inv: &mut ScriptInvocation<'_>, run_id: &str) {
+        inv.arg(self.chunk_index)
+            .arg(self.task_bytes)
+            .arg(self.attempt)
+            .arg(self.max_attempts.max(1))
+            .arg(self.error)
+            .arg(self.traceparent)
+            .arg(self.retry_body)
+            .arg(self.dead_body)
+            .arg(run_id);
+    }
+}
+
 impl Scripts {
     /// Build the scripts (prelude + body).
     pub fn new() -> Self {
@@ -157,19 +173,9 @@ impl Scripts {
         for k in keys.fail_keys(run_id, tasks) {
             inv.key(k);
         }
-        inv.arg(GROUP)
-            .arg(f.entry_id)
-            .arg(f.chunk_index)
-            .arg(f.task_bytes)
-            .arg(f.attempt)
-            .arg(f.max_attempts.max(1))
-            .arg(f.error)
-            .arg(f.traceparent)
-            .arg(f.retry_body)
-            .arg(f.dead_body)
-            .arg(run_id)
-            .arg(consumer)
-            .arg(f.first_line);
+        inv.arg(GROUP).arg(f.entry_id);
+        f.push(&mut inv, run_id);
+        inv.arg(consumer).arg(f.first_line);
         inv
     }
 
@@ -187,18 +193,8 @@ impl Scripts {
         for k in keys.fail_keys(run_id, tasks) {
             inv.key(k);
         }
-        inv.arg(GROUP)
-            .arg(f.entry_id)
-            .arg(owner)
-            .arg(f.chunk_index)
-            .arg(f.task_bytes)
-            .arg(f.attempt)
-            .arg(f.max_attempts.max(1))
-            .arg(f.error)
-            .arg(f.traceparent)
-            .arg(f.retry_body)
-            .arg(f.dead_body)
-            .arg(run_id);
+        inv.arg(GROUP).arg(f.entry_id).arg(owner);
+        f.push(&mut inv, run_id);
         inv
     }
 

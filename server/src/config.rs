@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub use ttg_proto::runtime::ConfigError;
 use ttg_proto::telemetry::LogFormat;
 
 /// `ttg-server` configuration.
@@ -129,17 +130,6 @@ pub struct Limits {
     /// Longest retention a Submit may ask for (default 365d).
     #[arg(long, env = "TTG_MAX_RUN_RETENTION", default_value = "365d", value_parser = humantime::parse_duration)]
     pub max_run_retention: Duration,
-}
-
-/// A setting clap's types cannot check; the message names the flag.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// A flag out of range, or flags that contradict each other.
-    #[error("{0}")]
-    Invalid(String),
-    /// The Redis URL or CA does not make a client.
-    #[error("--redis-url/--redis-ca: {0}")]
-    Redis(#[source] redis::RedisError),
 }
 
 impl Config {

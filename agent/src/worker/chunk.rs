@@ -62,7 +62,7 @@ impl Worker {
     }
 
     /// The decoded entry, or None after moving a corrupt one to the
-    /// dead-entries stream (never retried, never a panic).
+    /// corrupt-entries stream (never retried, never a panic).
     async fn decode_or_quarantine(
         &self,
         stream: String,
@@ -85,7 +85,7 @@ impl Worker {
                 let error = e.to_string();
                 let raw = bulk(fields.get(TASK_FIELD)).unwrap_or_default();
                 tracing::error!(agent = %self.agent_id, stream = %stream, entry = %entry_id, error = %error,
-                    "corrupt task entry moved to the dead-entries stream");
+                    "corrupt task entry moved to the corrupt-entries stream");
                 let keys = self.keys.clone();
                 self.retry_redis("quarantine", |mut c| {
                     let p = ttg_proto::records::quarantine(&keys, &stream, &entry_id, &error, raw);
