@@ -100,13 +100,11 @@ impl Config {
                 ));
             }
         }
-        if self.prefix.is_empty() || self.prefix.len() > 64 {
-            return Err(ConfigError::Invalid(
-                "--prefix must be 1..=64 characters".into(),
-            ));
-        }
-        ttg_proto::redis_conn::client(&self.redis_url, self.redis_ca.as_deref())
-            .map_err(ConfigError::Redis)?;
+        ttg_proto::runtime::check_redis_flags(
+            &self.prefix,
+            &self.redis_url,
+            self.redis_ca.as_deref(),
+        )?;
         for url in self.server.split(',').map(str::trim) {
             ttg_proto::client::endpoint(url, &self.connect_opts()).map_err(|source| {
                 ConfigError::Client {

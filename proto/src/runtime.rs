@@ -43,6 +43,22 @@ pub enum ConfigError {
     },
 }
 
+/// The Redis flags every binary takes: `--prefix` 1..=64 characters, and a
+/// `--redis-url` (with `--redis-ca`) that makes a client.
+pub fn check_redis_flags(
+    prefix: &str,
+    url: &str,
+    ca: Option<&std::path::Path>,
+) -> Result<(), ConfigError> {
+    if prefix.is_empty() || prefix.len() > 64 {
+        return Err(ConfigError::Invalid(
+            "--prefix must be 1..=64 characters".into(),
+        ));
+    }
+    crate::redis_conn::client(url, ca).map_err(ConfigError::Redis)?;
+    Ok(())
+}
+
 /// Exponential back-off: `min`, doubling on every failure up to `max`,
 /// back to `min` on success.
 #[derive(Debug, Clone, Copy)]

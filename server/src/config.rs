@@ -153,13 +153,11 @@ impl Config {
                 "--redis-timeout must be at least 100ms".into(),
             ));
         }
-        if self.prefix.is_empty() || self.prefix.len() > 64 {
-            return Err(ConfigError::Invalid(
-                "--prefix must be 1..=64 characters".into(),
-            ));
-        }
-        ttg_proto::redis_conn::client(&self.redis_url, self.redis_ca.as_deref())
-            .map_err(ConfigError::Redis)?;
+        ttg_proto::runtime::check_redis_flags(
+            &self.prefix,
+            &self.redis_url,
+            self.redis_ca.as_deref(),
+        )?;
         match (&self.tokens_file, self.insecure_no_auth) {
             (None, false) => {
                 return Err(ConfigError::Invalid("refusing to start without authentication: give --tokens-file FILE \
