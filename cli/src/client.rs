@@ -10,6 +10,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 use ttg_proto::client::{Bearer, ConnectOpts};
 use ttg_proto::v1::control_plane_client::ControlPlaneClient;
+use ttg_proto::v1::{RunStatus, StatusRequest};
 
 /// Exit code: success.
 pub const EXIT_OK: i32 = 0;
@@ -146,4 +147,13 @@ pub async fn control(server: &str) -> CliResult<Control> {
         ControlPlaneClient::with_interceptor(channel(server).await?, bearer)
             .max_decoding_message_size(64 * 1024 * 1024),
     )
+}
+
+/// A run's status.
+pub async fn run_status(c: &mut Control, run_id: &str) -> Result<RunStatus, tonic::Status> {
+    c.status(StatusRequest {
+        run_id: run_id.to_string(),
+    })
+    .await
+    .map(tonic::Response::into_inner)
 }

@@ -21,13 +21,7 @@ macro_rules! say {
 async fn kill_at(server: &str, run_id: &str, pid: u32, pct: u32) -> Option<(i64, u64)> {
     let mut c = crate::client::control(server).await.ok()?;
     loop {
-        let st = c
-            .status(ttg_proto::v1::StatusRequest {
-                run_id: run_id.to_string(),
-            })
-            .await
-            .ok()?
-            .into_inner();
+        let st = crate::client::run_status(&mut c, run_id).await.ok()?;
         let p = st.progress.unwrap_or_default();
         if p.chunks_total > 0 && (p.chunks_done * 100) >= p.chunks_total * pct as u64 {
             crate::sys::signal(pid, libc::SIGKILL);

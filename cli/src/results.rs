@@ -5,7 +5,7 @@
 
 use std::io::{BufWriter, Write};
 
-use ttg_proto::v1::{GetResultsRequest, RunState, StatusRequest};
+use ttg_proto::v1::{GetResultsRequest, RunState};
 
 use crate::client::{self, CliError, CliResult, EXIT_FAILED, EXIT_OK};
 use crate::output::state_name;
@@ -43,12 +43,7 @@ pub async fn results(
     let mut c = client::control(server).await?;
     // The state before reading: a run that succeeds meanwhile was complete
     // when read, and one still running is reported as such.
-    let st = c
-        .status(StatusRequest {
-            run_id: run_id.to_string(),
-        })
-        .await?
-        .into_inner();
+    let st = client::run_status(&mut c, run_id).await?;
     let mut stream = c
         .get_results(GetResultsRequest {
             run_id: run_id.to_string(),

@@ -1,8 +1,8 @@
-//! `ttgctl status RUN`, `ttgctl runs`, `ttgctl agents` and `ttgctl cancel RUN`.
+//! One run's commands (`status`, `cancel`, `retry`, `delete`), the run
+//! listing (`runs`) and the fleet's (`agents`, `kernels`).
 
 use ttg_proto::v1::{
     CancelRequest, DeleteRequest, ListAgentsRequest, ListRunsRequest, RetryRequest, RunState,
-    StatusRequest,
 };
 
 use crate::client::{self, CliError, CliResult, EXIT_OK};
@@ -11,12 +11,7 @@ use crate::output::{agent_json, state_name, status_json, status_text, thousands,
 /// Print one run's status.
 pub async fn status(server: &str, run_id: &str, format: Format) -> CliResult<i32> {
     let mut c = client::control(server).await?;
-    let st = c
-        .status(StatusRequest {
-            run_id: run_id.to_string(),
-        })
-        .await?
-        .into_inner();
+    let st = client::run_status(&mut c, run_id).await?;
     match format {
         Format::Json => println!(
             "{}",
@@ -163,16 +158,11 @@ pub async fn delete(server: &str, run_id: &str, format: Format) -> CliResult<i32
         })
         .await?
         .into_inner();
-    match format {
-        Format::Json => println!(
-            "{}",
-            serde_json::json!({"run_id": run_id, "deleted": true, "state": state_name(r.state)})
-        ),
-        Format::Text | Format::Csv => {
-            println!("run {run_id} deleted (it was {})", state_name(r.state))
-        }
-    }
-    Ok(EXIT_OK)
+    report(
+        format,
+        serde_json::json!({"run_id": run_id, "deleted": true, "state": state_name(r.state)}),
+        format!("run {run_id} deleted (it was {})", state_name(r.state)),
+    )
 }
 
 /// Print the agents with a live session.
@@ -219,14 +209,11 @@ pub async fn cancel(server: &str, run_id: &str, reason: &str, format: Format) ->
         })
         .await?
         .into_inner();
-    match format {
-        Format::Json => println!(
-            "{}",
-            serde_json::json!({"run_id": run_id, "state": state_name(r.state)})
-        ),
-        Format::Text | Format::Csv => println!("run {run_id} {}", state_name(r.state)),
-    }
-    Ok(EXIT_OK)
+    report(
+        format,
+        serde_json::json!({"run_id": run_id, "state": state_name(r.state)}),
+        format!("run {run_id} {}", state_name(r.state)),
+    )
 }
 
 /// Re-queue a run's dead chunks with fresh attempts.
@@ -238,16 +225,22 @@ pub async fn retry(server: &str, run_id: &str, format: Format) -> CliResult<i32>
         })
         .await?
         .into_inner();
-    match format {
-        Format::Json => println!(
-            "{}",
-            serde_json::json!({"run_id": run_id, "chunks_requeued": r.chunks_requeued, "state": state_name(r.state)})
-        ),
-        Format::Text | Format::Csv => println!(
-            "run {run_id}: {} dead chunks re-queued; state {}",
+    report(
+        format,
+        serde_json::json!({"run_id": run_id, "chunks_requeued": r.chunks_requeued, "state": state_name(r.state)}),
+        format!(
+            "run {run_id}: {} chunks re-queued (dead, or stopped by fail-fast); state {}",
             r.chunks_requeued,
             state_name(r.state)
         ),
+    )
+}
+
+/// Print what a command did to a run: `json` with -o json, else `text`.
+fn report(format: Format, json: serde_json::Value, text: String) -> CliResult<i32> {
+    match format {
+        Format::Json => println!("{json}"),
+        Format::Text | Format::Csv => println!("{text}"),
     }
     Ok(EXIT_OK)
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tonic::Code;
 use ttg_proto::runtime::Backoff;
-use ttg_proto::v1::{event, Event, RunState, StatusRequest, WatchRequest};
+use ttg_proto::v1::{event, Event, RunState, WatchRequest};
 
 use crate::client::{self, CliError, CliResult, EXIT_FAILED, EXIT_OK};
 use crate::output::{aggregate_text, event_json, state_name, thousands, Format};
@@ -224,12 +224,7 @@ impl Progress {
 /// Watch `run_id` from after `after` to its end.
 pub async fn watch(server: &str, run_id: &str, after: &str, format: Format) -> CliResult<Outcome> {
     let mut client = client::control(server).await?;
-    let st = client
-        .status(StatusRequest {
-            run_id: run_id.to_string(),
-        })
-        .await?
-        .into_inner();
+    let st = client::run_status(&mut client, run_id).await?;
     let mut w = Watcher {
         run_id: run_id.to_string(),
         format,
@@ -405,13 +400,10 @@ async fn reconnect_wait(
 
 /// Whether the run is in a final state now (false if that cannot be told).
 async fn finished_now(client: &mut client::Control, run_id: &str) -> bool {
-    client
-        .status(StatusRequest {
-            run_id: run_id.to_string(),
-        })
+    client::run_status(client, run_id)
         .await
         .map(|s| {
-            let s = s.into_inner().state;
+            let s = s.state;
             s == RunState::Succeeded as i32
                 || s == RunState::Failed as i32
                 || s == RunState::Cancelled as i32

@@ -137,36 +137,20 @@ impl Sessions {
 
 /// The AgentGateway service.
 pub struct Gateway {
-    store: Arc<Store>,
-    sessions: Arc<Sessions>,
-    server_id: String,
-    heartbeat_interval: Duration,
-    lease: Duration,
-    max_sessions_per_token: u32,
-    shutdown: CancellationToken,
-}
-
-impl Gateway {
-    /// A gateway recording agents in `store`.
-    pub fn new(
-        store: Arc<Store>,
-        sessions: Arc<Sessions>,
-        server_id: String,
-        heartbeat_interval: Duration,
-        lease: Duration,
-        max_sessions_per_token: u32,
-        shutdown: CancellationToken,
-    ) -> Self {
-        Self {
-            store,
-            sessions,
-            server_id,
-            heartbeat_interval,
-            lease,
-            max_sessions_per_token,
-            shutdown,
-        }
-    }
+    /// Where agents are recorded.
+    pub store: Arc<Store>,
+    /// This replica's sessions.
+    pub sessions: Arc<Sessions>,
+    /// This replica's id (sent in Welcome).
+    pub server_id: String,
+    /// Heartbeat interval the agents are told.
+    pub heartbeat_interval: Duration,
+    /// The lease: no heartbeat for this long and the agent is lost.
+    pub lease: Duration,
+    /// Most sessions one token may hold here.
+    pub max_sessions_per_token: u32,
+    /// Ends every session (server shutdown).
+    pub shutdown: CancellationToken,
 }
 
 /// How a session ended.

@@ -258,15 +258,15 @@ pub async fn run(
         shutdown.clone(),
         config.limits.submit_rate,
     );
-    let gateway = gateway::Gateway::new(
-        store.clone(),
-        sessions.clone(),
-        server_id.clone(),
-        config.heartbeat_interval,
-        config.lease,
-        config.limits.max_sessions_per_token,
-        shutdown.clone(),
-    );
+    let gateway = gateway::Gateway {
+        store: store.clone(),
+        sessions: sessions.clone(),
+        server_id: server_id.clone(),
+        heartbeat_interval: config.heartbeat_interval,
+        lease: config.lease,
+        max_sessions_per_token: config.limits.max_sessions_per_token,
+        shutdown: shutdown.clone(),
+    };
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health

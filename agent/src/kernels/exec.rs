@@ -196,63 +196,10 @@ impl Kernel for Exec {
             let path = self.resolve(program)?;
             let n = (chunk.end - chunk.start) as usize;
 
-            let mut cmd = tokio::process::Command::new(&path);
-            cmd.args(&argv)
-                .env("TTG_PARAM_START", chunk.start.to_string())
-                .env("TTG_PARAM_END", chunk.end.to_string())
-                .env("TTG_RUN_ID", &chunk.run_id)
-                .env("TTG_CHUNK_INDEX", chunk.chunk_index.to_string())
-                .env("TTG_ATTEMPT", chunk.attempt.to_string())
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true);
-            crate::sys::own_group_dies_with_agent(&mut cmd);
-            let mut child = cmd.spawn().map_err(|e| {
-                KernelError::Failed(format!("cannot start {}: {e}", path.display()))
-            })?;
-            let pgid = child.id();
-            let group = scopeguard(pgid);
-
-            let mut stdin = child.stdin.take();
-            let (start, end) = (chunk.start, chunk.end);
-            let feed = async move {
-                if let Some(mut w) = stdin.take() {
-                    let mut buf = Vec::with_capacity(n * 8);
-                    for p in start..end {
-                        buf.extend_from_slice(p.to_string().as_bytes());
-                        buf.push(b'\n');
-                    }
-                    // A program may exit without reading all of stdin; that
-                    // is judged by its output, not by a broken pipe here.
-                    let _ = w.write_all(&buf).await;
-                    let _ = w.shutdown().await;
-                }
-            };
-            let mut stdout = child.stdout.take();
+            let (mut child, group) = spawn(&path, &argv, chunk)?;
             let limit = (n as u64) * 64 + 4_096;
-            let read_out = async move {
-                let mut out = Vec::new();
-                if let Some(r) = stdout.take() {
-                    r.take(limit + 1).read_to_end(&mut out).await.map(|_| out)
-                } else {
-                    Ok(out)
-                }
-            };
-            let mut stderr = child.stderr.take();
-            let read_err = async move {
-                let mut err = Vec::new();
-                if let Some(r) = stderr.take() {
-                    let _ = r.take(1 << 20).read_to_end(&mut err).await;
-                }
-                err
-            };
-            let run = async {
-                let (_, out, err, status) = tokio::join!(feed, read_out, read_err, child.wait());
-                (out, err, status)
-            };
             let (out, err, status) = tokio::select! {
-                r = run => r,
+                r = exchange(&mut child, chunk, limit) => r,
                 _ = tokio::time::sleep(timeout) => {
                     drop(group);
                     return Err(KernelError::Failed(format!(
@@ -266,24 +213,109 @@ impl Kernel for Exec {
             };
             // Whatever the program left running in its group goes too.
             drop(group);
-            let status =
-                status.map_err(|e| KernelError::Failed(format!("waiting for the program: {e}")))?;
-            let out = out.map_err(|e| KernelError::Failed(format!("reading stdout: {e}")))?;
-            if !status.success() {
-                return Err(KernelError::Failed(format!(
-                    "{} exited with {status}; {}",
-                    path.display(),
-                    tail(&err)
-                )));
-            }
-            if out.len() as u64 > limit {
-                return Err(KernelError::Failed(format!(
-                    "more than {limit} bytes on stdout for {n} parameters"
-                )));
-            }
-            parse_output(&out, n).map_err(|e| KernelError::Failed(format!("{e}; {}", tail(&err))))
+            judge(&path, status, out, &err, n, limit)
         })
     }
+}
+
+/// Start the program in its own process group (killed when the guard
+/// drops, and when the agent dies), with the chunk in its environment.
+fn spawn(
+    path: &Path,
+    argv: &[String],
+    chunk: &ChunkInput,
+) -> Result<(tokio::process::Child, GroupGuard), KernelError> {
+    let mut cmd = tokio::process::Command::new(path);
+    cmd.args(argv)
+        .env("TTG_PARAM_START", chunk.start.to_string())
+        .env("TTG_PARAM_END", chunk.end.to_string())
+        .env("TTG_RUN_ID", &chunk.run_id)
+        .env("TTG_CHUNK_INDEX", chunk.chunk_index.to_string())
+        .env("TTG_ATTEMPT", chunk.attempt.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    crate::sys::own_group_dies_with_agent(&mut cmd);
+    let child = cmd
+        .spawn()
+        .map_err(|e| KernelError::Failed(format!("cannot start {}: {e}", path.display())))?;
+    let group = scopeguard(child.id());
+    Ok((child, group))
+}
+
+/// Feed the parameters on stdin, read stdout (at most `limit` + 1 bytes)
+/// and stderr (at most 1 MiB), and wait for the exit.
+async fn exchange(
+    child: &mut tokio::process::Child,
+    chunk: &ChunkInput,
+    limit: u64,
+) -> (
+    std::io::Result<Vec<u8>>,
+    Vec<u8>,
+    std::io::Result<std::process::ExitStatus>,
+) {
+    let mut stdin = child.stdin.take();
+    let (start, end) = (chunk.start, chunk.end);
+    let feed = async move {
+        if let Some(mut w) = stdin.take() {
+            let mut buf = Vec::with_capacity(((end - start) as usize) * 8);
+            for p in start..end {
+                buf.extend_from_slice(p.to_string().as_bytes());
+                buf.push(b'\n');
+            }
+            // A program may exit without reading all of stdin; that is
+            // judged by its output, not by a broken pipe here.
+            let _ = w.write_all(&buf).await;
+            let _ = w.shutdown().await;
+        }
+    };
+    let stdout = child.stdout.take();
+    let read_out = async move {
+        let mut out = Vec::new();
+        if let Some(r) = stdout {
+            r.take(limit + 1).read_to_end(&mut out).await.map(|_| out)
+        } else {
+            Ok(out)
+        }
+    };
+    let stderr = child.stderr.take();
+    let read_err = async move {
+        let mut err = Vec::new();
+        if let Some(r) = stderr {
+            let _ = r.take(1 << 20).read_to_end(&mut err).await;
+        }
+        err
+    };
+    let (_, out, err, status) = tokio::join!(feed, read_out, read_err, child.wait());
+    (out, err, status)
+}
+
+/// The values, or why the program's run is a failed attempt.
+fn judge(
+    path: &Path,
+    status: std::io::Result<std::process::ExitStatus>,
+    out: std::io::Result<Vec<u8>>,
+    err: &[u8],
+    n: usize,
+    limit: u64,
+) -> Result<Vec<f64>, KernelError> {
+    let status =
+        status.map_err(|e| KernelError::Failed(format!("waiting for the program: {e}")))?;
+    let out = out.map_err(|e| KernelError::Failed(format!("reading stdout: {e}")))?;
+    if !status.success() {
+        return Err(KernelError::Failed(format!(
+            "{} exited with {status}; {}",
+            path.display(),
+            tail(err)
+        )));
+    }
+    if out.len() as u64 > limit {
+        return Err(KernelError::Failed(format!(
+            "more than {limit} bytes on stdout for {n} parameters"
+        )));
+    }
+    parse_output(&out, n).map_err(|e| KernelError::Failed(format!("{e}; {}", tail(err))))
 }
 
 /// Kills the process group when dropped.
