@@ -2,8 +2,10 @@
 //! results, manage runs, and run a whole local cluster with `up` / `demo`.
 //!
 //! Modules: [`client`] (connection, errors → exit codes), [`output`]
-//! (text/JSON), one module per subcommand ([`submit`], [`watch`], [`status`],
-//! [`results`], [`up`], [`demo`]), [`cluster`] (local processes), [`sys`].
+//! (text/JSON), one module per command family ([`submit`], [`watch`],
+//! [`run`] (status, cancel, retry, delete), [`runs`], [`fleet`] (agents,
+//! kernels), [`results`], [`up`], [`demo`]), [`cluster`] (local processes),
+//! [`sys`].
 //!
 //! Exit codes: 0 success, 1 run failed or cancelled, 2 usage error or
 //! rejected request, 3 server unavailable.
@@ -11,9 +13,11 @@
 mod client;
 mod cluster;
 mod demo;
+mod fleet;
 mod output;
 mod results;
-mod status;
+mod run;
+mod runs;
 mod submit;
 mod sys;
 mod up;
@@ -83,17 +87,17 @@ enum Cmd {
     /// Submit a sweep: `ttgctl submit --params 10000 --watch`.
     Submit(submit::Args),
     /// Show a run's state, counters and aggregate.
-    Status(status::RunArg),
+    Status(run::RunArg),
     /// Follow a run's progress to its end (resumes if the stream drops).
     Watch(watch::Args),
     /// Cancel a queued or running run.
-    Cancel(status::CancelArgs),
+    Cancel(run::CancelArgs),
     /// Re-queue a run's dead-lettered chunks with fresh attempts; the run goes on.
-    Retry(status::RunArg),
+    Retry(run::RunArg),
     /// List runs, newest first, filtered by state, name and age, a page at a time.
-    Runs(status::RunsArgs),
+    Runs(runs::RunsArgs),
     /// Delete a finished run's data now: record, results, events, dead letters (a running run must be cancelled first).
-    Delete(status::RunArg),
+    Delete(run::RunArg),
     /// List agents with a live session.
     Agents,
     /// List the kernels connected agents offer, with their arguments.
@@ -143,14 +147,14 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
     let format = cli.format;
     match cli.command {
         Cmd::Submit(a) => submit::submit(server, a, format).await,
-        Cmd::Status(a) => status::status(server, &a.run, format).await,
+        Cmd::Status(a) => run::status(server, &a.run, format).await,
         Cmd::Watch(a) => Ok(watch::watch(server, &a.run, &a.after, format).await?.exit),
-        Cmd::Cancel(a) => status::cancel(server, &a.run, &a.reason, format).await,
-        Cmd::Retry(a) => status::retry(server, &a.run, format).await,
-        Cmd::Runs(a) => status::runs(server, a, format).await,
-        Cmd::Delete(a) => status::delete(server, &a.run, format).await,
-        Cmd::Agents => status::agents(server, format).await,
-        Cmd::Kernels => status::kernels(server, format).await,
+        Cmd::Cancel(a) => run::cancel(server, &a.run, &a.reason, format).await,
+        Cmd::Retry(a) => run::retry(server, &a.run, format).await,
+        Cmd::Runs(a) => runs::runs(server, a, format).await,
+        Cmd::Delete(a) => run::delete(server, &a.run, format).await,
+        Cmd::Agents => fleet::agents(server, format).await,
+        Cmd::Kernels => fleet::kernels(server, format).await,
         Cmd::Results(a) => {
             let format = match format {
                 Format::Json => results::ResultsFormat::Json,

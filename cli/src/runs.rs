@@ -1,0 +1,117 @@
+//! `ttgctl runs`: the run listing, filtered by state, name and age, a page
+//! at a time.
+
+use ttg_proto::v1::{ListRunsRequest, RunState};
+
+use crate::client::{self, CliError, CliResult, EXIT_OK};
+use crate::output::{state_name, status_json, thousands, Format};
+
+/// A run state as a `--state` value.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateArg {
+    /// Submitted, no chunk claimed yet.
+    Queued,
+    /// Chunks being computed.
+    Running,
+    /// Every chunk has a result.
+    Succeeded,
+    /// Ended with dead-lettered chunks.
+    Failed,
+    /// Cancelled by a user.
+    Cancelled,
+}
+
+impl StateArg {
+    fn state(self) -> RunState {
+        match self {
+            StateArg::Queued => RunState::Queued,
+            StateArg::Running => RunState::Running,
+            StateArg::Succeeded => RunState::Succeeded,
+            StateArg::Failed => RunState::Failed,
+            StateArg::Cancelled => RunState::Cancelled,
+        }
+    }
+}
+
+/// `ttgctl runs`'s flags.
+#[derive(clap::Args, Debug)]
+pub struct RunsArgs {
+    /// Runs per page, 1..=1000 (default 50).
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    /// Only runs in these states (repeatable or comma-separated): queued, running, succeeded, failed, cancelled.
+    #[arg(long = "state", value_delimiter = ',', value_enum)]
+    pub states: Vec<StateArg>,
+    /// Only runs whose name contains this text (case-insensitive).
+    #[arg(long, default_value = "")]
+    pub name: String,
+    /// Only runs submitted within this long, e.g. 2h or 7d.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub since: Option<std::time::Duration>,
+    /// Only runs submitted at least this long ago, e.g. 1d.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub older_than: Option<std::time::Duration>,
+    /// Continue from a previous page (the token it printed).
+    #[arg(long, default_value = "")]
+    pub page_token: String,
+    /// Follow every page to the end instead of printing one page.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// Print runs, newest first, a page (or with `all`, every page).
+pub async fn runs(server: &str, q: RunsArgs, format: Format) -> CliResult<i32> {
+    if q.limit == 0 || q.limit > 1_000 {
+        return Err(CliError::usage(format!(
+            "--limit must be in 1..=1000, got {}",
+            q.limit
+        )));
+    }
+    let mut c = client::control(server).await?;
+    let mut req = ListRunsRequest {
+        limit: q.limit,
+        states: q.states.iter().map(|s| s.state() as i32).collect(),
+        name_contains: q.name.clone(),
+        max_age_s: q.since.map(|d| d.as_secs().max(1)).unwrap_or(0),
+        min_age_s: q.older_than.map(|d| d.as_secs().max(1)).unwrap_or(0),
+        page_token: q.page_token.clone(),
+    };
+    let mut runs = Vec::new();
+    let next = loop {
+        let page = c.list_runs(req.clone()).await?.into_inner();
+        runs.extend(page.runs);
+        if !q.all || page.next_page_token.is_empty() {
+            break page.next_page_token;
+        }
+        req.page_token = page.next_page_token;
+    };
+    if !next.is_empty() && format == Format::Text {
+        eprintln!("more runs: add --page-token {next} (or --all)");
+    }
+    match format {
+        Format::Json => {
+            let v: Vec<_> = runs.iter().map(status_json).collect();
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        Format::Text | Format::Csv => {
+            println!(
+                "{:<18} {:<10} {:>12} {:>16} {:>18}  NAME",
+                "RUN", "STATE", "PARAMS", "CHUNKS DONE", "SUM"
+            );
+            for st in &runs {
+                let spec = st.spec.clone().unwrap_or_default();
+                let p = st.progress.unwrap_or_default();
+                println!(
+                    "{:<18} {:<10} {:>12} {:>16} {:>18}  {}",
+                    spec.run_id,
+                    state_name(st.state),
+                    spec.params,
+                    format!("{}/{}", p.chunks_done, p.chunks_total),
+                    thousands(st.aggregate.unwrap_or_default().sum, 2),
+                    spec.name
+                );
+            }
+        }
+    }
+    Ok(EXIT_OK)
+}
