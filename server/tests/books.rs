@@ -99,6 +99,21 @@ async fn a_retried_run_is_computed_by_the_agent_that_saw_it_fail() {
     assert_eq!(st.state, RunState::Failed as i32);
     assert_eq!(st.progress.expect("p").chunks_dead, 10);
     assert_books(&st, &redis, &p);
+    // Its watch never says 100 % (every chunk is dead, none done) and
+    // prints "no values" rather than a zero aggregate.
+    let (code, out, _) = tokio::task::spawn_blocking({
+        let (url, id) = (server.url.clone(), run.run_id.clone());
+        move || ttgctl(&url, &["watch", &id])
+    })
+    .await
+    .expect("ttgctl");
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("0/10 chunks (0%)"), "{out}");
+    assert!(!out.contains("(100%)"), "{out}");
+    assert!(
+        out.contains("no values") && !out.contains("sum 0.00"),
+        "{out}"
+    );
 
     script(dir.path(), "later.sh", &plus_half("0.2"));
     let r = c
