@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use common::*;
 use prost::Message;
-use ttg_proto::keys::{Keys, GROUP};
+use ttg_proto::keys::Keys;
 use ttg_proto::reclaim::{reclaim_entry, Cause};
-use ttg_proto::records::{encode, event_body, TaskEntry};
+use ttg_proto::records::{encode, event_body};
 use ttg_proto::scripts::{ChunkResult, FailedAttempt, Scripts};
 use ttg_proto::v1::{
     event, ChunkCompleted, ChunkFailed, Event, Progress, RetryRequest, RunStarted, RunState,
@@ -58,25 +58,7 @@ async fn every_event_the_scripts_write_decodes_with_prost() {
     let read = |n: usize| {
         let mut conn = reader.clone();
         let tasks = tasks.clone();
-        async move {
-            let r: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg(GROUP)
-                .arg("tester")
-                .arg("COUNT")
-                .arg(n)
-                .arg("STREAMS")
-                .arg(&tasks)
-                .arg(">")
-                .query_async(&mut conn)
-                .await
-                .expect("read");
-            r.keys
-                .into_iter()
-                .flat_map(|k| k.ids)
-                .map(|e| (e.id.clone(), TaskEntry::decode(&e.map).expect("entry")))
-                .collect::<Vec<_>>()
-        }
+        async move { read_group(&mut conn, &tasks, "tester", n).await }
     };
     let first = read(2).await;
     let (e0, t0) = (first[0].0.clone(), first[0].1.task.clone());

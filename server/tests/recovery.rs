@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use ttg_proto::keys::{Keys, GROUP};
-use ttg_proto::records::{decode_task, event_body};
+use ttg_proto::records::event_body;
 use ttg_proto::scripts::{ChunkResult, Completion, FailedAttempt, Failure, Scripts};
 use ttg_proto::v1::{
     event, ChunkCompleted, ChunkFailed, ListAgentsRequest, RetryRequest, RunState, Task,
@@ -336,34 +336,10 @@ async fn kernel_errors_retry_then_dead_letter_and_a_late_result_rescues() {
         let mut conn = conn.clone();
         let tasks = tasks.clone();
         async move {
-            let r: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg(GROUP)
-                .arg("tester")
-                .arg("COUNT")
-                .arg(n)
-                .arg("STREAMS")
-                .arg(&tasks)
-                .arg(">")
-                .query_async(&mut conn)
+            read_group(&mut conn, &tasks, "tester", n)
                 .await
-                .expect("read");
-            r.keys
                 .into_iter()
-                .flat_map(|k| k.ids)
-                .map(|e| {
-                    let Some(redis::Value::BulkString(b)) = e.map.get("t") else {
-                        panic!("t")
-                    };
-                    let Some(redis::Value::BulkString(a)) = e.map.get("a") else {
-                        panic!("a")
-                    };
-                    (
-                        e.id.clone(),
-                        decode_task(b).expect("task"),
-                        String::from_utf8_lossy(a).parse::<u32>().expect("attempt"),
-                    )
-                })
+                .map(|(id, e)| (id, e.task, e.attempt))
                 .collect::<Vec<_>>()
         }
     };

@@ -720,3 +720,33 @@ pub async fn wait_agents<T>(
     let ok = &ok;
     wait_until(what, within, || async move { ok(&live_agents(c).await?) }).await
 }
+
+/// Up to `n` new entries of `tasks` delivered to `consumer`, decoded:
+/// `(entry id, task entry)`.
+pub async fn read_group(
+    conn: &mut redis::aio::MultiplexedConnection,
+    tasks: &str,
+    consumer: &str,
+    n: usize,
+) -> Vec<(String, ttg_proto::records::TaskEntry)> {
+    let r: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(ttg_proto::keys::GROUP)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(n)
+        .arg("STREAMS")
+        .arg(tasks)
+        .arg(">")
+        .query_async(conn)
+        .await
+        .expect("xreadgroup");
+    r.keys
+        .into_iter()
+        .flat_map(|k| k.ids)
+        .map(|e| {
+            let entry = ttg_proto::records::TaskEntry::decode(&e.map).expect("task entry");
+            (e.id, entry)
+        })
+        .collect()
+}
