@@ -195,26 +195,16 @@ async fn cancel_listener(
     }
 }
 
-/// Serve on `listener` until `shutdown` is cancelled. Order on shutdown:
-/// health turns NOT_SERVING, sessions and watches end (agents keep working
-/// and reconnect), then the listener closes.
-pub async fn run(
-    listener: TcpListener,
-    config: Config,
-    shutdown: CancellationToken,
-) -> Result<(), Error> {
-    let store = Arc::new(
-        store::Store::new(
-            &config.redis_url,
-            config.redis_ca.as_deref(),
-            &config.prefix,
-            config.redis_timeout,
-            config.limits.clone(),
-        )
-        .map_err(|e| Error::Startup(format!("redis: {e}")))?,
-    );
-    let server_id = format!("srv-{:08x}", rand::random::<u32>());
-    let sessions = Arc::new(gateway::Sessions::new(server_id.clone()));
+/// The server's background tasks: the reaper of dead agents, the cancel
+/// listener, the metrics refresh (with --metrics-addr), the janitor, and a
+/// one-off eviction-policy check (not awaited: a Redis that is down at start
+/// must not delay serving).
+fn spawn_background(
+    store: &Arc<store::Store>,
+    sessions: &Arc<gateway::Sessions>,
+    config: &Config,
+    shutdown: &CancellationToken,
+) {
     tokio::spawn(reaper(
         store.clone(),
         sessions.clone(),
@@ -236,11 +226,51 @@ pub async fn run(
         config.audit_quiet,
         shutdown.clone(),
     ));
-    {
-        // Not awaited: a Redis that is down at start must not delay serving.
-        let store = store.clone();
-        tokio::spawn(async move { store.check_eviction_policy().await });
+    let store = store.clone();
+    tokio::spawn(async move { store.check_eviction_policy().await });
+}
+
+/// The gRPC server builder, with TLS (and mutual TLS) when configured.
+fn transport_builder(config: &Config) -> Result<tonic::transport::Server, Error> {
+    let builder = tonic::transport::Server::builder();
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(builder);
+    };
+    let read = |p: &std::path::PathBuf| {
+        std::fs::read(p).map_err(|e| Error::Startup(format!("{}: {e}", p.display())))
+    };
+    let mut tls = tonic::transport::ServerTlsConfig::new().identity(
+        tonic::transport::Identity::from_pem(read(cert)?, read(key)?),
+    );
+    if let Some(ca) = &config.client_ca {
+        tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
     }
+    builder
+        .tls_config(tls)
+        .map_err(|e| Error::Startup(format!("TLS: {e}")))
+}
+
+/// Serve on `listener` until `shutdown` is cancelled. Order on shutdown:
+/// health turns NOT_SERVING, sessions and watches end (agents keep working
+/// and reconnect), then the listener closes.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let store = Arc::new(
+        store::Store::new(
+            &config.redis_url,
+            config.redis_ca.as_deref(),
+            &config.prefix,
+            config.redis_timeout,
+            config.limits.clone(),
+        )
+        .map_err(|e| Error::Startup(format!("redis: {e}")))?,
+    );
+    let server_id = format!("srv-{:08x}", rand::random::<u32>());
+    let sessions = Arc::new(gateway::Sessions::new(server_id.clone()));
+    spawn_background(&store, &sessions, &config, &shutdown);
     let auth = match &config.tokens_file {
         Some(path) => {
             let a = Arc::new(auth::Auth::from_file(path)?);
@@ -299,22 +329,7 @@ pub async fn run(
         tracing::info!("shutting down");
     };
     let max_msg = config.limits.max_message_bytes;
-    let mut builder = tonic::transport::Server::builder();
-    if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
-        let read = |p: &std::path::PathBuf| {
-            std::fs::read(p).map_err(|e| Error::Startup(format!("{}: {e}", p.display())))
-        };
-        let mut tls = tonic::transport::ServerTlsConfig::new().identity(
-            tonic::transport::Identity::from_pem(read(cert)?, read(key)?),
-        );
-        if let Some(ca) = &config.client_ca {
-            tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
-        }
-        builder = builder
-            .tls_config(tls)
-            .map_err(|e| Error::Startup(format!("TLS: {e}")))?;
-    }
-    builder
+    transport_builder(&config)?
         .tcp_nodelay(true)
         // Keepalives find a peer that vanished without closing its socket
         // (network cut); a killed process's socket is closed by its kernel.

@@ -2,24 +2,13 @@
 
 use super::*;
 
+/// A kernel's queue: its name, entries, and the group's (pending, lag).
+type Queue = (&'static str, u64, Option<(f64, f64)>);
+
 impl Store {
-    /// Refresh the Prometheus gauges and counters that live in Redis: the
-    /// installation-wide chunk counters the scripts keep, runs by state
-    /// (among the newest 1,000), and per kernel the queue's entries, those
-    /// pending and the consumer group's lag.
-    pub async fn collect_metrics(&self) -> Result<()> {
-        // Everything is read first and published at the end, with no await
-        // in between: a scrape used to land between two Redis round trips
-        // and see half of this refresh beside half of the last (every chunk
-        // completed, the run still RUNNING). Publishing takes microseconds.
+    /// How many of the newest 1,000 runs are in each state.
+    async fn runs_by_state(&self) -> Result<HashMap<String, u64>> {
         let mut c = self.conn();
-        let stats: HashMap<String, i64> = self
-            .timed(
-                redis::cmd("HGETALL")
-                    .arg(self.keys.stats())
-                    .query_async(&mut c),
-            )
-            .await?;
         let ids: Vec<String> = self
             .timed(
                 redis::cmd("ZREVRANGE")
@@ -30,18 +19,24 @@ impl Store {
             )
             .await?;
         let mut by_state: HashMap<String, u64> = HashMap::new();
-        if !ids.is_empty() {
-            let mut p = redis::pipe();
-            for id in &ids {
-                p.cmd("HGET").arg(self.keys.run(id)).arg("state");
-            }
-            let states: Vec<Option<String>> = self.timed(p.query_async(&mut c)).await?;
-            for s in states.into_iter().flatten() {
-                *by_state.entry(s).or_default() += 1;
-            }
+        if ids.is_empty() {
+            return Ok(by_state);
         }
-        // Per kernel: entries, and the group's pending and lag (entries not
-        // yet delivered to any agent: what autoscaling watches).
+        let mut p = redis::pipe();
+        for id in &ids {
+            p.cmd("HGET").arg(self.keys.run(id)).arg("state");
+        }
+        let states: Vec<Option<String>> = self.timed(p.query_async(&mut c)).await?;
+        for s in states.into_iter().flatten() {
+            *by_state.entry(s).or_default() += 1;
+        }
+        Ok(by_state)
+    }
+
+    /// Per built-in kernel: entries, and the group's pending and lag
+    /// (entries not yet delivered to any agent: what autoscaling watches).
+    async fn queue_depths(&self) -> Result<Vec<Queue>> {
+        let mut c = self.conn();
         let mut queues = Vec::new();
         for k in ttg_proto::kernels::BUILTIN {
             let key = self.keys.tasks(k.name);
@@ -62,6 +57,28 @@ impl Store {
             });
             queues.push((k.name, len, group));
         }
+        Ok(queues)
+    }
+
+    /// Refresh the Prometheus gauges and counters that live in Redis: the
+    /// installation-wide chunk counters the scripts keep, runs by state
+    /// (among the newest 1,000), and per kernel the queue's entries, those
+    /// pending and the consumer group's lag.
+    pub async fn collect_metrics(&self) -> Result<()> {
+        // Everything is read first and published at the end, with no await
+        // in between: a scrape used to land between two Redis round trips
+        // and see half of this refresh beside half of the last (every chunk
+        // completed, the run still RUNNING). Publishing takes microseconds.
+        let mut c = self.conn();
+        let stats: HashMap<String, i64> = self
+            .timed(
+                redis::cmd("HGETALL")
+                    .arg(self.keys.stats())
+                    .query_async(&mut c),
+            )
+            .await?;
+        let by_state = self.runs_by_state().await?;
+        let queues = self.queue_depths().await?;
         // Redis memory, for sizing and alerting (see docs/operations.md).
         let info: String = self
             .timed(redis::cmd("INFO").arg("memory").query_async(&mut c))
