@@ -354,6 +354,42 @@ async fn a_live_agent_id_cannot_be_taken_over() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_id_stays_owned_for_as_long_as_its_session_lives() {
+    // Short leases: the id's ownership would lapse after 20 leases (6 s)
+    // unless every heartbeat renews it.
+    let dir = tempfile::tempdir().expect("tmp");
+    let redis = Redis::start();
+    let p = prefix();
+    let (server, _) = server_with_tokens(&redis, &p, dir.path(), |c| {
+        c.heartbeat_interval = Duration::from_millis(100);
+        c.lease = Duration::from_millis(300);
+    })
+    .await;
+    let _owner = token_agent(&server, &redis, &p, "long-lived", 1);
+    let c = control(&server.url).await;
+    wait_until("agent connected", Duration::from_secs(10), || {
+        let c = c.clone();
+        async move {
+            agent_ids(&c)
+                .await
+                .contains(&"long-lived".to_string())
+                .then_some(())
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let e = open_session(
+        &server.url,
+        AGENT,
+        hello("long-lived", "mallory-0123456789abcdef"),
+    )
+    .await
+    .expect_err("still owned");
+    assert_eq!(e.code(), Code::AlreadyExists);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completion_from_anyone_but_the_holder_stores_nothing() {
     let redis = Redis::start();
     let p = prefix();

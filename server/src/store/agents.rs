@@ -78,6 +78,13 @@ impl Store {
             .ignore()
             .zadd(self.keys.agents(), &info.agent_id, now_ms() + lease_ms)
             .ignore()
+            // The id stays owned by this session's process while it beats:
+            // without this, a long session's ownership would lapse and any
+            // agent token could take the id over.
+            .cmd("PEXPIRE")
+            .arg(self.keys.agent_owner(&info.agent_id))
+            .arg(keep_ms)
+            .ignore()
             // Entries of agents gone for a long while are garbage; drop them here
             // so the set stays the size of the fleet.
             .cmd("ZREMRANGEBYSCORE")
