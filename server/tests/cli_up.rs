@@ -137,6 +137,13 @@ fn up_serves_a_sweep_and_tears_down_on_ctrl_c() {
         "{name}: not a random name"
     );
     assert!(ping_without_auth(redis_port).starts_with("-NOAUTH"));
+    for secret_file in ["tokens", "redis.conf"] {
+        let mode = std::fs::metadata(b.dir.join(secret_file))
+            .expect(secret_file)
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{secret_file}");
+    }
     let conf = std::fs::read_to_string(b.dir.join("redis.conf")).expect("redis.conf");
     let password = conf
         .lines()

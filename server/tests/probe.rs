@@ -584,3 +584,78 @@ async fn a_dead_agent_of_a_kernel_never_queued_leaves_no_ghost() {
     }
     server.stop().await;
 }
+
+/// Resident memory of a process, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_watches_keep_the_server_small_and_all_see_the_end() {
+    let redis = Redis::start();
+    let p = prefix();
+    let server = ServerProc::start(&redis.url, &p, &[]);
+    wait_until("server up", Duration::from_secs(10), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", server.port))
+            .await
+            .ok()
+    })
+    .await;
+    let pid = server.child.as_ref().expect("child").id();
+    let mut c = control(&server.url).await;
+    let run = c
+        .submit(submit_req(1_000, 100, 0))
+        .await
+        .expect("submit")
+        .into_inner();
+    let before = rss_kib(pid);
+    let mut watches = Vec::new();
+    for _ in 0..500 {
+        let mut c = c.clone();
+        let id = run.run_id.clone();
+        watches.push(tokio::spawn(async move {
+            let mut s = c
+                .watch(WatchRequest {
+                    run_id: id,
+                    after_event_id: String::new(),
+                })
+                .await
+                .expect("watch")
+                .into_inner();
+            let mut last = None;
+            while let Some(e) = s.message().await.expect("stream") {
+                last = e.kind;
+            }
+            matches!(last, Some(event::Kind::RunCompleted(_)))
+        }));
+    }
+    // All 500 open and blocked on the run's events.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = rss_kib(pid);
+    let _agent = Agent::spawn(&server.url, &redis.url, &p, "w1", 2, &[]);
+    let mut ended = 0;
+    for w in watches {
+        if tokio::time::timeout(Duration::from_secs(60), w)
+            .await
+            .expect("watch ends")
+            .expect("task")
+        {
+            ended += 1;
+        }
+    }
+    assert_eq!(ended, 500, "every watch saw RunCompleted");
+    let grew_mib = during.saturating_sub(before) / 1024;
+    eprintln!(
+        "server RSS {} KiB before, {} KiB with 500 watches",
+        before, during
+    );
+    assert!(
+        grew_mib < 64,
+        "500 watches grew the server by {grew_mib} MiB"
+    );
+}
