@@ -82,7 +82,6 @@ pub async fn reclaim_entry<C: ConnectionLike>(
     else {
         return Ok(None);
     };
-    let task_bytes = crate::records::encode(&task);
     let run_id = task.run_id.clone();
     // The reclaim is part of the run's trace, linked to the attempt it ends.
     let span = tracing::info_span!("reclaim", run_id = %run_id, chunk = task.chunk_index,
@@ -101,10 +100,8 @@ pub async fn reclaim_entry<C: ConnectionLike>(
         owner,
         &FailedAttempt {
             entry_id,
-            task_bytes: &task_bytes,
-            chunk_index: task.chunk_index,
+            task: &task,
             attempt,
-            max_attempts: task.max_attempts,
             error: &error,
             first_line: &error,
             traceparent: &tp,

@@ -10,7 +10,7 @@ use redis::{Script, ScriptInvocation};
 
 use crate::keys::{Keys, GROUP};
 use crate::records::{exact_decimal, pack_values, parse_state};
-use crate::v1::RunState;
+use crate::v1::{RunState, Task};
 
 const PRELUDE: &str = include_str!("../lua/prelude.lua");
 
@@ -70,18 +70,14 @@ fn source(name: &str) -> &'static str {
 /// Arguments the completion script takes per chunk.
 pub const COMPLETE_ARGS: usize = 8;
 
-/// What the fail script needs about one failed attempt.
+/// What the fail and reclaim scripts need about one failed attempt.
 pub struct FailedAttempt<'a> {
     /// Tasks stream entry id of the delivery.
     pub entry_id: &'a str,
-    /// The task, encoded (re-queued as is).
-    pub task_bytes: &'a [u8],
-    /// Chunk index.
-    pub chunk_index: u64,
+    /// The task (re-queued as is, with attempt + 1).
+    pub task: &'a Task,
     /// Attempt that failed.
     pub attempt: u32,
-    /// Attempts allowed.
-    pub max_attempts: u32,
     /// The error (bounded by the caller).
     pub error: &'a str,
     /// The error's first line, bounded, for fail-fast.
@@ -99,10 +95,10 @@ impl FailedAttempt<'_> {
     /// The arguments fail.lua and reclaim.lua share, in their order: chunk,
     /// task, attempt, max attempts, error, traceparent, both bodies, run id.
     fn push(&self, inv: &mut ScriptInvocation<'_>, run_id: &str) {
-        inv.arg(self.chunk_index)
-            .arg(self.task_bytes)
+        inv.arg(self.task.chunk_index)
+            .arg(crate::records::encode(self.task))
             .arg(self.attempt)
-            .arg(self.max_attempts.max(1))
+            .arg(self.task.max_attempts.max(1))
             .arg(self.error)
             .arg(self.traceparent)
             .arg(self.retry_body)
@@ -544,12 +540,11 @@ mod tests {
         let s = Scripts::new();
         let keys = Keys::new("t:");
         let chunk = ChunkResult::new("1-0", 0, &[1.0], vec![1]);
+        let task = Task::default();
         let f = FailedAttempt {
             entry_id: "1-0",
-            task_bytes: b"t",
-            chunk_index: 0,
+            task: &task,
             attempt: 1,
-            max_attempts: 3,
             error: "e",
             first_line: "e",
             traceparent: b"",

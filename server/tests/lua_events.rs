@@ -11,7 +11,7 @@ use common::*;
 use prost::Message;
 use ttg_proto::keys::Keys;
 use ttg_proto::reclaim::{reclaim_entry, Cause};
-use ttg_proto::records::{encode, event_body};
+use ttg_proto::records::event_body;
 use ttg_proto::scripts::{ChunkResult, FailedAttempt, Scripts};
 use ttg_proto::v1::{
     event, ChunkCompleted, ChunkFailed, Event, Progress, RetryRequest, RunStarted, RunState,
@@ -107,7 +107,7 @@ async fn every_event_the_scripts_write_decodes_with_prost() {
             }),
         )
     };
-    let (retry_body, dead_body, task_bytes) = (body(false), body(true), encode(&t0b));
+    let (retry_body, dead_body) = (body(false), body(true));
     let (code, _): (i64, String) = scripts
         .fail(
             &keys,
@@ -116,10 +116,8 @@ async fn every_event_the_scripts_write_decodes_with_prost() {
             "tester",
             &FailedAttempt {
                 entry_id: &e0b,
-                task_bytes: &task_bytes,
-                chunk_index: 0,
+                task: &t0b,
                 attempt: 2,
-                max_attempts: 2,
                 error: "boom",
                 first_line: "boom",
                 traceparent: b"",

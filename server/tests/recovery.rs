@@ -359,7 +359,6 @@ async fn kernel_errors_retry_then_dead_letter_and_a_late_result_rescues() {
                     }),
                 )
             };
-            let task_bytes = ttg_proto::records::encode(&task);
             let (retry_body, dead_body) = (body(false), body(true));
             let inv = scripts.fail(
                 &keys,
@@ -368,10 +367,8 @@ async fn kernel_errors_retry_then_dead_letter_and_a_late_result_rescues() {
                 "tester",
                 &FailedAttempt {
                     entry_id: &entry,
-                    task_bytes: &task_bytes,
-                    chunk_index: task.chunk_index,
+                    task: &task,
                     attempt,
-                    max_attempts: task.max_attempts,
                     error: "boom",
                     first_line: "boom",
                     traceparent: b"",

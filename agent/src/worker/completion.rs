@@ -187,13 +187,10 @@ impl Worker {
             )
         };
         let (retry_body, dead_body) = (body(false), body(true));
-        let task_bytes = ttg_proto::records::encode(task);
         let failed = FailedAttempt {
             entry_id,
-            task_bytes: &task_bytes,
-            chunk_index: task.chunk_index,
+            task,
             attempt,
-            max_attempts: task.max_attempts,
             error: &error,
             first_line: &first_line,
             traceparent,
