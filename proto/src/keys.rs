@@ -151,7 +151,8 @@ impl Keys {
         format!("{}agent:{agent_id}", self.prefix)
     }
 
-    /// Digest of the instance secret of the process that owns a live agent id.
+    /// Digest of the instance secret of the process that owns a live agent
+    /// id; it expires [`OWNER_LEASES`] leases after its last renewal.
     pub fn agent_owner(&self, agent_id: &str) -> String {
         format!("{}agent-owner:{agent_id}", self.prefix)
     }
@@ -193,6 +194,13 @@ pub fn run_id_ms(s: &str) -> Option<i64> {
     }
     Some(t)
 }
+
+/// An agent's record and the ownership of its id outlive the last renewal
+/// by this many leases: long enough for a reaper to read which streams a
+/// dead agent read, short enough that a ghost does not linger. Both the
+/// server (at every heartbeat) and the agent itself (at every lease refresh,
+/// so a server outage does not lapse it) renew the ownership.
+pub const OWNER_LEASES: u32 = 20;
 
 /// Whether `s` looks like a run id (guards key construction against odd input).
 pub fn valid_run_id(s: &str) -> bool {

@@ -659,3 +659,73 @@ async fn five_hundred_watches_keep_the_server_small_and_all_see_the_end() {
         "500 watches grew the server by {grew_mib} MiB"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_keeps_its_id_through_a_server_outage() {
+    // With every server gone past the ownership's 20 leases (6 s here),
+    // the agent's own lease refresh keeps its id from being taken.
+    let dir = tempfile::tempdir().expect("tmp");
+    let tokens = dir.path().join("tokens");
+    std::fs::write(
+        &tokens,
+        format!("agent {AGENT} fleet\nreader {READER} dash\n"),
+    )
+    .expect("tokens");
+    let redis = Redis::start();
+    let p = prefix();
+    let t = tokens.display().to_string();
+    let mut server = ServerProc::start(
+        &redis.url,
+        &p,
+        &[
+            "--tokens-file",
+            &t,
+            "--heartbeat-interval",
+            "100ms",
+            "--lease",
+            "300ms",
+        ],
+    );
+    let up = |port: u16| async move {
+        wait_until("server up", Duration::from_secs(10), || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+        })
+        .await;
+    };
+    up(server.port).await;
+    let _owner = Agent::spawn_env(
+        &server.url,
+        &redis.url,
+        &p,
+        "steady",
+        1,
+        &[],
+        &[("TTG_TOKEN", AGENT)],
+        Stdio::null(),
+    );
+    let c = control(&server.url).await;
+    wait_until("agent connected", Duration::from_secs(10), || {
+        let c = c.clone();
+        async move {
+            agent_ids(&c)
+                .await
+                .contains(&"steady".to_string())
+                .then_some(())
+        }
+    })
+    .await;
+    server.kill();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    server.spawn();
+    up(server.port).await;
+    let e = open_session(
+        &server.url,
+        AGENT,
+        hello("steady", "mallory-0123456789abcdef"),
+    )
+    .await
+    .expect_err("still owned");
+    assert_eq!(e.code(), Code::AlreadyExists, "{}", e.message());
+}

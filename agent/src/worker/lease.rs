@@ -23,13 +23,20 @@ impl Worker {
 
     pub(super) async fn refresh_once(&self) -> RedisResult<()> {
         let mut c = self.conn.clone();
-        let expiry = ttg_proto::now_ms() + self.lease().as_millis() as i64;
-        redis::cmd("ZADD")
+        let lease_ms = self.lease().as_millis() as i64;
+        let mut p = redis::pipe();
+        p.cmd("ZADD")
             .arg(self.keys.agents())
-            .arg(expiry)
+            .arg(ttg_proto::now_ms() + lease_ms)
             .arg(&self.agent_id)
-            .query_async::<()>(&mut c)
-            .await?;
+            .ignore()
+            // Keep this process's ownership of the id while no server is
+            // there to renew it (a no-op if the key is gone).
+            .cmd("PEXPIRE")
+            .arg(self.keys.agent_owner(&self.agent_id))
+            .arg(lease_ms * ttg_proto::keys::OWNER_LEASES as i64)
+            .ignore();
+        p.query_async::<()>(&mut c).await?;
         let mut by_stream: HashMap<String, Vec<String>> = HashMap::new();
         if let Ok(held) = self.held.lock() {
             for (id, h) in held.iter() {

@@ -10,10 +10,8 @@ use super::*;
 
 /// Most agent records one ListAgents or Status call reads.
 pub const MAX_AGENTS_READ: usize = 2_000;
-/// An agent's record outlives its last heartbeat by this many leases: long
-/// enough for a reaper to read which streams a dead agent read, short
-/// enough that a ghost does not linger (the agent rewrites it at Hello).
-const RECORD_LEASES: u32 = 20;
+/// See [`ttg_proto::keys::OWNER_LEASES`].
+const RECORD_LEASES: u32 = ttg_proto::keys::OWNER_LEASES;
 
 impl Store {
     /// Kernels live agents offer, with their declarations and who offers them.
