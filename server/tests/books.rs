@@ -101,12 +101,7 @@ async fn a_retried_run_is_computed_by_the_agent_that_saw_it_fail() {
     assert_books(&st, &redis, &p);
     // Its watch never says 100 % (every chunk is dead, none done) and
     // prints "no values" rather than a zero aggregate.
-    let (code, out, _) = tokio::task::spawn_blocking({
-        let (url, id) = (server.url.clone(), run.run_id.clone());
-        move || ttgctl(&url, &["watch", &id])
-    })
-    .await
-    .expect("ttgctl");
+    let (code, out, _) = watch_cli(&server.url, &run.run_id).await;
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("0/10 chunks (0%)"), "{out}");
     assert!(!out.contains("(100%)"), "{out}");
@@ -126,12 +121,7 @@ async fn a_retried_run_is_computed_by_the_agent_that_saw_it_fail() {
     assert_eq!((r.chunks_requeued, r.state), (10, RunState::Running as i32));
     // A watch started now replays the old failure, then follows the reopened
     // run to its end and exits 0.
-    let (code, out, err) = tokio::task::spawn_blocking({
-        let (url, id) = (server.url.clone(), run.run_id.clone());
-        move || ttgctl(&url, &["watch", &id])
-    })
-    .await
-    .expect("ttgctl");
+    let (code, out, err) = watch_cli(&server.url, &run.run_id).await;
     assert_eq!(code, 0, "watch of a retried run: {out}\n{err}");
     assert!(out.contains("SUCCEEDED"), "{out}");
     assert!(out.contains("10 chunks re-queued"), "{out}");
@@ -183,12 +173,7 @@ async fn fail_fast_stops_a_run_and_retry_computes_only_what_is_missing() {
         .count();
     assert_eq!(failed, 5, "failed attempts: fail-fast stops at the 5th");
     // The watch says why, folds the repeated error, never shows 100 %.
-    let (code, out, _) = tokio::task::spawn_blocking({
-        let (url, id) = (server.url.clone(), run.run_id.clone());
-        move || ttgctl(&url, &["watch", &id])
-    })
-    .await
-    .expect("ttgctl");
+    let (code, out, _) = watch_cli(&server.url, &run.run_id).await;
     assert_eq!(code, 1);
     assert!(out.contains("stopped by fail-fast"), "{out}");
     assert!(out.contains("the same error × 4 more"), "{out}");
@@ -221,6 +206,14 @@ async fn fail_fast_stops_a_run_and_retry_computes_only_what_is_missing() {
     let events = events_in_redis(&redis, &p, &run.run_id);
     assert_exactly_once_chunks(&events, 100);
     server.stop().await;
+}
+
+/// `ttgctl watch RUN` to its end, off the async runtime: (exit, stdout, stderr).
+async fn watch_cli(server: &str, run_id: &str) -> (i32, String, String) {
+    let (url, id) = (server.to_string(), run_id.to_string());
+    tokio::task::spawn_blocking(move || ttgctl(&url, &["watch", &id]))
+        .await
+        .expect("ttgctl")
 }
 
 /// Every chunk 0..n completed exactly once in the events.

@@ -63,9 +63,9 @@ async fn server_with_tokens(
 }
 
 /// A real agent process holding the agent token.
-fn token_agent(server: &Server, redis: &Redis, prefix: &str, id: &str, concurrency: u32) -> Agent {
+fn token_agent(server_url: &str, redis: &Redis, prefix: &str, id: &str, concurrency: u32) -> Agent {
     Agent::spawn_env(
-        &server.url,
+        server_url,
         &redis.url,
         prefix,
         id,
@@ -74,6 +74,16 @@ fn token_agent(server: &Server, redis: &Redis, prefix: &str, id: &str, concurren
         &[("TTG_TOKEN", AGENT)],
         Stdio::inherit(),
     )
+}
+
+/// Wait until a reader sees agent `id` listed.
+async fn wait_listed(c: &ControlPlaneClient<Channel>, id: &str) {
+    wait_until(
+        &format!("agent {id} connected"),
+        Duration::from_secs(10),
+        || async move { agent_ids(c).await.iter().any(|a| a == id).then_some(()) },
+    )
+    .await;
 }
 
 /// Ids of the live agents, as a reader sees them.
@@ -309,18 +319,9 @@ async fn a_live_agent_id_cannot_be_taken_over() {
     let redis = Redis::start();
     let p = prefix();
     let (server, _) = server_with_tokens(&redis, &p, dir.path(), |_| {}).await;
-    let _victim = token_agent(&server, &redis, &p, "victim", 2);
+    let _victim = token_agent(&server.url, &redis, &p, "victim", 2);
     let mut c = control(&server.url).await;
-    wait_until("victim connected", Duration::from_secs(10), || {
-        let c = c.clone();
-        async move {
-            agent_ids(&c)
-                .await
-                .contains(&"victim".to_string())
-                .then_some(())
-        }
-    })
-    .await;
+    wait_listed(&c, "victim").await;
     let run = c
         .submit(authed(submit_req(200, 20, 20), CLIENT))
         .await
@@ -365,18 +366,9 @@ async fn an_agent_id_stays_owned_for_as_long_as_its_session_lives() {
         c.lease = Duration::from_millis(300);
     })
     .await;
-    let _owner = token_agent(&server, &redis, &p, "long-lived", 1);
+    let _owner = token_agent(&server.url, &redis, &p, "long-lived", 1);
     let c = control(&server.url).await;
-    wait_until("agent connected", Duration::from_secs(10), || {
-        let c = c.clone();
-        async move {
-            agent_ids(&c)
-                .await
-                .contains(&"long-lived".to_string())
-                .then_some(())
-        }
-    })
-    .await;
+    wait_listed(&c, "long-lived").await;
     tokio::time::sleep(Duration::from_secs(8)).await;
     let e = open_session(
         &server.url,
@@ -474,7 +466,7 @@ async fn revoking_a_token_ends_its_watch_and_stops_its_agent() {
     let redis = Redis::start();
     let p = prefix();
     let (server, tokens) = server_with_tokens(&redis, &p, dir.path(), |_| {}).await;
-    let mut agent = token_agent(&server, &redis, &p, "revoked", 1);
+    let mut agent = token_agent(&server.url, &redis, &p, "revoked", 1);
     let mut c = control(&server.url).await;
     let run = c
         .submit(authed(submit_req(100_000, 100, 1), CLIENT))
@@ -695,27 +687,9 @@ async fn an_agent_keeps_its_id_through_a_server_outage() {
         .await;
     };
     up(server.port).await;
-    let _owner = Agent::spawn_env(
-        &server.url,
-        &redis.url,
-        &p,
-        "steady",
-        1,
-        &[],
-        &[("TTG_TOKEN", AGENT)],
-        Stdio::null(),
-    );
+    let _owner = token_agent(&server.url, &redis, &p, "steady", 1);
     let c = control(&server.url).await;
-    wait_until("agent connected", Duration::from_secs(10), || {
-        let c = c.clone();
-        async move {
-            agent_ids(&c)
-                .await
-                .contains(&"steady".to_string())
-                .then_some(())
-        }
-    })
-    .await;
+    wait_listed(&c, "steady").await;
     server.kill();
     tokio::time::sleep(Duration::from_secs(8)).await;
     server.spawn();
