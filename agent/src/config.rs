@@ -70,6 +70,10 @@ pub struct Config {
     )]
     pub exec_allow: Vec<String>,
 
+    /// With --allow-exec: seconds an idle `mode=worker` program is kept before it is stopped (default 60).
+    #[arg(long, env = "TTG_EXEC_IDLE_S", default_value_t = 60.0)]
+    pub exec_idle_s: f64,
+
     /// On SIGTERM, how long to finish held chunks before abandoning them to be reclaimed (default 30s).
     #[arg(long, env = "TTG_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
@@ -92,6 +96,12 @@ impl Config {
                     "--concurrency must be in 1..=1024, got {c}"
                 )));
             }
+        }
+        if !(self.exec_idle_s.is_finite() && (0.01..=86_400.0).contains(&self.exec_idle_s)) {
+            return Err(ConfigError::Invalid(format!(
+                "--exec-idle-s must be in 0.01..=86400 seconds, got {}",
+                self.exec_idle_s
+            )));
         }
         if let Some(id) = &self.agent_id {
             if !ttg_proto::keys::valid_agent_id(id) {

@@ -14,7 +14,7 @@ pub mod config;
 pub mod kernels;
 pub mod metrics_help;
 pub mod session;
-mod sys;
+pub(crate) mod sys;
 pub mod worker;
 
 use std::sync::{Arc, Mutex};
@@ -69,7 +69,11 @@ pub enum Exit {
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Exit, Error> {
     config.validate()?;
     let exec = if config.allow_exec {
-        Some(kernels::exec::allow_list(&config.exec_allow)?)
+        Some(kernels::exec::ExecOptions {
+            allow: kernels::exec::allow_list(&config.exec_allow)?,
+            slots: config.effective_concurrency() as usize,
+            idle_after: std::time::Duration::from_secs_f64(config.exec_idle_s),
+        })
     } else {
         None
     };
@@ -121,6 +125,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Exit, Er
     let keeper_stop = CancellationToken::new();
     let keeper = tokio::spawn(worker.clone().keep_lease(keeper_stop.clone()));
     let sweeper = tokio::spawn(worker.clone().sweep(SWEEP_IDLE_LEASES, keeper_stop.clone()));
+    let kept_runs = tokio::spawn(
+        worker
+            .clone()
+            .watch_kept_runs(std::time::Duration::from_secs(1), keeper_stop.clone()),
+    );
 
     let tracker = TaskTracker::new();
     worker.clone().claim_loop(stop, tracker.clone()).await;
@@ -148,7 +157,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Exit, Er
         };
     }
     keeper_stop.cancel();
-    let _ = tokio::join!(keeper, sweeper);
+    let _ = tokio::join!(keeper, sweeper, kept_runs);
+    // Nothing computes any more: stop worker programs (stdin closed, then
+    // their process groups killed after a grace period).
+    worker.shutdown_kernels().await;
     session_stop.cancel();
     let _ = session.await;
     tracing::info!(agent = %agent_id, exit = ?exit, "ttg-agent stopped");

@@ -23,3 +23,24 @@ pub fn kill_group(pgid: u32) {
         libc::kill(-(pgid as libc::pid_t), libc::SIGKILL);
     }
 }
+
+/// A process group, SIGKILLed when this guard drops: whatever a program
+/// left running in its group goes with it.
+#[derive(Debug)]
+pub struct ProcessGroup(Option<u32>);
+
+impl ProcessGroup {
+    /// Guard the group led by `pid` (the child started with
+    /// [`own_group_dies_with_agent`]); None guards nothing.
+    pub fn of(pid: Option<u32>) -> Self {
+        Self(pid)
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            kill_group(pgid);
+        }
+    }
+}

@@ -58,6 +58,7 @@ pub async fn kernels(server: &str, format: Format) -> CliResult<i32> {
                         "args": d.args.iter().map(|a| serde_json::json!({
                             "name": a.name, "type": a.r#type, "default": a.default,
                             "min": a.min, "max": a.max, "required": a.required, "help": a.help,
+                            "choices": a.choices,
                         })).collect::<Vec<_>>(),
                     })
                 })
@@ -75,6 +76,7 @@ pub async fn kernels(server: &str, format: Format) -> CliResult<i32> {
                     let range = match a.r#type.as_str() {
                         "string" => format!("text, at most {} bytes", a.max),
                         "int" => format!("int in {}..={}", a.min, a.max),
+                        "choice" => format!("one of {}", a.choices.join(", ")),
                         _ => format!("number in {}..={}", a.min, a.max),
                     };
                     let dflt = if a.required {

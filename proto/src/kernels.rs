@@ -34,6 +34,11 @@ pub enum ArgKind {
         /// Longest allowed length in bytes.
         max_len: usize,
     },
+    /// One of a fixed set of words.
+    Choice {
+        /// The allowed values.
+        values: &'static [&'static str],
+    },
 }
 
 /// One declared argument.
@@ -85,10 +90,12 @@ pub const COLLATZ: KernelSpec = KernelSpec {
     args: &[],
 };
 
-/// The user's own program, run once per chunk.
+/// The user's own program: started per chunk (`mode=chunk`) or kept running
+/// per agent slot and run, serving chunks over the worker protocol
+/// (`mode=worker`, docs/kernels.md).
 pub const EXEC: KernelSpec = KernelSpec {
     name: "exec",
-    help: "runs PROGRAM per chunk: parameters one per line on stdin, one number per parameter on stdout; agents need --allow-exec",
+    help: "runs PROGRAM: per chunk (mode=chunk: parameters on stdin, one number each on stdout) or as a persistent worker speaking the NDJSON worker protocol (mode=worker); agents need --allow-exec",
     args: &[
         ArgSpec {
             name: "program",
@@ -105,11 +112,27 @@ pub const EXEC: KernelSpec = KernelSpec {
             help: "its arguments, split like a shell would (quotes, backslashes) but never run by one",
         },
         ArgSpec {
+            name: "mode",
+            kind: ArgKind::Choice {
+                values: &["chunk", "worker"],
+            },
+            default: "chunk",
+            required: false,
+            help: "chunk: a process per chunk; worker: one process per agent slot and run, serving many chunks (docs/kernels.md)",
+        },
+        ArgSpec {
             name: "timeout_s",
             kind: ArgKind::Float { min: 0.001, max: 86_400.0 },
             default: "600",
             required: false,
             help: "per-chunk time limit in seconds; past it the process group is killed and the attempt fails",
+        },
+        ArgSpec {
+            name: "start_timeout_s",
+            kind: ArgKind::Float { min: 0.001, max: 3_600.0 },
+            default: "60",
+            required: false,
+            help: "mode=worker: time a new worker has to start and answer the handshake; past it the attempt fails",
         },
     ],
 };
@@ -141,10 +164,11 @@ impl KernelSpec {
                 .args
                 .iter()
                 .map(|a| {
-                    let (ty, min, max) = match a.kind {
-                        ArgKind::Int { min, max } => ("int", min as f64, max as f64),
-                        ArgKind::Float { min, max } => ("float", min, max),
-                        ArgKind::Text { max_len } => ("string", 0.0, max_len as f64),
+                    let (ty, min, max, choices) = match a.kind {
+                        ArgKind::Int { min, max } => ("int", min as f64, max as f64, &[][..]),
+                        ArgKind::Float { min, max } => ("float", min, max, &[][..]),
+                        ArgKind::Text { max_len } => ("string", 0.0, max_len as f64, &[][..]),
+                        ArgKind::Choice { values } => ("choice", 0.0, 0.0, values),
                     };
                     ArgDecl {
                         name: a.name.to_string(),
@@ -154,6 +178,7 @@ impl KernelSpec {
                         max,
                         required: a.required,
                         help: a.help.to_string(),
+                        choices: choices.iter().map(|c| c.to_string()).collect(),
                     }
                 })
                 .collect(),
@@ -216,6 +241,17 @@ fn check(a: &ArgDecl, raw: &str) -> Result<String, ArgError> {
                 ))
             } else {
                 Ok(raw.to_string())
+            }
+        }
+        "choice" => {
+            let v = raw.trim();
+            if a.choices.iter().any(|c| c == v) {
+                Ok(v.to_string())
+            } else {
+                Err(arg_err(
+                    &a.name,
+                    format!("must be one of {}, got {raw:?}", a.choices.join(", ")),
+                ))
             }
         }
         other => Err(arg_err(
@@ -338,6 +374,28 @@ pub fn text_arg<'a, S: std::hash::BuildHasher>(
     Ok(raw)
 }
 
+/// A choice argument: one of its declared values.
+pub fn choice_arg<'a, S: std::hash::BuildHasher>(
+    spec: &'a KernelSpec,
+    args: &'a HashMap<String, String, S>,
+    name: &str,
+) -> Result<&'a str, ArgError> {
+    let (a, raw) = raw_arg(spec, args, name)?;
+    let ArgKind::Choice { values } = a.kind else {
+        return Err(arg_err(name, "is not a choice argument".into()));
+    };
+    values
+        .iter()
+        .copied()
+        .find(|v| *v == raw.trim())
+        .ok_or_else(|| {
+            arg_err(
+                name,
+                format!("must be one of {}, got {raw:?}", values.join(", ")),
+            )
+        })
+}
+
 /// The placeholder's value of parameter `p`: `(7p + 13) mod 1000 + frac(p)`,
 /// `frac(p)` being the decimal number `0.<p mod 100>` (5 → 0.5, 10 → 0.1).
 pub fn placeholder_value(p: u64) -> f64 {
@@ -441,6 +499,12 @@ mod tests {
         assert!(e.message.contains("required"), "{e}");
         let e = validate_args(&x, &args(&[("program", "p"), ("timeout_s", "0")])).unwrap_err();
         assert!(e.message.contains("0.001..=86400"), "{e}");
+        let e = validate_args(&x, &args(&[("program", "p"), ("mode", "daemon")])).unwrap_err();
+        assert_eq!(e.field, "args.mode");
+        assert!(e.message.contains("one of chunk, worker"), "{e}");
+        let ok = validate_args(&x, &args(&[("program", "p"), ("mode", "worker")])).unwrap();
+        assert_eq!(ok.get("mode").map(String::as_str), Some("worker"));
+        assert_eq!(choice_arg(&EXEC, &HashMap::new(), "mode").unwrap(), "chunk");
         let e = validate_args(&COLLATZ.decl(), &args(&[("x", "1")])).unwrap_err();
         assert!(e.message.contains("known: none"), "{e}");
     }

@@ -9,33 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
-use ttg_proto::v1::{
-    event, CancelRequest, GetResultsRequest, ListKernelsRequest, RunState, SubmitRequest,
-};
-
-fn exec_req(
-    params: u64,
-    chunk: u64,
-    program: &Path,
-    extra: &[(&str, &str)],
-    attempts: u32,
-) -> SubmitRequest {
-    let mut args: std::collections::HashMap<String, String> =
-        [("program".to_string(), program.display().to_string())]
-            .into_iter()
-            .collect();
-    args.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    SubmitRequest {
-        params,
-        chunk_size: Some(chunk),
-        kernel: "exec".into(),
-        args,
-        max_attempts: Some(attempts),
-        name: "exec-test".into(),
-        retention_s: None,
-        fail_fast: None,
-    }
-}
+use ttg_proto::v1::{event, CancelRequest, GetResultsRequest, ListKernelsRequest, RunState};
 
 const SQUARE: &str = "#!/usr/bin/env python3\nimport sys\nfor line in sys.stdin:\n    p = int(line)\n    print(p * p)\n";
 
@@ -43,11 +17,7 @@ async fn final_event(
     c: &mut ttg_proto::v1::control_plane_client::ControlPlaneClient<tonic::transport::Channel>,
     run: &str,
 ) -> ttg_proto::v1::RunCompleted {
-    let events = watch_all(c, run, "").await;
-    match events.last().and_then(|e| e.kind.clone()) {
-        Some(event::Kind::RunCompleted(rc)) => rc,
-        other => panic!("run ended with {other:?}"),
-    }
+    run_end(c, run).await.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -47,6 +47,9 @@ pub enum KernelError {
 pub type ComputeFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Vec<f64>, KernelError>> + Send + 'a>>;
 
+/// Future returned by [`Kernel::shutdown`].
+pub type ShutdownFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
 /// A computation over a range of parameters.
 pub trait Kernel: Send + Sync {
     /// Name and declared arguments.
@@ -58,6 +61,19 @@ pub trait Kernel: Send + Sync {
         chunk: &'a ChunkInput,
         cancel: &'a CancellationToken,
     ) -> ComputeFuture<'a>;
+    /// Runs the kernel keeps something for between chunks (worker
+    /// processes): the agent checks them in Redis and reports those that
+    /// ended through [`Kernel::run_ended`].
+    fn runs_kept(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// `run_id` ended (succeeded, failed, cancelled, deleted): drop what is
+    /// kept for it.
+    fn run_ended(&self, _run_id: &str) {}
+    /// The agent is stopping and no chunk is computing: release everything.
+    fn shutdown(&self) -> ShutdownFuture<'_> {
+        Box::pin(async {})
+    }
 }
 
 /// The kernels an agent offers, by name.
@@ -67,17 +83,36 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Every built-in kernel; `exec` only when `exec_allow` is given (the
-    /// agent was started with --allow-exec), restricted to those paths if
-    /// the list is not empty.
-    pub fn builtin(exec_allow: Option<Vec<std::path::PathBuf>>) -> Self {
+    /// Every built-in kernel; `exec` only when `exec` is given (the agent
+    /// was started with --allow-exec).
+    pub fn builtin(exec: Option<exec::ExecOptions>) -> Self {
         let mut r = Registry::default();
         r.add(Arc::new(placeholder::Placeholder));
         r.add(Arc::new(collatz::Collatz));
-        if let Some(allow) = exec_allow {
-            r.add(Arc::new(exec::Exec::new(allow)));
+        if let Some(o) = exec {
+            r.add(Arc::new(exec::Exec::new(o)));
         }
         r
+    }
+
+    /// Runs any kernel keeps something for (see [`Kernel::runs_kept`]).
+    pub fn runs_kept(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.kernels.values().flat_map(|k| k.runs_kept()).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// Tell every kernel that `run_id` ended.
+    pub fn run_ended(&self, run_id: &str) {
+        self.kernels.values().for_each(|k| k.run_ended(run_id));
+    }
+
+    /// Shut every kernel down (the agent is stopping, nothing computes).
+    pub async fn shutdown(&self) {
+        for k in self.kernels.values() {
+            k.shutdown().await;
+        }
     }
 
     /// Declarations of every kernel offered, sent to the server in Hello.

@@ -189,6 +189,11 @@ impl Worker {
         self.completed.load(Ordering::Relaxed)
     }
 
+    /// Release what kernels keep (worker programs); call when nothing computes.
+    pub async fn shutdown_kernels(&self) {
+        self.registry.shutdown().await;
+    }
+
     /// Abandon every in-flight chunk now (after a drain timeout).
     pub fn abort(&self) {
         self.abort.cancel();

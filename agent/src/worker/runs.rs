@@ -51,6 +51,7 @@ impl Worker {
             r.state = RunState::Cancelled;
             r.cancel.cancel();
         }
+        self.registry.run_ended(run_id);
         tracing::info!(run = %run_id, agent = %self.agent_id, "run cancelled: aborting its chunks");
     }
 
@@ -185,11 +186,54 @@ impl Worker {
         r.cancel.clone()
     }
 
-    /// Remember a run's state as a completion or failure reported it.
+    /// Remember a run's state as a completion, a failure or the claim gate
+    /// reported it; an ended run's worker programs are stopped.
     pub(super) fn mark_run(&self, run_id: &str, state: RunState) {
         if let Ok(mut runs) = self.runs.lock() {
             if let Some(r) = runs.get_mut(run_id) {
                 r.state = state;
+            }
+        }
+        if !is_active(state) {
+            self.registry.run_ended(run_id);
+        }
+    }
+
+    /// Until `stop`: every `every`, ask Redis the state of the runs the
+    /// kernels keep something for (worker programs) and tell them which
+    /// ended — finished, or gone (deleted, expired). One pipelined HGET per
+    /// such run (at most one per slot); only ever stops programs, so a
+    /// stale answer costs a restart, never a chunk.
+    pub async fn watch_kept_runs(
+        self: std::sync::Arc<Self>,
+        every: std::time::Duration,
+        stop: CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let runs = self.registry.runs_kept();
+            if runs.is_empty() {
+                continue;
+            }
+            let mut pipe = redis::pipe();
+            for r in &runs {
+                pipe.hget(self.keys.run(r), "state");
+            }
+            let mut conn = self.conn.clone();
+            let Ok(states) = pipe.query_async::<Vec<Option<String>>>(&mut conn).await else {
+                continue;
+            };
+            for (run, state) in runs.iter().zip(states) {
+                let state = state
+                    .as_deref()
+                    .map(parse_state)
+                    .unwrap_or(RunState::Unspecified);
+                if !is_active(state) {
+                    self.mark_run(run, state);
+                }
             }
         }
     }

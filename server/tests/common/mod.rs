@@ -750,3 +750,51 @@ pub async fn read_group(
         })
         .collect()
 }
+
+/// An exec request: `program` over `params`, with extra args.
+pub fn exec_req(
+    params: u64,
+    chunk: u64,
+    program: &std::path::Path,
+    extra: &[(&str, &str)],
+    attempts: u32,
+) -> SubmitRequest {
+    let mut args: std::collections::HashMap<String, String> =
+        [("program".to_string(), program.display().to_string())]
+            .into_iter()
+            .collect();
+    args.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    SubmitRequest {
+        params,
+        chunk_size: Some(chunk),
+        kernel: "exec".into(),
+        args,
+        max_attempts: Some(attempts),
+        name: "exec-test".into(),
+        retention_s: None,
+        fail_fast: None,
+    }
+}
+
+/// Watch a run to its end: its RunCompleted and every event.
+pub async fn run_end(
+    c: &mut ControlPlaneClient<Channel>,
+    run: &str,
+) -> (ttg_proto::v1::RunCompleted, Vec<Event>) {
+    let events = watch_all(c, run, "").await;
+    match events.last().and_then(|e| e.kind.clone()) {
+        Some(ttg_proto::v1::event::Kind::RunCompleted(rc)) => (rc, events),
+        other => panic!("run ended with {other:?}"),
+    }
+}
+
+/// The failed attempts among `events`.
+pub fn chunk_failures(events: &[Event]) -> Vec<ttg_proto::v1::ChunkFailed> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(ttg_proto::v1::event::Kind::ChunkFailed(f)) => Some(f.clone()),
+            _ => None,
+        })
+        .collect()
+}
