@@ -2,7 +2,9 @@
 //! while a random agent is SIGKILLed about every second and replaced, another
 //! is frozen and thawed, the server is killed and restarted once and Redis is
 //! killed and restarted once. Every chunk must be counted exactly once, the
-//! aggregate exact, and nothing left pending.
+//! aggregate exact, and nothing left pending. Twice: with the built-in
+//! placeholder kernel, and with a Python model in exec `mode=worker` whose
+//! program also crashes on some chunks and hangs past its timeout on others.
 
 mod common;
 
@@ -22,8 +24,54 @@ impl Rng {
     }
 }
 
+/// What computes the chaos run's chunks.
+enum Compute {
+    /// The built-in placeholder, 4 ms per parameter.
+    Placeholder,
+    /// The placeholder's values from a Python model through the library, in
+    /// exec mode=worker, 4 ms per parameter, crashing on a first attempt of
+    /// about 1 chunk in 20 and hanging past its 2 s timeout on 1 in 30.
+    PythonWorker(std::path::PathBuf),
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_every_chunk_exactly_once() {
+    chaos(Compute::Placeholder).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_in_worker_mode_every_chunk_exactly_once() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let lib = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../python");
+    let model = script(
+        dir.path(),
+        "model.py",
+        &format!(
+            "#!/usr/bin/env python3\nimport os, sys, time\nsys.path.insert(0, {lib:?})\nimport ttg\n\
+             @ttg.kernel\ndef model(p):\n    c = ttg.current_chunk()\n\
+             \x20   if c.attempt == 1 and p == c.start and c.index % 20 == 7:\n        os._exit(9)\n\
+             \x20   if c.attempt == 1 and p == c.start and c.index % 30 == 11:\n        time.sleep(1000)\n\
+             \x20   time.sleep(0.004)\n    m = p % 100\n\
+             \x20   return float((7 * (p % 1000) + 13) % 1000) + (m / 10 if m < 10 else m / 100)\n\
+             ttg.serve(model)\n",
+            lib = lib.display().to_string()
+        ),
+    );
+    chaos(Compute::PythonWorker(model)).await;
+    // The agents are gone (SIGKILLed on drop): so are their workers.
+    let needle = dir.path().display().to_string();
+    wait_until(
+        "no worker outlives its agent",
+        Duration::from_secs(10),
+        || {
+            let left = processes_mentioning(&needle);
+            async move { left.is_empty().then_some(()) }
+        },
+    )
+    .await;
+}
+
+async fn chaos(compute: Compute) {
     let seed = std::env::var("TTG_CHAOS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -40,9 +88,13 @@ async fn chaos_every_chunk_exactly_once() {
     );
     let redis_url = redis.url.clone();
     let mut next_id = 0;
+    let flags: &[&str] = match compute {
+        Compute::Placeholder => &[],
+        Compute::PythonWorker(_) => &["--allow-exec"],
+    };
     let mut spawn = |url: &str| {
         next_id += 1;
-        Agent::spawn(url, &redis_url, &p, &format!("c{next_id}"), 2, &[])
+        Agent::spawn(url, &redis_url, &p, &format!("c{next_id}"), 2, flags)
     };
     let mut agents: Vec<Agent> = (0..4).map(|_| spawn(&server.url)).collect();
     let mut c = control(&server.url).await;
@@ -54,7 +106,20 @@ async fn chaos_every_chunk_exactly_once() {
     // for the kills to land on, is killed a third time often enough to be
     // dead-lettered — correctly, and then the run rightly fails. Every fault
     // may land on the same chunk and it must still be counted exactly once.
-    let mut req = submit_req(params, 100, 4);
+    let mut req = match &compute {
+        Compute::Placeholder => submit_req(params, 100, 4),
+        Compute::PythonWorker(model) => {
+            let mut r = exec_req(
+                params,
+                100,
+                model,
+                &[("mode", "worker"), ("timeout_s", "2")],
+                1,
+            );
+            r.fail_fast = Some(0);
+            r
+        }
+    };
     req.max_attempts = Some(ttg_server::store::MAX_ATTEMPTS);
     let run = c.submit(req).await.expect("submit").into_inner();
 
@@ -150,6 +215,13 @@ async fn chaos_every_chunk_exactly_once() {
         if let Some(ttg_proto::v1::event::Kind::ChunkFailed(f)) = &e.kind {
             eprintln!("chaos: chunk failed {f:?}");
         }
+    }
+    let failed = chunk_failures(&events);
+    if let Compute::PythonWorker(_) = compute {
+        // The program's own faults cost attempts, never a value: 10 chunks
+        // crash and 7 hang on their first attempt (unless an agent's kill
+        // got there first).
+        assert!(failed.len() >= 8, "{} failed attempts", failed.len());
     }
     assert_eq!(finished.state, RunState::Succeeded as i32);
     assert_exactly_once(&events, params, 200);

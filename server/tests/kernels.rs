@@ -164,13 +164,6 @@ async fn a_hanging_program_is_killed_at_its_timeout() {
     server.stop().await;
 }
 
-fn alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z ")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_kills_the_programs_whole_process_group() {
     let dir = tempfile::tempdir().expect("tmp");

@@ -798,3 +798,26 @@ pub fn chunk_failures(events: &[Event]) -> Vec<ttg_proto::v1::ChunkFailed> {
         })
         .collect()
 }
+
+/// Whether process `pid` runs (a zombie does not).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+}
+
+/// Live processes whose command line mentions `needle` (the test's own
+/// temporary folder): what a test leaves behind.
+pub fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            (pid != me && cmd.contains(needle) && alive(pid)).then_some((pid, cmd))
+        })
+        .collect()
+}
