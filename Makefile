@@ -2,7 +2,7 @@
 CARGO ?= cargo
 RELEASE := target/release
 
-.PHONY: setup build demo demo-fault test lint bench fmt clean image k8s-validate
+.PHONY: setup build demo demo-python demo-fault test lint bench fmt clean image k8s-validate
 
 ## setup: install what a fresh machine lacks (redis-server via the OS package manager)
 setup:
@@ -15,6 +15,10 @@ build:
 ## demo: a local cluster (redis, server, 3 agents), 10,000 parameters watched to the end, sum checked
 demo: setup build
 	$(RELEASE)/ttgctl demo --params 10000 --agents 3
+
+## demo-python: the same sweep computed by a Python model (examples/python/model.py) through the ttg library in target/pyenv, exec mode=worker
+demo-python: setup build
+	PATH="$(CURDIR)/target/pyenv/bin:$$PATH" $(RELEASE)/ttgctl demo --params 10000 --agents 3 --python examples/python/model.py
 
 ## demo-fault: the same sweep, one agent SIGKILLed at 30 %: shows the reclaim, checks the sum
 demo-fault: setup build

@@ -55,6 +55,9 @@ pub struct DemoOpts {
     /// SIGKILL one agent when this percentage of chunks is done (1..=99), show the reclaim.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=99))]
     pub kill_at: Option<u32>,
+    /// Compute with this Python model instead of the built-in kernel: a program using the ttg library that computes the placeholder's values, such as examples/python/model.py (`make demo-python`). It runs in exec mode=worker, gets `--work-ms N`, and the agents allow exec.
+    #[arg(long, value_name = "PROGRAM")]
+    pub python: Option<std::path::PathBuf>,
 }
 
 /// Run the demo; returns the exit code.
@@ -65,6 +68,12 @@ pub async fn demo(o: DemoOpts) -> CliResult<i32> {
             o.agents
         )));
     }
+    let python = match &o.python {
+        Some(p) => Some(p.canonicalize().map_err(|e| {
+            CliError::usage(format!("--python {}: {e}", p.display()))
+        })?),
+        None => None,
+    };
     if o.kill_at.is_some() && o.agents < 2 {
         return Err(CliError::usage(
             "--kill-at needs --agents 2 or more: someone must finish the run",
@@ -84,7 +93,7 @@ pub async fn demo(o: DemoOpts) -> CliResult<i32> {
         redis_url: o.redis_url.clone(),
         listen,
         prefix: format!("ttg-demo-{}:", std::process::id()),
-        allow_exec: false,
+        allow_exec: python.is_some(),
         metrics: false,
     })
     .await?;
@@ -92,17 +101,35 @@ pub async fn demo(o: DemoOpts) -> CliResult<i32> {
         token: Some(cluster.client_token.clone()),
         ..Default::default()
     });
-    let result = sweep(&cluster, &o).await;
+    let result = sweep(&cluster, &o, python.as_deref()).await;
     cluster.stop().await;
     result
 }
 
-async fn sweep(cluster: &Cluster, o: &DemoOpts) -> CliResult<i32> {
+async fn sweep(
+    cluster: &Cluster,
+    o: &DemoOpts,
+    python: Option<&std::path::Path>,
+) -> CliResult<i32> {
+    let (kernel, args) = match python {
+        Some(p) => (
+            "exec",
+            vec![
+                format!("program={}", p.display()),
+                "mode=worker".to_string(),
+                format!("args=--work-ms {}", o.work_ms),
+            ],
+        ),
+        None => ("placeholder", vec![format!("work_ms={}", o.work_ms)]),
+    };
+    if let Some(p) = python {
+        say!("computing with {} (exec mode=worker)", p.display());
+    }
     let opts = submit::Args {
         params: o.params,
         chunk_size: None,
-        kernel: "placeholder".into(),
-        args: vec![format!("work_ms={}", o.work_ms)],
+        kernel: kernel.into(),
+        args,
         max_attempts: None,
         fail_fast: None,
         name: "demo".into(),
