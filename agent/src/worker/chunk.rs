@@ -26,29 +26,44 @@ impl Claimed {
 }
 
 impl Worker {
-    /// Compute one claimed entry and settle it; `slot` is given back as
-    /// soon as the computation ends.
+    /// Compute one claimed entry and settle it. The entry is decoded and
+    /// through the claim gate before `slot` (a free computing slot) is
+    /// awaited, so a chunk that waited for one starts at once; the slot is
+    /// given back as soon as the computation ends.
     pub(super) async fn process(
         self: Arc<Self>,
         stream: String,
         entry_id: String,
         fields: HashMap<String, Value>,
-        slot: tokio::sync::OwnedSemaphorePermit,
+        slot: impl std::future::Future<Output = Option<tokio::sync::OwnedSemaphorePermit>>,
     ) {
-        let Some(c) = self.decode_or_quarantine(stream, entry_id, &fields).await else {
+        let decoded = self.decode_or_quarantine(stream, entry_id, &fields).await;
+        let gate = match &decoded {
+            Some(c) => {
+                let claim = c.span("claim", &self.agent_id);
+                let gate = self.run_gate(&c.task.run_id, &c.stream, &c.entry_id);
+                tracing::Instrument::instrument(gate, claim.clone())
+                    .await
+                    .map(|token| (token, claim))
+            }
+            None => None,
+        };
+        // Awaited even for an entry that is not computed: the wait is what
+        // counts it out of the entries waiting for a slot.
+        let Some(slot) = slot.await else { return };
+        let (Some(c), Some((run_cancel, claim))) = (decoded, gate) else {
             return;
         };
         let claimed_at = Instant::now();
-        let claim = c.span("claim", &self.agent_id);
-        let gate = self.run_gate(&c.task.run_id, &c.stream, &c.entry_id);
-        let Some(run_cancel) = tracing::Instrument::instrument(gate, claim.clone()).await else {
-            return;
-        };
         let abort = run_cancel.child_token();
         self.hold(&c, &claim, abort.clone());
         drop(claim);
         let (outcome, compute_ms) = self.compute(&c, &abort).await;
         drop(slot);
+        // The next chunk (waiting for this slot) starts before this one's
+        // completion is sent: its start is on the slot's critical path, the
+        // completion is not.
+        tokio::task::yield_now().await;
         if let Ok(mut h) = self.held.lock() {
             if let Some(h) = h.get_mut(&c.entry_id) {
                 h.computed = true;

@@ -51,12 +51,21 @@ impl Worker {
             let Some(first_share) = acquire(&c.budget, &stop).await else {
                 return;
             };
-            // Claim only what we can start now: chunks held but not computing
-            // would wait here instead of on an idle agent.
-            let Some(first) = acquire(&c.slots, &stop).await else {
-                return;
-            };
-            let mut permits = vec![first];
+            // Claim only what we can start now (chunks held but not computing
+            // would wait here instead of on an idle agent), unless chunks are
+            // short and claimed ones already wait for slots: then claim ahead
+            // without taking a slot, which a waiting chunk would otherwise
+            // wait on through this read's round trip.
+            let ahead = c.prefetch(&self) > 0
+                && c.waiting.load(Ordering::Relaxed) > 0
+                && !c.ahead_found_nothing;
+            let mut permits = Vec::new();
+            if !ahead {
+                let Some(first) = acquire(&c.slots, &stop).await else {
+                    return;
+                };
+                permits.push(first);
+            }
             while let Ok(p) = c.slots.clone().try_acquire_owned() {
                 permits.push(p);
             }
@@ -86,7 +95,11 @@ impl Worker {
                     continue;
                 }
             };
-            if local_work && keys.iter().all(|k| k.ids.is_empty()) {
+            let found_nothing = keys.iter().all(|k| k.ids.is_empty());
+            // An empty read ahead is not repeated until a slot frees up
+            // (the next read waits for one): no busy loop on an empty queue.
+            c.ahead_found_nothing = ahead && found_nothing;
+            if local_work && found_nothing {
                 // Nothing new: hand the slots to the waiting entries first.
                 drop(permits);
                 drop(shares);
@@ -120,6 +133,8 @@ struct Claimer {
     blocking: Option<MultiplexedConnection>,
     groups_ready: bool,
     backoff: Backoff,
+    /// The last read ahead (without a slot) found nothing.
+    ahead_found_nothing: bool,
 }
 
 impl Claimer {
@@ -132,6 +147,7 @@ impl Claimer {
             blocking: None,
             groups_ready: false,
             backoff: redis_backoff(),
+            ahead_found_nothing: false,
         }
     }
 
@@ -232,14 +248,13 @@ impl Claimer {
                             Err(_) => return,
                         },
                     };
-                    let permit = match permit {
-                        Some(p) => p,
-                        None => {
-                            let p = slots.acquire_owned().await;
-                            waiting.fetch_sub(1, Ordering::Relaxed);
-                            match p {
-                                Ok(p) => p,
-                                Err(_) => return,
+                    let permit = async move {
+                        match permit {
+                            Some(p) => Some(p),
+                            None => {
+                                let p = slots.acquire_owned().await;
+                                waiting.fetch_sub(1, Ordering::Relaxed);
+                                p.ok()
                             }
                         }
                     };
