@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""TTG benchmark suite (P1-P6 and M1 of docs/benchmarks.md): real
+"""TTG benchmark suite (P1-P7 and M1 of docs/benchmarks.md): real
 redis-server, ttg-server and ttg-agent processes on this machine, driven
 through ttgctl and ttg-loadgen. Prints a table and rewrites docs/benchmarks.md
 with the machine, the commit and the exact commands.
@@ -134,8 +134,10 @@ class Sampler:
 class Cluster:
     """redis-server + ttg-server + N agents, each a real process."""
 
-    def __init__(self, bindir, agents, concurrency, tmp, server_args=(), redis_args=()):
+    def __init__(self, bindir, agents, concurrency, tmp, server_args=(), redis_args=(), agent_args=(),
+                 agent_env=None):
         self.bindir, self.tmp = bindir, tmp
+        self.agent_args, self.agent_env = list(agent_args), dict(agent_env or {})
         self.procs, self.agents = [], []
         self.redis_port, self.server_port = free_port(), free_port()
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}"
@@ -162,7 +164,8 @@ class Cluster:
         alog = open(os.path.join(self.tmp, f"agent-{i}.log"), "w")
         p = subprocess.Popen(
             [os.path.join(self.bindir, "ttg-agent"), "--server", self.server, "--redis-url", self.redis_url,
-             "--concurrency", str(concurrency), "--agent-id", f"bench-{i}"], stdout=alog, stderr=alog, env=env)
+             "--concurrency", str(concurrency), "--agent-id", f"bench-{i}", *self.agent_args],
+            stdout=alog, stderr=alog, env=dict(env, **self.agent_env))
         p.agent_id = f"bench-{i}"
         self.procs.append(p)
         self.agents.append(p)
@@ -214,10 +217,15 @@ class Cluster:
             raise SystemExit(f"run {run_id} ended {st['state']}")
         return st
 
-    def run(self, params, chunk, work_ms):
-        """Submit, wait for the end, return (wall s, submit s, status)."""
+    def run(self, params, chunk, work_ms, submit_args=None):
+        """Submit, wait for the end, return (wall s, submit s, status).
+        `submit_args` replaces the placeholder kernel's flags."""
         t0 = time.perf_counter()
-        run_id = self.submit(params, chunk, work_ms)
+        if submit_args is None:
+            run_id = self.submit(params, chunk, work_ms)
+        else:
+            run_id = json.loads(self.ctl("submit", "--params", str(params), "--chunk-size", str(chunk),
+                                         "-o", "json", *submit_args))["run_id"]
         submit_s = time.perf_counter() - t0
         st = self.wait_done(run_id)
         return (st["finished_ms"] - st["created_ms"]) / 1000.0, submit_s, st
@@ -559,7 +567,129 @@ def m1(args, tmp):
              f"({n_events / 10_000:.2f} per chunk); run {wall:.1f} s")]
 
 
-BENCHES = {"p1": p1, "p2": p2, "p3": p3, "p4": p4, "p5": p5, "p6": p6, "m1": m1}
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+MODEL = os.path.join(ROOT, "examples", "python", "model.py")
+PYENV_BIN = os.path.join(ROOT, "target", "pyenv", "bin")
+
+
+def model_args(mode, work_ms):
+    """ttgctl submit flags running examples/python/model.py through exec."""
+    return ["--kernel", "exec", "--arg", f"program={MODEL}", "--arg", f"mode={mode}",
+            "--arg", f"args=--work-ms {work_ms}"]
+
+
+def baseline_worker(port, consumer, work_ms):
+    """One worker of the system TTG replaced: a long-lived Python process
+    reading chunks from a Redis Stream through a consumer group, computing
+    them with the same model function, storing the result and acking (two
+    separate commands, as it did). Runs until the `done` key appears."""
+    sys.path.insert(0, os.path.join(ROOT, "python"))
+    sys.path.insert(0, os.path.dirname(MODEL))
+    import model as m  # examples/python/model.py: the same placeholder and work
+    r, work = Resp(port), work_ms / 1000
+    while True:
+        got = r.call("XREADGROUP", "GROUP", "g", consumer, "COUNT", 1, "BLOCK", 200, "STREAMS", "tasks", ">")
+        if not got:
+            if r.call("EXISTS", "done"):
+                return
+            continue
+        for entry_id, fields in got[0][1]:
+            f = dict(zip(fields[::2], fields[1::2]))
+            start, end = int(f[b"start"]), int(f[b"end"])
+            values = []
+            for p in range(start, end):
+                if work > 0:
+                    m.work_for(work)
+                values.append(m.placeholder(p))
+            r.call("HSET", "results", f[b"chunk"], json.dumps(values))
+            r.call("INCRBYFLOAT", "sum", repr(sum(values)))
+            r.call("XACK", "tasks", "g", entry_id)
+            r.call("INCR", "chunks_done")
+
+
+def baseline(tmp, params, chunk, work_ms, workers=3):
+    """Wall time of the old system over `params`: its workers already
+    running (as they were, long-lived), from the first XADD to the last
+    chunk's result. Returns (wall s, sum)."""
+    d = new_dir(tmp)
+    port = free_port()
+    log = open(os.path.join(d, "redis.log"), "w")
+    redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", d,
+                              "--save", "", "--appendonly", "no"], stdout=log, stderr=log)
+    procs = []
+    try:
+        wait_port(port)
+        r = Resp(port)
+        r.call("XGROUP", "CREATE", "tasks", "g", "$", "MKSTREAM")
+        procs = [subprocess.Popen([sys.executable, __file__, "--baseline-worker", str(port), f"w{i}", str(work_ms)])
+                 for i in range(workers)]
+        time.sleep(1.0)  # the workers are up and blocked in XREADGROUP
+        chunks = (params + chunk - 1) // chunk
+        t0 = time.perf_counter()
+        for i in range(chunks):
+            r.call("XADD", "tasks", "*", "chunk", i, "start", i * chunk, "end", min(params, (i + 1) * chunk))
+        while int(r.call("GET", "chunks_done") or 0) < chunks:
+            time.sleep(0.002)
+        wall = time.perf_counter() - t0
+        total = float(r.call("GET", "sum"))
+        r.call("SET", "done", 1)
+        for p in procs:
+            p.wait(timeout=10)
+        return wall, round(total, 2)
+    finally:
+        for p in procs:
+            p.kill()
+        redis.terminate()
+        redis.wait()
+
+
+def p7(args, tmp):
+    """P7: the user's own Python model (examples/python/model.py, through the
+    ttg library) in exec mode=worker: 1 ms of work per parameter at chunk
+    100 (P7) and chunk 1 (P7b), no work over 100,000 parameters (P7c), with
+    mode=chunk and the old Python system (a reimplementation: long-lived
+    Python workers on a Redis Stream) measured in the same session."""
+    if not os.path.exists(os.path.join(PYENV_BIN, "python")):
+        raise SystemExit("target/pyenv missing: run `make setup`")
+    # The model's `#!/usr/bin/env python3` finds the venv holding the library.
+    env = {"PATH": PYENV_BIN + os.pathsep + os.environ.get("PATH", "")}
+    c = Cluster(args.bin, agents=3, concurrency=1, tmp=new_dir(tmp), agent_args=["--allow-exec"], agent_env=env)
+    try:
+        def walls(params, chunk, mode, work_ms, reps):
+            out = [c.run(params, chunk, work_ms, model_args(mode, work_ms)) for _ in range(reps)]
+            return [w for w, _, _ in out], {round(st["aggregate"]["sum"], 2) for _, _, st in out}
+        p7w, p7s = walls(10_000, 100, "worker", 1, args.reps)
+        p7b, p7bs = walls(10_000, 1, "worker", 1, args.reps)
+        p7c, p7cs = walls(100_000, 100, "worker", 0, args.reps)
+        chunk_mode, cms = walls(10_000, 100, "chunk", 1, max(1, min(args.reps, 3)))
+        p1w = [c.run(10_000, 100, 1)[0] for _ in range(args.reps)]
+    finally:
+        c.stop()
+    base = [baseline(tmp, 10_000, 100, 1) for _ in range(args.reps)]
+    base_wall = statistics.median(w for w, _ in base)
+    m7, m7b, m7c = statistics.median(p7w), statistics.median(p7b), statistics.median(p7c)
+    ideal = 10_000 * 0.001 / 3
+    return [
+        ("P7", "10,000 params, Python model via the ttg library (1 ms of work per param), exec mode=worker, "
+               "chunk 100, 3 agents × concurrency 1", f"{m7:.3f} s",
+         f"goal ≤ 1.05 × ideal (3.50 s): {m7 / ideal:.3f} × ideal 3.33 s (3.40 s with whole chunks); "
+         f"{m7 / base_wall:.2f} × the old Python system (P7-base), {m7 / statistics.median(p1w):.3f} × "
+         f"the built-in placeholder (P7-p1) in this session; min {min(p7w):.3f}, max {max(p7w):.3f}; sum {p7s}"),
+        ("P7b", "P7 at chunk size 1 (10,000 chunks)", f"{m7b:.3f} s",
+         f"goal ≤ 1.25 × ideal (4.17 s): {m7b / ideal:.3f} × ideal; min {min(p7b):.3f}, max {max(p7b):.3f}; sum {p7bs}"),
+        ("P7c", "100,000 params of the same model with no work, chunk 100, mode=worker", f"{100_000 / m7c:,.0f} params/s",
+         f"goal ≥ 50,000 params/s; {m7c:.3f} s (min {min(p7c):.3f}, max {max(p7c):.3f}); sum {p7cs}"),
+        ("P7-chunk", "P7 in exec mode=chunk (a Python process per chunk)", f"{statistics.median(chunk_mode):.3f} s",
+         f"{statistics.median(chunk_mode) / ideal:.2f} × ideal: what mode=worker removes; sum {cms}"),
+        ("P7-base", "the old system: 3 long-lived Python workers on a Redis Stream (XREADGROUP, HSET, XACK), "
+                    "same model and chunks, workers already running", f"{base_wall:.3f} s",
+         f"{base_wall / ideal:.3f} × ideal; sums {sorted({s for _, s in base})}"),
+        ("P7-p1", "P1 (built-in placeholder) on the same cluster, same session", f"{statistics.median(p1w):.3f} s",
+         f"{statistics.median(p1w) / ideal:.3f} × ideal"),
+    ]
+
+
+BENCHES = {"p1": p1, "p2": p2, "p3": p3, "p4": p4, "p5": p5, "p6": p6, "p7": p7, "m1": m1}
 
 
 def machine():
@@ -588,6 +718,9 @@ def commit():
 
 
 def main():
+    if len(sys.argv) == 5 and sys.argv[1] == "--baseline-worker":
+        baseline_worker(int(sys.argv[2]), sys.argv[3], float(sys.argv[4]))
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", default="target/release", help="folder with ttg-server, ttg-agent, ttgctl, ttg-loadgen")
     ap.add_argument("--out", default="docs/benchmarks.md", help="markdown file to rewrite ('' to skip)")

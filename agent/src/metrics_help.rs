@@ -21,6 +21,23 @@ pub fn describe() {
         "Chunk attempts whose kernel failed"
     );
     describe_gauge!("ttg_agent_in_flight", "Chunks this agent holds right now");
+    describe_counter!(
+        "ttg_agent_exec_workers_started_total",
+        "exec mode=worker programs started (handshake answered)"
+    );
+    describe_counter!(
+        "ttg_agent_exec_worker_restarts_total",
+        "exec mode=worker programs killed by a failure (reason: crash, timeout, cancel, start); the next chunk starts a fresh one"
+    );
+    describe_gauge!(
+        "ttg_agent_exec_workers_live",
+        "exec mode=worker programs alive or starting (at most --concurrency)"
+    );
+    describe_histogram!(
+        "ttg_agent_exec_worker_start_seconds",
+        Unit::Seconds,
+        "Time an exec mode=worker program took to start and answer the handshake"
+    );
     describe_histogram!(
         "ttg_agent_compute_seconds",
         Unit::Seconds,

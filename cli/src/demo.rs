@@ -69,9 +69,10 @@ pub async fn demo(o: DemoOpts) -> CliResult<i32> {
         )));
     }
     let python = match &o.python {
-        Some(p) => Some(p.canonicalize().map_err(|e| {
-            CliError::usage(format!("--python {}: {e}", p.display()))
-        })?),
+        Some(p) => Some(
+            p.canonicalize()
+                .map_err(|e| CliError::usage(format!("--python {}: {e}", p.display())))?,
+        ),
         None => None,
     };
     if o.kill_at.is_some() && o.agents < 2 {

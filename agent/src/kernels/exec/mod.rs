@@ -104,11 +104,15 @@ impl Exec {
         let mut w = match self.pool.acquire(&key) {
             Acquired::Warm(w) => *w,
             Acquired::Cold(slot) => {
+                // Every start resolves the path and checks the allow-list.
+                let path = self.resolve(&key.program)?;
+                let argv = split_words(&key.args)?;
                 let span = tracing::info_span!("exec.start", otel.name = "exec.start",
-                    run_id = %chunk.run_id, program = %key.path.display());
+                    run_id = %chunk.run_id, program = %path.display());
                 let began = Instant::now();
+                let start = Program::start(key, path, &argv, start_within);
                 let started = tokio::select! {
-                    r = tracing::Instrument::instrument(Program::start(key, start_within), span.clone()) => r,
+                    r = tracing::Instrument::instrument(start, span.clone()) => r,
                     _ = cancel.cancelled() => return Err(KernelError::Cancelled),
                 };
                 metrics::histogram!("ttg_agent_exec_worker_start_seconds")
@@ -212,10 +216,9 @@ impl Kernel for Exec {
         Box::pin(async move {
             let bad = |e: ttg_proto::kernels::ArgError| KernelError::Failed(e.to_string());
             let program = text_arg(&EXEC, &chunk.args, "program").map_err(bad)?;
-            let argv = split_words(text_arg(&EXEC, &chunk.args, "args").map_err(bad)?)?;
+            let args = text_arg(&EXEC, &chunk.args, "args").map_err(bad)?;
             let timeout =
                 Duration::from_secs_f64(float_arg(&EXEC, &chunk.args, "timeout_s").map_err(bad)?);
-            let path = self.resolve(program)?;
             match choice_arg(&EXEC, &chunk.args, "mode").map_err(bad)? {
                 "worker" => {
                     let start_within = Duration::from_secs_f64(
@@ -223,13 +226,17 @@ impl Kernel for Exec {
                     );
                     let key = Key {
                         run_id: chunk.run_id.clone(),
-                        path,
-                        argv,
+                        program: program.to_string(),
+                        args: args.to_string(),
                     };
                     self.compute_in_worker(key, timeout, start_within, chunk, cancel)
                         .await
                 }
-                _ => per_chunk::compute(&path, &argv, timeout, chunk, cancel).await,
+                _ => {
+                    let path = self.resolve(program)?;
+                    let argv = split_words(args)?;
+                    per_chunk::compute(&path, &argv, timeout, chunk, cancel).await
+                }
             }
         })
     }

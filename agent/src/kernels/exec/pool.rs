@@ -261,8 +261,8 @@ mod tests {
     fn key(run: &str, path: &std::path::Path) -> Key {
         Key {
             run_id: run.into(),
-            path: path.to_path_buf(),
-            argv: Vec::new(),
+            program: path.display().to_string(),
+            args: String::new(),
         }
     }
 
@@ -285,9 +285,14 @@ mod tests {
     async fn start(pool: &Arc<Pool>, k: &Key) -> Worker {
         match pool.acquire(k) {
             Acquired::Cold(slot) => slot.with(
-                Program::start(k.clone(), Duration::from_secs(5))
-                    .await
-                    .expect("start"),
+                Program::start(
+                    k.clone(),
+                    PathBuf::from(&k.program),
+                    &[],
+                    Duration::from_secs(5),
+                )
+                .await
+                .expect("start"),
             ),
             Acquired::Warm(_) => panic!("expected no idle program"),
         }

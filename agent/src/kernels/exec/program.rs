@@ -24,16 +24,18 @@ const LINE_SLACK: u64 = 1 << 20;
 /// Longest stderr line logged as one record.
 const LOG_LINE: usize = 4_096;
 
-/// What identifies the programs that may serve a chunk: the same run, the
-/// same program and arguments.
+/// What identifies the programs that may serve a chunk: the same run, and
+/// the same `program` and `args` arguments as submitted (a warm program is
+/// found without resolving the path again; every start resolves it and
+/// checks the allow-list).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Key {
     /// The run served.
     pub run_id: String,
-    /// Canonical path of the program.
-    pub path: PathBuf,
-    /// Its arguments.
-    pub argv: Vec<String>,
+    /// The `program` argument.
+    pub program: String,
+    /// The `args` argument.
+    pub args: String,
 }
 
 /// Why serving a chunk failed.
@@ -51,6 +53,8 @@ pub enum Served {
 pub struct Program {
     /// Which chunks it may serve.
     pub key: Key,
+    /// The canonical path started.
+    path: PathBuf,
     pid: u32,
     child: Child,
     stdin: ChildStdin,
@@ -69,10 +73,16 @@ struct Stderr {
 }
 
 impl Program {
-    /// Start the program and complete the handshake within `within`.
-    pub async fn start(key: Key, within: Duration) -> Result<Program, String> {
-        let mut cmd = tokio::process::Command::new(&key.path);
-        cmd.args(&key.argv)
+    /// Start `path` (the resolved, allowed `key.program`) with `argv` and
+    /// complete the handshake within `within`.
+    pub async fn start(
+        key: Key,
+        path: PathBuf,
+        argv: &[String],
+        within: Duration,
+    ) -> Result<Program, String> {
+        let mut cmd = tokio::process::Command::new(&path);
+        cmd.args(argv)
             .env("TTG_RUN_ID", &key.run_id)
             .env("TTG_MODE", "worker")
             .env("TTG_PROTOCOL", VERSION.to_string())
@@ -83,7 +93,7 @@ impl Program {
         crate::sys::own_group_dies_with_agent(&mut cmd);
         let mut child = cmd
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", key.path.display()))?;
+            .map_err(|e| format!("cannot start {}: {e}", path.display()))?;
         let group = ProcessGroup::of(child.id());
         let pid = child.id().unwrap_or(0);
         let (Some(stdin), Some(stdout), Some(stderr)) =
@@ -94,6 +104,7 @@ impl Program {
         let stderr = Stderr::pump(stderr, &key.run_id, pid);
         let mut p = Program {
             key,
+            path,
             pid,
             child,
             stdin,
@@ -109,11 +120,16 @@ impl Program {
                 "{} did not answer the handshake within {:.3} s (start_timeout_s); process group killed. \
                  A worker must read {{\"type\":\"hello\",…}} on stdin and answer {{\"type\":\"ready\",\"protocol\":{VERSION}}} \
                  on stdout (docs/kernels.md); {}",
-                p.key.path.display(),
+                p.path.display(),
                 within.as_secs_f64(),
                 p.stderr.tail()
             )),
         }
+    }
+
+    /// The canonical path started.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
     }
 
     /// Process id of the program (its process group id too).
@@ -133,16 +149,16 @@ impl Program {
             Some(FromProgram::Ready { protocol }) if protocol == VERSION => Ok(()),
             Some(FromProgram::Ready { protocol }) => Err(format!(
                 "{} speaks worker protocol {protocol}; this agent speaks {VERSION}",
-                self.key.path.display()
+                self.path.display()
             )),
             Some(FromProgram::Error { error, .. }) => Err(format!(
                 "{} failed to start: {}",
-                self.key.path.display(),
+                self.path.display(),
                 bounded(&error)
             )),
             Some(other) => Err(format!(
                 "{} answered the handshake with {other:?}, not {{\"type\":\"ready\",\"protocol\":{VERSION}}}",
-                self.key.path.display()
+                self.path.display()
             )),
             None => Err(self.ended("before the handshake", "").await),
         }
@@ -255,7 +271,7 @@ impl Program {
         };
         format!(
             "worker {} (pid {}) {how} {when}; {}",
-            self.key.path.display(),
+            self.path.display(),
             self.pid,
             self.stderr.tail()
         )
