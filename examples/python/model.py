@@ -3,8 +3,10 @@
 
 It computes the placeholder kernel's values, value(p) = (7p + 13) mod 1000 +
 0.<p mod 100>, so a sweep of 10,000 parameters sums to 5,000,355.00 — and
-spends --work-ms milliseconds of work on each parameter (sleep, then a
-short spin, so each call takes that long and no more).
+spends --work-ms milliseconds of simulated work on each parameter, drift-free
+within a chunk as the built-in placeholder's work_ms is: the i-th parameter
+of a chunk is done (i + 1) × work after the chunk began, so a chunk of n
+parameters takes n × work, the model's own per-call cost included.
 
     ttgctl submit --kernel exec --arg program=examples/python/model.py \
         --arg mode=worker --arg args='--work-ms 1' --params 10000 --watch
@@ -22,17 +24,17 @@ def placeholder(p):
     return float((7 * (p % 1000) + 13) % 1000) + frac
 
 
-# Sleep overshoots by ~0.1 ms here; the rest of a call is spun.
+# Sleep overshoots by ~0.1 ms here; the last SPIN seconds are spun.
 SPIN = 0.0002
 
 
-def work_for(seconds):
-    """Take `seconds`: sleep most of it, spin the last 0.2 ms (sleep alone
-    overshoots by ~0.1 ms, which would add 10 % to a 1 ms model)."""
-    end = time.perf_counter() + seconds
-    if seconds > SPIN:
-        time.sleep(seconds - SPIN)
-    while time.perf_counter() < end:
+def work_until(deadline):
+    """Return at `deadline` (time.perf_counter()): sleep most of the way,
+    spin the rest."""
+    left = deadline - time.perf_counter()
+    if left > SPIN:
+        time.sleep(left - SPIN)
+    while time.perf_counter() < deadline:
         pass
 
 
@@ -41,10 +43,15 @@ def main():
     ap.add_argument("--work-ms", type=float, default=0.0, help="work per parameter, milliseconds")
     work = ap.parse_args().work_ms / 1000
 
+    began = {"chunk": None, "at": 0.0}
+
     @ttg.kernel
     def model(p):
         if work > 0:
-            work_for(work)
+            chunk = ttg.current_chunk()
+            if began["chunk"] is not chunk:
+                began["chunk"], began["at"] = chunk, time.perf_counter()
+            work_until(began["at"] + (p - chunk.start + 1) * work)
         return placeholder(p)
 
     ttg.serve(model)

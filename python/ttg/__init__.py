@@ -35,7 +35,6 @@ import json
 import math
 import os
 import sys
-import traceback
 
 __all__ = ["PROTOCOL", "Chunk", "Kernel", "current_chunk", "kernel", "serve"]
 __version__ = "0.1.0"
@@ -182,6 +181,8 @@ def _take_stdio():
 def _error_text():
     """The current exception's traceback, from the user's code down: the
     library's own frames are left out."""
+    import traceback  # only on an error: keeps start-up short
+
     _, e, tb = sys.exc_info()
     while tb is not None and tb.tb_frame.f_globals.get("__name__") == __name__:
         tb = tb.tb_next
