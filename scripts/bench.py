@@ -651,6 +651,29 @@ def baseline(tmp, params, chunk, work_ms, workers=3):
         redis.wait()
 
 
+def protocol_alone(chunks):
+    """The worker protocol with nothing else: this process drives the
+    model through the ttg library over its pipes, one chunk of one
+    parameter at a time, no work. Returns µs per chunk (round trip)."""
+    env = dict(os.environ, TTG_MODE="worker", TTG_PROTOCOL="1",
+               PATH=PYENV_BIN + os.pathsep + os.environ.get("PATH", ""))
+    p = subprocess.Popen([MODEL], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    try:
+        p.stdin.write(b'{"type":"hello","protocol":1,"run_id":"bench"}\n')
+        p.stdin.flush()
+        p.stdout.readline()
+        t0 = time.perf_counter()
+        for i in range(chunks):
+            p.stdin.write(b'{"type":"chunk","chunk":%d,"attempt":1,"start":%d,"end":%d}\n' % (i, i, i + 1))
+            p.stdin.flush()
+            if b'"result"' not in p.stdout.readline():
+                raise SystemExit("the model did not answer a chunk")
+        return (time.perf_counter() - t0) / chunks * 1e6
+    finally:
+        p.stdin.close()
+        p.wait(timeout=10)
+
+
 def p7(args, tmp):
     """P7: the user's own Python model (examples/python/model.py, through the
     ttg library) in exec mode=worker: 1 ms of work per parameter at chunk
@@ -673,11 +696,13 @@ def p7(args, tmp):
         p7b, p7bs = walls(10_000, 1, "worker", 1, args.reps)
         p7bw, _ = walls(10_000, 1, "worker", 1, args.reps, watch=True)
         p7c, p7cs = walls(100_000, 100, "worker", 0, args.reps)
+        p7c1, _ = walls(10_000, 1, "worker", 0, args.reps)
         chunk_mode, cms = walls(10_000, 100, "chunk", 1, max(1, min(args.reps, 3)))
         p1w = [c.run(10_000, 100, 1, watch=False)[0] for _ in range(args.reps)]
     finally:
         c.stop()
     base = [baseline(tmp, 10_000, 100, 1) for _ in range(args.reps)]
+    proto_us = statistics.median(protocol_alone(10_000) for _ in range(args.reps))
     base_wall = statistics.median(w for w, _ in base)
     m7, m7b, m7c = statistics.median(p7w), statistics.median(p7b), statistics.median(p7c)
     ideal = 10_000 * 0.001 / 3
@@ -693,6 +718,13 @@ def p7(args, tmp):
          f"= {statistics.median(p7bw) / ideal:.3f} × ideal"),
         ("P7c", "100,000 params of the same model with no work, chunk 100, mode=worker", f"{100_000 / m7c:,.0f} params/s",
          f"goal ≥ 50,000 params/s; {m7c:.3f} s (min {min(p7c):.3f}, max {max(p7c):.3f}); sum {p7cs}"),
+        ("P7c-1", "10,000 params of no work at chunk size 1 (10,000 chunks), mode=worker",
+         f"{10_000 / statistics.median(p7c1):,.0f} params/s",
+         f"{statistics.median(p7c1):.3f} s: TTG's own cost per chunk (claim, completion script, one protocol round trip) "
+         f"at 3 agents × 1 = {statistics.median(p7c1) / 10_000 * 3 * 1e6:.0f} µs of an agent's time per chunk"),
+        ("P7-proto", "the worker protocol alone: a driver and the model through the library over pipes, chunk size 1, "
+                     "no work, no TTG", f"{proto_us:.0f} µs per chunk",
+         f"= {1e6 / proto_us:,.0f} chunks/s per worker process (the driver is Python too); compare P7c-1's cost per chunk"),
         ("P7-chunk", "P7 in exec mode=chunk (a Python process per chunk)", f"{statistics.median(chunk_mode):.3f} s",
          f"{statistics.median(chunk_mode) / ideal:.2f} × ideal: what mode=worker removes; sum {cms}"),
         ("P7-base", "the old system: 3 long-lived Python workers on a Redis Stream (XREADGROUP, HSET, XACK), "

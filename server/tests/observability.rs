@@ -123,20 +123,20 @@ fn assert_described(text: &str) -> Vec<String> {
     names
 }
 
-fn metrics_port() -> SocketAddr {
-    format!("127.0.0.1:{}", free_port()).parse().expect("addr")
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_trace_per_run_metrics_move_and_logs_join_traces() {
-    // The OTLP receiver.
+/// An in-process OTLP receiver: the spans it got, its URL, its stop and task.
+async fn otlp_receiver() -> (
+    Receiver,
+    String,
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+) {
     let receiver = Receiver::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let otlp = format!("http://{}", listener.local_addr().expect("addr"));
     let stop = CancellationToken::new();
-    let server_task = tokio::spawn(
+    let task = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(TraceServiceServer::new(receiver.clone()))
             .serve_with_incoming_shutdown(
@@ -144,6 +144,16 @@ async fn one_trace_per_run_metrics_move_and_logs_join_traces() {
                 stop.clone().cancelled_owned(),
             ),
     );
+    (receiver, otlp, stop, task)
+}
+
+fn metrics_port() -> SocketAddr {
+    format!("127.0.0.1:{}", free_port()).parse().expect("addr")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_per_run_metrics_move_and_logs_join_traces() {
+    let (receiver, otlp, stop, server_task) = otlp_receiver().await;
     let env = [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.as_str()),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
@@ -466,4 +476,114 @@ mod serde_json_lite {
         assert!(line.starts_with('{'), "not a JSON line: {line}");
         Obj(line.to_string())
     }
+}
+
+/// exec mode=worker: a trace shows each program's cold start as its own
+/// `exec.start` span inside the compute span of the chunk that started it,
+/// and every chunk's time in the program as `exec.chunk`; the agent's
+/// metrics count programs started, restarted (by reason) and live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_worker_traces_show_cold_starts_and_metrics_count_workers() {
+    let (receiver, otlp, stop, receiver_task) = otlp_receiver().await;
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let dir = tempfile::tempdir().expect("tmp");
+    let lib = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../python");
+    // Crashes on chunk 3's first attempt: one restart.
+    let model = script(
+        dir.path(),
+        "model.py",
+        &format!(
+            "#!/usr/bin/env python3\nimport os, sys\nsys.path.insert(0, {lib:?})\nimport ttg\n\
+             @ttg.kernel\ndef model(p):\n    c = ttg.current_chunk()\n\
+             \x20   if c.index == 3 and c.attempt == 1:\n        os._exit(1)\n    return p\n\
+             ttg.serve(model)\n",
+            lib = lib.display().to_string()
+        ),
+    );
+    let redis = Redis::start();
+    let p = prefix();
+    let server = Server::start(&redis.url, &p).await;
+    let m = metrics_port();
+    let ms = m.to_string();
+    let mut agent = Agent::spawn_env(
+        &server.url,
+        &redis.url,
+        &p,
+        "x0",
+        1,
+        &["--allow-exec", "--metrics-addr", &ms],
+        &env,
+        Stdio::inherit(),
+    );
+    let mut c = control(&server.url).await;
+    let mut req = exec_req(10, 1, &model, &[("mode", "worker")], 3);
+    req.fail_fast = Some(0);
+    let run = c.submit(req).await.expect("submit").into_inner();
+    let (rc, _) = run_end(&mut c, &run.run_id).await;
+    assert_eq!(
+        rc.state,
+        ttg_proto::v1::RunState::Succeeded as i32,
+        "{}",
+        rc.message
+    );
+    // The run ended: its program stops, and the gauge says so.
+    let text = wait_until("no live worker", Duration::from_secs(10), || async move {
+        let t = scrape(m).await;
+        (sample(&t, "ttg_agent_exec_workers_live") == Some(0.0)).then_some(t)
+    })
+    .await;
+    assert_described(&text);
+    assert_eq!(
+        sample(&text, "ttg_agent_exec_workers_started_total"),
+        Some(2.0)
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("ttg_agent_exec_worker_restarts_total{reason=\"crash\"} 1")),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "ttg_agent_exec_worker_start_seconds_count"),
+        Some(2.0)
+    );
+    agent.signal("TERM");
+    assert_eq!(agent.wait(Duration::from_secs(10)), Some(0));
+    server.stop().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.cancel();
+    let _ = receiver_task.await;
+
+    let spans = receiver.spans.lock().expect("lock").clone();
+    let of_run: Vec<&Span> = spans
+        .iter()
+        .map(|(_, s)| s)
+        .filter(|s| attr(&s.attributes, "run_id").as_deref() == Some(run.run_id.as_str()))
+        .collect();
+    let named = |n: &str| {
+        of_run
+            .iter()
+            .filter(|s| s.name == n)
+            .copied()
+            .collect::<Vec<_>>()
+    };
+    let (starts, chunks, computes) = (named("exec.start"), named("exec.chunk"), named("compute"));
+    assert_eq!(starts.len(), 2, "one exec.start per program started");
+    // 10 chunks served, plus the one that crashed.
+    assert_eq!(chunks.len(), 11);
+    for s in starts.iter().chain(&chunks) {
+        let parent = computes
+            .iter()
+            .find(|c| c.span_id == s.parent_span_id)
+            .unwrap_or_else(|| panic!("{} is inside a compute span", s.name));
+        assert_eq!(parent.trace_id, s.trace_id);
+        assert!(s.start_time_unix_nano >= parent.start_time_unix_nano);
+        assert!(s.end_time_unix_nano <= parent.end_time_unix_nano);
+    }
+    // Two cold starts, in two chunks' compute spans (the first chunk's and
+    // the one after the crash); every other chunk was warm.
+    let cold: BTreeSet<_> = starts.iter().map(|s| s.parent_span_id.clone()).collect();
+    assert_eq!(cold.len(), 2);
 }
