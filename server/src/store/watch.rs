@@ -5,6 +5,12 @@ use super::*;
 /// Longest a Watch blocks in XREAD before it checks the run and the client.
 const WATCH_BLOCK: Duration = Duration::from_millis(1_000);
 
+/// After sending events, a Watch waits this long before reading again, so
+/// a busy run's events reach it in batches (one XREAD and one flush for
+/// many) rather than one round trip each; the first event after a quiet
+/// spell still arrives at once (XREAD BLOCK returns on it).
+const WATCH_COALESCE: Duration = Duration::from_millis(2);
+
 impl Store {
     /// Stream a run's events after `after` into `tx` until the run ends, the
     /// receiver goes away or `stop` is cancelled. The first error ends it.
@@ -70,6 +76,12 @@ impl Store {
             }
             if nothing_new && self.ended_before(run_id, &last).await? {
                 return Ok(());
+            }
+            if !nothing_new {
+                tokio::select! {
+                    _ = tokio::time::sleep(WATCH_COALESCE) => {}
+                    _ = stop.cancelled() => return Err(Error::ShuttingDown),
+                }
             }
         }
     }
