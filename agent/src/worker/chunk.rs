@@ -182,6 +182,8 @@ impl Worker {
 
     /// Keep the moving average of compute time that sets the prefetch depth.
     fn record_compute_time(&self, took: Duration) {
+        self.computed_at_us
+            .store(self.epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
         let us = took.as_micros().min(u64::MAX as u128 - 1) as u64;
         let _ = self
             .compute_avg_us

@@ -86,7 +86,23 @@ impl Worker {
             // While claimed entries wait for a slot, never block: a blocked
             // read would keep the slots it holds from them until it returns.
             let local_work = c.waiting.load(Ordering::Relaxed) > 0;
-            let keys = match c.read(&self, shares.num_permits(), !local_work).await {
+            let count = shares.num_permits();
+            let read = if !local_work && count > permits.len() {
+                // Prefetching: a batch if the queue has one now, else block
+                // for what the free slots can start. A blocked read is
+                // answered by whatever run comes next — maybe one of long
+                // chunks, whose backlog a read sized for short ones would
+                // take whole while other agents idle.
+                match c.read(&self, count, false).await {
+                    Ok(k) if k.iter().all(|k| k.ids.is_empty()) => {
+                        c.read(&self, permits.len(), true).await
+                    }
+                    other => other,
+                }
+            } else {
+                c.read(&self, count, !local_work).await
+            };
+            let keys = match read {
                 Ok(k) => k,
                 Err(e) => {
                     tracing::warn!(error = %e, "XREADGROUP failed; retrying");
@@ -166,10 +182,16 @@ impl Claimer {
     /// Entries to claim beyond the free slots: about PREFETCH_BELOW of work
     /// per slot for short chunks (at least `concurrency`, at most
     /// HOLD_EXTRA, less what already waits), none for long ones.
+    ///
+    /// None either while no computation has ended lately: the average then
+    /// describes an earlier run's chunks, and a new run's long chunks
+    /// claimed on it would pile up on this agent while others idle.
     fn prefetch(&self, w: &Worker) -> usize {
         let avg = w.compute_avg_us.load(Ordering::Relaxed);
         let below = PREFETCH_BELOW.as_micros() as u64;
-        if avg >= below {
+        let since = (w.epoch.elapsed().as_micros() as u64)
+            .saturating_sub(w.computed_at_us.load(Ordering::Relaxed));
+        if avg >= below || since > 2 * below {
             return 0;
         }
         let c = w.concurrency as u64;

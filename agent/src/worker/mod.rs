@@ -84,6 +84,11 @@ pub struct Worker {
     batch: Mutex<Batch>,
     /// Moving average of compute time per chunk, µs (u64::MAX: none yet).
     compute_avg_us: AtomicU64,
+    /// When the last computation ended, µs since `epoch`: an average is
+    /// only trusted while computations keep ending (see `claim.rs`).
+    computed_at_us: AtomicU64,
+    /// Origin of `computed_at_us`.
+    epoch: Instant,
     /// Hard stop: abandons in-flight chunks (left pending, to be reclaimed).
     abort: CancellationToken,
 }
@@ -124,6 +129,8 @@ impl Worker {
             completed: AtomicU64::new(0),
             batch: Mutex::new(Batch::default()),
             compute_avg_us: AtomicU64::new(u64::MAX),
+            computed_at_us: AtomicU64::new(0),
+            epoch: Instant::now(),
             abort: CancellationToken::new(),
         })
     }
