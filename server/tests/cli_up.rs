@@ -260,3 +260,48 @@ mod serde_json_like {
         }
     }
 }
+
+/// `ttgctl demo --python` (what `make demo-python` runs): a local cluster
+/// whose agents allow exec sweeps through examples/python/model.py in
+/// mode=worker and checks the sum; nothing of the cluster is left.
+#[test]
+fn demo_python_sweeps_through_the_library_and_checks_the_sum() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let home = tempfile::tempdir().expect("home");
+    let out = Command::new(bin("ttgctl"))
+        .args([
+            "demo",
+            "--params",
+            "2000",
+            "--agents",
+            "2",
+            "--work-ms",
+            "0",
+            "--python",
+        ])
+        .arg(root.join("examples/python/model.py"))
+        .env("PYTHONPATH", root.join("python"))
+        .env("HOME", home.path())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run ttgctl demo");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("exec mode=worker"), "{text}");
+    assert!(text.contains("matches the expected 1,000,071.00"), "{text}");
+    let model = root
+        .join("examples/python/model.py")
+        .canonicalize()
+        .expect("model");
+    let left = processes_mentioning(&model.display().to_string());
+    assert!(left.is_empty(), "left behind: {left:?}");
+    // A path that does not exist is a usage error naming it.
+    let bad = Command::new(bin("ttgctl"))
+        .args(["demo", "--python", "/nonexistent/model.py"])
+        .env("HOME", home.path())
+        .output()
+        .expect("run ttgctl demo");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--python /nonexistent/model.py"));
+}

@@ -91,6 +91,43 @@ impl Exec {
         Ok(real)
     }
 
+    /// Start a worker program for `key` in its own `exec.start` span: the
+    /// path resolved and checked against the allow-list, the handshake
+    /// answered within `start_within`.
+    async fn start_worker(
+        &self,
+        key: Key,
+        start_within: Duration,
+        chunk: &ChunkInput,
+        cancel: &CancellationToken,
+    ) -> Result<Program, KernelError> {
+        let path = self.resolve(&key.program)?;
+        let argv = split_words(&key.args)?;
+        let span = tracing::info_span!("exec.start", otel.name = "exec.start",
+            run_id = %chunk.run_id, program = %path.display());
+        let began = Instant::now();
+        let start = Program::start(key, path, &argv, start_within);
+        let started = tokio::select! {
+            r = tracing::Instrument::instrument(start, span.clone()) => r,
+            _ = cancel.cancelled() => return Err(KernelError::Cancelled),
+        };
+        metrics::histogram!("ttg_agent_exec_worker_start_seconds")
+            .record(began.elapsed().as_secs_f64());
+        match started {
+            Ok(p) => {
+                metrics::counter!("ttg_agent_exec_workers_started_total").increment(1);
+                tracing::debug!(run = %chunk.run_id, pid = p.pid(), "worker started");
+                Ok(p)
+            }
+            Err(e) => {
+                ttg_proto::telemetry::set_error(&span, &e);
+                metrics::counter!("ttg_agent_exec_worker_restarts_total", "reason" => "start")
+                    .increment(1);
+                Err(KernelError::Failed(e))
+            }
+        }
+    }
+
     /// Serve the chunk with a worker program of its run: a warm one, or one
     /// started now (its own `exec.start` span, bounded by `start_timeout_s`).
     async fn compute_in_worker(
@@ -104,32 +141,8 @@ impl Exec {
         let mut w = match self.pool.acquire(&key) {
             Acquired::Warm(w) => *w,
             Acquired::Cold(slot) => {
-                // Every start resolves the path and checks the allow-list.
-                let path = self.resolve(&key.program)?;
-                let argv = split_words(&key.args)?;
-                let span = tracing::info_span!("exec.start", otel.name = "exec.start",
-                    run_id = %chunk.run_id, program = %path.display());
-                let began = Instant::now();
-                let start = Program::start(key, path, &argv, start_within);
-                let started = tokio::select! {
-                    r = tracing::Instrument::instrument(start, span.clone()) => r,
-                    _ = cancel.cancelled() => return Err(KernelError::Cancelled),
-                };
-                metrics::histogram!("ttg_agent_exec_worker_start_seconds")
-                    .record(began.elapsed().as_secs_f64());
-                match started {
-                    Ok(p) => {
-                        metrics::counter!("ttg_agent_exec_workers_started_total").increment(1);
-                        tracing::debug!(run = %chunk.run_id, pid = p.pid(), "worker started");
-                        slot.with(p)
-                    }
-                    Err(e) => {
-                        ttg_proto::telemetry::set_error(&span, &e);
-                        metrics::counter!("ttg_agent_exec_worker_restarts_total", "reason" => "start")
-                            .increment(1);
-                        return Err(KernelError::Failed(e));
-                    }
-                }
+                let p = self.start_worker(key, start_within, chunk, cancel).await?;
+                slot.with(p)
             }
         };
         let span = tracing::info_span!("exec.chunk", otel.name = "exec.chunk",
