@@ -15,6 +15,7 @@
 //! - [`reclaim`]: re-queueing a dead agent's deliveries, at most once.
 //! - [`redis_conn`]: connecting to Redis with bounded timeouts; consumer groups.
 //! - [`runtime`]: the shutdown signal and back-off every binary uses.
+//! - [`space`]: parameter spaces (named axes, grid or sampled) and index → point.
 //! - [`telemetry`]: logging set-up shared by every binary.
 
 pub mod chunking;
@@ -26,6 +27,7 @@ pub mod records;
 pub mod redis_conn;
 pub mod runtime;
 pub mod scripts;
+pub mod space;
 pub mod telemetry;
 
 /// Generated gRPC services and messages of package `ttg.v1`.

@@ -1,0 +1,777 @@
+//! Parameter spaces (issue #18, first part): named axes combined as a grid
+//! or sampled by seed, and the one rule that turns a point's index into its
+//! values. Point `i` is a pure function of (space, i): chunks stay ranges of
+//! indices, nothing is stored per point, and any process recomputes any
+//! point — the server to validate and show, agents to compute, the CLI to
+//! print `--dry-run`.
+//!
+//! - **Grid**: the Cartesian product of the axes, the last axis fastest
+//!   (index → point by mixed-radix decoding).
+//! - **Repeat K**: every point K times in a row, with an extra, fastest
+//!   axis `rep` = 0..K-1.
+//! - **Sample N with seed S**: N points drawn independently; point i's value
+//!   on axis j depends only on (S, i, j). A listed axis (values, range,
+//!   linspace, logspace) is drawn uniformly among its values; `uniform`,
+//!   `loguniform` and `randint` axes exist only in samples.
+//!
+//! Not wired into Submit yet: the gRPC message, kernels receiving points and
+//! named outputs are the rest of #18.
+
+use std::fmt;
+
+/// Longest axis name.
+pub const MAX_NAME: usize = 64;
+/// Most axes in one space.
+pub const MAX_AXES: usize = 32;
+/// Most values an explicit list may hold.
+pub const MAX_LIST: usize = 10_000;
+/// Longest text value.
+pub const MAX_TEXT: usize = 256;
+/// Most values a range, linspace or logspace axis may have.
+pub const MAX_AXIS_LEN: u64 = 100_000_000;
+
+/// One coordinate of a point.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    /// A whole number.
+    Int(i64),
+    /// A finite number.
+    Float(f64),
+    /// A word.
+    Text(String),
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Int(v) => write!(f, "{v}"),
+            Value::Float(v) => write!(f, "{v}"),
+            Value::Text(v) => f.write_str(v),
+        }
+    }
+}
+
+/// How an axis's values are given.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AxisKind {
+    /// An explicit list (`NAME=v1,v2,v3`).
+    List(Vec<Value>),
+    /// Whole numbers `start, start+step, …` before `stop` (Python's `range`).
+    IntRange {
+        /// First value.
+        start: i64,
+        /// Excluded end.
+        stop: i64,
+        /// Step, not 0.
+        step: i64,
+    },
+    /// Numbers `start + k·step` before `stop`.
+    FloatRange {
+        /// First value.
+        start: f64,
+        /// Excluded end.
+        stop: f64,
+        /// Step, not 0.
+        step: f64,
+    },
+    /// `n` evenly spaced values, both ends included (numpy's `linspace`).
+    Linspace {
+        /// First value.
+        start: f64,
+        /// Last value.
+        stop: f64,
+        /// How many.
+        n: u64,
+    },
+    /// `n` values evenly spaced in log from `start` to `stop`, both
+    /// included (values, not exponents).
+    Logspace {
+        /// First value, > 0.
+        start: f64,
+        /// Last value, > 0.
+        stop: f64,
+        /// How many.
+        n: u64,
+    },
+    /// Sampling only: uniform in `[low, high)`.
+    Uniform {
+        /// Lower bound.
+        low: f64,
+        /// Upper bound (excluded).
+        high: f64,
+    },
+    /// Sampling only: log-uniform in `[low, high)`, both > 0.
+    LogUniform {
+        /// Lower bound.
+        low: f64,
+        /// Upper bound (excluded).
+        high: f64,
+    },
+    /// Sampling only: a whole number in `low..high` (high excluded, as numpy).
+    RandInt {
+        /// Lowest value.
+        low: i64,
+        /// Excluded upper bound.
+        high: i64,
+    },
+}
+
+/// A named axis.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Axis {
+    /// Its name: a letter or `_`, then letters, digits or `_`.
+    pub name: String,
+    /// Its values.
+    pub kind: AxisKind,
+}
+
+/// Random search: `n` points drawn with `seed`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sample {
+    /// Points drawn.
+    pub n: u64,
+    /// The seed.
+    pub seed: u64,
+}
+
+/// A parameter space.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Space {
+    /// The axes, slowest first.
+    pub axes: Vec<Axis>,
+    /// Every point this many times (1: once), with the axis `rep`.
+    pub repeat: u64,
+    /// Random search instead of the grid.
+    pub sample: Option<Sample>,
+}
+
+/// Why a space is refused: the field and what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpaceError {
+    /// `space.axes[NAME]`, `space.repeat`, …
+    pub field: String,
+    /// What is wrong and what is allowed.
+    pub message: String,
+}
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> SpaceError {
+    SpaceError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Parse a number: an integer if it reads as one, else a finite float.
+fn number(s: &str) -> Option<Value> {
+    let s = s.trim();
+    if let Ok(i) = s.parse::<i64>() {
+        return Some(Value::Int(i));
+    }
+    s.parse::<f64>()
+        .ok()
+        .filter(|f| f.is_finite())
+        .map(Value::Float)
+}
+
+fn float(field: &str, s: &str) -> Result<f64, SpaceError> {
+    s.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|f| f.is_finite())
+        .ok_or_else(|| err(field, format!("{s:?} is not a finite number")))
+}
+
+fn int(field: &str, s: &str) -> Result<i64, SpaceError> {
+    s.trim()
+        .parse::<i64>()
+        .map_err(|_| err(field, format!("{s:?} is not a whole number")))
+}
+
+fn count(field: &str, s: &str) -> Result<u64, SpaceError> {
+    s.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| (1..=MAX_AXIS_LEN).contains(n))
+        .ok_or_else(|| err(field, format!("N must be in 1..={MAX_AXIS_LEN}, got {s:?}")))
+}
+
+impl Axis {
+    /// Parse `NAME=SPEC` as `--axis` takes it: `v1,v2,…`,
+    /// `range:START:STOP[:STEP]`, `linspace:START:STOP:N`,
+    /// `logspace:START:STOP:N`, `uniform:LOW:HIGH`, `loguniform:LOW:HIGH`
+    /// or `randint:LOW:HIGH`.
+    pub fn parse(arg: &str) -> Result<Axis, SpaceError> {
+        let (name, spec) = arg
+            .split_once('=')
+            .ok_or_else(|| err("axis", format!("{arg:?} is not NAME=VALUES")))?;
+        let name = name.trim().to_string();
+        let field = format!("axes[{name}]");
+        let parts: Vec<&str> = spec.split(':').collect();
+        let args = &parts[1..];
+        let want = |n: &[usize], usage: &str| {
+            if n.contains(&args.len()) {
+                Ok(())
+            } else {
+                Err(err(&field, format!("expected {usage}, got {spec:?}")))
+            }
+        };
+        let kind = match parts[0] {
+            "range" => {
+                want(&[2, 3], "range:START:STOP[:STEP]")?;
+                let step = args.get(2).copied().unwrap_or("1");
+                if [args[0], args[1], step]
+                    .iter()
+                    .all(|s| s.trim().parse::<i64>().is_ok())
+                {
+                    AxisKind::IntRange {
+                        start: int(&field, args[0])?,
+                        stop: int(&field, args[1])?,
+                        step: int(&field, step)?,
+                    }
+                } else {
+                    AxisKind::FloatRange {
+                        start: float(&field, args[0])?,
+                        stop: float(&field, args[1])?,
+                        step: float(&field, step)?,
+                    }
+                }
+            }
+            "linspace" | "logspace" => {
+                want(&[3], &format!("{}:START:STOP:N", parts[0]))?;
+                let (start, stop, n) = (
+                    float(&field, args[0])?,
+                    float(&field, args[1])?,
+                    count(&field, args[2])?,
+                );
+                if parts[0] == "linspace" {
+                    AxisKind::Linspace { start, stop, n }
+                } else {
+                    AxisKind::Logspace { start, stop, n }
+                }
+            }
+            "uniform" | "loguniform" => {
+                want(&[2], &format!("{}:LOW:HIGH", parts[0]))?;
+                let (low, high) = (float(&field, args[0])?, float(&field, args[1])?);
+                if parts[0] == "uniform" {
+                    AxisKind::Uniform { low, high }
+                } else {
+                    AxisKind::LogUniform { low, high }
+                }
+            }
+            "randint" => {
+                want(&[2], "randint:LOW:HIGH")?;
+                AxisKind::RandInt {
+                    low: int(&field, args[0])?,
+                    high: int(&field, args[1])?,
+                }
+            }
+            _ => AxisKind::List(
+                spec.split(',')
+                    .map(|v| number(v).unwrap_or_else(|| Value::Text(v.trim().to_string())))
+                    .collect(),
+            ),
+        };
+        Ok(Axis { name, kind })
+    }
+
+    /// Values on the axis; None for sampling-only kinds.
+    pub fn len(&self) -> Option<u64> {
+        match &self.kind {
+            AxisKind::List(v) => Some(v.len() as u64),
+            AxisKind::IntRange { start, stop, step } => {
+                let (span, step) = (*stop as i128 - *start as i128, *step as i128);
+                Some(if step == 0 || span == 0 || (span > 0) != (step > 0) {
+                    0
+                } else {
+                    ((span.abs() + step.abs() - 1) / step.abs()).min(u64::MAX as i128) as u64
+                })
+            }
+            AxisKind::FloatRange { start, stop, step } => {
+                let n = ((stop - start) / step).ceil();
+                Some(if n.is_finite() && n > 0.0 {
+                    n.min(u64::MAX as f64) as u64
+                } else {
+                    0
+                })
+            }
+            AxisKind::Linspace { n, .. } | AxisKind::Logspace { n, .. } => Some(*n),
+            AxisKind::Uniform { .. } | AxisKind::LogUniform { .. } | AxisKind::RandInt { .. } => {
+                None
+            }
+        }
+    }
+
+    /// Whether a listed axis has no value (a sampling-only axis is not empty).
+    pub fn is_empty(&self) -> bool {
+        self.len() == Some(0)
+    }
+
+    /// The `k`-th value of a listed axis (`k < len`).
+    fn value(&self, k: u64) -> Value {
+        match &self.kind {
+            AxisKind::List(v) => v[k as usize].clone(),
+            AxisKind::IntRange { start, step, .. } => Value::Int(start + step * k as i64),
+            AxisKind::FloatRange { start, step, .. } => Value::Float(start + step * k as f64),
+            AxisKind::Linspace { start, stop, n } => Value::Float(if *n <= 1 || k == 0 {
+                *start
+            } else if k + 1 == *n {
+                *stop
+            } else {
+                start + (stop - start) * (k as f64 / (*n - 1) as f64)
+            }),
+            AxisKind::Logspace { start, stop, n } => Value::Float(if *n <= 1 || k == 0 {
+                *start
+            } else if k + 1 == *n {
+                *stop
+            } else {
+                let (a, b) = (start.log10(), stop.log10());
+                pow10(a + (b - a) * (k as f64 / (*n - 1) as f64))
+            }),
+            // Not reached: sampling-only axes are drawn, not indexed.
+            AxisKind::Uniform { low, .. } | AxisKind::LogUniform { low, .. } => Value::Float(*low),
+            AxisKind::RandInt { low, .. } => Value::Int(*low),
+        }
+    }
+
+    /// The value drawn for uniform `u` in [0, 1).
+    fn draw(&self, u: f64) -> Value {
+        match &self.kind {
+            AxisKind::Uniform { low, high } => Value::Float(low + (high - low) * u),
+            AxisKind::LogUniform { low, high } => Value::Float(
+                (low.ln() + (high.ln() - low.ln()) * u)
+                    .exp()
+                    .min(*high)
+                    .max(*low),
+            ),
+            AxisKind::RandInt { low, high } => {
+                let span = (*high as i128 - *low as i128) as f64;
+                let k = ((u * span) as i128).min(*high as i128 - *low as i128 - 1);
+                Value::Int((*low as i128 + k) as i64)
+            }
+            _ => {
+                let n = self.len().unwrap_or(1).max(1);
+                self.value(((u * n as f64) as u64).min(n - 1))
+            }
+        }
+    }
+
+    fn check(&self, sampling: bool) -> Result<(), SpaceError> {
+        let field = format!("axes[{}]", self.name);
+        let n = &self.name;
+        let first = n.chars().next();
+        if n.is_empty()
+            || n.len() > MAX_NAME
+            || !first.is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            || !n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(err(
+                "axes",
+                format!("axis names are 1..={MAX_NAME} letters, digits or '_', not starting with a digit; got {n:?}"),
+            ));
+        }
+        match &self.kind {
+            AxisKind::List(v) => {
+                if v.is_empty() || v.len() > MAX_LIST {
+                    return Err(err(&field, format!("a list of 1..={MAX_LIST} values")));
+                }
+                for x in v {
+                    match x {
+                        Value::Text(t)
+                            if t.is_empty()
+                                || t.len() > MAX_TEXT
+                                || t.chars().any(char::is_control) =>
+                        {
+                            return Err(err(&field, format!("text values are 1..={MAX_TEXT} bytes without control characters, got {t:?}")));
+                        }
+                        Value::Float(f) if !f.is_finite() => {
+                            return Err(err(&field, "values must be finite"));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            AxisKind::IntRange { step: 0, .. } => {
+                return Err(err(&field, "range step must not be 0"))
+            }
+            AxisKind::FloatRange { step, .. } if *step == 0.0 => {
+                return Err(err(&field, "range step must not be 0"))
+            }
+            AxisKind::Logspace { start, stop, .. } if !(*start > 0.0 && *stop > 0.0) => {
+                return Err(err(
+                    &field,
+                    "logspace bounds must be > 0 (they are values, not exponents)",
+                ));
+            }
+            AxisKind::Uniform { low, high } if low >= high => {
+                return Err(err(
+                    &field,
+                    format!("uniform needs LOW < HIGH, got {low} and {high}"),
+                ));
+            }
+            AxisKind::LogUniform { low, high } if !(*low > 0.0 && low < high) => {
+                return Err(err(
+                    &field,
+                    format!("loguniform needs 0 < LOW < HIGH, got {low} and {high}"),
+                ));
+            }
+            AxisKind::RandInt { low, high } if low >= high => {
+                return Err(err(
+                    &field,
+                    format!("randint needs LOW < HIGH (HIGH excluded), got {low} and {high}"),
+                ));
+            }
+            _ => {}
+        }
+        match self.len() {
+            Some(0) => Err(err(&field, "the axis has no values")),
+            Some(l) if l > MAX_AXIS_LEN && !matches!(self.kind, AxisKind::List(_)) => Err(err(
+                &field,
+                format!("at most {MAX_AXIS_LEN} values, got {l}"),
+            )),
+            None if !sampling => Err(err(
+                &field,
+                "uniform, loguniform and randint axes need random search (--sample N)",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// 10^e, exact for whole e (so logspace's decades are 1e-3, not 0.0010000000000000002).
+fn pow10(e: f64) -> f64 {
+    if e.fract() == 0.0 && e.abs() < 300.0 {
+        format!("1e{}", e as i64)
+            .parse()
+            .unwrap_or_else(|_| 10f64.powf(e))
+    } else {
+        10f64.powf(e)
+    }
+}
+
+/// SplitMix64's finaliser: a bijection of u64 with good avalanche.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// Uniform in [0, 1) for (seed, point, axis): 53 random bits.
+fn unit(seed: u64, point: u64, axis: u64) -> f64 {
+    let x = mix(mix(mix(seed) ^ point) ^ axis.wrapping_mul(0xd1b5_4a32_d192_ed03));
+    (x >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+}
+
+impl Space {
+    /// Check the space and return its number of points, at most `max`.
+    pub fn validate(&self, max: u64) -> Result<u64, SpaceError> {
+        if self.axes.is_empty() || self.axes.len() > MAX_AXES {
+            return Err(err("axes", format!("1..={MAX_AXES} axes")));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for a in &self.axes {
+            a.check(self.sample.is_some())?;
+            if !seen.insert(a.name.as_str()) {
+                return Err(err("axes", format!("axis {:?} is given twice", a.name)));
+            }
+            if self.repeat > 1 && a.name == "rep" {
+                return Err(err(
+                    "axes",
+                    "\"rep\" is the repeat axis's name (--repeat): rename this axis",
+                ));
+            }
+        }
+        if self.repeat == 0 {
+            return Err(err("repeat", "must be ≥ 1"));
+        }
+        if let Some(s) = self.sample {
+            if s.n == 0 {
+                return Err(err("sample", "must be ≥ 1 point"));
+            }
+        }
+        let n = self.len_checked().ok_or_else(|| {
+            err(
+                "space",
+                format!("its size overflows (more than {max} points)"),
+            )
+        })?;
+        if n > max {
+            return Err(err("space", format!("{n} points; at most {max}")));
+        }
+        Ok(n)
+    }
+
+    fn len_checked(&self) -> Option<u64> {
+        let base = match self.sample {
+            Some(s) => s.n,
+            None => self
+                .axes
+                .iter()
+                .try_fold(1u64, |acc, a| acc.checked_mul(a.len()?))?,
+        };
+        base.checked_mul(self.repeat)
+    }
+
+    /// Number of points (of a validated space).
+    pub fn len(&self) -> u64 {
+        self.len_checked().unwrap_or(0)
+    }
+
+    /// Whether it has no point (never, once validated).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Names of a point's values, in order (`rep` last, when repeating).
+    pub fn names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.axes.iter().map(|a| a.name.as_str()).collect();
+        if self.repeat > 1 {
+            v.push("rep");
+        }
+        v
+    }
+
+    /// The values of point `i` (< len), in the order of [`Space::names`].
+    pub fn point(&self, i: u64) -> Vec<Value> {
+        let (base, rep) = (i / self.repeat, i % self.repeat);
+        let mut out = Vec::with_capacity(self.axes.len() + 1);
+        match self.sample {
+            Some(s) => {
+                for (j, a) in self.axes.iter().enumerate() {
+                    out.push(a.draw(unit(s.seed, base, j as u64)));
+                }
+            }
+            None => {
+                // Mixed radix, last axis fastest.
+                let mut rest = base;
+                let mut rev = Vec::with_capacity(self.axes.len());
+                for a in self.axes.iter().rev() {
+                    let n = a.len().unwrap_or(1).max(1);
+                    rev.push(a.value(rest % n));
+                    rest /= n;
+                }
+                out.extend(rev.into_iter().rev());
+            }
+        }
+        if self.repeat > 1 {
+            out.push(Value::Int(rep as i64));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grid(axes: &[&str]) -> Space {
+        Space {
+            axes: axes.iter().map(|a| Axis::parse(a).unwrap()).collect(),
+            repeat: 1,
+            sample: None,
+        }
+    }
+
+    fn floats(s: &Space) -> Vec<Vec<f64>> {
+        (0..s.len())
+            .map(|i| {
+                s.point(i)
+                    .iter()
+                    .map(|v| match v {
+                        Value::Int(i) => *i as f64,
+                        Value::Float(f) => *f,
+                        Value::Text(_) => f64::NAN,
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn axes_parse_like_python_and_numpy() {
+        let one = |a: &str| {
+            let s = grid(&[a]);
+            s.validate(u64::MAX).unwrap();
+            floats(&s).into_iter().map(|p| p[0]).collect::<Vec<_>>()
+        };
+        assert_eq!(one("x=range:0:5"), vec![0.0, 1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(one("x=range:5:0:-2"), vec![5.0, 3.0, 1.0]);
+        assert_eq!(one("x=range:0:1:0.25"), vec![0.0, 0.25, 0.5, 0.75]);
+        assert_eq!(one("x=linspace:0:1:5"), vec![0.0, 0.25, 0.5, 0.75, 1.0]);
+        assert_eq!(one("x=logspace:1e-4:1e-1:4"), vec![1e-4, 1e-3, 1e-2, 1e-1]);
+        assert_eq!(one("x=linspace:3:7:1"), vec![3.0]);
+        let s = grid(&["opt=adam,sgd", "lr=0.1,1"]);
+        assert_eq!(s.point(1), vec![Value::Text("adam".into()), Value::Int(1)]);
+        assert_eq!(s.point(2)[0], Value::Text("sgd".into()));
+        assert_eq!(s.point(0)[1], Value::Float(0.1));
+    }
+
+    #[test]
+    fn grid_order_is_the_product_with_the_last_axis_fastest_then_rep() {
+        let mut s = grid(&["a=1,2,3", "b=range:0:2", "c=x,y"]);
+        s.repeat = 2;
+        assert_eq!(s.validate(1_000).unwrap(), 24);
+        assert_eq!(s.names(), vec!["a", "b", "c", "rep"]);
+        let mut want = Vec::new();
+        for a in [1, 2, 3] {
+            for b in [0, 1] {
+                for c in ["x", "y"] {
+                    for rep in [0, 1] {
+                        want.push(vec![
+                            Value::Int(a),
+                            Value::Int(b),
+                            Value::Text(c.into()),
+                            Value::Int(rep),
+                        ]);
+                    }
+                }
+            }
+        }
+        let got: Vec<_> = (0..24).map(|i| s.point(i)).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn bad_spaces_name_the_field() {
+        let e = |axes: &[&str], repeat: u64, sample: Option<Sample>, max: u64| {
+            let s = Space {
+                axes: axes.iter().map(|a| Axis::parse(a).unwrap()).collect(),
+                repeat,
+                sample,
+            };
+            s.validate(max).unwrap_err().to_string()
+        };
+        assert!(e(&["lr=range:0:1:0"], 1, None, 100).contains("axes[lr]: range step must not be 0"));
+        assert!(e(&["lr=range:5:0"], 1, None, 100).contains("axes[lr]: the axis has no values"));
+        assert!(e(&["x=1", "x=2"], 1, None, 100).contains("given twice"));
+        assert!(e(&["1x=1"], 1, None, 100).starts_with("axes: axis names"));
+        assert!(e(&["rep=1"], 3, None, 100).contains("repeat axis"));
+        assert!(e(&["x=uniform:0:1"], 1, None, 100).contains("need random search"));
+        assert!(
+            e(&["x=uniform:1:0"], 1, Some(Sample { n: 5, seed: 1 }), 100).contains("LOW < HIGH")
+        );
+        assert!(e(&["x=logspace:0:1:3"], 1, None, 100).contains("must be > 0"));
+        assert!(e(&["x=range:0:1000", "y=range:0:1000"], 1, None, 100)
+            .contains("1000000 points; at most 100"));
+        assert!(e(
+            &[
+                "a=linspace:0:1:100000000",
+                "b=linspace:0:1:100000000",
+                "c=linspace:0:1:100000000"
+            ],
+            1,
+            None,
+            u64::MAX
+        )
+        .contains("overflows"));
+        assert!(e(&["x=1"], 1, Some(Sample { n: 0, seed: 1 }), 100).starts_with("sample:"));
+        assert!(Axis::parse("x")
+            .unwrap_err()
+            .to_string()
+            .contains("NAME=VALUES"));
+        assert!(Axis::parse("x=linspace:0:nan:3")
+            .unwrap_err()
+            .to_string()
+            .contains("finite"));
+        assert!(Axis::parse("x=linspace:0:1")
+            .unwrap_err()
+            .to_string()
+            .contains("linspace:START:STOP:N"));
+        assert!(Axis::parse("x=linspace:0:1:0")
+            .unwrap_err()
+            .to_string()
+            .contains("N must be in"));
+    }
+
+    #[test]
+    fn samples_are_deterministic_within_bounds_and_seed_dependent() {
+        let space = |seed| Space {
+            axes: [
+                "lr=loguniform:1e-5:1e-1",
+                "depth=randint:2:5",
+                "drop=uniform:0:0.5",
+                "opt=adam,sgd",
+            ]
+            .iter()
+            .map(|a| Axis::parse(a).unwrap())
+            .collect(),
+            repeat: 1,
+            sample: Some(Sample { n: 2_000, seed }),
+        };
+        let (a, b, c) = (space(7), space(7), space(8));
+        assert_eq!(a.validate(10_000).unwrap(), 2_000);
+        let pa: Vec<_> = (0..2_000).map(|i| a.point(i)).collect();
+        assert_eq!(pa, (0..2_000).map(|i| b.point(i)).collect::<Vec<_>>());
+        assert_ne!(pa, (0..2_000).map(|i| c.point(i)).collect::<Vec<_>>());
+        let mut depths = std::collections::BTreeSet::new();
+        for p in &pa {
+            let Value::Float(lr) = p[0] else { panic!() };
+            assert!((1e-5..1e-1).contains(&lr), "{lr}");
+            let Value::Int(d) = p[1] else { panic!() };
+            depths.insert(d);
+            let Value::Float(dr) = p[2] else { panic!() };
+            assert!((0.0..0.5).contains(&dr));
+            assert!(matches!(&p[3], Value::Text(t) if t == "adam" || t == "sgd"));
+        }
+        // randint: HIGH excluded, every value reached.
+        assert_eq!(depths.into_iter().collect::<Vec<_>>(), vec![2, 3, 4]);
+        // Log-uniform: about a quarter of the draws per decade.
+        let low = pa
+            .iter()
+            .filter(|p| matches!(p[0], Value::Float(x) if x < 1e-4))
+            .count();
+        assert!((400..600).contains(&low), "{low}");
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        /// Index → point against a brute-force product: every point once,
+        /// in order, for small grids with repeats.
+        #[test]
+        fn decoding_matches_the_brute_force_product(lens in proptest::collection::vec(1u64..5, 1..5), repeat in 1u64..4) {
+            let axes: Vec<Axis> = lens
+                .iter()
+                .enumerate()
+                .map(|(j, n)| Axis { name: format!("a{j}"), kind: AxisKind::IntRange { start: 0, stop: *n as i64, step: 1 } })
+                .collect();
+            let s = Space { axes, repeat, sample: None };
+            let total = s.validate(u64::MAX).unwrap();
+            let mut want: Vec<Vec<i64>> = vec![vec![]];
+            for n in &lens {
+                want = want.into_iter().flat_map(|p| (0..*n as i64).map(move |v| { let mut q = p.clone(); q.push(v); q })).collect();
+            }
+            let want: Vec<Vec<i64>> = want.into_iter().flat_map(|p| (0..repeat as i64).map(move |r| {
+                let mut q = p.clone();
+                if repeat > 1 { q.push(r); }
+                q
+            })).collect();
+            prop_assert_eq!(total, want.len() as u64);
+            for (i, w) in want.iter().enumerate() {
+                let got: Vec<i64> = s.point(i as u64).iter().map(|v| match v { Value::Int(x) => *x, _ => -1 }).collect();
+                prop_assert_eq!(&got, w);
+            }
+        }
+
+        /// Any `--axis` text parses or is refused with a field, never panics;
+        /// a valid listed axis yields exactly `len` values.
+        #[test]
+        fn any_axis_text_parses_or_is_refused(s in "[a-z]{1,3}=[a-z0-9.,:e-]{0,24}") {
+            if let Ok(a) = Axis::parse(&s) {
+                let space = Space { axes: vec![a], repeat: 1, sample: None };
+                if let Ok(n) = space.validate(10_000) {
+                    for i in 0..n {
+                        prop_assert_eq!(space.point(i).len(), 1);
+                    }
+                }
+            }
+        }
+    }
+}
