@@ -262,12 +262,8 @@ impl Program {
         let _ = tokio::time::timeout(Duration::from_millis(500), &mut self.stderr.pump).await;
         let how = match status {
             Ok(Ok(s)) => format!("exited with {s}"),
-            _ => format!("closed its stdout{}", if io.is_empty() { "" } else { " (" }),
-        };
-        let how = if io.is_empty() || how.starts_with("exited") {
-            how
-        } else {
-            format!("{how}{io})")
+            _ if io.is_empty() => "closed its stdout".to_string(),
+            _ => format!("closed its stdout ({io})"),
         };
         format!(
             "worker {} (pid {}) {how} {when}; {}",
