@@ -72,6 +72,10 @@ pub async fn up(opts: ClusterOpts) -> CliResult<i32> {
         None => say!("  token   export TTG_TOKEN={}", cluster.client_token),
     }
     say!("submit from another terminal:  ttgctl submit --params 10000 --watch");
+    if opts.allow_exec {
+        say!("your own code (agents allow exec): ttgctl submit --params 10000 --kernel exec --arg mode=worker --arg program=$PWD/model.py --watch");
+        say!("  a Python model is one decorated function with the ttg library: pip install ./python (docs/kernels.md)");
+    }
     say!("Ctrl-C stops everything.");
 
     use tokio::signal::unix::{signal, SignalKind};
