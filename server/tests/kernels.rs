@@ -395,5 +395,26 @@ async fn collatz_matches_a_direct_computation() {
         "{}",
         e.message()
     );
+    // An exec mode that does not exist, likewise, with the allowed ones.
+    let bad = exec_req(10, 10, Path::new("/bin/true"), &[("mode", "daemon")], 1);
+    let e = c.submit(bad).await.expect_err("bad mode");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        e.message(),
+        "args.mode: must be one of chunk, worker, got \"daemon\""
+    );
+    // An agent refuses an idle timeout out of range, naming the flag.
+    for bad in ["0", "nan", "1e9"] {
+        let out = std::process::Command::new(bin("ttg-agent"))
+            .args(["--allow-exec", "--exec-idle-s", bad])
+            .output()
+            .expect("agent");
+        assert_eq!(out.status.code(), Some(64), "--exec-idle-s {bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--exec-idle-s must be in 0.01..=86400 seconds"),
+            "{err}"
+        );
+    }
     server.stop().await;
 }
