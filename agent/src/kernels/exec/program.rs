@@ -127,11 +127,6 @@ impl Program {
         }
     }
 
-    /// The canonical path started.
-    pub fn path(&self) -> &std::path::Path {
-        &self.path
-    }
-
     /// Process id of the program (its process group id too).
     pub fn pid(&self) -> u32 {
         self.pid
