@@ -42,33 +42,17 @@ async fn chaos_every_chunk_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_in_worker_mode_every_chunk_exactly_once() {
     let dir = tempfile::tempdir().expect("tmp");
-    let lib = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../python");
-    let model = script(
+    let model = py_model(
         dir.path(),
         "model.py",
-        &format!(
-            "#!/usr/bin/env python3\nimport os, sys, time\nsys.path.insert(0, {lib:?})\nimport ttg\n\
-             @ttg.kernel\ndef model(p):\n    c = ttg.current_chunk()\n\
-             \x20   if c.attempt == 1 and p == c.start and c.index % 20 == 7:\n        os._exit(9)\n\
-             \x20   if c.attempt == 1 and p == c.start and c.index % 30 == 11:\n        time.sleep(1000)\n\
-             \x20   time.sleep(0.004)\n    m = p % 100\n\
-             \x20   return float((7 * (p % 1000) + 13) % 1000) + (m / 10 if m < 10 else m / 100)\n\
-             ttg.serve(model)\n",
-            lib = lib.display().to_string()
-        ),
+        "@ttg.kernel\ndef model(p):\n    c = ttg.current_chunk()\n\
+         \x20   if c.attempt == 1 and p == c.start and c.index % 20 == 7:\n        os._exit(9)\n\
+         \x20   if c.attempt == 1 and p == c.start and c.index % 30 == 11:\n        time.sleep(1000)\n\
+         \x20   time.sleep(0.004)\n    return placeholder(p)\n",
     );
     chaos(Compute::PythonWorker(model)).await;
     // The agents are gone (SIGKILLed on drop): so are their workers.
-    let needle = dir.path().display().to_string();
-    wait_until(
-        "no worker outlives its agent",
-        Duration::from_secs(10),
-        || {
-            let left = processes_mentioning(&needle);
-            async move { left.is_empty().then_some(()) }
-        },
-    )
-    .await;
+    assert_nothing_left(dir.path()).await;
 }
 
 async fn chaos(compute: Compute) {

@@ -98,26 +98,17 @@ fn sum_of(rc: &ttg_proto::v1::RunCompleted) -> i128 {
     cents(rc.aggregate.unwrap_or_default().sum)
 }
 
-/// The repository's Python library.
-fn library() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../python")
-}
-
-/// A Python model program using the library; `body` defines `model` (and
-/// may use `PIDS`, a folder where each process writes its pid on start).
-fn py_model(dir: &Path, name: &str, body: &str) -> PathBuf {
+/// A Python model (see `common::py_model`) whose every process writes its
+/// pid into the folder `<name>.pids` on start.
+fn counted_model(dir: &Path, name: &str, body: &str) -> PathBuf {
     let pids = dir.join(format!("{name}.pids"));
     std::fs::create_dir_all(&pids).expect("mkdir");
-    script(
+    py_model(
         dir,
         name,
         &format!(
-            "#!/usr/bin/env python3\nimport os, sys, time\nsys.path.insert(0, {lib:?})\nimport ttg\n\
-             PIDS = {pids:?}\nopen(os.path.join(PIDS, str(os.getpid())), 'w').close()\n\
-             def placeholder(p):\n    m = p % 100\n    return float((7 * (p % 1000) + 13) % 1000) + (m / 10 if m < 10 else m / 100)\n\
-             {body}\nif __name__ == '__main__':\n    ttg.serve(model)\n",
-            lib = library().display().to_string(),
-            pids = pids.display().to_string(),
+            "open(os.path.join({pids:?}, str(os.getpid())), 'w').close()\n{body}",
+            pids = pids.display().to_string()
         ),
     )
 }
@@ -132,25 +123,12 @@ fn pids_of(dir: &Path, name: &str) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-async fn assert_nothing_left(dir: &Path) {
-    let needle = dir.display().to_string();
-    wait_until(
-        "no process of the test's programs is left",
-        Duration::from_secs(10),
-        || {
-            let left = processes_mentioning(&needle);
-            async move { left.is_empty().then_some(()) }
-        },
-    )
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_model_serves_many_chunks_from_one_process_per_slot() {
     let dir = tempfile::tempdir().expect("tmp");
     // It prints to stdout from user code on every call: the library keeps
     // the protocol clean.
-    let model = py_model(
+    let model = counted_model(
         dir.path(),
         "model.py",
         "print('loading the model')\n@ttg.kernel\ndef model(p):\n    print('computing', p)\n    return placeholder(p)\n",
@@ -181,7 +159,7 @@ async fn a_python_model_serves_many_chunks_from_one_process_per_slot() {
 async fn a_crash_fails_only_the_chunk_in_flight_and_the_next_gets_a_fresh_process() {
     let dir = tempfile::tempdir().expect("tmp");
     // Every process dies on its 3rd chunk.
-    let model = py_model(
+    let model = counted_model(
         dir.path(),
         "crashy.py",
         "served = [0]\n@ttg.kernel\ndef model(p):\n    c = ttg.current_chunk()\n    if p == c.start:\n        served[0] += 1\n        if served[0] == 3:\n            sys.stderr.write('crashing now, chunk %d\\n' % c.index)\n            sys.stderr.flush()\n            os._exit(3)\n    return placeholder(p)\n",
@@ -210,7 +188,7 @@ async fn a_crash_fails_only_the_chunk_in_flight_and_the_next_gets_a_fresh_proces
 async fn a_hanging_chunk_is_killed_at_its_timeout_and_an_error_keeps_the_process() {
     let dir = tempfile::tempdir().expect("tmp");
     // Chunk 2 hangs on its first attempt; chunk 4 raises on its first.
-    let model = py_model(
+    let model = counted_model(
         dir.path(),
         "hang.py",
         "@ttg.kernel\ndef model(p):\n    c = ttg.current_chunk()\n    if c.attempt == 1 and c.index == 2:\n        time.sleep(1000)\n    if c.attempt == 1 and c.index == 4:\n        raise ValueError('bad point %d' % p)\n    return placeholder(p)\n",
@@ -286,7 +264,7 @@ async fn programs_that_do_not_speak_the_protocol_fail_clearly_not_by_hanging() {
 async fn cancel_kills_the_chunk_in_flight_promptly() {
     let dir = tempfile::tempdir().expect("tmp");
     // Each chunk also starts a grandchild in the worker's process group.
-    let model = py_model(
+    let model = counted_model(
         dir.path(),
         "slow.py",
         &format!(
@@ -335,7 +313,7 @@ async fn cancel_kills_the_chunk_in_flight_promptly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_that_stop_or_die_leave_no_worker_behind() {
     let dir = tempfile::tempdir().expect("tmp");
-    let model = py_model(
+    let model = counted_model(
         dir.path(),
         "steady.py",
         "@ttg.kernel\ndef model(p):\n    time.sleep(0.02)\n    return placeholder(p)\n",

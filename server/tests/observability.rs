@@ -490,18 +490,12 @@ async fn exec_worker_traces_show_cold_starts_and_metrics_count_workers() {
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
     ];
     let dir = tempfile::tempdir().expect("tmp");
-    let lib = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../python");
     // Crashes on chunk 3's first attempt: one restart.
-    let model = script(
+    let model = py_model(
         dir.path(),
         "model.py",
-        &format!(
-            "#!/usr/bin/env python3\nimport os, sys\nsys.path.insert(0, {lib:?})\nimport ttg\n\
-             @ttg.kernel\ndef model(p):\n    c = ttg.current_chunk()\n\
-             \x20   if c.index == 3 and c.attempt == 1:\n        os._exit(1)\n    return p\n\
-             ttg.serve(model)\n",
-            lib = lib.display().to_string()
-        ),
+        "@ttg.kernel\ndef model(p):\n    c = ttg.current_chunk()\n\
+         \x20   if c.index == 3 and c.attempt == 1:\n        os._exit(1)\n    return p\n",
     );
     let redis = Redis::start();
     let p = prefix();

@@ -821,3 +821,35 @@ pub fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
         })
         .collect()
 }
+
+/// A Python model program using the repository's library (`python/`, put
+/// on `sys.path`): `body` defines `model`; `os`, `sys`, `time` and `ttg`
+/// are imported and `placeholder(p)` gives the placeholder kernel's value.
+pub fn py_model(dir: &std::path::Path, name: &str, body: &str) -> PathBuf {
+    let lib = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../python");
+    script(
+        dir,
+        name,
+        &format!(
+            "#!/usr/bin/env python3\nimport os, sys, time\nsys.path.insert(0, {lib:?})\nimport ttg\n\
+             def placeholder(p):\n    m = p % 100\n    return float((7 * (p % 1000) + 13) % 1000) + (m / 10 if m < 10 else m / 100)\n\
+             {body}\nif __name__ == '__main__':\n    ttg.serve(model)\n",
+            lib = lib.display().to_string(),
+        ),
+    )
+}
+
+/// Wait (10 s at most) until no live process mentions `dir` on its command
+/// line: nothing a test's programs started is left behind.
+pub async fn assert_nothing_left(dir: &std::path::Path) {
+    let needle = dir.display().to_string();
+    wait_until(
+        "no process of the test's programs is left",
+        Duration::from_secs(10),
+        || {
+            let left = processes_mentioning(&needle);
+            async move { left.is_empty().then_some(()) }
+        },
+    )
+    .await;
+}
