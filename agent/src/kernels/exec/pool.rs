@@ -10,7 +10,7 @@
 //! stop after `idle_after`; a run that ends stops its programs (the agent
 //! calls [`Pool::run_ended`]); the agent's shutdown stops them all.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -39,7 +39,41 @@ struct Inner {
     idle: Vec<(Worker, Instant)>,
     /// Programs alive or being started (idle, serving a chunk, starting).
     live: usize,
-    ended: VecDeque<String>,
+    ended: Ended,
+}
+
+/// The last [`ENDED_KEPT`] runs that ended, asked on every chunk: a set for
+/// the question, a queue for which to forget first.
+#[derive(Default)]
+struct Ended {
+    set: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl Ended {
+    fn contains(&self, run_id: &str) -> bool {
+        self.set.contains(run_id)
+    }
+
+    fn insert(&mut self, run_id: &str) {
+        if self.set.contains(run_id) {
+            return;
+        }
+        if self.order.len() >= ENDED_KEPT {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        self.set.insert(run_id.to_string());
+        self.order.push_back(run_id.to_string());
+    }
+
+    /// Forget `run_id` (it is active again: retried).
+    fn remove(&mut self, run_id: &str) {
+        if self.set.remove(run_id) {
+            self.order.retain(|r| r != run_id);
+        }
+    }
 }
 
 /// A program with its place in the pool's count.
@@ -101,7 +135,7 @@ impl Pool {
                 return Acquired::Cold(Live(Weak::new()));
             };
             // A chunk of the run came through the claim gate: it is active.
-            i.ended.retain(|r| *r != key.run_id);
+            i.ended.remove(&key.run_id);
             if let Some(pos) = i.idle.iter().rposition(|(w, _)| w.prog.key == *key) {
                 Acquired::Warm(Box::new(i.idle.remove(pos).0))
             } else {
@@ -163,12 +197,7 @@ impl Pool {
     pub fn run_ended(&self, run_id: &str) {
         let gone = {
             let Ok(mut i) = self.inner.lock() else { return };
-            if !i.ended.iter().any(|r| r == run_id) {
-                if i.ended.len() >= ENDED_KEPT {
-                    i.ended.pop_front();
-                }
-                i.ended.push_back(run_id.to_string());
-            }
+            i.ended.insert(run_id);
             take_where(&mut i.idle, |w, _| w.prog.key.run_id == run_id)
         };
         if !gone.is_empty() {
