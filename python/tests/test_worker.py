@@ -178,6 +178,72 @@ def test_chunk_mode_reads_stdin_and_prints_one_value_per_line(tmp_path):
     assert "noise" in out.stderr.decode()
 
 
+def named_hello(w, axes, outputs):
+    w.send({"type": "hello", "protocol": 1, "run_id": "r-test", "axes": axes, "outputs": outputs})
+    return w.recv()
+
+
+def test_named_points_are_keyword_arguments_and_outputs_a_dict(tmp_path):
+    w = Worker(model(tmp_path, """
+        @ttg.kernel
+        def model(lr, act, rep):
+            return {"loss": lr * 10 + rep, "acc": 1.0 if act == "relu" else 0.0}
+    """))
+    assert named_hello(w, ["lr", "act", "rep"], ["loss", "acc"])["type"] == "ready"
+    pts = [{"lr": 0.1, "act": "relu", "rep": 0}, {"lr": 0.5, "act": "tanh", "rep": 1}]
+    w.send({"type": "chunk", "chunk": 3, "attempt": 1, "start": 6, "end": 8, "points": pts})
+    assert w.recv() == {"type": "result", "chunk": 3, "outputs": {"loss": [1.0, 6.0], "acc": [1.0, 0.0]}}
+    assert w.close() == (0, "")
+
+
+def test_a_missing_extra_or_bad_output_fails_the_chunk_naming_it(tmp_path):
+    w = Worker(model(tmp_path, """
+        @ttg.kernel
+        def model(x):
+            return [{"loss": 1.0}, {"loss": 1.0, "acc": 2.0, "f1": 0.0},
+                    {"loss": float("nan"), "acc": 0.0}, 5.0, {"loss": 1.0, "acc": 2.0}][x]
+    """))
+    named_hello(w, ["x"], ["loss", "acc"])
+    for x, says in ((0, "returned no 'acc' for point 0 (x=0)"),
+                    (1, "returned output 'f1' for point 1 (x=1), which the run does not declare"),
+                    (2, "returned loss=nan for point 2 (x=2): values must be finite"),
+                    (3, "returned 5.0 for point 3 (x=3); the run declares outputs loss, acc: return a dict")):
+        w.send({"type": "chunk", "chunk": x, "attempt": 1, "start": x, "end": x + 1, "points": [{"x": x}]})
+        e = w.recv()
+        assert e["type"] == "error" and says in e["error"], (says, e)
+    w.send({"type": "chunk", "chunk": 4, "attempt": 1, "start": 4, "end": 5, "points": [{"x": 4}]})
+    assert w.recv()["outputs"] == {"loss": [1.0], "acc": [2.0]}
+    w.close()
+
+
+def test_batch_kernels_get_the_chunks_points(tmp_path):
+    w = Worker(model(tmp_path, """
+        @ttg.kernel(batch=True)
+        def model(points):
+            return [{"y": p["a"] * 2} for p in points]
+    """))
+    named_hello(w, ["a"], ["y"])
+    w.send({"type": "chunk", "chunk": 0, "attempt": 1, "start": 0, "end": 2, "points": [{"a": 1}, {"a": 5}]})
+    assert w.recv()["outputs"] == {"y": [2.0, 10.0]}
+    w.close()
+
+
+def test_chunk_mode_reads_points_and_prints_each_points_outputs(tmp_path):
+    path = model(tmp_path, """
+        @ttg.kernel
+        def model(lr, depth):
+            return {"loss": lr * depth, "acc": depth}
+    """)
+    env = dict(os.environ, TTG_PARAM_START="0", TTG_PARAM_END="2", TTG_RUN_ID="r", TTG_CHUNK_INDEX="0",
+               TTG_ATTEMPT="1", TTG_MODE="chunk", TTG_AXES="lr,depth", TTG_OUTPUTS="loss,acc",
+               PYTHONPATH=os.path.abspath(LIB))
+    env.pop("TTG_PROTOCOL", None)
+    stdin = b'{"lr":0.5,"depth":2}\n{"lr":0.25,"depth":4}\n'
+    out = subprocess.run([sys.executable, str(path)], input=stdin, capture_output=True, env=env, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.decode().splitlines() == ["1.0 2.0", "1.0 4.0"]
+
+
 def test_run_by_hand_it_says_how_to_submit_it(tmp_path):
     path = model(tmp_path, """
         @ttg.kernel

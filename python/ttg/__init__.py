@@ -8,6 +8,14 @@ A model is a function of one parameter that returns a number::
     def model(p):
         return simulate(p)
 
+Over a named parameter space (``ttgctl submit --axis lr=... --axis
+depth=...``) the model takes the axes as keyword arguments, and with named
+outputs (``--outputs loss,acc``) returns a dict of them::
+
+    @ttg.kernel
+    def model(lr, depth, rep=0):
+        return {"loss": ..., "acc": ...}
+
     if __name__ == "__main__":
         ttg.serve(model)
 
@@ -23,8 +31,10 @@ works with ``mode=chunk`` (a process per chunk).
   stderr, which the agent logs with the run id and chunk: under an agent,
   ``import ttg`` moves the protocol to descriptors of its own, so user
   output after that import cannot corrupt it (import ttg first).
-* ``@ttg.kernel(batch=True)`` gets the list of a chunk's parameters and
-  returns their values in order (for numpy-style vectorised models).
+* ``@ttg.kernel(batch=True)`` gets the list of a chunk's parameters (or of
+  its points, as dicts) and returns their values (or dicts) in order, for
+  numpy-style vectorised models.
+* A missing, extra or non-finite output fails the chunk, naming it.
 * :func:`current_chunk` tells the model which run, chunk and attempt it is
   serving.
 
@@ -89,15 +99,51 @@ class Kernel:
         """The model's values for parameters ``start .. end``, checked:
         one finite number per parameter, or ValueError naming the first
         that is not."""
-        params = range(start, end)
+        return self.compute(start, end)["value"]
+
+    def compute(self, start, end, points=None, outputs=None):
+        """Output name -> one checked number per point, for points
+        ``start .. end`` (``points``: their named values, when the run has a
+        named space; ``outputs``: the run's output names, default
+        ``["value"]``). ValueError names the point and output at fault."""
+        outputs = list(outputs or ["value"])
+        if points is None:
+            args = list(range(start, end))
+            label = ["p=%d" % p for p in args]
+        else:
+            args = points
+            label = ["point %d %s" % (start + i, _shown(pt)) for i, pt in enumerate(points)]
         if self.batch:
-            out = list(self.fn(list(params)))
-            if len(out) != len(params):
+            got = list(self.fn(args))
+            if len(got) != len(args):
                 raise ValueError("%s returned %d values for %d parameters"
-                                 % (self.__name__, len(out), len(params)))
-            return [_number(v, p, self.__name__) for p, v in zip(params, out)]
-        fn = self.fn
-        return [_number(fn(p), p, self.__name__) for p in params]
+                                 % (self.__name__, len(got), len(args)))
+        else:
+            fn = self.fn
+            got = [fn(a) for a in args] if points is None else [fn(**a) for a in args]
+        cols = {o: [] for o in outputs}
+        name = self.__name__
+        for r, where in zip(got, label):
+            if isinstance(r, dict):
+                for o in outputs:
+                    if o not in r:
+                        raise ValueError("%s returned no %r for %s (the run's outputs are %s)"
+                                         % (name, o, where, ", ".join(outputs)))
+                    cols[o].append(_number(r[o], where, name, o))
+                if len(r) != len(outputs):
+                    extra = sorted(k for k in r if k not in cols)
+                    raise ValueError("%s returned output %r for %s, which the run does not declare (its outputs are %s)"
+                                     % (name, extra[0], where, ", ".join(outputs)))
+            elif len(outputs) == 1:
+                cols[outputs[0]].append(_number(r, where, name, None))
+            else:
+                raise ValueError("%s returned %r for %s; the run declares outputs %s: return a dict of them"
+                                 % (name, r, where, ", ".join(outputs)))
+        return cols
+
+
+def _shown(point):
+    return "(" + ", ".join("%s=%r" % kv for kv in point.items()) + ")"
 
 
 def kernel(fn=None, *, batch=False):
@@ -108,18 +154,17 @@ def kernel(fn=None, *, batch=False):
     return Kernel(fn, batch=batch)
 
 
-def _number(v, p, name):
+def _number(v, where, name, output):
+    what = "%s returned %r" % (name, v) if output is None else "%s returned %s=%r" % (name, output, v)
     if isinstance(v, (str, bytes)):
-        raise ValueError("%s returned %r (%s) for p=%d: return a number"
-                         % (name, v, type(v).__name__, p))
+        raise ValueError("%s (%s) for %s: return a number" % (what, type(v).__name__, where))
     try:
         x = float(v)
     except (TypeError, ValueError):
-        raise ValueError("%s returned %r (%s) for p=%d: return a number"
-                         % (name, v, type(v).__name__, p)) from None
+        raise ValueError("%s (%s) for %s: return a number"
+                         % (what, type(v).__name__, where)) from None
     if not math.isfinite(x):
-        raise ValueError("%s returned %r for p=%d: values must be finite"
-                         % (name, x, p))
+        raise ValueError("%s for %s: values must be finite" % (what, where))
     return x
 
 
@@ -218,6 +263,7 @@ def _serve_worker(k):
                           % (__version__, PROTOCOL, hello.get("protocol"))})
         return 2
     run_id = hello.get("run_id", "")
+    outputs = hello.get("outputs")
     _send(proto_out, {"type": "ready", "protocol": PROTOCOL,
                       "library": "ttg-python/" + __version__})
     for line in proto_in:
@@ -230,9 +276,12 @@ def _serve_worker(k):
         index = msg["chunk"]
         _current = Chunk(run_id, index, msg.get("attempt", 1), msg["start"], msg["end"])
         try:
-            values = k.values(msg["start"], msg["end"])
-            reply = b'{"type":"result","chunk":%d,"values":%s}\n' % (
-                index, json.dumps(values, allow_nan=False, separators=(",", ":")).encode())
+            cols = k.compute(msg["start"], msg["end"], msg.get("points"), outputs)
+            if outputs is None:
+                body = b'"values":' + json.dumps(cols["value"], allow_nan=False, separators=(",", ":")).encode()
+            else:
+                body = b'"outputs":' + json.dumps(cols, allow_nan=False, separators=(",", ":")).encode()
+            reply = b'{"type":"result","chunk":%d,%s}\n' % (index, body)
         except Exception:  # the user's code: reported as this chunk's error
             reply = json.dumps({"type": "error", "chunk": index,
                                 "error": _error_text()}).encode() + b"\n"
@@ -250,15 +299,18 @@ def _serve_chunk(k):
     proto_in, proto_out = _protocol_stdio()
     start = int(os.environ["TTG_PARAM_START"])
     end = int(os.environ["TTG_PARAM_END"])
-    proto_in.read()
+    outputs = os.environ.get("TTG_OUTPUTS", "value").split(",")
+    lines = proto_in.read().splitlines()
+    points = [json.loads(x) for x in lines if x.strip()] if os.environ.get("TTG_AXES") else None
     _current = Chunk(os.environ.get("TTG_RUN_ID", ""), int(os.environ.get("TTG_CHUNK_INDEX", "0")),
                      int(os.environ.get("TTG_ATTEMPT", "1")), start, end)
     try:
-        values = k.values(start, end)
+        cols = k.compute(start, end, points, outputs)
     except Exception:
         sys.stderr.write(_error_text() + "\n")
         return 1
-    proto_out.write("".join("%r\n" % v for v in values).encode())
+    rows = zip(*(cols[o] for o in outputs))
+    proto_out.write("".join(" ".join("%r" % v for v in row) + "\n" for row in rows).encode())
     proto_out.flush()
     return 0
 
