@@ -127,7 +127,14 @@ async fn sweep(
         say!("computing with {} (exec mode=worker)", p.display());
     }
     let opts = submit::Args {
-        params: o.params,
+        params: Some(o.params),
+        axis: Vec::new(),
+        repeat: None,
+        sample: None,
+        seed: None,
+        space: None,
+        outputs: Vec::new(),
+        dry_run: false,
         chunk_size: None,
         kernel: kernel.into(),
         args,

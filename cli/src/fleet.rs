@@ -18,7 +18,7 @@ pub async fn agents(server: &str, format: Format) -> CliResult<i32> {
             let v: Vec<_> = agents.iter().map(agent_json).collect();
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         }
-        Format::Text | Format::Csv => {
+        _ => {
             println!(
                 "{:<28} {:<16} {:>11} {:>5}  {:<20} SERVER",
                 "AGENT", "HOST", "CONCURRENCY", "HELD", "KERNELS"
@@ -65,7 +65,7 @@ pub async fn kernels(server: &str, format: Format) -> CliResult<i32> {
                 .collect();
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         }
-        Format::Text | Format::Csv => {
+        _ => {
             if kernels.is_empty() {
                 println!("no agent is connected");
             }

@@ -10,6 +10,7 @@
 //! Exit codes: 0 success, 1 run failed or cancelled, 2 usage error or
 //! rejected request, 3 server unavailable.
 
+mod best;
 mod client;
 mod cluster;
 mod demo;
@@ -19,6 +20,7 @@ mod results;
 mod run;
 mod runs;
 mod submit;
+mod sweep;
 mod sys;
 mod up;
 mod watch;
@@ -68,7 +70,7 @@ struct Cli {
     #[arg(long, global = true, help_heading = "Connection", env = "TTG_KEY")]
     key: Option<std::path::PathBuf>,
 
-    /// Output format: text or json for every command; csv (default) or json for `results`.
+    /// Output format: text or json for every command; csv (default), json, jsonl or parquet for `results`.
     #[arg(
         short = 'o',
         long = "output",
@@ -102,8 +104,10 @@ enum Cmd {
     Agents,
     /// List the kernels connected agents offer, with their arguments.
     Kernels,
-    /// Export a run's values in parameter order: `-o csv` (default) or `-o json`.
+    /// Export a run's points in index order (index, named values, outputs): `-o csv` (default), json, jsonl or parquet (--file); --sort OUTPUT --limit K for the best.
     Results(results::Args),
+    /// The K best points of a run by one output: `ttgctl best RUN --by loss -n 10` (smallest first; --max for largest).
+    Best(best::Args),
     /// Run a local cluster (Redis, server, agents) until Ctrl-C.
     Up(cluster::ClusterOpts),
     /// Run a local cluster, a placeholder sweep watched to the end, and check its sum.
@@ -139,9 +143,11 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         cert: cli.cert.clone(),
         key: cli.key.clone(),
     });
-    if cli.format == Format::Csv && !matches!(cli.command, Cmd::Results(_)) {
+    if matches!(cli.format, Format::Csv | Format::Jsonl | Format::Parquet)
+        && !matches!(cli.command, Cmd::Results(_))
+    {
         return Err(CliError::usage(
-            "-o csv applies to `results` only; use -o text or -o json",
+            "-o csv, jsonl and parquet apply to `results` only; use -o text or -o json",
         ));
     }
     let format = cli.format;
@@ -158,10 +164,13 @@ async fn dispatch(cli: Cli) -> Result<i32, CliError> {
         Cmd::Results(a) => {
             let format = match format {
                 Format::Json => results::ResultsFormat::Json,
+                Format::Jsonl => results::ResultsFormat::Jsonl,
+                Format::Parquet => results::ResultsFormat::Parquet,
                 Format::Text | Format::Csv => results::ResultsFormat::Csv,
             };
-            results::results(server, &a.run, format, a.file.as_deref(), a.partial).await
+            results::results(server, &a, format).await
         }
+        Cmd::Best(a) => best::best(server, &a, format).await,
         Cmd::Up(opts) => up::up(opts).await,
         Cmd::Demo(opts) => demo::demo(opts).await,
     }

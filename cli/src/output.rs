@@ -12,6 +12,10 @@ pub enum Format {
     Json,
     /// CSV (`results` only).
     Csv,
+    /// JSON lines, one object per point (`results` only).
+    Jsonl,
+    /// Apache Parquet, with --file (`results` only).
+    Parquet,
 }
 
 /// `1234567.891` → `1,234,567.89`.
@@ -82,7 +86,30 @@ pub fn status_json(st: &RunStatus) -> Value {
         "params_per_second": st.params_per_second,
         "message": st.message,
         "dead_chunks": st.dead_chunks.iter().map(|d| json!({"chunk": d.chunk_index, "attempt": d.attempt, "error": d.error})).collect::<Vec<_>>(),
+        "space": spec.space.as_ref().and_then(|w| ttg_proto::space::Space::from_wire(w).ok()).map(|s| s.names().iter().map(|n| n.to_string()).collect::<Vec<_>>()),
+        "outputs": outputs_json(&st.outputs),
     })
+}
+
+/// Per-output summaries as JSON: name → aggregate with its argmin/argmax points.
+pub fn outputs_json(outputs: &[ttg_proto::v1::OutputSummary]) -> Value {
+    let point = |p: &Option<ttg_proto::v1::Point>| {
+        p.as_ref()
+            .map(|p| crate::sweep::point_json(p, &[]))
+            .unwrap_or(Value::Null)
+    };
+    Value::Array(
+        outputs
+            .iter()
+            .map(|o| {
+                let mut a = aggregate_json(&o.aggregate.unwrap_or_default());
+                a["name"] = json!(o.name);
+                a["argmin"] = point(&o.argmin);
+                a["argmax"] = point(&o.argmax);
+                a
+            })
+            .collect(),
+    )
 }
 
 /// A run's status as text lines.
@@ -110,6 +137,25 @@ pub fn status_text(st: &RunStatus) -> String {
         p.chunks_total,
     );
     out.push_str(&format!("aggregate  {}\n", aggregate_text(&a)));
+    if let Some(space) = spec
+        .space
+        .as_ref()
+        .and_then(|w| ttg_proto::space::Space::from_wire(w).ok())
+    {
+        out.push_str(&format!(
+            "space      {}{}\n",
+            space.names().join(" × "),
+            space
+                .sample
+                .map(|s| format!(" (random search, seed {})", s.seed))
+                .unwrap_or_default()
+        ));
+    }
+    if spec.space.is_some() || !spec.outputs.is_empty() {
+        for line in crate::sweep::summary_lines(&st.outputs) {
+            out.push_str(&format!("output     {line}\n"));
+        }
+    }
     if st.started_ms > 0 {
         let end = if st.finished_ms > 0 {
             st.finished_ms
@@ -195,6 +241,7 @@ pub fn event_json(e: &Event) -> Value {
     json!({
         "id": e.id, "run_id": e.run_id, "time_ms": e.time_ms, "kind": kind, "detail": detail,
         "progress": {"chunks_total": p.chunks_total, "chunks_done": p.chunks_done, "chunks_dead": p.chunks_dead, "params_done": p.params_done},
+        "outputs": if e.outputs.is_empty() { Value::Null } else { outputs_json(&e.outputs) },
     })
 }
 

@@ -31,7 +31,7 @@ pub async fn status(server: &str, run_id: &str, format: Format) -> CliResult<i32
             "{}",
             serde_json::to_string_pretty(&status_json(&st)).unwrap_or_default()
         ),
-        Format::Text | Format::Csv => print!("{}", status_text(&st)),
+        _ => print!("{}", status_text(&st)),
     }
     Ok(EXIT_OK)
 }
@@ -93,7 +93,7 @@ pub async fn delete(server: &str, run_id: &str, format: Format) -> CliResult<i32
 fn report(format: Format, json: serde_json::Value, text: String) -> CliResult<i32> {
     match format {
         Format::Json => println!("{json}"),
-        Format::Text | Format::Csv => println!("{text}"),
+        _ => println!("{text}"),
     }
     Ok(EXIT_OK)
 }

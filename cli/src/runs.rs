@@ -93,7 +93,7 @@ pub async fn runs(server: &str, q: RunsArgs, format: Format) -> CliResult<i32> {
             let v: Vec<_> = runs.iter().map(status_json).collect();
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         }
-        Format::Text | Format::Csv => {
+        _ => {
             println!(
                 "{:<18} {:<10} {:>12} {:>16} {:>18}  NAME",
                 "RUN", "STATE", "PARAMS", "CHUNKS DONE", "SUM"

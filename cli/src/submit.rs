@@ -2,18 +2,40 @@
 
 use std::collections::HashMap;
 
-use ttg_proto::v1::SubmitRequest;
+use ttg_proto::v1::{SubmitRequest, SubmitResponse};
 
 use crate::client::{self, CliError, CliResult, EXIT_OK};
 use crate::output::Format;
+use crate::sweep::{self, SweepSpec};
 use crate::watch;
 
 /// `ttgctl submit`'s flags.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Number of parameters, 1..=10^10.
+    /// Number of parameters, 1..=10^10: one integer axis `p` = 0..N-1 (or give a space: --axis / --space).
+    #[arg(long, required_unless_present_any = ["axis", "space"], conflicts_with_all = ["axis", "space"])]
+    pub params: Option<u64>,
+    /// An axis of the space, repeatable, slowest first: NAME=v1,v2,… | NAME=range:START:STOP[:STEP] | NAME=linspace:START:STOP:N | NAME=logspace:START:STOP:N; with --sample also uniform:LOW:HIGH, loguniform:LOW:HIGH, randint:LOW:HIGH (HIGH excluded). The grid is their product, last axis fastest.
+    #[arg(long = "axis", value_name = "NAME=SPEC", conflicts_with = "space")]
+    pub axis: Vec<String>,
+    /// Every point K times, with an extra axis `rep` = 0..K-1 (seeds for noisy models).
+    #[arg(long, value_name = "K")]
+    pub repeat: Option<u64>,
+    /// Random search: draw N points from the axes instead of the grid (point i depends only on the space, the seed and i).
+    #[arg(long, value_name = "N")]
+    pub sample: Option<u64>,
+    /// Seed of --sample (default 0).
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u64>,
+    /// The space (and outputs) as a YAML or JSON file: `axes: {lr: "logspace:1e-4:1e-1:4", depth: [2, 4]}`, `repeat`, `sample`, `seed`, `outputs` (docs/sweeps.md).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["repeat", "sample", "seed"])]
+    pub space: Option<std::path::PathBuf>,
+    /// The run's named outputs, comma-separated (default one named `value`): the kernel returns one number per output per point.
+    #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+    pub outputs: Vec<String>,
+    /// Validate with the server and print the number of points and the first few, without submitting.
     #[arg(long)]
-    pub params: u64,
+    pub dry_run: bool,
     /// Parameters per chunk, 1..=10^6 (default 100).
     #[arg(long)]
     pub chunk_size: Option<u64>,
@@ -59,10 +81,43 @@ pub fn parse_args(raw: &[String]) -> CliResult<HashMap<String, String>> {
     Ok(out)
 }
 
+/// The space and outputs the flags give (a `--space` file's outputs are
+/// used unless `--outputs` is given).
+fn sweep_of(o: &Args) -> CliResult<SweepSpec> {
+    let mut s = match &o.space {
+        Some(path) => sweep::from_file(path)?,
+        None => SweepSpec {
+            space: sweep::from_flags(&o.axis, o.repeat, o.sample, o.seed)?,
+            outputs: Vec::new(),
+        },
+    };
+    if !o.outputs.is_empty() {
+        s.outputs = o.outputs.clone();
+    }
+    if let Some(space) = &s.space {
+        sweep::check(space, u64::MAX)?;
+    }
+    if !s.outputs.is_empty() {
+        ttg_proto::space::validate_outputs(&s.outputs)
+            .map_err(|e| CliError::usage(format!("--outputs: {}", e.message)))?;
+        let space = s
+            .space
+            .clone()
+            .unwrap_or_else(|| ttg_proto::space::Space::params(o.params.unwrap_or(1)));
+        ttg_proto::space::check_output_names(&space, &s.outputs)
+            .map_err(|e| CliError::usage(format!("--outputs: {}", e.message)))?;
+    }
+    Ok(s)
+}
+
 /// Build the request (shared with `demo`).
 pub fn request(o: &Args) -> CliResult<SubmitRequest> {
+    let sweep = sweep_of(o)?;
     Ok(SubmitRequest {
-        params: o.params,
+        params: o.params.unwrap_or(0),
+        space: sweep.space.as_ref().map(|s| s.to_wire()),
+        outputs: sweep.outputs,
+        dry_run: o.dry_run,
         chunk_size: o.chunk_size,
         kernel: o.kernel.clone(),
         args: parse_args(&o.args)?,
@@ -86,14 +141,17 @@ pub fn request(o: &Args) -> CliResult<SubmitRequest> {
 pub async fn submit(server: &str, o: Args, format: Format) -> CliResult<i32> {
     let req = request(&o)?;
     let mut client = client::control(server).await?;
-    let resp = client.submit(req).await?.into_inner();
+    let resp = client.submit(req.clone()).await?.into_inner();
+    if o.dry_run {
+        return dry_run(&req, &resp, format);
+    }
     match format {
         Format::Json if !o.watch => println!(
             "{}",
             serde_json::json!({"run_id": resp.run_id, "chunks": resp.chunks})
         ),
         Format::Json => {}
-        Format::Text | Format::Csv => {
+        _ => {
             println!("run {} submitted: {} chunks", resp.run_id, resp.chunks)
         }
     }
@@ -101,4 +159,50 @@ pub async fn submit(server: &str, o: Args, format: Format) -> CliResult<i32> {
         return Ok(EXIT_OK);
     }
     Ok(watch::watch(server, &resp.run_id, "", format).await?.exit)
+}
+
+/// Points `--dry-run` shows.
+const DRY_RUN_POINTS: u64 = 5;
+
+/// Print what the server accepted: points, chunks, outputs, the first points.
+fn dry_run(req: &SubmitRequest, resp: &SubmitResponse, format: Format) -> CliResult<i32> {
+    let space = match &req.space {
+        Some(w) => {
+            ttg_proto::space::Space::from_wire(w).map_err(|e| CliError::usage(e.to_string()))?
+        }
+        None => ttg_proto::space::Space::params(resp.params),
+    };
+    let outputs = ttg_proto::space::validate_outputs(&req.outputs)
+        .map_err(|e| CliError::usage(e.to_string()))?;
+    let first: Vec<_> = (0..resp.params.min(DRY_RUN_POINTS))
+        .map(|i| space.wire_point(i))
+        .collect();
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::json!({
+                "points": resp.params,
+                "chunks": resp.chunks,
+                "axes": space.names(),
+                "outputs": outputs,
+                "first": first.iter().map(|p| sweep::point_json(p, &[])).collect::<Vec<_>>(),
+            })
+        ),
+        _ => {
+            println!(
+                "dry run: {} points in {} chunks; axes {}; outputs {} (nothing submitted)",
+                resp.params,
+                resp.chunks,
+                space.names().join(", "),
+                outputs.join(", ")
+            );
+            for p in &first {
+                println!("  #{} {}", p.index, sweep::coords(&p.values));
+            }
+            if resp.params > DRY_RUN_POINTS {
+                println!("  … {} more", resp.params - DRY_RUN_POINTS);
+            }
+        }
+    }
+    Ok(EXIT_OK)
 }

@@ -72,6 +72,12 @@ struct Progress {
     printed_last: bool,
     started_ms: i64,
     params_total: u64,
+    /// The run names its space or outputs: show the best point so far.
+    sweep: bool,
+    /// The best so far (first output's minimum), as last streamed.
+    best: String,
+    /// Per-output summaries of the last event that carried them.
+    pub summaries: Vec<ttg_proto::v1::OutputSummary>,
 }
 
 impl Progress {
@@ -100,10 +106,27 @@ impl Progress {
             printed_last: false,
             started_ms: st.started_ms,
             params_total: spec.params,
+            sweep: spec.space.is_some() || !spec.outputs.is_empty(),
+            best: String::new(),
+            summaries: st.outputs.clone(),
         }
     }
 
     fn update(&mut self, e: &Event) {
+        if !e.outputs.is_empty() {
+            self.summaries = e.outputs.clone();
+            if self.sweep {
+                if let Some(o) = e.outputs.first().filter(|o| o.argmin.is_some()) {
+                    let a = o.aggregate.unwrap_or_default();
+                    let at = o
+                        .argmin
+                        .as_ref()
+                        .map(|p| crate::sweep::coords(&p.values))
+                        .unwrap_or_default();
+                    self.best = format!(", best {} {} at {at}", o.name, a.min);
+                }
+            }
+        }
         let p = e.progress.unwrap_or_default();
         if self.started_ms == 0 {
             if let Some(event::Kind::RunStarted(_)) | Some(event::Kind::ChunkCompleted(_)) = e.kind
@@ -134,9 +157,10 @@ impl Progress {
             String::new()
         };
         let msg = format!(
-            "{dead}{} chunks/s, {} params/s, ETA {eta}",
+            "{dead}{} chunks/s, {} params/s, ETA {eta}{}",
             thousands(chunk_rate, 0),
-            thousands(param_rate, 0)
+            thousands(param_rate, 0),
+            self.best
         );
         if let Some(bar) = &self.bar {
             // Done chunks only: a run with dead chunks never shows 100 %.
@@ -450,6 +474,17 @@ fn conclude(
                 }
                 if a.count == 0 {
                     println!("{}", aggregate_text(&a));
+                } else if !end.outputs.is_empty()
+                    && (end.outputs.len() > 1
+                        || end.outputs[0].name != ttg_proto::space::DEFAULT_OUTPUT
+                        || end.outputs[0]
+                            .argmin
+                            .as_ref()
+                            .is_some_and(|p| p.values.first().is_some_and(|v| v.name != "p")))
+                {
+                    for line in crate::sweep::summary_lines(&end.outputs) {
+                        println!("{line}");
+                    }
                 } else {
                     println!(
                         "sum {}  min {}  max {}  mean {}",

@@ -1,6 +1,6 @@
 -- purge: remove a finished run's data at once, leaving a tombstone.
--- KEYS (9): run hash, done bitmap, dead bitmap, dead-letter stream, results
---   hash, events stream, runs zset, expiring zset, gone zset.
+-- KEYS (10): run hash, done bitmap, dead bitmap, dead-letter stream, results
+--   hash, events stream, top-K hash, runs zset, expiring zset, gone zset.
 -- ARGV (5): run id, why ('expired': only once due; 'deleted': now), now ms,
 --   tombstone age ms, tombstone count.
 -- Returns {code, state}: 1 removed, 0 not due yet, -2 run still active,
@@ -9,8 +9,8 @@
 --   removed.
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then
-  redis.call('ZREM', KEYS[7], ARGV[1])
   redis.call('ZREM', KEYS[8], ARGV[1])
+  redis.call('ZREM', KEYS[9], ARGV[1])
   return {-1, ''}
 end
 if active(state) then return {-2, state} end
@@ -18,11 +18,11 @@ if ARGV[2] == 'expired' then
   local at = num(redis.call('HGET', KEYS[1], 'expires_ms'))
   if at <= 0 or at > tonumber(ARGV[3]) then return {0, state} end
 end
-redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
-redis.call('ZREM', KEYS[7], ARGV[1])
+redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7])
 redis.call('ZREM', KEYS[8], ARGV[1])
-redis.call('ZADD', KEYS[9], ARGV[3], ARGV[1] .. ':' .. ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[9], '-inf', tonumber(ARGV[3]) - tonumber(ARGV[4]))
-local n = redis.call('ZCARD', KEYS[9])
-if n > tonumber(ARGV[5]) then redis.call('ZREMRANGEBYRANK', KEYS[9], 0, n - tonumber(ARGV[5]) - 1) end
+redis.call('ZREM', KEYS[9], ARGV[1])
+redis.call('ZADD', KEYS[10], ARGV[3], ARGV[1] .. ':' .. ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[10], '-inf', tonumber(ARGV[3]) - tonumber(ARGV[4]))
+local n = redis.call('ZCARD', KEYS[10])
+if n > tonumber(ARGV[5]) then redis.call('ZREMRANGEBYRANK', KEYS[10], 0, n - tonumber(ARGV[5]) - 1) end
 return {1, state}

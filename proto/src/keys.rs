@@ -54,6 +54,13 @@ impl Keys {
         format!("{}run:{run_id}:results", self.prefix)
     }
 
+    /// Hash: the run's top-K lists per output (field `2k`: best minima of
+    /// output k, `2k+1`: best maxima, as packed (value, index) f64 pairs,
+    /// best first) and their thresholds (field `t`).
+    pub fn top(&self, run_id: &str) -> String {
+        format!("{}run:{run_id}:top", self.prefix)
+    }
+
     /// Stream of the run's events (field `e`: protobuf Event).
     pub fn events(&self, run_id: &str) -> String {
         format!("{}run:{run_id}:events", self.prefix)
@@ -103,7 +110,7 @@ impl Keys {
     }
 
     /// KEYS of the completion script, in its order.
-    pub fn complete_keys(&self, run_id: &str, tasks_stream: &str) -> [String; 8] {
+    pub fn complete_keys(&self, run_id: &str, tasks_stream: &str) -> [String; 9] {
         [
             self.run(run_id),
             self.done(run_id),
@@ -113,6 +120,7 @@ impl Keys {
             self.dead_bits(run_id),
             self.stats(),
             self.expiring(),
+            self.top(run_id),
         ]
     }
 
@@ -132,7 +140,7 @@ impl Keys {
 
     /// KEYS of the purge script, in its order: every key a run owns, then the
     /// indexes it is listed in.
-    pub fn purge_keys(&self, run_id: &str) -> [String; 9] {
+    pub fn purge_keys(&self, run_id: &str) -> [String; 10] {
         [
             self.run(run_id),
             self.done(run_id),
@@ -140,6 +148,7 @@ impl Keys {
             self.dead_letters(run_id),
             self.results(run_id),
             self.events(run_id),
+            self.top(run_id),
             self.runs(),
             self.expiring(),
             self.gone(),

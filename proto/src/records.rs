@@ -22,7 +22,9 @@ use std::collections::HashMap;
 use prost::Message;
 use redis::Value;
 
-use crate::v1::{event, Aggregate, Event, Progress, RunSpec, RunState, RunStatus, Task};
+use crate::v1::{
+    event, Aggregate, Event, OutputSummary, Progress, RunSpec, RunState, RunStatus, Task,
+};
 
 /// Tasks stream entry field holding the protobuf Task.
 pub const TASK_FIELD: &str = "t";
@@ -283,8 +285,56 @@ pub fn run_status_from_hash(
         message: text("error").unwrap_or_default(),
         dead_chunks: Vec::new(),
         expires_ms: int("expires_ms"),
+        outputs: output_summaries(h, &spec),
         spec: Some(spec),
     })
+}
+
+/// The run hash's field for output `k`'s statistic `name` (`sum`, `min`,
+/// `max`, `amin`, `amax`): the first output's are the plain names (so a
+/// one-output run's hash is as before), the others' are `name:k`.
+pub fn output_field(name: &str, k: usize) -> String {
+    if k == 0 {
+        name.to_string()
+    } else {
+        format!("{name}:{k}")
+    }
+}
+
+/// Per output: aggregate and the points of its extremes, from the run hash.
+pub fn output_summaries(h: &HashMap<String, Vec<u8>>, spec: &RunSpec) -> Vec<OutputSummary> {
+    let Ok(sweep) = crate::space::Sweep::of(spec) else {
+        return Vec::new();
+    };
+    let text = |k: &str| h.get(k).map(|v| String::from_utf8_lossy(v).into_owned());
+    let float = |k: &str| text(k).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    let count = text("count")
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(0);
+    let point = |k: &str| {
+        let i = text(k)?.parse::<u64>().ok()?;
+        (count > 0 && i < sweep.space.len()).then(|| sweep.space.wire_point(i))
+    };
+    sweep
+        .outputs
+        .iter()
+        .enumerate()
+        .map(|(k, name)| {
+            let sum = float(&output_field("sum", k));
+            OutputSummary {
+                name: name.clone(),
+                aggregate: Some(Aggregate {
+                    count,
+                    sum,
+                    min: float(&output_field("min", k)),
+                    max: float(&output_field("max", k)),
+                    mean: if count > 0 { sum / count as f64 } else { 0.0 },
+                }),
+                argmin: point(&output_field("amin", k)),
+                argmax: point(&output_field("amax", k)),
+            }
+        })
+        .collect()
 }
 
 /// Shortest decimal that parses back to `v` exactly (what Rust's Display

@@ -24,6 +24,7 @@ fn valid_task() -> Vec<u8> {
             .into_iter()
             .collect(),
         max_attempts: 3,
+        sweep: false,
     })
 }
 

@@ -92,9 +92,22 @@ impl ControlPlane for Control {
             .get::<crate::auth::Identity>()
             .map(|i| i.name.clone())
             .unwrap_or_else(|| "anonymous".into());
+        let req = request.get_ref();
+        if req.dry_run {
+            let v = self.store.validate(req).await?;
+            return Ok(Response::new(SubmitResponse {
+                run_id: String::new(),
+                chunks: v.chunks,
+                params: v.params,
+            }));
+        }
         self.rate_check(&who)?;
-        let (run_id, chunks) = self.store.submit(request.get_ref()).await?;
-        Ok(Response::new(SubmitResponse { run_id, chunks }))
+        let (run_id, chunks, params) = self.store.submit(req).await?;
+        Ok(Response::new(SubmitResponse {
+            run_id,
+            chunks,
+            params,
+        }))
     }
 
     async fn status(&self, request: Request<StatusRequest>) -> Result<Response<RunStatus>, Status> {
@@ -250,6 +263,16 @@ impl ControlPlane for Control {
         Ok(Response::new(DeleteResponse {
             state: state as i32,
         }))
+    }
+
+    async fn best(
+        &self,
+        request: Request<ttg_proto::v1::BestRequest>,
+    ) -> Result<Response<ttg_proto::v1::BestResponse>, Status> {
+        let r = request.get_ref();
+        Ok(Response::new(
+            self.store.best(&r.run_id, &r.output, r.max, r.k).await?,
+        ))
     }
 
     type GetResultsStream = BoxStream<ResultChunk>;

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use ttg_proto::chunking::chunk_count;
 use ttg_proto::kernels;
 use ttg_proto::keys::valid_run_id;
+use ttg_proto::space::{check_output_names, validate_outputs, Space};
 use ttg_proto::v1::{KernelDecl, SubmitRequest};
 
 use crate::config::Limits;
@@ -59,7 +60,14 @@ pub struct ValidSubmit {
     pub retention_ms: u64,
     /// Same-error failures in a row that stop the run (0: never).
     pub fail_fast: u32,
+    /// The named space, normalised (None: `params`).
+    pub space: Option<Space>,
+    /// Named outputs as given (empty: one output named "value").
+    pub outputs: Vec<String>,
 }
+
+/// Largest encoded space (agents read it once per run).
+pub const MAX_SPACE_BYTES: usize = 1 << 20;
 
 /// Check a Submit request; errors name the field and the allowed range.
 /// `offered` are the declarations live agents published (for kernels that
@@ -69,7 +77,13 @@ pub fn validate_submit(
     offered: &[KernelDecl],
     limits: &Limits,
 ) -> Result<ValidSubmit> {
-    let (chunk_size, chunks) = check_shape(req, limits)?;
+    let (params, space) = check_space(req, limits)?;
+    let (chunk_size, chunks) = check_shape(params, req.chunk_size, limits)?;
+    if !req.outputs.is_empty() {
+        validate_outputs(&req.outputs).map_err(|e| Error::invalid(e.field, e.message))?;
+        let s = space.clone().unwrap_or_else(|| Space::params(params));
+        check_output_names(&s, &req.outputs).map_err(|e| Error::invalid(e.field, e.message))?;
+    }
     check_arg_sizes(req, limits)?;
     let kernel = if req.kernel.is_empty() {
         "placeholder"
@@ -97,7 +111,9 @@ pub fn validate_submit(
     )?;
     Ok(ValidSubmit {
         retention_ms: retention_s * 1_000,
-        params: req.params,
+        params,
+        space,
+        outputs: req.outputs.clone(),
         chunk_size,
         chunks,
         kernel: kernel.to_string(),
@@ -125,26 +141,61 @@ fn in_range<T: PartialOrd + std::fmt::Display>(
     Ok(())
 }
 
-/// params, chunk_size and the chunks they make: `(chunk_size, chunks)`.
-fn check_shape(req: &SubmitRequest, limits: &Limits) -> Result<(u64, u64)> {
-    in_range(
-        "params",
-        req.params,
-        1,
-        limits.max_params.min(MAX_PARAMS),
-        "",
-    )?;
-    let chunk_size = req.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE);
+/// The run's number of points: `params`, or the size of `space` (then
+/// `params` must be 0), with the space decoded and checked.
+fn check_space(req: &SubmitRequest, limits: &Limits) -> Result<(u64, Option<Space>)> {
+    let max = limits.max_params.min(MAX_PARAMS);
+    let Some(w) = &req.space else {
+        in_range("params", req.params, 1, max, "")?;
+        return Ok((req.params, None));
+    };
+    if req.params != 0 {
+        return Err(Error::invalid(
+            "params",
+            format!(
+                "give params or space, not both (params = {}; a space's size is its number of points)",
+                req.params
+            ),
+        ));
+    }
+    let bytes = prost::Message::encoded_len(w);
+    if bytes > MAX_SPACE_BYTES {
+        return Err(Error::invalid(
+            "space",
+            format!("at most {MAX_SPACE_BYTES} bytes encoded, got {bytes}"),
+        ));
+    }
+    let named = |e: ttg_proto::space::SpaceError| {
+        let field = if e.field.starts_with("space") {
+            e.field
+        } else {
+            format!("space.{}", e.field)
+        };
+        Error::invalid(field, e.message)
+    };
+    let space = Space::from_wire(w).map_err(named)?;
+    let n = space.validate(max).map_err(|e| {
+        if e.field == "space" {
+            Error::invalid("space", format!("{} (--max-params)", e.message))
+        } else {
+            named(e)
+        }
+    })?;
+    Ok((n, Some(space)))
+}
+
+/// chunk_size and the chunks `params` points make: `(chunk_size, chunks)`.
+fn check_shape(params: u64, chunk_size: Option<u64>, limits: &Limits) -> Result<(u64, u64)> {
+    let chunk_size = chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE);
     in_range("chunk_size", chunk_size, 1, MAX_CHUNK_SIZE, "")?;
-    let chunks = chunk_count(req.params, chunk_size);
+    let chunks = chunk_count(params, chunk_size);
     let max_chunks = limits.max_chunks.min(MAX_CHUNKS);
     if chunks > max_chunks {
         return Err(Error::invalid(
             "chunk_size",
             format!(
-                "{} params in chunks of {chunk_size} make {chunks} chunks; at most {max_chunks} chunks per run are allowed (use chunk_size >= {})",
-                req.params,
-                req.params.div_ceil(max_chunks)
+                "{params} params in chunks of {chunk_size} make {chunks} chunks; at most {max_chunks} chunks per run are allowed (use chunk_size >= {})",
+                params.div_ceil(max_chunks)
             ),
         ));
     }

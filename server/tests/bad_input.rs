@@ -40,6 +40,7 @@ fn req(
         name: String::new(),
         retention_s: None,
         fail_fast: None,
+        ..Default::default()
     }
 }
 

@@ -30,6 +30,7 @@ fn exec_req(params: u64, chunk: u64, program: &Path, fail_fast: Option<u32>) -> 
         name: "books".into(),
         retention_s: None,
         fail_fast,
+        ..Default::default()
     }
 }
 

@@ -354,9 +354,9 @@ async fn a_chunk_completed_twice_is_counted_once() {
                     compute_ms: 0,
                 }),
             );
-            let chunk = ChunkResult::new(&entry, task.chunk_index, &values, body);
+            let chunk = ChunkResult::new(&entry, task.chunk_index, task.start, &values, body);
             let inv = scripts.complete(&keys, &run_id, &tasks, "tester", &[chunk]);
-            let (codes, state): (Vec<i64>, String) =
+            let (codes, state, _): (Vec<i64>, String, Vec<u8>) =
                 inv.invoke_async(&mut conn).await.expect("complete");
             Completion::from_reply(codes[0], &state)
         }
@@ -477,17 +477,24 @@ async fn a_batch_of_completions_counts_each_chunk_once() {
                 compute_ms: 0,
             }),
         );
-        batch.push(ChunkResult::new(&e.id, t.chunk_index, &values, body));
+        batch.push(ChunkResult::new(
+            &e.id,
+            t.chunk_index,
+            t.start,
+            &values,
+            body,
+        ));
     }
     assert_eq!(batch.len(), 4);
     // The same delivery of chunk 1 again, inside the batch, with other values.
     let mut dup = batch[1].clone();
     dup.packed = ttg_proto::records::pack_values(&[1e9; 10]);
-    dup.sum = "1e10".into();
+    dup.outputs[0].sum = "1e10".into();
     batch.push(dup);
     let scripts = Scripts::new();
     let inv = scripts.complete(&keys, &run.run_id, &tasks, "tester", &batch);
-    let (codes, state): (Vec<i64>, String) = inv.invoke_async(&mut conn).await.expect("complete");
+    let (codes, state, _): (Vec<i64>, String, Vec<u8>) =
+        inv.invoke_async(&mut conn).await.expect("complete");
     assert_eq!(codes, vec![1, 1, 1, 1, 0]);
     assert_eq!(state, "SUCCEEDED");
     let st = status(&mut c, &run.run_id).await;

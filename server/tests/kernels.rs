@@ -126,7 +126,7 @@ async fn a_failing_program_uses_its_attempts_then_is_dead_lettered_with_its_stde
     assert!(
         st.dead_chunks[0]
             .error
-            .contains("short output: 1 values on stdout for 5 parameters"),
+            .contains("short output: 1 values on stdout, 5 expected"),
         "{:?}",
         st.dead_chunks
     );

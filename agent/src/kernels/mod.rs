@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use ttg_proto::kernels::KernelSpec;
+use ttg_proto::space::{Sweep, Value};
 
 /// One chunk to compute.
 #[derive(Debug, Clone)]
@@ -30,6 +31,49 @@ pub struct ChunkInput {
     pub args: HashMap<String, String>,
     /// Attempt number (1 = first delivery).
     pub attempt: u32,
+    /// The run's named space and outputs (None: `--params`, one output).
+    pub sweep: Option<Arc<Sweep>>,
+}
+
+impl ChunkInput {
+    /// Number of points in the chunk.
+    pub fn len(&self) -> usize {
+        (self.end - self.start) as usize
+    }
+
+    /// Whether the chunk has no point (never, for a claimed chunk).
+    pub fn is_empty(&self) -> bool {
+        self.end <= self.start
+    }
+
+    /// Number of outputs each point yields (1 without named outputs).
+    pub fn outputs(&self) -> usize {
+        self.sweep.as_ref().map_or(1, |s| s.outputs.len())
+    }
+
+    /// The chunk's points, typed, in index order (`p` alone for `--params`).
+    pub fn points(&self) -> impl Iterator<Item = Vec<Value>> + '_ {
+        (self.start..self.end).map(move |i| match &self.sweep {
+            Some(s) => s.space.point(i),
+            None => vec![Value::Int(i as i64)],
+        })
+    }
+
+    /// Names of a point's values (`p` for `--params`).
+    pub fn axis_names(&self) -> Vec<String> {
+        match &self.sweep {
+            Some(s) => s.space.names().into_iter().map(String::from).collect(),
+            None => vec!["p".to_string()],
+        }
+    }
+
+    /// Names of the outputs.
+    pub fn output_names(&self) -> Vec<String> {
+        match &self.sweep {
+            Some(s) => s.outputs.clone(),
+            None => vec![ttg_proto::space::DEFAULT_OUTPUT.to_string()],
+        }
+    }
 }
 
 /// Why a chunk produced no values.
@@ -54,8 +98,9 @@ pub type ShutdownFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 pub trait Kernel: Send + Sync {
     /// Name and declared arguments.
     fn spec(&self) -> &'static KernelSpec;
-    /// Values of parameters `chunk.start .. chunk.end`, in order, one each.
-    /// Must return promptly with [`KernelError::Cancelled`] once `cancel` fires.
+    /// Values of points `chunk.start .. chunk.end`: for each output in turn
+    /// (see [`ChunkInput::outputs`]), one value per point in index order —
+    /// `len × outputs` numbers. Must return promptly with [`KernelError::Cancelled`] once `cancel` fires.
     fn compute<'a>(
         &'a self,
         chunk: &'a ChunkInput,

@@ -3,6 +3,11 @@
 //! number `0.<p mod 100>` (5 → 0.5, 10 → 0.1, 99 → 0.99), with optional
 //! simulated work of `work_ms` per parameter. 10,000 parameters sum to
 //! 5,000,355.00; 1,000 to 500,035.50.
+//!
+//! Over a named space it reads each point's typed values: output 0 is still
+//! `value(i)` of the point's index (so any 10,000-point space sums to
+//! 5,000,355.00), and output k ≥ 1 is `value(i) + k · s` where `s` is the
+//! sum of the point's numeric coordinates (text counts 0).
 
 use std::time::Duration;
 
@@ -31,7 +36,7 @@ impl Kernel for Placeholder {
             let began = Instant::now();
             let work_ms = int_arg(&PLACEHOLDER, &chunk.args, "work_ms")
                 .map_err(|e| KernelError::Failed(e.to_string()))?;
-            let values: Vec<f64> = (chunk.start..chunk.end).map(value).collect();
+            let values = outputs(chunk);
             if work_ms > 0 {
                 // One deadline for the whole chunk: n × work_ms exactly, with no
                 // per-parameter timer rounding accumulating into drift.
@@ -45,4 +50,22 @@ impl Kernel for Placeholder {
             Ok(values)
         })
     }
+}
+
+/// The chunk's values, output after output.
+fn outputs(chunk: &ChunkInput) -> Vec<f64> {
+    let k = chunk.outputs();
+    if chunk.sweep.is_none() || k == 1 && chunk.sweep.as_ref().is_some_and(|s| !s.named) {
+        return (chunk.start..chunk.end).map(value).collect();
+    }
+    let n = chunk.len();
+    let mut out = vec![0.0; n * k];
+    for (i, point) in chunk.points().enumerate() {
+        let v = value(chunk.start + i as u64);
+        let s: f64 = point.iter().filter_map(|x| x.as_f64()).sum();
+        for (o, col) in out.chunks_exact_mut(n).enumerate() {
+            col[i] = v + o as f64 * s;
+        }
+    }
+    out
 }

@@ -144,8 +144,14 @@ impl Worker {
         &self,
         c: &Claimed,
         abort: &CancellationToken,
-    ) -> (Result<Vec<f64>, KernelError>, u64) {
+    ) -> (Result<(Vec<f64>, usize), KernelError>, u64) {
         let t = &c.task;
+        let span = c.span("compute", &self.agent_id);
+        let began = Instant::now();
+        let sweep = match self.sweep_of(t).await {
+            Ok(s) => s,
+            Err(e) => return (Err(e), 0),
+        };
         let input = ChunkInput {
             run_id: t.run_id.clone(),
             chunk_index: t.chunk_index,
@@ -153,9 +159,8 @@ impl Worker {
             end: t.end,
             args: t.args.clone(),
             attempt: c.attempt,
+            sweep,
         };
-        let span = c.span("compute", &self.agent_id);
-        let began = Instant::now();
         let work = async {
             match self.registry.get(&t.kernel) {
                 Some(k) => k.compute(&input, abort).await,
@@ -167,7 +172,7 @@ impl Worker {
         };
         let outcome = tracing::Instrument::instrument(work, span.clone())
             .await
-            .and_then(|v| check_values(t, v));
+            .and_then(|v| check_values(&input, v));
         self.record_compute_time(began.elapsed());
         match &outcome {
             Err(KernelError::Failed(msg)) => {
@@ -201,16 +206,22 @@ impl Worker {
     async fn settle(
         &self,
         c: &Claimed,
-        outcome: Result<Vec<f64>, KernelError>,
+        outcome: Result<(Vec<f64>, usize), KernelError>,
         compute_ms: u64,
         claimed_at: Instant,
     ) {
         let (run_id, task, attempt) = (&c.task.run_id, &c.task, c.attempt);
         let ack = c.span("ack", &self.agent_id);
         match outcome {
-            Ok(values) => {
-                let done =
-                    self.complete(&c.stream, &c.entry_id, task, attempt, &values, compute_ms);
+            Ok((values, outputs)) => {
+                let done = self.complete(
+                    &c.stream,
+                    &c.entry_id,
+                    task,
+                    attempt,
+                    (&values, outputs),
+                    compute_ms,
+                );
                 tracing::Instrument::instrument(done, ack.clone()).await;
                 metrics::counter!("ttg_agent_chunks_computed_total").increment(1);
                 if let Ok(mut v) = self.ack_latencies.lock() {
@@ -240,21 +251,35 @@ impl Worker {
     }
 }
 
-/// A kernel must give one finite value per parameter.
-fn check_values(task: &Task, values: Vec<f64>) -> Result<Vec<f64>, KernelError> {
-    let n = (task.end - task.start) as usize;
-    if values.len() != n {
-        return Err(KernelError::Failed(format!(
-            "kernel returned {} values for {n} parameters",
-            values.len()
-        )));
+/// A kernel must give one finite value per point and output: the values
+/// and the number of outputs, or an error naming the output and point.
+fn check_values(c: &ChunkInput, values: Vec<f64>) -> Result<(Vec<f64>, usize), KernelError> {
+    let (n, k) = (c.len(), c.outputs());
+    if values.len() != n * k {
+        return Err(KernelError::Failed(if k == 1 {
+            format!("kernel returned {} values for {n} parameters", values.len())
+        } else {
+            format!(
+                "kernel returned {} values for {n} points × {k} outputs ({})",
+                values.len(),
+                c.output_names().join(", ")
+            )
+        }));
     }
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-        return Err(KernelError::Failed(format!(
-            "kernel returned {} for parameter {}; values must be finite",
-            values[i],
-            task.start + i as u64
-        )));
+        let point = c.start + (i % n.max(1)) as u64;
+        return Err(KernelError::Failed(if k == 1 {
+            format!(
+                "kernel returned {} for parameter {point}; values must be finite",
+                values[i]
+            )
+        } else {
+            format!(
+                "kernel returned {} for output {} of point {point}; values must be finite",
+                values[i],
+                c.output_names()[i / n.max(1)]
+            )
+        }));
     }
-    Ok(values)
+    Ok((values, k))
 }

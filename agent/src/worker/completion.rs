@@ -35,10 +35,11 @@ impl Worker {
         entry_id: &str,
         task: &Task,
         attempt: u32,
-        values: &[f64],
+        (values, outputs): (&[f64], usize),
         compute_ms: u64,
     ) {
         let run_id = &task.run_id;
+        let thr = self.thresholds(run_id);
         let body = |sum| {
             event_body(
                 run_id,
@@ -59,7 +60,15 @@ impl Worker {
             b.queue.push(PendingCompletion {
                 stream: stream.to_string(),
                 run_id: run_id.clone(),
-                chunk: ChunkResult::with_event(entry_id, task.chunk_index, values, body),
+                chunk: ChunkResult::build(
+                    entry_id,
+                    task.chunk_index,
+                    task.start,
+                    outputs,
+                    values,
+                    &thr,
+                    body,
+                ),
                 done: tx,
             });
             !std::mem::replace(&mut b.sending, true)
@@ -135,7 +144,7 @@ impl Worker {
                 round = rest;
                 let chunks: Vec<ChunkResult> = group.iter().map(|p| p.chunk.clone()).collect();
                 let keys = &self.keys;
-                let reply: Option<(Vec<i64>, String)> = self
+                let reply: Option<CompleteReply> = self
                     .retry_redis("complete", |mut c| {
                         let inv =
                             self.scripts
@@ -143,8 +152,11 @@ impl Worker {
                         async move { inv.invoke_async(&mut c).await }
                     })
                     .await;
+                if let Some((_, _, thr)) = &reply {
+                    self.set_thresholds(&run_id, thr);
+                }
                 for (i, p) in group.into_iter().enumerate() {
-                    let outcome = reply.as_ref().map(|(codes, state)| {
+                    let outcome = reply.as_ref().map(|(codes, state, _)| {
                         Completion::from_reply(codes.get(i).copied().unwrap_or(-1), state)
                     });
                     let _ = p.done.send(outcome);

@@ -3,6 +3,7 @@
 //! - `chunk`: one entry's path — decode, claim gate, compute, check, settle.
 //! - `completion`: batched completion scripts and failed attempts.
 //! - `runs`: what the agent believes of runs, and the claim gate that asks Redis.
+//! - `sweeps`: runs' named spaces and outputs (read once), top-K thresholds.
 //! - `lease`: lease renewal, chunks reclaimed from under it, the sweep.
 //!
 //! Redis trouble never loses a chunk: a completion is retried until Redis
@@ -28,7 +29,7 @@ use ttg_proto::keys::{Keys, GROUP};
 use ttg_proto::records::{event_body, TaskEntry, TASK_FIELD};
 use ttg_proto::redis_conn::{self, is_transient};
 use ttg_proto::runtime::Backoff;
-use ttg_proto::scripts::{ChunkResult, Completion, FailedAttempt, Failure, Scripts};
+use ttg_proto::scripts::{ChunkResult, CompleteReply, Completion, FailedAttempt, Failure, Scripts};
 use ttg_proto::v1::{event, ChunkCompleted, ChunkFailed, HeldChunk, RunState, Task};
 
 use crate::kernels::{ChunkInput, KernelError, Registry};
@@ -40,6 +41,7 @@ mod claim;
 mod completion;
 mod lease;
 mod runs;
+mod sweeps;
 
 /// Back-off for Redis retries: 50 ms doubling to 2 s.
 fn redis_backoff() -> Backoff {
@@ -79,6 +81,8 @@ pub struct Worker {
     /// fleet-wide histogram.
     ack_latencies: Mutex<Vec<u32>>,
     runs: Mutex<HashMap<String, runs::RunLocal>>,
+    /// Named spaces and outputs of runs, and their top-K thresholds.
+    sweeps: sweeps::Sweeps,
     completed: AtomicU64,
     /// Completions waiting to be sent, and whether a task is sending them.
     batch: Mutex<Batch>,
@@ -126,6 +130,7 @@ impl Worker {
             lost: AtomicU64::new(0),
             ack_latencies: Mutex::new(Vec::new()),
             runs: Mutex::new(HashMap::new()),
+            sweeps: sweeps::Sweeps::default(),
             completed: AtomicU64::new(0),
             batch: Mutex::new(Batch::default()),
             compute_avg_us: AtomicU64::new(u64::MAX),

@@ -14,10 +14,16 @@
 //!   linspace, logspace) is drawn uniformly among its values; `uniform`,
 //!   `loguniform` and `randint` axes exist only in samples.
 //!
-//! Not wired into Submit yet: the gRPC message, kernels receiving points and
-//! named outputs are the rest of #18.
+//! [`wire`] converts to and from the gRPC `Space` message; [`outputs`]
+//! holds a run's named outputs and the [`Sweep`] (space + outputs) every
+//! process derives from a run's spec.
 
 use std::fmt;
+
+mod outputs;
+mod wire;
+
+pub use outputs::{check_output_names, validate_outputs, Sweep, DEFAULT_OUTPUT, MAX_OUTPUTS};
 
 /// Longest axis name.
 pub const MAX_NAME: usize = 64;
@@ -29,6 +35,8 @@ pub const MAX_LIST: usize = 10_000;
 pub const MAX_TEXT: usize = 256;
 /// Most values a range, linspace or logspace axis may have.
 pub const MAX_AXIS_LEN: u64 = 100_000_000;
+/// Most repeats of each point.
+pub const MAX_REPEAT: u64 = 1_000_000;
 
 /// One coordinate of a point.
 #[derive(Clone, Debug, PartialEq)]
@@ -359,16 +367,32 @@ impl Axis {
     fn check(&self, sampling: bool) -> Result<(), SpaceError> {
         let field = format!("axes[{}]", self.name);
         let n = &self.name;
-        let first = n.chars().next();
-        if n.is_empty()
-            || n.len() > MAX_NAME
-            || !first.is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            || !n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
+        if !valid_name(n) {
             return Err(err(
                 "axes",
                 format!("axis names are 1..={MAX_NAME} letters, digits or '_', not starting with a digit; got {n:?}"),
             ));
+        }
+        if RESERVED.contains(&n.as_str()) {
+            return Err(err(
+                "axes",
+                format!("{n:?} is the results' first column: rename the axis"),
+            ));
+        }
+        let finite = match &self.kind {
+            AxisKind::FloatRange { start, stop, step } => {
+                [*start, *stop, *step].iter().all(|x| x.is_finite())
+            }
+            AxisKind::Linspace { start, stop, .. } | AxisKind::Logspace { start, stop, .. } => {
+                start.is_finite() && stop.is_finite()
+            }
+            AxisKind::Uniform { low, high } | AxisKind::LogUniform { low, high } => {
+                low.is_finite() && high.is_finite()
+            }
+            _ => true,
+        };
+        if !finite {
+            return Err(err(&field, "bounds must be finite (no NaN or infinity)"));
         }
         match &self.kind {
             AxisKind::List(v) => {
@@ -438,6 +462,19 @@ impl Axis {
     }
 }
 
+/// Names no axis or output may take: the first column of exported results.
+pub const RESERVED: &[&str] = &["index", "param"];
+
+/// A name of an axis or output: 1..=64 ASCII letters, digits or `_`, not
+/// starting with a digit (a Python identifier, a CSV/Parquet column).
+pub fn valid_name(n: &str) -> bool {
+    let first = n.chars().next();
+    !n.is_empty()
+        && n.len() <= MAX_NAME
+        && first.is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// 10^e, exact for whole e (so logspace's decades are 1e-3, not 0.0010000000000000002).
 fn pow10(e: f64) -> f64 {
     if e.fract() == 0.0 && e.abs() < 300.0 {
@@ -464,6 +501,22 @@ fn unit(seed: u64, point: u64, axis: u64) -> f64 {
 }
 
 impl Space {
+    /// The space of `--params n`: one integer axis `p` = 0..n-1.
+    pub fn params(n: u64) -> Space {
+        Space {
+            axes: vec![Axis {
+                name: "p".into(),
+                kind: AxisKind::IntRange {
+                    start: 0,
+                    stop: n.min(i64::MAX as u64) as i64,
+                    step: 1,
+                },
+            }],
+            repeat: 1,
+            sample: None,
+        }
+    }
+
     /// Check the space and return its number of points, at most `max`.
     pub fn validate(&self, max: u64) -> Result<u64, SpaceError> {
         if self.axes.is_empty() || self.axes.len() > MAX_AXES {
@@ -482,8 +535,8 @@ impl Space {
                 ));
             }
         }
-        if self.repeat == 0 {
-            return Err(err("repeat", "must be ≥ 1"));
+        if !(1..=MAX_REPEAT).contains(&self.repeat) {
+            return Err(err("repeat", format!("must be in 1..={MAX_REPEAT}")));
         }
         if let Some(s) = self.sample {
             if s.n == 0 {

@@ -50,6 +50,7 @@ pub fn task_for(spec: &RunSpec, chunk: u64) -> Task {
         kernel: spec.kernel.clone(),
         args: spec.args.clone(),
         max_attempts: spec.max_attempts,
+        sweep: spec.space.is_some() || !spec.outputs.is_empty(),
     }
 }
 

@@ -7,6 +7,7 @@
 //! - `runs`: status, listing, retry, cancel, and why a run is NotFound.
 //! - `watch`: a run's events, resumable from any event id.
 //! - `results`: a run's values, streamed in chunk order.
+//! - `best`: a run's best points by one output (kept top-K, or a scan).
 //! - `agents`: agent records, leases, id ownership, reclaim of the dead.
 //! - `housekeeping`: retention, delete, a cancelled run's queued tasks.
 //! - `audit`: the books of active runs, and re-queueing lost chunks.
@@ -45,6 +46,7 @@ use crate::error::{Error, Result};
 
 mod agents;
 mod audit;
+mod best;
 mod housekeeping;
 mod metrics;
 mod results;
@@ -53,6 +55,7 @@ mod submit;
 mod watch;
 pub use crate::validate::*;
 pub use audit::{missing_chunks, task_for};
+pub use best::{DEFAULT_BEST, MAX_BEST};
 pub use runs::RunFilter;
 
 /// Runs and agents in Redis.

@@ -22,9 +22,35 @@ impl Store {
         tx: &mpsc::Sender<Result<ResultChunk>>,
     ) -> Result<()> {
         let spec = self.spec(run_id).await?;
-        let key = self.keys.results(run_id);
+        let outputs = spec.outputs.len().max(1) as u32;
+        self.scan_results(&spec, |chunk_index, start, values| {
+            let tx = tx.clone();
+            async move {
+                tx.send(Ok(ResultChunk {
+                    chunk_index,
+                    start,
+                    values,
+                    outputs,
+                }))
+                .await
+                .is_ok()
+            }
+        })
+        .await
+    }
+
+    /// Call `each(chunk, start, values)` for every stored chunk of the run
+    /// in chunk order (values output after output), a bounded batch of
+    /// chunks in memory at a time, until it answers false.
+    pub(super) async fn scan_results<F, Fut>(&self, spec: &RunSpec, mut each: F) -> Result<()>
+    where
+        F: FnMut(u64, u64, Vec<f64>) -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let key = self.keys.results(&spec.run_id);
         let mut c = self.conn();
-        let batch = (RESULTS_BATCH_BYTES / (spec.chunk_size.max(1) * 8)).clamp(1, RESULTS_BATCH);
+        let per_chunk = spec.chunk_size.max(1) * 8 * spec.outputs.len().max(1) as u64;
+        let batch = (RESULTS_BATCH_BYTES / per_chunk).clamp(1, RESULTS_BATCH);
         let mut first = 0;
         while first < spec.total_chunks {
             let last = (first + batch).min(spec.total_chunks);
@@ -36,15 +62,7 @@ impl Store {
                 let Some(bytes) = v else { continue };
                 let values = unpack_values(&bytes)?;
                 let (start, _) = chunk_range(spec.params, spec.chunk_size, i);
-                if tx
-                    .send(Ok(ResultChunk {
-                        chunk_index: i,
-                        start,
-                        values,
-                    }))
-                    .await
-                    .is_err()
-                {
+                if !each(i, start, values).await {
                     return Ok(());
                 }
             }

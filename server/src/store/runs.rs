@@ -24,7 +24,7 @@ pub struct RunFilter {
 }
 
 impl Store {
-    async fn run_hash(&self, run_id: &str) -> Result<HashMap<String, Vec<u8>>> {
+    pub(super) async fn run_hash(&self, run_id: &str) -> Result<HashMap<String, Vec<u8>>> {
         check_run_id(run_id)?;
         let mut c = self.conn();
         let h: HashMap<String, Vec<u8>> = self

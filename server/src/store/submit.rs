@@ -10,7 +10,7 @@ impl Store {
     /// the number of chunks once every task is in Redis. The `submit` span is
     /// the root of the run's trace: its traceparent goes into the run spec and
     /// every task entry, so agents' spans join it.
-    pub async fn submit(&self, req: &SubmitRequest) -> Result<(String, u64)> {
+    pub async fn submit(&self, req: &SubmitRequest) -> Result<(String, u64, u64)> {
         let span = tracing::info_span!("submit", run_id = tracing::field::Empty, params = req.params,
             chunks = tracing::field::Empty, kernel = %req.kernel);
         let started = std::time::Instant::now();
@@ -24,7 +24,9 @@ impl Store {
         r
     }
 
-    async fn submit_inner(&self, req: &SubmitRequest) -> Result<(String, u64)> {
+    /// Validate a Submit against the limits and the kernels offered, as
+    /// Submit would, storing nothing (a dry run).
+    pub async fn validate(&self, req: &SubmitRequest) -> Result<ValidSubmit> {
         let offered = if req.kernel.is_empty() || kernels::find(&req.kernel).is_some() {
             Vec::new()
         } else {
@@ -34,7 +36,11 @@ impl Store {
                 .filter_map(|k| k.decl)
                 .collect()
         };
-        let v = validate_submit(req, &offered, &self.limits)?;
+        validate_submit(req, &offered, &self.limits)
+    }
+
+    async fn submit_inner(&self, req: &SubmitRequest) -> Result<(String, u64, u64)> {
+        let v = self.validate(req).await?;
         self.check_runs_in_flight().await?;
         let created = now_ms();
         let run_id = new_run_id(created, rand::random());
@@ -54,12 +60,14 @@ impl Store {
             traceparent: ttg_proto::telemetry::current_traceparent(),
             retention_ms: v.retention_ms,
             fail_fast: v.fail_fast,
+            space: v.space.as_ref().map(|s| s.to_wire()),
+            outputs: v.outputs.clone(),
         };
         self.ensure_group(&self.keys.tasks(&v.kernel)).await?;
         self.write_run(&spec).await?;
         self.queue_tasks(&spec).await?;
         tracing::info!(run = %run_id, params = v.params, chunks = v.chunks, kernel = %v.kernel, "run submitted");
-        Ok((run_id, v.chunks))
+        Ok((run_id, v.chunks, v.params))
     }
 
     /// ResourceExhausted once --max-runs-in-flight runs are QUEUED or RUNNING.
@@ -147,6 +155,7 @@ impl Store {
             kernel: spec.kernel.clone(),
             args: spec.args.clone(),
             max_attempts: spec.max_attempts,
+            sweep: spec.space.is_some() || !spec.outputs.is_empty(),
             ..Default::default()
         };
         let mut c = self.conn();

@@ -11,6 +11,11 @@ const WATCH_BLOCK: Duration = Duration::from_millis(1_000);
 /// spell still arrives at once (XREAD BLOCK returns on it).
 const WATCH_COALESCE: Duration = Duration::from_millis(2);
 
+/// A Watch attaches the run's per-output summaries (best points so far) to
+/// a ChunkCompleted event at most this often, and always to the terminal
+/// event: one read of the run hash per watcher per interval.
+const WATCH_SUMMARY_EVERY: Duration = Duration::from_millis(250);
+
 impl Store {
     /// Stream a run's events after `after` into `tx` until the run ends, the
     /// receiver goes away or `stop` is cancelled. The first error ends it.
@@ -44,6 +49,7 @@ impl Store {
         let mut blocking = self
             .timed(redis_conn::blocking(&self.client, WATCH_BLOCK))
             .await?;
+        let mut summarised: Option<std::time::Instant> = None;
         loop {
             if stop.is_cancelled() {
                 return Err(Error::ShuttingDown);
@@ -71,7 +77,11 @@ impl Store {
                 .flat_map(|k| k.ids)
                 .collect();
             let nothing_new = entries.is_empty();
-            if self.forward(run_id, entries, &mut last, tx).await? == Forwarded::End {
+            if self
+                .forward(run_id, entries, &mut last, &mut summarised, tx)
+                .await?
+                == Forwarded::End
+            {
                 return Ok(());
             }
             if nothing_new && self.ended_before(run_id, &last).await? {
@@ -94,21 +104,33 @@ impl Store {
         run_id: &str,
         entries: Vec<redis::streams::StreamId>,
         last: &mut String,
+        summarised: &mut Option<std::time::Instant>,
         tx: &mpsc::Sender<Result<Event>>,
     ) -> Result<Forwarded> {
+        let mut events = Vec::with_capacity(entries.len());
         for entry in entries {
             *last = entry.id.clone();
             let Some(Value::BulkString(bytes)) = entry.map.get(EVENT_FIELD) else {
                 tracing::warn!(run = %run_id, id = %entry.id, "event without payload skipped");
                 continue;
             };
-            let ev = match decode_event(&entry.id, bytes) {
-                Ok(ev) => ev,
+            match decode_event(&entry.id, bytes) {
+                Ok(ev) => events.push(ev),
                 Err(e) => {
                     tracing::warn!(run = %run_id, id = %entry.id, error = %e, "corrupt event skipped");
-                    continue;
                 }
-            };
+            }
+        }
+        // The best points so far ride on the batch's last completion (at
+        // most every WATCH_SUMMARY_EVERY) and on a terminal event.
+        let due = summarised.is_none_or(|t| t.elapsed() >= WATCH_SUMMARY_EVERY);
+        if let Some(ev) = events.iter_mut().rev().find(|e| {
+            is_terminal(e) || (due && matches!(e.kind, Some(event::Kind::ChunkCompleted(_))))
+        }) {
+            ev.outputs = self.summaries(run_id).await?;
+            *summarised = Some(std::time::Instant::now());
+        }
+        for ev in events {
             let terminal = is_terminal(&ev);
             if tx.send(Ok(ev)).await.is_err() {
                 return Ok(Forwarded::End);
@@ -145,6 +167,19 @@ impl Store {
             }
             Some(_) => Ok(false),
         }
+    }
+
+    /// Per-output summaries of a run now (empty if it is gone).
+    async fn summaries(&self, run_id: &str) -> Result<Vec<ttg_proto::v1::OutputSummary>> {
+        let h = match self.run_hash(run_id).await {
+            Ok(h) => h,
+            Err(Error::RunNotFound(_) | Error::RunGone { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let Some(spec) = h.get("spec").and_then(|b| decode_spec(b).ok()) else {
+            return Ok(Vec::new());
+        };
+        Ok(ttg_proto::records::output_summaries(&h, &spec))
     }
 
     /// The run's state in its hash; None if the run is gone.

@@ -358,6 +358,7 @@ pub fn submit_req(params: u64, chunk_size: u64, work_ms: u64) -> SubmitRequest {
         name: "test".into(),
         retention_s: None,
         fail_fast: None,
+        ..Default::default()
     }
 }
 
@@ -773,6 +774,7 @@ pub fn exec_req(
         name: "exec-test".into(),
         retention_s: None,
         fail_fast: None,
+        ..Default::default()
     }
 }
 

@@ -106,7 +106,7 @@ impl Exec {
         let span = tracing::info_span!("exec.start", otel.name = "exec.start",
             run_id = %chunk.run_id, program = %path.display());
         let began = Instant::now();
-        let start = Program::start(key, path, &argv, start_within);
+        let start = Program::start(key, path, &argv, start_within, chunk);
         let started = tokio::select! {
             r = tracing::Instrument::instrument(start, span.clone()) => r,
             _ = cancel.cancelled() => return Err(KernelError::Cancelled),

@@ -5,6 +5,12 @@
 //! or short output, or a run past `timeout_s` fails the attempt with the
 //! tail of stderr as the error. The program's process group is killed when
 //! the chunk ends, whatever the outcome.
+//!
+//! A run with a named space or outputs: `TTG_AXES` and `TTG_OUTPUTS` name
+//! them (comma-separated); stdin has one JSON object per point (axis name
+//! → value) instead of the index; stdout has, per point in order, one
+//! number per output in `TTG_OUTPUTS` order. A chunk of one point also
+//! gets each coordinate as `TTG_AXIS_<name>` (SLURM-array style).
 
 use std::path::Path;
 use std::process::Stdio;
@@ -26,8 +32,9 @@ pub(super) async fn compute(
     cancel: &CancellationToken,
 ) -> Result<Vec<f64>, KernelError> {
     let n = (chunk.end - chunk.start) as usize;
+    let k = chunk.outputs();
     let (mut child, group) = spawn(path, argv, chunk)?;
-    let limit = (n as u64) * 64 + 4_096;
+    let limit = (n * k) as u64 * 64 + 4_096;
     let (out, err, status) = tokio::select! {
         r = exchange(&mut child, chunk, limit) => r,
         _ = tokio::time::sleep(timeout) => {
@@ -43,7 +50,22 @@ pub(super) async fn compute(
     };
     // Whatever the program left running in its group goes too.
     drop(group);
-    judge(path, status, out, &err, n, limit)
+    let values = judge(path, status, out, &err, n * k, limit)?;
+    Ok(by_output(values, chunk))
+}
+
+/// Point after point (each point's outputs together, as programs print
+/// them) → output after output (as kernels return them).
+fn by_output(values: Vec<f64>, chunk: &ChunkInput) -> Vec<f64> {
+    let (n, k) = (chunk.len(), chunk.outputs());
+    if k == 1 {
+        return values;
+    }
+    let mut out = vec![0.0; n * k];
+    for (j, v) in values.into_iter().enumerate() {
+        out[(j % k) * n + j / k] = v;
+    }
+    out
 }
 
 /// Start the program in its own process group (killed when the guard
@@ -61,10 +83,20 @@ fn spawn(
         .env("TTG_CHUNK_INDEX", chunk.chunk_index.to_string())
         .env("TTG_ATTEMPT", chunk.attempt.to_string())
         .env("TTG_MODE", "chunk")
+        .env("TTG_OUTPUTS", chunk.output_names().join(","))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    if chunk.sweep.as_ref().is_some_and(|s| s.named) {
+        let names = chunk.axis_names();
+        cmd.env("TTG_AXES", names.join(","));
+        if chunk.len() == 1 {
+            for (n, v) in names.iter().zip(chunk.points().next().unwrap_or_default()) {
+                cmd.env(format!("TTG_AXIS_{n}"), v.to_string());
+            }
+        }
+    }
     crate::sys::own_group_dies_with_agent(&mut cmd);
     let child = cmd
         .spawn()
@@ -85,14 +117,22 @@ async fn exchange(
     std::io::Result<std::process::ExitStatus>,
 ) {
     let mut stdin = child.stdin.take();
-    let (start, end) = (chunk.start, chunk.end);
+    let mut buf = Vec::with_capacity(chunk.len() * 8);
+    if chunk.sweep.as_ref().is_some_and(|s| s.named) {
+        let names = chunk.axis_names();
+        for p in chunk.points() {
+            // Serialising a JSON value into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut buf, &super::protocol::point_json(&names, p));
+            buf.push(b'\n');
+        }
+    } else {
+        for p in chunk.start..chunk.end {
+            buf.extend_from_slice(p.to_string().as_bytes());
+            buf.push(b'\n');
+        }
+    }
     let feed = async move {
         if let Some(mut w) = stdin.take() {
-            let mut buf = Vec::with_capacity(((end - start) as usize) * 8);
-            for p in start..end {
-                buf.extend_from_slice(p.to_string().as_bytes());
-                buf.push(b'\n');
-            }
             // A program may exit without reading all of stdin; that is
             // judged by its output, not by a broken pipe here.
             let _ = w.write_all(&buf).await;
@@ -141,7 +181,7 @@ fn judge(
     }
     if out.len() as u64 > limit {
         return Err(KernelError::Failed(format!(
-            "more than {limit} bytes on stdout for {n} parameters"
+            "more than {limit} bytes on stdout for {n} values"
         )));
     }
     parse_output(&out, n).map_err(|e| KernelError::Failed(format!("{e}; {}", tail(err))))
@@ -154,7 +194,7 @@ fn parse_output(out: &[u8], n: usize) -> Result<Vec<f64>, ExecError> {
     for (i, word) in text.split_whitespace().enumerate() {
         if i >= n {
             return Err(ExecError(format!(
-                "more than {n} values on stdout (one per parameter expected)"
+                "more than {n} values on stdout (one per parameter and output expected)"
             )));
         }
         let v: f64 = word
@@ -172,7 +212,7 @@ fn parse_output(out: &[u8], n: usize) -> Result<Vec<f64>, ExecError> {
     }
     if values.len() < n {
         return Err(ExecError(format!(
-            "short output: {} values on stdout for {n} parameters",
+            "short output: {} values on stdout, {n} expected (one per parameter and output)",
             values.len()
         )));
     }

@@ -319,6 +319,15 @@ mod tests {
                     PathBuf::from(&k.program),
                     &[],
                     Duration::from_secs(5),
+                    &crate::kernels::ChunkInput {
+                        run_id: k.run_id.clone(),
+                        chunk_index: 0,
+                        start: 0,
+                        end: 1,
+                        args: Default::default(),
+                        attempt: 1,
+                        sweep: None,
+                    },
                 )
                 .await
                 .expect("start"),

@@ -80,6 +80,7 @@ impl Program {
         path: PathBuf,
         argv: &[String],
         within: Duration,
+        chunk: &ChunkInput,
     ) -> Result<Program, String> {
         let mut cmd = tokio::process::Command::new(&path);
         cmd.args(argv)
@@ -113,7 +114,12 @@ impl Program {
             line: Vec::with_capacity(4_096),
             _group: group,
         };
-        match tokio::time::timeout(within, p.handshake()).await {
+        let named = chunk
+            .sweep
+            .as_ref()
+            .map(|s| (s.named.then(|| chunk.axis_names()), Some(s.outputs.clone())));
+        let (axes, outputs) = named.unwrap_or((None, None));
+        match tokio::time::timeout(within, p.handshake(axes, outputs)).await {
             Ok(Ok(())) => Ok(p),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(format!(
@@ -132,10 +138,16 @@ impl Program {
         self.pid
     }
 
-    async fn handshake(&mut self) -> Result<(), String> {
+    async fn handshake(
+        &mut self,
+        axes: Option<Vec<String>>,
+        outputs: Option<Vec<String>>,
+    ) -> Result<(), String> {
         let hello = ToProgram::Hello {
             protocol: VERSION,
             run_id: &self.key.run_id,
+            axes,
+            outputs,
         };
         if let Err(e) = self.send(&hello.line()).await {
             return Err(self.ended("before the handshake", &e).await);
@@ -165,11 +177,19 @@ impl Program {
         if let Ok(mut c) = self.stderr.chunk.lock() {
             *c = Some(chunk.chunk_index);
         }
+        let points = chunk.sweep.as_ref().filter(|s| s.named).map(|_| {
+            let names = chunk.axis_names();
+            chunk
+                .points()
+                .map(|p| protocol::point_json(&names, p))
+                .collect()
+        });
         let msg = ToProgram::Chunk {
             chunk: chunk.chunk_index,
             attempt: chunk.attempt,
             start: chunk.start,
             end: chunk.end,
+            points,
         };
         if let Err(e) = self.send(&msg.line()).await {
             return Err(Served::Broken(
@@ -179,18 +199,24 @@ impl Program {
         }
         let n = chunk.end - chunk.start;
         let reply = self
-            .receive(n * 64 + LINE_SLACK)
+            .receive(n * 64 * chunk.outputs() as u64 + LINE_SLACK)
             .await
             .map_err(Served::Broken)?;
         match reply {
-            Some(FromProgram::Result { chunk: c, values }) if c == chunk.chunk_index => {
-                if values.len() as u64 != n {
-                    return Err(Served::ChunkFailed(format!(
-                        "worker returned {} values for {n} parameters (chunk {c})",
-                        values.len()
-                    )));
+            Some(FromProgram::Result {
+                chunk: c,
+                values,
+                outputs,
+            }) if c == chunk.chunk_index => {
+                if let (Some(v), None) = (&values, &outputs) {
+                    if v.len() as u64 != n {
+                        return Err(Served::ChunkFailed(format!(
+                            "worker returned {} values for {n} parameters (chunk {c})",
+                            v.len()
+                        )));
+                    }
                 }
-                Ok(values)
+                protocol::assemble(chunk, values, outputs).map_err(Served::ChunkFailed)
             }
             Some(FromProgram::Error { chunk: c, error })
                 if c.is_none() || c == Some(chunk.chunk_index) =>

@@ -1,0 +1,91 @@
+//! `ttgctl best RUN --by OUTPUT [--max] [-n K]`: a run's best points, from
+//! the top-K the server keeps as chunks complete (a K beyond it makes the
+//! server scan the stored results) — never the whole run into the client.
+
+use ttg_proto::v1::BestRequest;
+
+use crate::client::{self, CliError, CliResult, EXIT_OK};
+use crate::output::Format;
+use crate::sweep;
+
+/// `ttgctl best`'s flags.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Run id.
+    pub run: String,
+    /// Output to rank by (default: the run's first output).
+    #[arg(long, value_name = "OUTPUT", default_value = "")]
+    pub by: String,
+    /// Largest first (default smallest first).
+    #[arg(long)]
+    pub max: bool,
+    /// How many points, 1..=10000.
+    #[arg(short = 'n', long = "top", value_name = "K", default_value_t = 10)]
+    pub n: u32,
+}
+
+/// Print the best points.
+pub async fn best(server: &str, a: &Args, format: Format) -> CliResult<i32> {
+    if !(1..=crate::results::MAX_SORTED as u32).contains(&a.n) {
+        return Err(CliError::usage(format!(
+            "-n must be in 1..={}, got {}",
+            crate::results::MAX_SORTED,
+            a.n
+        )));
+    }
+    let mut c = client::control(server).await?;
+    let r = c
+        .best(BestRequest {
+            run_id: a.run.clone(),
+            output: a.by.clone(),
+            max: a.max,
+            k: a.n,
+        })
+        .await?
+        .into_inner();
+    let by = if a.by.is_empty() {
+        r.outputs.first().cloned().unwrap_or_default()
+    } else {
+        a.by.clone()
+    };
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::json!({
+                "run_id": a.run,
+                "by": by,
+                "max": a.max,
+                "scanned": r.scanned,
+                "points": r.points.iter().map(|p| sweep::point_json(p, &r.outputs)).collect::<Vec<_>>(),
+            })
+        ),
+        _ => {
+            if r.points.is_empty() {
+                println!("no values yet");
+                return Ok(EXIT_OK);
+            }
+            println!(
+                "{} {} points of run {} by {by}:",
+                if a.max { "largest" } else { "smallest" },
+                r.points.len(),
+                a.run
+            );
+            for (rank, p) in r.points.iter().enumerate() {
+                let outs: Vec<String> = r
+                    .outputs
+                    .iter()
+                    .zip(&p.outputs)
+                    .map(|(n, v)| format!("{n}={v}"))
+                    .collect();
+                println!(
+                    "{:>4}. #{} {}  →  {}",
+                    rank + 1,
+                    p.index,
+                    sweep::coords(&p.values),
+                    outs.join(" ")
+                );
+            }
+        }
+    }
+    Ok(EXIT_OK)
+}
