@@ -1,6 +1,7 @@
-//! `ttgctl best RUN --by OUTPUT [--max] [-n K]`: a run's best points, from
-//! the top-K the server keeps as chunks complete (a K beyond it makes the
-//! server scan the stored results) — never the whole run into the client.
+//! `ttgctl best RUN --by OUTPUT [--max] [-n K]`: a run's best points,
+//! exactly. The server reads only the chunks whose stored extremes can hold
+//! them (see `server/src/store/best.rs`) — never the whole run into the
+//! client.
 
 use ttg_proto::v1::BestRequest;
 
@@ -55,7 +56,7 @@ pub async fn best(server: &str, a: &Args, format: Format) -> CliResult<i32> {
                 "run_id": a.run,
                 "by": by,
                 "max": a.max,
-                "scanned": r.scanned,
+                "chunks_read": r.chunks_read,
                 "points": r.points.iter().map(|p| sweep::point_json(p, &r.outputs)).collect::<Vec<_>>(),
             })
         ),

@@ -165,8 +165,8 @@ fn axis(name: &str, spec: &Yaml) -> Result<Axis, String> {
                         .map(Value::Int)
                         .or_else(|| n.as_f64().map(Value::Float))
                         .ok_or_else(|| format!("axes[{name}]: {n} is not a number TTG keeps")),
-                    Yaml::String(s) => Ok(Value::Text(s.clone())),
-                    Yaml::Bool(b) => Ok(Value::Text(b.to_string())),
+                    Yaml::String(s) => Ok(Value::Text(s.as_str().into())),
+                    Yaml::Bool(b) => Ok(Value::Text(b.to_string().into())),
                     other => Err(format!(
                         "axes[{name}]: values are numbers or text, got {}",
                         shown(other)
@@ -216,7 +216,7 @@ pub fn json_value(v: &Value) -> serde_json::Value {
     match v {
         Value::Int(i) => serde_json::json!(i),
         Value::Float(f) => serde_json::json!(f),
-        Value::Text(t) => serde_json::json!(t),
+        Value::Text(t) => serde_json::json!(&**t),
     }
 }
 

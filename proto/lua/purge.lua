@@ -1,6 +1,6 @@
 -- purge: remove a finished run's data at once, leaving a tombstone.
 -- KEYS (10): run hash, done bitmap, dead bitmap, dead-letter stream, results
---   hash, events stream, top-K hash, runs zset, expiring zset, gone zset.
+--   hash, events stream, extremes string, runs zset, expiring zset, gone zset.
 -- ARGV (5): run id, why ('expired': only once due; 'deleted': now), now ms,
 --   tombstone age ms, tombstone count.
 -- Returns {code, state}: 1 removed, 0 not due yet, -2 run still active,

@@ -54,11 +54,12 @@ impl Keys {
         format!("{}run:{run_id}:results", self.prefix)
     }
 
-    /// Hash: the run's top-K lists per output (field `2k`: best minima of
-    /// output k, `2k+1`: best maxima, as packed (value, index) f64 pairs,
-    /// best first) and their thresholds (field `t`).
-    pub fn top(&self, run_id: &str) -> String {
-        format!("{}run:{run_id}:top", self.prefix)
+    /// String: every counted chunk's extremes, little-endian f64 pairs
+    /// (min, max): output k's block of `total_chunks` pairs, then the next
+    /// output's (see complete.lua). Best reads one block to know which
+    /// chunks can hold the best points.
+    pub fn extremes(&self, run_id: &str) -> String {
+        format!("{}run:{run_id}:ext", self.prefix)
     }
 
     /// Stream of the run's events (field `e`: protobuf Event).
@@ -120,7 +121,7 @@ impl Keys {
             self.dead_bits(run_id),
             self.stats(),
             self.expiring(),
-            self.top(run_id),
+            self.extremes(run_id),
         ]
     }
 
@@ -148,7 +149,7 @@ impl Keys {
             self.dead_letters(run_id),
             self.results(run_id),
             self.events(run_id),
-            self.top(run_id),
+            self.extremes(run_id),
             self.runs(),
             self.expiring(),
             self.gone(),

@@ -9,7 +9,7 @@
 use redis::{Script, ScriptInvocation};
 
 use crate::keys::{Keys, GROUP};
-use crate::records::{exact_decimal, pack_values, parse_state};
+use crate::records::{pack_values, parse_state};
 use crate::v1::{RunState, Task};
 
 const PRELUDE: &str = include_str!("../lua/prelude.lua");
@@ -67,12 +67,8 @@ fn source(name: &str) -> &'static str {
         .unwrap_or_default()
 }
 
-/// Arguments the completion script takes per chunk of a one-output run
-/// (5 + 7 per output).
-pub const COMPLETE_ARGS: usize = 12;
-
-/// Best points kept per output and direction by the completion script.
-pub const TOP_K: usize = 100;
+/// Arguments the completion script takes per chunk.
+pub const COMPLETE_ARGS: usize = 6;
 
 /// What the fail and reclaim scripts need about one failed attempt.
 pub struct FailedAttempt<'a> {
@@ -133,43 +129,30 @@ impl Scripts {
 
     /// `complete.lua` for `chunks` of `run_id` delivered from `tasks` to
     /// `consumer` (all with the run's number of outputs). Reply
-    /// [`CompleteReply`]: see [`Completion::from_reply`] and
-    /// [`Thresholds::decode`].
+    /// `(Vec<i64>, String)`: see [`Completion::from_reply`].
     pub fn complete<'a>(
         &'a self,
         keys: &Keys,
         run_id: &str,
         tasks: &str,
         consumer: &str,
-        chunks: &[ChunkResult],
+        chunks: &[impl std::borrow::Borrow<ChunkResult>],
     ) -> ScriptInvocation<'a> {
         let mut inv = self.complete.prepare_invoke();
         for k in keys.complete_keys(run_id, tasks) {
             inv.key(k);
         }
-        let outputs = chunks.first().map_or(1, |c| c.outputs.len());
-        inv.arg(GROUP)
-            .arg(run_id)
-            .arg(consumer)
-            .arg(outputs)
-            .arg(TOP_K);
+        let outputs = chunks.first().map_or(1, |c| c.borrow().outputs());
+        inv.arg(GROUP).arg(run_id).arg(consumer).arg(outputs);
         for c in chunks {
-            debug_assert_eq!(c.outputs.len(), outputs, "one run, one number of outputs");
+            let c = c.borrow();
+            debug_assert_eq!(c.outputs(), outputs, "one run, one number of outputs");
             inv.arg(&c.entry_id)
                 .arg(c.chunk_index)
                 .arg(c.count)
                 .arg(&c.packed)
-                .arg(&c.event);
-            for o in &c.outputs {
-                inv.arg(&o.sum)
-                    .arg(&o.min)
-                    .arg(&o.max)
-                    .arg(o.argmin)
-                    .arg(o.argmax);
-            }
-            for o in &c.outputs {
-                inv.arg(&o.best_min).arg(&o.best_max);
-            }
+                .arg(&c.event)
+                .arg(&c.stats);
         }
         inv
     }
@@ -373,10 +356,6 @@ impl Scripts {
     }
 }
 
-/// The completion script's reply: per-chunk codes, the run's state after,
-/// and the top-K thresholds (see [`Thresholds::decode`]).
-pub type CompleteReply = (Vec<i64>, String, Vec<u8>);
-
 /// One chunk's result, as the completion script takes it.
 #[derive(Debug, Clone)]
 pub struct ChunkResult {
@@ -390,75 +369,11 @@ pub struct ChunkResult {
     pub packed: Vec<u8>,
     /// The ChunkCompleted event's body (see [`crate::records::event_body`]).
     pub event: Vec<u8>,
-    /// Per output: its statistics and top-K candidates.
-    pub outputs: Vec<OutputStats>,
-}
-
-/// One output's part of a chunk's result.
-#[derive(Debug, Clone)]
-pub struct OutputStats {
-    /// Sum, min and max as exact decimals (see [`exact_decimal`]).
-    pub sum: String,
-    /// Smallest value.
-    pub min: String,
-    /// Largest value.
-    pub max: String,
-    /// Index of the first point with the smallest value.
-    pub argmin: u64,
-    /// Index of the first point with the largest value.
-    pub argmax: u64,
-    /// Candidates for the run's best minima (packed (value, index) pairs,
-    /// best first; only those below the run's threshold, at most TOP_K).
-    pub best_min: Vec<u8>,
-    /// Candidates for the run's best maxima.
-    pub best_max: Vec<u8>,
-}
-
-/// The run's top-K thresholds as the completion script last reported them:
-/// per output, the TOP_K-th best minimum and maximum (None while fewer are
-/// kept). A stale threshold only lets more candidates through.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Thresholds(pub Vec<(Option<f64>, Option<f64>)>);
-
-impl Thresholds {
-    /// From the reply's packed f64s (NaN: none); empty or malformed: none.
-    pub fn decode(b: &[u8]) -> Self {
-        let v = crate::records::unpack_values(b).unwrap_or_default();
-        let some = |x: f64| (!x.is_nan()).then_some(x);
-        Thresholds(
-            v.chunks_exact(2)
-                .map(|p| (some(p[0]), some(p[1])))
-                .collect(),
-        )
-    }
-
-    fn of(&self, k: usize) -> (Option<f64>, Option<f64>) {
-        self.0.get(k).copied().unwrap_or((None, None))
-    }
-}
-
-/// The best up to TOP_K of `(value, index)` beating `thr`, packed best first.
-fn candidates(mut c: Vec<(f64, u64)>, better: impl Fn(f64, f64) -> bool) -> Vec<u8> {
-    let order = |a: &(f64, u64), b: &(f64, u64)| {
-        if better(a.0, b.0) {
-            std::cmp::Ordering::Less
-        } else if better(b.0, a.0) {
-            std::cmp::Ordering::Greater
-        } else {
-            a.1.cmp(&b.1)
-        }
-    };
-    if c.len() > TOP_K {
-        c.select_nth_unstable_by(TOP_K - 1, order);
-        c.truncate(TOP_K);
-    }
-    c.sort_unstable_by(order);
-    let mut out = Vec::with_capacity(c.len() * 16);
-    for (v, i) in c {
-        out.extend_from_slice(&v.to_le_bytes());
-        out.extend_from_slice(&(i as f64).to_le_bytes());
-    }
-    out
+    /// Per output, packed little-endian f64: K (min, max) pairs (the
+    /// chunk's extremes, stored as they are), then K (sum, index of the
+    /// first min, index of the first max) triples. Binary: the script
+    /// unpacks it without parsing decimals.
+    pub stats: Vec<u8>,
 }
 
 impl ChunkResult {
@@ -470,81 +385,66 @@ impl ChunkResult {
         values: &[f64],
         event: Vec<u8>,
     ) -> Self {
-        Self::build(
-            entry_id,
-            chunk_index,
-            start,
-            1,
-            values,
-            &Thresholds::default(),
-            |_| event,
-        )
+        Self::build(entry_id, chunk_index, start, 1, values, |_| event)
     }
 
     /// A chunk's values for `outputs` outputs (output after output, each
     /// `values.len() / outputs` long, first point `start`), summarised for
-    /// the script, with the event body built from the first output's sum
-    /// and only the top-K candidates that beat `thr`.
+    /// the script (one pass per output), with the event body built from
+    /// the first output's sum.
     pub fn build(
         entry_id: &str,
         chunk_index: u64,
         start: u64,
         outputs: usize,
         values: &[f64],
-        thr: &Thresholds,
         event: impl FnOnce(f64) -> Vec<u8>,
     ) -> Self {
         let outputs = outputs.max(1);
         let n = values.len() / outputs;
-        let stats: Vec<OutputStats> = (0..outputs)
-            .map(|k| {
-                let col = &values[k * n..(k + 1) * n];
-                let (mut sum, mut min, mut max, mut amin, mut amax) =
-                    (0.0, f64::INFINITY, f64::NEG_INFINITY, 0, 0);
-                let (tmin, tmax) = thr.of(k);
-                let (mut lo, mut hi) = (Vec::new(), Vec::new());
-                for (i, &v) in col.iter().enumerate() {
-                    sum += v;
-                    if v < min {
-                        min = v;
-                        amin = i;
-                    }
-                    if v > max {
-                        max = v;
-                        amax = i;
-                    }
-                    let idx = start + i as u64;
-                    if tmin.is_none_or(|t| v < t) {
-                        lo.push((v, idx));
-                    }
-                    if tmax.is_none_or(|t| v > t) {
-                        hi.push((v, idx));
-                    }
+        let mut extremes = Vec::with_capacity(outputs * 40);
+        let mut rest = Vec::with_capacity(outputs * 24);
+        let mut first_sum = 0.0;
+        for k in 0..outputs {
+            let col = &values[k * n..(k + 1) * n];
+            let (mut sum, mut min, mut max, mut amin, mut amax) =
+                (0.0, f64::INFINITY, f64::NEG_INFINITY, 0, 0);
+            for (i, &v) in col.iter().enumerate() {
+                sum += v;
+                if v < min {
+                    min = v;
+                    amin = i;
                 }
-                OutputStats {
-                    sum: exact_decimal(sum),
-                    min: exact_decimal(min),
-                    max: exact_decimal(max),
-                    argmin: start + amin as u64,
-                    argmax: start + amax as u64,
-                    best_min: candidates(lo, |a, b| a < b),
-                    best_max: candidates(hi, |a, b| a > b),
+                if v > max {
+                    max = v;
+                    amax = i;
                 }
-            })
-            .collect();
-        let first_sum = if n == 0 {
-            0.0
-        } else {
-            values[..n].iter().sum()
-        };
+            }
+            if k == 0 {
+                first_sum = sum;
+            }
+            let at = |i: usize| (start + i as u64) as f64;
+            for x in [min, max] {
+                extremes.extend_from_slice(&x.to_le_bytes());
+            }
+            for x in [sum, at(amin), at(amax)] {
+                rest.extend_from_slice(&x.to_le_bytes());
+            }
+        }
+        extremes.extend_from_slice(&rest);
         Self {
             entry_id: entry_id.to_string(),
             chunk_index,
             count: n,
             packed: pack_values(values),
             event: event(first_sum),
-            outputs: stats,
+            stats: extremes,
         }
+    }
+
+    /// Number of outputs the chunk carries.
+    pub fn outputs(&self) -> usize {
+        self.stats.len() / 40
     }
 }
 

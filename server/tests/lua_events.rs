@@ -146,7 +146,7 @@ async fn every_event_the_scripts_write_decodes_with_prost() {
         );
         ChunkResult::new(&entry, t.chunk_index, t.start, &values, body)
     };
-    let (codes, state, _): (Vec<i64>, String, Vec<u8>) = scripts
+    let (codes, state): (Vec<i64>, String) = scripts
         .complete(&keys, &id, &tasks, "tester", &[complete(e1, t1)])
         .invoke_async(&mut conn)
         .await
@@ -157,7 +157,7 @@ async fn every_event_the_scripts_write_decodes_with_prost() {
         .await
         .expect("retry");
     let third = read(1).await;
-    let (codes, state, _): (Vec<i64>, String, Vec<u8>) = scripts
+    let (codes, state): (Vec<i64>, String) = scripts
         .complete(
             &keys,
             &id,

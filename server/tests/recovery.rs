@@ -403,7 +403,7 @@ async fn kernel_errors_retry_then_dead_letter_and_a_late_result_rescues() {
             );
             let chunk = ChunkResult::new(&entry, task.chunk_index, task.start, &values, body);
             let inv = script.complete(&keys, &run_id, &tasks, "tester", &[chunk]);
-            let (codes, state, _): (Vec<i64>, String, Vec<u8>) =
+            let (codes, state): (Vec<i64>, String) =
                 inv.invoke_async(&mut conn).await.expect("complete");
             Completion::from_reply(codes[0], &state)
         }

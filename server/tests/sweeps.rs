@@ -44,8 +44,9 @@ fn num(v: &ttg_proto::v1::NamedValue) -> f64 {
 
 /// A 7 × 5 × 3 grid with 2 repeats through a Python model taking keyword
 /// arguments and returning two outputs: the minimum of `loss` is at
-/// x = 3, y = 0.5, act = "b", rep = 0, and Status, Watch, Best (kept and
-/// scanned), `ttgctl best` and `ttgctl results` all say so.
+/// x = 3, y = 0.5, act = "b", rep = 0, and Status, Watch, Best (reading
+/// few chunks, and all of them), `ttgctl best` and `ttgctl results` all say
+/// so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_grid_finds_its_analytic_best_everywhere() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -122,7 +123,8 @@ async fn a_python_grid_finds_its_analytic_best_everywhere() {
         "Watch argmin",
     );
 
-    // Best from the kept top-K, and from a scan (k beyond it): the same order.
+    // Best reads only the chunks that can hold the best points; asked for
+    // every point it reads them all, in the same order.
     let best = |k: u32, max: bool| {
         let mut c = c.clone();
         let run_id = run.run_id.clone();
@@ -139,17 +141,32 @@ async fn a_python_grid_finds_its_analytic_best_everywhere() {
         }
     };
     let kept = best(10, false).await;
-    assert!(!kept.scanned);
+    assert!(
+        kept.chunks_read < 27,
+        "read {} of 27 chunks",
+        kept.chunks_read
+    );
     assert_eq!(kept.points.len(), 10);
     check(&kept.points[0], "Best kept");
     assert_eq!(kept.points[0].outputs, vec![0.0, -1.5]);
-    let scanned = best(200, false).await;
-    assert!(scanned.scanned);
-    assert_eq!(scanned.points.len(), 200);
+    let scanned = best(500, false).await;
+    assert_eq!(scanned.chunks_read, 27);
+    assert_eq!(scanned.points.len(), 210);
     let idx = |r: &ttg_proto::v1::BestResponse, n: usize| {
         r.points.iter().take(n).map(|p| p.index).collect::<Vec<_>>()
     };
-    assert_eq!(idx(&kept, 10), idx(&scanned, 10), "kept top-K = scan");
+    assert_eq!(idx(&kept, 10), idx(&scanned, 10), "pruned = full read");
+    // The full order is the brute-force one: by loss, then index.
+    let mut brute: Vec<(f64, u64)> = scanned
+        .points
+        .iter()
+        .map(|p| (p.outputs[0], p.index))
+        .collect();
+    brute.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    assert_eq!(
+        brute.iter().map(|x| x.1).collect::<Vec<_>>(),
+        idx(&scanned, 210)
+    );
     let losses: Vec<f64> = scanned.points.iter().map(|p| p.outputs[0]).collect();
     assert!(
         losses.windows(2).all(|w| w[0] <= w[1]),

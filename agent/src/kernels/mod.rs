@@ -59,6 +59,15 @@ impl ChunkInput {
         })
     }
 
+    /// Call `f(index, values)` for each point of the chunk, in order,
+    /// without an allocation per point (see [`ttg_proto::space::Space::walk`]).
+    pub fn for_each_point(&self, mut f: impl FnMut(u64, &[Value])) {
+        match &self.sweep {
+            Some(s) => s.space.walk(self.start, self.end, f),
+            None => (self.start..self.end).for_each(|i| f(i, &[Value::Int(i as i64)])),
+        }
+    }
+
     /// Names of a point's values (`p` for `--params`).
     pub fn axis_names(&self) -> Vec<String> {
         match &self.sweep {

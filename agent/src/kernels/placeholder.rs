@@ -6,8 +6,9 @@
 //!
 //! Over a named space it reads each point's typed values: output 0 is still
 //! `value(i)` of the point's index (so any 10,000-point space sums to
-//! 5,000,355.00), and output k ≥ 1 is `value(i) + k · s` where `s` is the
-//! sum of the point's numeric coordinates (text counts 0).
+//! 5,000,355.00), and output k ≥ 1 is `value(i) + k · frac(s)` where `s` is
+//! the sum of the point's numeric coordinates (text counts 0) — bounded and
+//! not monotone in the index, like most measurements.
 
 use std::time::Duration;
 
@@ -60,12 +61,13 @@ fn outputs(chunk: &ChunkInput) -> Vec<f64> {
     }
     let n = chunk.len();
     let mut out = vec![0.0; n * k];
-    for (i, point) in chunk.points().enumerate() {
-        let v = value(chunk.start + i as u64);
+    chunk.for_each_point(|i, point| {
+        let v = value(i);
         let s: f64 = point.iter().filter_map(|x| x.as_f64()).sum();
+        let at = (i - chunk.start) as usize;
         for (o, col) in out.chunks_exact_mut(n).enumerate() {
-            col[i] = v + o as f64 * s;
+            col[at] = v + o as f64 * (s - s.floor());
         }
-    }
+    });
     out
 }

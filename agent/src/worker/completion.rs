@@ -39,7 +39,6 @@ impl Worker {
         compute_ms: u64,
     ) {
         let run_id = &task.run_id;
-        let thr = self.thresholds(run_id);
         let body = |sum| {
             event_body(
                 run_id,
@@ -66,7 +65,6 @@ impl Worker {
                     task.start,
                     outputs,
                     values,
-                    &thr,
                     body,
                 ),
                 done: tx,
@@ -142,9 +140,9 @@ impl Worker {
                     .into_iter()
                     .partition(|p| p.run_id == run_id && p.stream == stream);
                 round = rest;
-                let chunks: Vec<ChunkResult> = group.iter().map(|p| p.chunk.clone()).collect();
+                let chunks: Vec<&ChunkResult> = group.iter().map(|p| &p.chunk).collect();
                 let keys = &self.keys;
-                let reply: Option<CompleteReply> = self
+                let reply: Option<(Vec<i64>, String)> = self
                     .retry_redis("complete", |mut c| {
                         let inv =
                             self.scripts
@@ -152,11 +150,8 @@ impl Worker {
                         async move { inv.invoke_async(&mut c).await }
                     })
                     .await;
-                if let Some((_, _, thr)) = &reply {
-                    self.set_thresholds(&run_id, thr);
-                }
                 for (i, p) in group.into_iter().enumerate() {
-                    let outcome = reply.as_ref().map(|(codes, state, _)| {
+                    let outcome = reply.as_ref().map(|(codes, state)| {
                         Completion::from_reply(codes.get(i).copied().unwrap_or(-1), state)
                     });
                     let _ = p.done.send(outcome);

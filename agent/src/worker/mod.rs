@@ -3,7 +3,7 @@
 //! - `chunk`: one entry's path — decode, claim gate, compute, check, settle.
 //! - `completion`: batched completion scripts and failed attempts.
 //! - `runs`: what the agent believes of runs, and the claim gate that asks Redis.
-//! - `sweeps`: runs' named spaces and outputs (read once), top-K thresholds.
+//! - `sweeps`: runs' named spaces and outputs (read once).
 //! - `lease`: lease renewal, chunks reclaimed from under it, the sweep.
 //!
 //! Redis trouble never loses a chunk: a completion is retried until Redis
@@ -29,7 +29,7 @@ use ttg_proto::keys::{Keys, GROUP};
 use ttg_proto::records::{event_body, TaskEntry, TASK_FIELD};
 use ttg_proto::redis_conn::{self, is_transient};
 use ttg_proto::runtime::Backoff;
-use ttg_proto::scripts::{ChunkResult, CompleteReply, Completion, FailedAttempt, Failure, Scripts};
+use ttg_proto::scripts::{ChunkResult, Completion, FailedAttempt, Failure, Scripts};
 use ttg_proto::v1::{event, ChunkCompleted, ChunkFailed, HeldChunk, RunState, Task};
 
 use crate::kernels::{ChunkInput, KernelError, Registry};
@@ -81,7 +81,7 @@ pub struct Worker {
     /// fleet-wide histogram.
     ack_latencies: Mutex<Vec<u32>>,
     runs: Mutex<HashMap<String, runs::RunLocal>>,
-    /// Named spaces and outputs of runs, and their top-K thresholds.
+    /// Named spaces and outputs of runs.
     sweeps: sweeps::Sweeps,
     completed: AtomicU64,
     /// Completions waiting to be sent, and whether a task is sending them.

@@ -1,14 +1,12 @@
 //! What an agent knows of each run's sweep: its named space and outputs,
 //! read from the run's spec once (only for tasks that say the run has
-//! them), and its top-K thresholds, as the last completion reply gave them.
+//! them).
 
 use super::*;
-use ttg_proto::scripts::Thresholds;
 use ttg_proto::space::Sweep;
 
-/// Runs whose sweep and thresholds are remembered before they are
-/// forgotten (a forgotten one costs one HGET, or candidates the script
-/// drops).
+/// Runs whose sweep is remembered before they are all forgotten (a
+/// forgotten one costs one HGET).
 const KEPT: usize = 4_096;
 
 /// Encoded spec bytes of the sweeps remembered at most: a space may be up
@@ -23,16 +21,6 @@ type Known = (HashMap<String, (Arc<Sweep>, usize)>, usize);
 #[derive(Default)]
 pub(super) struct Sweeps {
     sweeps: Mutex<Known>,
-    thresholds: Mutex<HashMap<String, Thresholds>>,
-}
-
-fn remember<V>(map: &Mutex<HashMap<String, V>>, run_id: &str, v: V) {
-    if let Ok(mut m) = map.lock() {
-        if m.len() >= KEPT && !m.contains_key(run_id) {
-            m.clear();
-        }
-        m.insert(run_id.to_string(), v);
-    }
 }
 
 impl Worker {
@@ -87,23 +75,5 @@ impl Worker {
             map.insert(run_id.to_string(), (sweep.clone(), spec.len()));
         }
         Ok(Some(sweep))
-    }
-
-    /// The run's top-K thresholds as last reported (none yet: all
-    /// candidates go).
-    pub(super) fn thresholds(&self, run_id: &str) -> Thresholds {
-        self.sweeps
-            .thresholds
-            .lock()
-            .ok()
-            .and_then(|m| m.get(run_id).cloned())
-            .unwrap_or_default()
-    }
-
-    /// Remember the thresholds a completion reply carried.
-    pub(super) fn set_thresholds(&self, run_id: &str, packed: &[u8]) {
-        if !packed.is_empty() {
-            remember(&self.sweeps.thresholds, run_id, Thresholds::decode(packed));
-        }
     }
 }

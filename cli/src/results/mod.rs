@@ -1,7 +1,7 @@
 //! `ttgctl results RUN -o csv|json|jsonl|parquet`: every point of a run in
 //! index order — its index, its named values, then its outputs — streamed
 //! with bounded memory; or, with `--sort OUTPUT --limit K`, the K best
-//! points by one output (from the server's kept top-K, or its scan). A run
+//! points by one output (the server's Best, as `ttgctl best`). A run
 //! that is not SUCCEEDED has its stored values written all the same, but
 //! the command says on stderr how many are missing and exits 1, unless
 //! `--partial`.

@@ -14,8 +14,8 @@ use ttg_proto::space::{AxisKind, Space, Value};
 use super::{Columns, Sink};
 use crate::client::{CliError, CliResult};
 
-/// Rows per row group (about 8 MB per numeric column buffered).
-const ROWS: usize = 1 << 20;
+/// Rows per row group (2 MB per numeric column buffered).
+const ROWS: usize = 1 << 18;
 
 /// How a column is stored.
 #[derive(Clone, Copy, PartialEq)]

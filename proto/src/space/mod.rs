@@ -45,8 +45,8 @@ pub enum Value {
     Int(i64),
     /// A finite number.
     Float(f64),
-    /// A word.
-    Text(String),
+    /// A word (shared: a point's text is the axis's, not a copy).
+    Text(std::sync::Arc<str>),
 }
 
 impl fmt::Display for Value {
@@ -276,7 +276,7 @@ impl Axis {
             }
             _ => AxisKind::List(
                 spec.split(',')
-                    .map(|v| number(v).unwrap_or_else(|| Value::Text(v.trim().to_string())))
+                    .map(|v| number(v).unwrap_or_else(|| Value::Text(v.trim().into())))
                     .collect(),
             ),
         };
@@ -477,12 +477,21 @@ pub fn valid_name(n: &str) -> bool {
 
 /// 10^e, exact for whole e (so logspace's decades are 1e-3, not 0.0010000000000000002).
 fn pow10(e: f64) -> f64 {
-    if e.fract() == 0.0 && e.abs() < 300.0 {
-        format!("1e{}", e as i64)
+    // 10^0 ..= 10^22 are exact doubles, and 1 / 10^k is correctly rounded:
+    // the same as parsing "1e-k".
+    const EXACT: [f64; 23] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+        1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+    ];
+    if e.fract() != 0.0 || e.abs() >= 300.0 {
+        return 10f64.powf(e);
+    }
+    match EXACT.get(e.abs() as usize) {
+        Some(p) if e >= 0.0 => *p,
+        Some(p) => 1.0 / p,
+        None => format!("1e{}", e as i64)
             .parse()
-            .unwrap_or_else(|_| 10f64.powf(e))
-    } else {
-        10f64.powf(e)
+            .unwrap_or_else(|_| 10f64.powf(e)),
     }
 }
 
@@ -585,6 +594,62 @@ impl Space {
         v
     }
 
+    /// Call `f(i, values)` for every point `start .. end` in order, with one
+    /// buffer for all of them: a grid steps its mixed-radix digits (only
+    /// the axes that change are decoded again), so a chunk costs about one
+    /// value per point instead of a full decode and an allocation.
+    pub fn walk(&self, start: u64, end: u64, mut f: impl FnMut(u64, &[Value])) {
+        if start >= end {
+            return;
+        }
+        if self.sample.is_some() {
+            for i in start..end {
+                f(i, &self.point(i));
+            }
+            return;
+        }
+        let mut cur = self.point(start);
+        let axes = self.axes.len();
+        let lens: Vec<u64> = self
+            .axes
+            .iter()
+            .map(|a| a.len().unwrap_or(1).max(1))
+            .collect();
+        // Digits of the point's base index, last axis fastest.
+        let mut digits = vec![0u64; axes];
+        let mut rest = start / self.repeat;
+        for j in (0..axes).rev() {
+            digits[j] = rest % lens[j];
+            rest /= lens[j];
+        }
+        let mut rep = start % self.repeat;
+        f(start, &cur);
+        for i in start + 1..end {
+            if self.repeat > 1 {
+                rep += 1;
+                if rep < self.repeat {
+                    cur[axes] = Value::Int(rep as i64);
+                    f(i, &cur);
+                    continue;
+                }
+                rep = 0;
+                cur[axes] = Value::Int(0);
+            }
+            let mut j = axes;
+            while j > 0 {
+                j -= 1;
+                digits[j] += 1;
+                if digits[j] < lens[j] {
+                    cur[j] = self.axes[j].value(digits[j]);
+                    break;
+                }
+                digits[j] = 0;
+                cur[j] = self.axes[j].value(0);
+            }
+            f(i, &cur);
+        }
+    }
+
     /// The values of point `i` (< len), in the order of [`Space::names`].
     pub fn point(&self, i: u64) -> Vec<Value> {
         let (base, rep) = (i / self.repeat, i % self.repeat);
@@ -658,6 +723,14 @@ mod tests {
         assert_eq!(s.point(1), vec![Value::Text("adam".into()), Value::Int(1)]);
         assert_eq!(s.point(2)[0], Value::Text("sgd".into()));
         assert_eq!(s.point(0)[1], Value::Float(0.1));
+    }
+
+    #[test]
+    fn whole_decades_are_the_decimal_literals() {
+        for e in -299..=299 {
+            let want: f64 = format!("1e{e}").parse().unwrap();
+            assert_eq!(pow10(e as f64), want, "1e{e}");
+        }
     }
 
     #[test]
@@ -765,7 +838,7 @@ mod tests {
             depths.insert(d);
             let Value::Float(dr) = p[2] else { panic!() };
             assert!((0.0..0.5).contains(&dr));
-            assert!(matches!(&p[3], Value::Text(t) if t == "adam" || t == "sgd"));
+            assert!(matches!(&p[3], Value::Text(t) if &**t == "adam" || &**t == "sgd"));
         }
         // randint: HIGH excluded, every value reached.
         assert_eq!(depths.into_iter().collect::<Vec<_>>(), vec![2, 3, 4]);
@@ -811,6 +884,23 @@ mod props {
                 let got: Vec<i64> = s.point(i as u64).iter().map(|v| match v { Value::Int(x) => *x, _ => -1 }).collect();
                 prop_assert_eq!(&got, w);
             }
+        }
+
+        /// Walking a range of points gives exactly the decoded points.
+        #[test]
+        fn walking_matches_decoding(lens in proptest::collection::vec(1u64..5, 1..4), repeat in 1u64..4, a in 0u64..200, len in 0u64..60) {
+            let axes: Vec<Axis> = lens
+                .iter()
+                .enumerate()
+                .map(|(j, n)| Axis { name: format!("a{j}"), kind: AxisKind::List((0..*n).map(|v| if j == 0 { Value::Text(format!("t{v}").into()) } else { Value::Float(v as f64 / 2.0) }).collect()) })
+                .collect();
+            let s = Space { axes, repeat, sample: None };
+            let total = s.validate(u64::MAX).unwrap();
+            let (start, end) = (a.min(total), (a + len).min(total));
+            let mut got = Vec::new();
+            s.walk(start, end, |i, p| got.push((i, p.to_vec())));
+            let want: Vec<_> = (start..end).map(|i| (i, s.point(i))).collect();
+            prop_assert_eq!(got, want);
         }
 
         /// Any `--axis` text parses or is refused with a field, never panics;

@@ -14,7 +14,7 @@ impl Value {
             value: Some(match self {
                 Value::Int(i) => Wv::Int(*i),
                 Value::Float(f) => Wv::Float(*f),
-                Value::Text(t) => Wv::Text(t.clone()),
+                Value::Text(t) => Wv::Text(t.to_string()),
             }),
         }
     }
@@ -24,7 +24,7 @@ impl Value {
         Some(match v.value.as_ref()? {
             Wv::Int(i) => Value::Int(*i),
             Wv::Float(f) => Value::Float(*f),
-            Wv::Text(t) => Value::Text(t.clone()),
+            Wv::Text(t) => Value::Text(t.as_str().into()),
         })
     }
 

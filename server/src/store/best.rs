@@ -1,11 +1,14 @@
-//! Best: a run's k best points by one output — from the top-K lists the
-//! completion script keeps, or, for k beyond them, a scan of the results
-//! with a bounded heap.
+//! Best: a run's k best points by one output, exactly, reading few chunks.
+//! The completion script stores every counted chunk's minimum and maximum
+//! per output (`run:<id>:ext`, one column per output and direction); Best
+//! reads that column and the done bitmap, orders the done chunks by their
+//! extreme, and reads chunks in that order into a bounded heap until the
+//! next chunk's extreme is worse than the k-th best point so far — no unread
+//! chunk can then hold a better one.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeSet, BinaryHeap};
+use std::collections::BinaryHeap;
 
-use ttg_proto::scripts::TOP_K;
 use ttg_proto::space::Sweep;
 use ttg_proto::v1::{BestResponse, Point};
 
@@ -15,11 +18,17 @@ use super::*;
 pub const MAX_BEST: u32 = 10_000;
 /// Points Best returns when k is 0.
 pub const DEFAULT_BEST: u32 = 10;
+/// Chunks read per HMGET.
+const BATCH: usize = 16;
+/// Bytes of chunk extremes read per GETRANGE.
+const EXTREMES_WINDOW: u64 = 4 << 20;
 
-/// A candidate in the scan's heap: the worst kept on top.
+/// A point in the heap, ranked by `key` (the value, negated for largest
+/// first), then index: the heap's top is the worst kept.
 struct Ranked {
     key: f64,
     index: u64,
+    outputs: Vec<f64>,
 }
 
 impl PartialEq for Ranked {
@@ -34,15 +43,20 @@ impl PartialOrd for Ranked {
     }
 }
 impl Ord for Ranked {
-    /// Better = smaller key, then smaller index; the heap's top is the worst.
     fn cmp(&self, o: &Self) -> Ordering {
         self.key.total_cmp(&o.key).then(self.index.cmp(&o.index))
     }
 }
 
+fn bit(bitmap: &[u8], i: u64) -> bool {
+    let byte = (i / 8) as usize;
+    byte < bitmap.len() && bitmap[byte] & (0x80 >> (i % 8)) != 0
+}
+
 impl Store {
     /// The `k` best points of a run by `output` ("" = the first), smallest
-    /// first or, with `max`, largest first; each with every output.
+    /// first or, with `max`, largest first; each with every output. Equal
+    /// values rank by index.
     pub async fn best(
         &self,
         run_id: &str,
@@ -81,131 +95,138 @@ impl Store {
                     )
                 })?
         };
-        let (ranked, scanned) = if k as usize <= TOP_K {
-            (self.kept_best(&spec, o, max, k as usize).await?, false)
-        } else {
-            (
-                self.scan_best(&spec, sweep.outputs.len(), o, max, k as usize)
-                    .await?,
-                true,
-            )
+        let sign = if max { -1.0 } else { 1.0 };
+        let outputs = sweep.outputs.len();
+        let order = self.chunk_order(&spec, outputs, o, max).await?;
+        let (k, key) = (k as usize, self.keys.results(run_id));
+        let mut heap: BinaryHeap<Ranked> = BinaryHeap::with_capacity(k + 1);
+        let mut c = self.conn();
+        let mut read = 0u64;
+        let mut next = 0;
+        // Whether a chunk (its extreme, its index) may hold a point that
+        // beats the k-th best so far. Chunks come by extreme, then index,
+        // so the first that cannot ends the search: a worse extreme cannot,
+        // nor can an equal one whose first point comes after the k-th best
+        // (equal values rank by index).
+        let may_beat = |h: &BinaryHeap<Ranked>, (ext, ch): (f64, u64)| match h.peek() {
+            Some(w) if h.len() >= k => {
+                ext < w.key || (ext == w.key && ch * spec.chunk_size.max(1) < w.index)
+            }
+            _ => true,
         };
-        let outputs = self.outputs_of(&spec, sweep.outputs.len(), &ranked).await?;
-        let points = ranked
-            .iter()
-            .zip(outputs)
-            .map(|(&i, outs)| Point {
-                outputs: outs,
-                ..sweep.space.wire_point(i)
+        while next < order.len() {
+            if !may_beat(&heap, order[next]) {
+                break;
+            }
+            let batch: Vec<u64> = order[next..(next + BATCH).min(order.len())]
+                .iter()
+                .take_while(|e| may_beat(&heap, **e))
+                .map(|(_, ch)| *ch)
+                .collect();
+            next += batch.len().max(1);
+            let vals: Vec<Option<Vec<u8>>> = self
+                .timed(
+                    redis::cmd("HMGET")
+                        .arg(&key)
+                        .arg(&batch)
+                        .query_async(&mut c),
+                )
+                .await?;
+            for (ch, v) in batch.iter().zip(vals) {
+                let Some(bytes) = v else { continue };
+                read += 1;
+                let values = unpack_values(&bytes)?;
+                let (start, _) = chunk_range(spec.params, spec.chunk_size, *ch);
+                let n = values.len() / outputs.max(1);
+                for i in 0..n {
+                    let r = Ranked {
+                        key: sign * values[o * n + i],
+                        index: start + i as u64,
+                        outputs: Vec::new(),
+                    };
+                    if heap.len() < k || heap.peek().is_some_and(|w| r < *w) {
+                        let outs = (0..outputs).map(|j| values[j * n + i]).collect();
+                        heap.push(Ranked { outputs: outs, ..r });
+                        if heap.len() > k {
+                            heap.pop();
+                        }
+                    }
+                }
+            }
+        }
+        let points = heap
+            .into_sorted_vec()
+            .into_iter()
+            .map(|r| Point {
+                outputs: r.outputs,
+                ..sweep.space.wire_point(r.index)
             })
             .collect();
         Ok(BestResponse {
             points,
             outputs: sweep.outputs,
-            scanned,
+            chunks_read: read,
         })
     }
 
-    /// From the completion script's top-K list (see `complete.lua`).
-    async fn kept_best(&self, spec: &RunSpec, o: usize, max: bool, k: usize) -> Result<Vec<u64>> {
-        let mut c = self.conn();
-        let field = 2 * o + usize::from(max);
-        let packed: Option<Vec<u8>> = self
-            .timed(
-                redis::cmd("HGET")
-                    .arg(self.keys.top(&spec.run_id))
-                    .arg(field)
-                    .query_async(&mut c),
-            )
-            .await?;
-        let pairs = unpack_values(&packed.unwrap_or_default())?;
-        Ok(pairs
-            .chunks_exact(2)
-            .take(k)
-            .map(|p| p[1] as u64)
-            .filter(|&i| i < spec.params)
-            .collect())
-    }
-
-    /// Scan every stored value of output `o`, keeping the best `k`.
-    async fn scan_best(
+    /// The run's done chunks with their minimum (or, with `max`, their
+    /// negated maximum) of output `o` of `outputs`, best first. The
+    /// extremes are read a window at a time: the server holds one window
+    /// and 16 bytes per chunk.
+    async fn chunk_order(
         &self,
         spec: &RunSpec,
         outputs: usize,
         o: usize,
         max: bool,
-        k: usize,
-    ) -> Result<Vec<u64>> {
+    ) -> Result<Vec<(f64, u64)>> {
+        let total = spec.total_chunks;
         let sign = if max { -1.0 } else { 1.0 };
-        let mut heap: BinaryHeap<Ranked> = BinaryHeap::with_capacity(k + 1);
-        self.scan_results(spec, |_, start, values| {
-            let n = values.len() / outputs.max(1);
-            for (i, v) in values[o * n..(o + 1) * n].iter().enumerate() {
-                let r = Ranked {
-                    key: sign * v,
-                    index: start + i as u64,
-                };
-                if heap.len() < k {
-                    heap.push(r);
-                } else if heap.peek().is_some_and(|w| r < *w) {
-                    heap.pop();
-                    heap.push(r);
-                }
-            }
-            std::future::ready(true)
-        })
-        .await?;
-        Ok(heap
-            .into_sorted_vec()
-            .into_iter()
-            .map(|r| r.index)
-            .collect())
-    }
-
-    /// Every output of each point, read from its chunk's stored values.
-    async fn outputs_of(
-        &self,
-        spec: &RunSpec,
-        outputs: usize,
-        points: &[u64],
-    ) -> Result<Vec<Vec<f64>>> {
-        let size = spec.chunk_size.max(1);
-        let chunks: Vec<u64> = points
-            .iter()
-            .map(|i| i / size)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let mut stored = HashMap::new();
+        let row = 16 * outputs as u64;
         let mut c = self.conn();
-        for batch in chunks.chunks(256) {
-            let vals: Vec<Option<Vec<u8>>> = self
+        let done: Vec<u8> = self
+            .timed(
+                redis::cmd("GET")
+                    .arg(self.keys.done(&spec.run_id))
+                    .query_async(&mut c),
+            )
+            .await?;
+        let per_window = (EXTREMES_WINDOW / row).max(1);
+        let mut ext = Vec::with_capacity(total as usize * 16);
+        let mut first = 0;
+        while first < total {
+            let last = (first + per_window).min(total);
+            let part: Vec<u8> = self
                 .timed(
-                    redis::cmd("HMGET")
-                        .arg(self.keys.results(&spec.run_id))
-                        .arg(batch)
+                    redis::cmd("GETRANGE")
+                        .arg(self.keys.extremes(&spec.run_id))
+                        .arg(first * row)
+                        .arg(last * row - 1)
                         .query_async(&mut c),
                 )
                 .await?;
-            for (ch, v) in batch.iter().zip(vals) {
-                if let Some(b) = v {
-                    stored.insert(*ch, unpack_values(&b)?);
-                }
+            // Keep only output o's (min, max) of each chunk.
+            for ch in first..last {
+                let at = ((ch - first) * row) as usize + 16 * o;
+                ext.extend_from_slice(part.get(at..at + 16).unwrap_or(&[0; 16]));
             }
+            first = last;
         }
-        Ok(points
-            .iter()
-            .map(|&i| {
-                let ch = i / size;
-                let (start, end) = chunk_range(spec.params, spec.chunk_size, ch);
-                let n = (end - start) as usize;
-                let at = (i - start) as usize;
-                stored
-                    .get(&ch)
-                    .filter(|v| v.len() == n * outputs)
-                    .map(|v| (0..outputs).map(|k| v[k * n + at]).collect())
-                    .unwrap_or_default()
+        let mut order: Vec<(f64, u64)> = (0..total)
+            .filter(|&ch| bit(&done, ch))
+            .map(|ch| {
+                let at = (ch * 16) as usize + if max { 8 } else { 0 };
+                // A chunk counted past the string's end has no extremes
+                // stored (not expected): it sorts first, so it is read.
+                let v = ext
+                    .get(at..at + 8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(f64::from_le_bytes)
+                    .unwrap_or(f64::NEG_INFINITY * sign);
+                (sign * v, ch)
             })
-            .collect())
+            .collect();
+        order.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        Ok(order)
     }
 }

@@ -68,7 +68,7 @@ pub fn point_json(names: &[String], values: Vec<Value>) -> serde_json::Value {
         let j = match v {
             Value::Int(i) => serde_json::Value::from(i),
             Value::Float(f) => serde_json::Value::from(f),
-            Value::Text(t) => serde_json::Value::from(t),
+            Value::Text(t) => serde_json::Value::from(&*t),
         };
         m.insert(n.clone(), j);
     }
