@@ -4,7 +4,7 @@
 Runs redis-server under callgrind, loads the completion script exactly as the
 agents do (proto/lua/prelude.lua + complete.lua), sets up a RUNNING run,
 and calls the script on real pending deliveries with batches of 1, 8 and 32 chunks of P2's shape (100
-packed f64 values, a 60-byte event body). Prints Redis's instructions per
+packed f64 values, a 60-byte event body), and of 32 chunks with 3 outputs (#18's named outputs). Prints Redis's instructions per
 chunk (Ir, callgrind's count: stable on a noisy shared machine, unlike wall
 time). Also counts XREADGROUP COUNT 8 per entry delivered, and reports the
 biggest functions of the batch-32 case.
@@ -17,6 +17,7 @@ import glob
 import re
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -58,9 +59,9 @@ def main():
         wait_port(port, within=60)
         r = Resp(port)
         sha = r.call("SCRIPT", "LOAD", stream_scripts()).decode()
-        r.call("HSET", "b:run", "state", "RUNNING", "total", 10 ** 9, "done", 0, "dead", 0, "count", 0,
+        r.call("HSET", "b:run", "state", "RUNNING", "total", 10 ** 5, "done", 0, "dead", 0, "count", 0,
                "sum", 0, "retention_ms", 1000)
-        need = 20 + CALLS * (1 + 8 + 32)
+        need = 20 + CALLS * (1 + 8 + 32 + 32)
         for i in range(need + CALLS * 8 + 100):
             r.call("XADD", "b:tasks", "*", "t", "x" * 40, "a", "1", "tp", "")
         r.call("XGROUP", "CREATE", "b:tasks", "agents", "0")
@@ -69,24 +70,26 @@ def main():
         ids = iter([e[0].decode() for e in got[0][1]])
         values, body = "v" * 800, "e" * 60
         keys = lambda i: ["b:run", f"b:done:{i}", "b:results", "b:events", "b:tasks", "b:deadbits",
-                          "b:stats", "b:expiring"]
+                          "b:stats", "b:expiring", "b:ext"]
+        # Per output (min, max), then per output (sum, argmin, argmax), f64.
+        stats = lambda k: struct.pack(f"<{2 * k}d", *[0.5, 99.5] * k) + struct.pack(f"<{3 * k}d", *[4999.5, 0, 99] * k)
         rows = []
         pid = vg.pid
         # Warm up (the script compiled, the stream's structures allocated).
         for i in range(20):
-            r.call("EVALSHA", sha, 8, *keys(f"w{i}"), "agents", "run", "w",
-                   *[next(ids), 0, 100, "4999.5", "0.5", "99.5", values, body])
-        for batch in (1, 8, 32):
+            r.call("EVALSHA", sha, 9, *keys(f"w{i}"), "agents", "run", "w", 1,
+                   *[next(ids), 0, 100, values, body, stats(1)])
+        for batch, outputs in ((1, 1), (8, 1), (32, 1), (32, 3)):
             subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
             r.call("PING")
             for i in range(CALLS):
                 args = []
                 for k in range(batch):
-                    args += [next(ids), k, 100, "4999.5", "0.5", "99.5", values, body]
-                r.call("EVALSHA", sha, 8, *keys(f"{batch}:{i}"), "agents", "run", "w", *args)
+                    args += [next(ids), k, 100, values * outputs, body, stats(outputs)]
+                r.call("EVALSHA", sha, 9, *keys(f"{batch}:{outputs}:{i}"), "agents", "run", "w", outputs, *args)
             ir, f = dump(pid, d)
-            rows.append((f"completion script, batch {batch}", ir / (CALLS * batch)))
-            if batch == 32:
+            rows.append((f"completion script, batch {batch}, {outputs} output(s)", ir / (CALLS * batch)))
+            if batch == 32 and outputs == int(os.environ.get("LUA_COST_HOT_OUTPUTS", "1")):
                 top = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100", f],
                                      capture_output=True, text=True).stdout
                 lines = [ln for ln in top.splitlines() if re.match(r"^\s*[\d,]+ \(", ln)]
