@@ -88,10 +88,12 @@ def redis_limit(tmp, chunks, agents, concurrency, batch, cbatch):
         # redis-benchmark's __rand_int__ is zero-padded, which Redis refuses
         # as a bit offset: a fresh done bitmap per call (chunk 0 of it) makes
         # every call take the first-result path, as every real chunk does.
-        per_chunk = lambda k: ["1-0", str(k), "100", "4999.5", "0.5", "99.5", values, body]
-        completes = cbatch * rate(["EVALSHA", sha, "8", "b:run", "b:done:__rand_int__", "b:results",
-                                   "b:events", "b:tasks", "b:deadbits", "b:stats", "b:expiring", "agents",
-                                   "run", "c", *[a for k in range(cbatch) for a in per_chunk(k)]],
+        # The stats argument is 5 packed f64 (40 bytes); never unpacked here
+        # (the call stops at the ownership check), and argv takes no NUL.
+        per_chunk = lambda k: ["1-0", str(k), "100", values, body, "s" * 40]
+        completes = cbatch * rate(["EVALSHA", sha, "9", "b:run", "b:done:__rand_int__", "b:results",
+                                   "b:events", "b:tasks", "b:deadbits", "b:stats", "b:expiring", "b:ext",
+                                   "agents", "run", "c", "1", *[a for k in range(cbatch) for a in per_chunk(k)]],
                                   max(1, chunks // cbatch))
         limit = 1 / (1 / completes + 1 / (reads * batch))
         return reads, completes, limit

@@ -4,6 +4,7 @@ and process CPU and memory sampling. Standard library only."""
 
 import json
 import os
+import re
 import socket
 import subprocess
 import tempfile

@@ -591,3 +591,113 @@ async fn bad_spaces_are_refused_and_dry_runs_store_nothing() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("1. #") && out.contains("p="), "{out}");
 }
+
+/// `exec mode=chunk` over a named space: a one-point chunk gets its
+/// coordinates as `TTG_AXIS_<name>` (a shell script prints them back as its
+/// two outputs), and a Python model through the library reads its points
+/// as JSON lines and prints each point's outputs — the values land under
+/// the right output and point. Built-in collatz computes on the typed first
+/// coordinate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunk_mode_programs_and_built_in_kernels_get_the_points() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let env = script(
+        dir.path(),
+        "env.sh",
+        "#!/bin/sh\ncat > /dev/null\necho \"$TTG_AXIS_x $TTG_AXIS_y\"\n",
+    );
+    let py = py_model(
+        dir.path(),
+        "twice.py",
+        "@ttg.kernel\n\
+         def model(x, y):\n\
+         \x20   return {'sx': 2 * x, 'sy': 3 * y}\n",
+    );
+    let redis = Redis::start();
+    let prefix = prefix();
+    let server = Server::start(&redis.url, &prefix).await;
+    let mut c = control(&server.url).await;
+    let _agent = Agent::spawn(
+        &server.url,
+        &redis.url,
+        &prefix,
+        "chunky",
+        2,
+        &["--allow-exec"],
+    );
+    let space = grid(&["x=range:0:4", "y=linspace:0:1:3"], 1);
+    let mut results = Vec::new();
+    for (program, chunk, outs, want) in [
+        (&env, 1, ["ax", "ay"], [1.0, 1.0]),
+        (&py, 5, ["sx", "sy"], [2.0, 3.0]),
+    ] {
+        let mut req = exec_req(0, chunk, program, &[("mode", "chunk")], 1);
+        req.space = Some(space.to_wire());
+        req.outputs = outs.iter().map(|s| s.to_string()).collect();
+        let run = c.submit(req).await.expect("submit").into_inner();
+        let (done, _) = run_end(&mut c, &run.run_id).await;
+        assert_eq!(done.state, RunState::Succeeded as i32, "{done:?}");
+        let (code, out, err) = ttgctl(&server.url, &["results", &run.run_id]);
+        assert_eq!(code, 0, "{err}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], format!("index,x,y,{},{}", outs[0], outs[1]));
+        for (i, line) in lines[1..].iter().enumerate() {
+            let cells: Vec<f64> = line
+                .split(',')
+                .map(|v| v.parse().expect("number"))
+                .collect();
+            let p = space.point(i as u64);
+            let (x, y) = (p[0].as_f64().expect("x"), p[1].as_f64().expect("y"));
+            assert_eq!(
+                cells[3..],
+                [want[0] * x, want[1] * y],
+                "row {i} of {}",
+                program.display()
+            );
+        }
+        results.push(lines.len());
+    }
+    assert_eq!(results, vec![13, 13]);
+
+    // Collatz over a named integer axis: its first coordinate, typed.
+    let mut req = submit_req(0, 4, 0);
+    req.kernel = "collatz".into();
+    req.args.clear();
+    req.space = Some(grid(&["n=range:1:30:3", "k=a,b"], 1).to_wire());
+    let run = c.submit(req).await.expect("submit").into_inner();
+    let _ = run_end(&mut c, &run.run_id).await;
+    let best = c
+        .best(BestRequest {
+            run_id: run.run_id.clone(),
+            output: String::new(),
+            max: true,
+            k: 20,
+        })
+        .await
+        .expect("best")
+        .into_inner();
+    for p in &best.points {
+        let n = num(&p.values[0]) as u64;
+        assert_eq!(
+            p.outputs[0],
+            ttg_proto::kernels::collatz_steps(n) as f64,
+            "n = {n}"
+        );
+    }
+    // A text first axis is refused by name.
+    let mut req = submit_req(0, 4, 0);
+    req.kernel = "collatz".into();
+    req.args.clear();
+    req.max_attempts = Some(1);
+    req.space = Some(grid(&["k=a,b"], 1).to_wire());
+    let run = c.submit(req).await.expect("submit").into_inner();
+    let st = wait_finished(&mut c, &run.run_id, Duration::from_secs(30)).await;
+    assert_eq!(st.state, RunState::Failed as i32);
+    assert!(
+        st.dead_chunks[0]
+            .error
+            .contains("collatz computes on the first axis (k) as a whole number ≥ 0, got a"),
+        "{:?}",
+        st.dead_chunks
+    );
+}
