@@ -27,7 +27,7 @@ const SCAN_PAGE: usize = 1_000;
 
 /// Whether chunk `i`'s bit is set in a Redis bitmap (bit 0 is the most
 /// significant bit of the first byte, as SETBIT numbers them).
-fn bit(bitmap: &[u8], i: u64) -> bool {
+pub(super) fn bit(bitmap: &[u8], i: u64) -> bool {
     let byte = (i / 8) as usize;
     byte < bitmap.len() && bitmap[byte] & (0x80 >> (i % 8)) != 0
 }

@@ -12,6 +12,7 @@ use std::collections::BinaryHeap;
 use ttg_proto::space::Sweep;
 use ttg_proto::v1::{BestResponse, Point};
 
+use super::audit::bit;
 use super::*;
 
 /// Most points one Best returns.
@@ -46,11 +47,6 @@ impl Ord for Ranked {
     fn cmp(&self, o: &Self) -> Ordering {
         self.key.total_cmp(&o.key).then(self.index.cmp(&o.index))
     }
-}
-
-fn bit(bitmap: &[u8], i: u64) -> bool {
-    let byte = (i / 8) as usize;
-    byte < bitmap.len() && bitmap[byte] & (0x80 >> (i % 8)) != 0
 }
 
 impl Store {
