@@ -15,8 +15,8 @@ pub struct Args {
     /// Run id.
     pub run: String,
     /// Output to rank by (default: the run's first output).
-    #[arg(long, value_name = "OUTPUT", default_value = "")]
-    pub by: String,
+    #[arg(long, value_name = "OUTPUT")]
+    pub by: Option<String>,
     /// Largest first (default smallest first).
     #[arg(long)]
     pub max: bool,
@@ -38,17 +38,15 @@ pub async fn best(server: &str, a: &Args, format: Format) -> CliResult<i32> {
     let r = c
         .best(BestRequest {
             run_id: a.run.clone(),
-            output: a.by.clone(),
+            output: a.by.clone().unwrap_or_default(),
             max: a.max,
             k: a.n,
         })
         .await?
         .into_inner();
-    let by = if a.by.is_empty() {
-        r.outputs.first().cloned().unwrap_or_default()
-    } else {
+    let by =
         a.by.clone()
-    };
+            .unwrap_or_else(|| r.outputs.first().cloned().unwrap_or_default());
     match format {
         Format::Json => println!(
             "{}",
