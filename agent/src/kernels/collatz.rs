@@ -25,7 +25,6 @@ impl Kernel for Collatz {
         cancel: &'a CancellationToken,
     ) -> ComputeFuture<'a> {
         let (start, end, cancel) = (chunk.start, chunk.end, cancel.clone());
-        let sweep = chunk.sweep.clone().filter(|s| s.named);
         Box::pin(async move {
             if chunk.outputs() != 1 {
                 return Err(KernelError::Failed(format!(
@@ -33,7 +32,7 @@ impl Kernel for Collatz {
                     chunk.output_names().join(", ")
                 )));
             }
-            if let Some(s) = sweep {
+            if let Some(s) = chunk.named_space() {
                 // A named space: the stopping time of each point's first
                 // coordinate, which must be a whole number ≥ 0.
                 return chunk

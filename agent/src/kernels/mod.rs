@@ -46,6 +46,13 @@ impl ChunkInput {
         self.end <= self.start
     }
 
+    /// The run's sweep if it names its space (None for `--params`, even
+    /// with named outputs): what decides whether points are shown to a
+    /// kernel by name.
+    pub fn named_space(&self) -> Option<&Sweep> {
+        self.sweep.as_deref().filter(|s| s.named)
+    }
+
     /// Number of outputs each point yields (1 without named outputs).
     pub fn outputs(&self) -> usize {
         self.sweep.as_ref().map_or(1, |s| s.outputs.len())

@@ -56,7 +56,7 @@ impl Kernel for Placeholder {
 /// The chunk's values, output after output.
 fn outputs(chunk: &ChunkInput) -> Vec<f64> {
     let k = chunk.outputs();
-    if chunk.sweep.is_none() || k == 1 && chunk.sweep.as_ref().is_some_and(|s| !s.named) {
+    if k == 1 && chunk.named_space().is_none() {
         return (chunk.start..chunk.end).map(value).collect();
     }
     let n = chunk.len();

@@ -88,7 +88,7 @@ fn spawn(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    if chunk.sweep.as_ref().is_some_and(|s| s.named) {
+    if chunk.named_space().is_some() {
         let names = chunk.axis_names();
         cmd.env("TTG_AXES", names.join(","));
         if chunk.len() == 1 {
@@ -118,7 +118,7 @@ async fn exchange(
 ) {
     let mut stdin = child.stdin.take();
     let mut buf = Vec::with_capacity(chunk.len() * 8);
-    if chunk.sweep.as_ref().is_some_and(|s| s.named) {
+    if chunk.named_space().is_some() {
         let names = chunk.axis_names();
         for p in chunk.points() {
             // Serialising a JSON value into a Vec cannot fail.

@@ -114,11 +114,8 @@ impl Program {
             line: Vec::with_capacity(4_096),
             _group: group,
         };
-        let named = chunk
-            .sweep
-            .as_ref()
-            .map(|s| (s.named.then(|| chunk.axis_names()), Some(s.outputs.clone())));
-        let (axes, outputs) = named.unwrap_or((None, None));
+        let axes = chunk.named_space().map(|_| chunk.axis_names());
+        let outputs = chunk.sweep.as_ref().map(|s| s.outputs.clone());
         match tokio::time::timeout(within, p.handshake(axes, outputs)).await {
             Ok(Ok(())) => Ok(p),
             Ok(Err(e)) => Err(e),
@@ -177,7 +174,7 @@ impl Program {
         if let Ok(mut c) = self.stderr.chunk.lock() {
             *c = Some(chunk.chunk_index);
         }
-        let points = chunk.sweep.as_ref().filter(|s| s.named).map(|_| {
+        let points = chunk.named_space().map(|_| {
             let names = chunk.axis_names();
             chunk
                 .points()
@@ -208,14 +205,6 @@ impl Program {
                 values,
                 outputs,
             }) if c == chunk.chunk_index => {
-                if let (Some(v), None) = (&values, &outputs) {
-                    if v.len() as u64 != n {
-                        return Err(Served::ChunkFailed(format!(
-                            "worker returned {} values for {n} parameters (chunk {c})",
-                            v.len()
-                        )));
-                    }
-                }
                 protocol::assemble(chunk, values, outputs).map_err(Served::ChunkFailed)
             }
             Some(FromProgram::Error { chunk: c, error })

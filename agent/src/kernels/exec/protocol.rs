@@ -87,7 +87,16 @@ pub fn assemble(
     let names = chunk.output_names();
     let mut outputs = match (values, outputs) {
         (_, Some(o)) => o,
-        (Some(v), None) if names.len() == 1 => [(names[0].clone(), v)].into_iter().collect(),
+        (Some(v), None) if names.len() == 1 => {
+            if v.len() != n {
+                return Err(format!(
+                    "worker returned {} values for {n} parameters (chunk {})",
+                    v.len(),
+                    chunk.chunk_index
+                ));
+            }
+            [(names[0].clone(), v)].into_iter().collect()
+        }
         (_, None) => {
             return Err(format!(
                 "result has no \"outputs\"; the run declares {} (give {{\"outputs\":{{name: [one number per point]}}}})",
@@ -266,6 +275,17 @@ mod tests {
         assert!(e.contains("\"loss\" has 1 values for 2 points"), "{e}");
         let e = assemble(&chunk, Some(vec![1.0, 2.0]), None).unwrap_err();
         assert!(e.contains("no \"outputs\""), "{e}");
+        // A one-output run answers with `values`, one per parameter.
+        let one = ChunkInput {
+            sweep: None,
+            ..chunk
+        };
+        assert_eq!(
+            assemble(&one, Some(vec![1.0, 2.0]), None),
+            Ok(vec![1.0, 2.0])
+        );
+        let e = assemble(&one, Some(vec![1.0]), None).unwrap_err();
+        assert_eq!(e, "worker returned 1 values for 2 parameters (chunk 0)");
     }
 
     #[test]
