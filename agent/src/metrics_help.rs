@@ -21,6 +21,11 @@ pub fn describe() {
         "Chunk attempts whose kernel failed"
     );
     describe_gauge!("ttg_agent_in_flight", "Chunks this agent holds right now");
+    describe_histogram!(
+        "ttg_agent_queue_wait_seconds",
+        Unit::Seconds,
+        "Time a chunk this agent claimed waited in its run's queue, from submit (or its re-queue) to the claim, by kernel"
+    );
     describe_counter!(
         "ttg_agent_exec_workers_started_total",
         "exec mode=worker programs started (handshake answered)"

@@ -142,6 +142,9 @@ async fn sweep(
         fail_fast: None,
         name: "demo".into(),
         retention: None,
+        priority: "normal".into(),
+        max_in_flight: None,
+        weight: None,
         watch: false,
     };
     let mut client = crate::client::control(&cluster.server_url).await?;

@@ -75,7 +75,11 @@ pub fn status_json(st: &RunStatus) -> Value {
         "kernel": spec.kernel,
         "args": spec.args,
         "max_attempts": spec.max_attempts,
-        "chunks": {"total": p.chunks_total, "done": p.chunks_done, "dead": p.chunks_dead, "purged": p.chunks_purged, "in_flight": st.chunks_in_flight},
+        "chunks": {"total": p.chunks_total, "done": p.chunks_done, "dead": p.chunks_dead, "purged": p.chunks_purged, "in_flight": st.chunks_in_flight, "queued": st.chunks_queued},
+        "priority": ttg_proto::sched::priority_name(spec.priority()),
+        "max_in_flight": spec.max_in_flight,
+        "weight": spec.weight.max(1),
+        "queue_wait": {"claims": st.claims, "mean_ms": st.queue_wait_mean_ms, "max_ms": st.queue_wait_max_ms},
         "fail_fast": spec.fail_fast,
         "params_done": p.params_done,
         "aggregate": aggregate_json(&st.aggregate.unwrap_or_default()),
@@ -136,6 +140,29 @@ pub fn status_text(st: &RunStatus) -> String {
         st.chunks_in_flight,
         p.chunks_total,
     );
+    out.push_str(&format!(
+        "schedule   {} priority{}{}, {} queued{}\n",
+        ttg_proto::sched::priority_name(spec.priority()),
+        if spec.max_in_flight > 0 {
+            format!(", at most {} in flight", spec.max_in_flight)
+        } else {
+            String::new()
+        },
+        if spec.weight > 1 {
+            format!(", weight {}", spec.weight)
+        } else {
+            String::new()
+        },
+        st.chunks_queued,
+        if st.claims > 0 {
+            format!(
+                "; waited {:.0} ms on average (longest {} ms) from queue to claim",
+                st.queue_wait_mean_ms, st.queue_wait_max_ms
+            )
+        } else {
+            String::new()
+        }
+    ));
     out.push_str(&format!("aggregate  {}\n", aggregate_text(&a)));
     if let Some(space) = spec
         .space

@@ -1,7 +1,7 @@
 //! `ttgctl runs`: the run listing, filtered by state, name and age, a page
 //! at a time.
 
-use ttg_proto::v1::{ListRunsRequest, RunState};
+use ttg_proto::v1::{ListAgentsRequest, ListRunsRequest, RunState};
 
 use crate::client::{self, CliError, CliResult, EXIT_OK};
 use crate::output::{state_name, status_json, thousands, Format};
@@ -94,19 +94,43 @@ pub async fn runs(server: &str, q: RunsArgs, format: Format) -> CliResult<i32> {
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         }
         _ => {
+            // Share of agents now: the run's chunks in flight over every
+            // live agent's slots.
+            let slots: u64 = match c.list_agents(ListAgentsRequest {}).await {
+                Ok(r) => r
+                    .into_inner()
+                    .agents
+                    .iter()
+                    .map(|a| u64::from(a.concurrency))
+                    .sum(),
+                Err(_) => 0,
+            };
             println!(
-                "{:<18} {:<10} {:>12} {:>16} {:>18}  NAME",
-                "RUN", "STATE", "PARAMS", "CHUNKS DONE", "SUM"
+                "{:<18} {:<10} {:<6} {:>12} {:>16} {:>10} {:>14} {:>18}  NAME",
+                "RUN", "STATE", "PRIO", "PARAMS", "CHUNKS DONE", "QUEUED", "IN FLIGHT", "SUM"
             );
             for st in &runs {
                 let spec = st.spec.clone().unwrap_or_default();
                 let p = st.progress.unwrap_or_default();
+                let prio = ttg_proto::sched::priority_name(spec.priority());
+                let share = if slots > 0 && st.chunks_in_flight > 0 {
+                    format!(
+                        "{} ({:.0}%)",
+                        st.chunks_in_flight,
+                        100.0 * st.chunks_in_flight as f64 / slots as f64
+                    )
+                } else {
+                    st.chunks_in_flight.to_string()
+                };
                 println!(
-                    "{:<18} {:<10} {:>12} {:>16} {:>18}  {}",
+                    "{:<18} {:<10} {:<6} {:>12} {:>16} {:>10} {:>14} {:>18}  {}",
                     spec.run_id,
                     state_name(st.state),
+                    prio,
                     spec.params,
                     format!("{}/{}", p.chunks_done, p.chunks_total),
+                    st.chunks_queued,
+                    share,
                     thousands(st.aggregate.unwrap_or_default().sum, 2),
                     spec.name
                 );

@@ -57,6 +57,15 @@ pub struct Args {
     /// Stop the run as FAILED once this many chunk attempts in a row fail with the same first line of error, 0..=100000 (0: never; default 10).
     #[arg(long, value_name = "N")]
     pub fail_fast: Option<u32>,
+    /// Scheduling class: high runs take every free agent slot before normal ones, normal before low (every 20th chunk handed out still goes to the lowest class with work, so none starves; docs/scheduling.md).
+    #[arg(long, value_name = "CLASS", value_parser = ["high", "normal", "low"], default_value = "normal", hide_default_value = true)]
+    pub priority: String,
+    /// Most chunks this run may hold at once across all agents (claimed, not yet completed), 1..=1000000; the other slots stay free for other runs (default: no cap).
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_in_flight: Option<u32>,
+    /// Fair-share weight within the run's class, 1..=100: with fewer chunks in flight per unit of weight, a run is served first (default 1).
+    #[arg(long, value_name = "W", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub weight: Option<u32>,
     /// Watch the run to its end after submitting.
     #[arg(long)]
     pub watch: bool,
@@ -134,6 +143,9 @@ pub fn request(o: &Args) -> CliResult<SubmitRequest> {
             Some(d) => Some(d.as_secs()),
         },
         fail_fast: o.fail_fast,
+        priority: ttg_proto::sched::parse_priority(&o.priority).unwrap_or_default() as i32,
+        max_in_flight: o.max_in_flight.unwrap_or(0),
+        weight: o.weight.unwrap_or(0),
     })
 }
 

@@ -18,6 +18,9 @@ local c = redis.call('HMGET', KEYS[1], 'total', 'done', 'dead')
 -- nothing), so the books balance: done + dead + purged = total.
 redis.call('HSET', KEYS[1], 'state', 'CANCELLED', 'finished_ms', ts,
   'purged', num(c[1]) - num(c[2]) - num(c[3]))
+redis.call('DEL', KEYS[1] .. ':queue')
+redis.call('HSET', KEYS[1], 'qn', 0)
+reschedule(KEYS[1])
 redis.call('HINCRBY', KEYS[3], 'active', -1)
 start_retention(KEYS[1], KEYS[4], ARGV[2], ts)
 emit(KEYS[1], KEYS[2], ARGV[1], ts)

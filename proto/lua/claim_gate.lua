@@ -20,6 +20,7 @@ local state = redis.call('HGET', KEYS[1], 'state')
 if not state or not active(state) then
   redis.call('XACK', KEYS[3], ARGV[1], ARGV[2])
   redis.call('XDEL', KEYS[3], ARGV[2])
+  release(KEYS[1], 1)
   return {1, state or ''}
 end
 if state == 'QUEUED' then

@@ -12,7 +12,8 @@
 -- Invariant: first result wins — a chunk's values are stored and counted
 --   at most once (its done bit), and only for a delivery still pending for
 --   the caller; result, ack, counters, per-output aggregates, the chunk's
---   extremes (what Best prunes chunks with) and events never disagree.
+--   extremes (what Best prunes chunks with) and events never disagree;
+--   the run's in-flight count falls by exactly the deliveries acked here.
 local run = KEYS[1]
 local K = tonumber(ARGV[4])
 local S = 6
@@ -35,6 +36,7 @@ end
 if #ids == 0 then return {codes, ''} end
 redis.call('XACK', KEYS[5], ARGV[1], unpack(ids))
 redis.call('XDEL', KEYS[5], unpack(ids))
+release(run, #ids)
 local function fld(name, k) if k == 0 then return name end return name .. ':' .. k end
 local want = {'state', 'total', 'done', 'dead', 'count', 'ff_n'}
 for k = 0, K - 1 do want[#want + 1] = fld('min', k); want[#want + 1] = fld('max', k) end

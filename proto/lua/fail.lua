@@ -15,6 +15,7 @@ if #redis.call('XPENDING', KEYS[6], ARGV[1], ARGV[2], ARGV[2], 1, ARGV[12]) == 0
 end
 redis.call('XACK', KEYS[6], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[6], ARGV[2])
+release(KEYS[1], 1)
 local r = fail_attempt(KEYS, ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11])
 if r[1] ~= 1 and r[1] ~= 3 then return r end
 local v = redis.call('HMGET', KEYS[1], 'fail_fast', 'ff_line', 'ff_n', 'state')

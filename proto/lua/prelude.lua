@@ -54,6 +54,64 @@ local function aggregate(run)
   return f_varint(1, c) .. f_double(2, s) .. f_double(3, num(v[3])) .. f_double(4, num(v[4])) .. f_double(5, mean)
 end
 local function active(state) return state == 'QUEUED' or state == 'RUNNING' end
+-- The scheduler (docs/scheduling.md). A run with chunks to hand out is a
+-- member of its kernel's and class's sched zset, scored by its chunks in
+-- flight per unit of weight, then by the tick it was last served at (so
+-- equal runs take turns); a run at its max_in_flight scores CAPPED and is
+-- skipped. Run hash fields: next (its next fresh chunk), qn (chunks
+-- re-queued in run:<id>:queue, handed out first), inflight (deliveries
+-- pending in the tasks stream), cap, weight, seq, sched (its zset's key),
+-- wake (its kernel's wake stream, rung when it becomes claimable).
+-- These helpers touch keys named by the run hash (its queue list, zset and
+-- wake stream) beside a script's declared KEYS: fine on one Redis node;
+-- on Redis Cluster they must share the run's slot (#22).
+local CAPPED = 2 ^ 52
+local SEQ = 2 ^ 24
+local function sched_score(inflight, cap, weight, seq)
+  if cap > 0 and inflight >= cap then return CAPPED end
+  if weight < 1 then weight = 1 end
+  return floor(inflight * 1000 / weight) * SEQ + seq % SEQ
+end
+local function run_id_of(run) return string.match(run, 'run:([%w%-]+)$') end
+-- Put a run in its zset with its current score, or take it out, as its
+-- state and queue say; ring the wake stream when it becomes claimable.
+local function reschedule(run)
+  local v = redis.call('HMGET', run, 'sched', 'wake', 'state', 'next', 'total', 'qn',
+    'inflight', 'cap', 'weight', 'seq')
+  if not v[1] then return end
+  local id = run_id_of(run)
+  if not active(v[3]) or num(v[5]) - num(v[4]) + num(v[6]) <= 0 then
+    redis.call('ZREM', v[1], id)
+    return
+  end
+  local old = redis.call('ZSCORE', v[1], id)
+  local s = sched_score(num(v[7]), num(v[8]), num(v[9]), num(v[10]))
+  if old and tonumber(old) == s then return end
+  redis.call('ZADD', v[1], s, id)
+  if s < CAPPED and (not old or tonumber(old) >= CAPPED) then
+    redis.call('XADD', v[2], 'MAXLEN', '~', 64, '*', 'r', id)
+  end
+end
+-- `n` deliveries of the run left the tasks stream's pending list.
+local function release(run, n)
+  local f = redis.call('HGET', run, 'inflight')
+  if not f or n <= 0 then return end
+  local left = num(f) - n
+  if left < 0 then left = 0 end
+  redis.call('HSET', run, 'inflight', left)
+  reschedule(run)
+end
+-- Queue a chunk again (attempt `attempt`), at the front of its run's queue
+-- (a reclaimed or failed chunk) or at its back (a retried dead letter).
+-- False for a run queued before the scheduler (no task template): the
+-- caller then appends to the tasks stream as before.
+local function requeue(run, chunk, attempt, ts, front)
+  if redis.call('HEXISTS', run, 'task') == 0 then return false end
+  local e = chunk .. ':' .. attempt .. ':' .. ts
+  if front then redis.call('LPUSH', run .. ':queue', e) else redis.call('RPUSH', run .. ':queue', e) end
+  redis.call('HINCRBY', run, 'qn', 1)
+  return true
+end
 -- A run that just ended starts its retention: it expires at ts + its
 -- retention_ms, when the server's janitor removes all of its keys at once.
 local function start_retention(run, expiring, run_id, ts)
@@ -73,6 +131,7 @@ local function finish_if_done(run, events, run_id, ts, stats, expiring)
   state = 'SUCCEEDED'
   if num(v[3]) > 0 then state = 'FAILED'; code = 4 end
   redis.call('HSET', run, 'state', state, 'finished_ms', ts)
+  reschedule(run)
   redis.call('HINCRBY', stats, 'active', -1)
   start_retention(run, expiring, run_id, ts)
   emit(run, events, f_bytes(2, run_id) .. f_bytes(13, f_varint(1, code) .. f_bytes(2, aggregate(run))), ts)
@@ -86,14 +145,15 @@ local function stop_failed(run, events, run_id, ts, stats, expiring, why)
   local v = redis.call('HMGET', run, 'total', 'done', 'dead')
   redis.call('HSET', run, 'state', 'FAILED', 'finished_ms', ts, 'error', why,
     'purged', num(v[1]) - num(v[2]) - num(v[3]))
+  reschedule(run)
   redis.call('HINCRBY', stats, 'active', -1)
   start_retention(run, expiring, run_id, ts)
   emit(run, events, f_bytes(2, run_id) .. f_bytes(13, f_varint(1, 4) .. f_bytes(2, aggregate(run)) .. f_bytes(3, why)), ts)
 end
 -- One failed attempt at a chunk (kernel error, or its agent died): re-queue
--- the task with attempt + 1, or at max attempts dead-letter it, count it dead
+-- it with attempt + 1 at the front of its run's queue, or at max attempts dead-letter it, count it dead
 -- and end the run if it was the last chunk. The caller has already acked and
--- deleted the delivery. K: run, done, deadbits, dead stream, events, tasks,
+-- deleted and released the delivery. K: run, done, deadbits, dead stream, events, tasks,
 -- stats, expiring.
 -- Returns {code, state}: 1 re-queued, 3 dead-lettered, 0 chunk already has a
 -- result, 2 run not active, -1 run unknown.
@@ -106,7 +166,11 @@ local function fail_attempt(K, chunk, task, attempt, max, err, tp, body_retry, b
   local ts = now_ms()
   redis.call('HINCRBY', K[7], 'failed', 1)
   if tonumber(attempt) < tonumber(max) then
-    redis.call('XADD', K[6], '*', 't', task, 'a', tonumber(attempt) + 1, 'tp', tp)
+    if requeue(run, chunk, tonumber(attempt) + 1, ts, true) then
+      reschedule(run)
+    else
+      redis.call('XADD', K[6], '*', 't', task, 'a', tonumber(attempt) + 1, 'tp', tp)
+    end
     emit(run, K[5], body_retry, ts)
     return {1, state}
   end

@@ -1,6 +1,8 @@
 //! Redis key names. Every key lives under one prefix (default `ttg:`) so two
 //! installations, or two tests, can share one Redis.
 
+use crate::v1::Priority;
+
 /// Consumer group every agent reads the tasks streams through.
 pub const GROUP: &str = "agents";
 
@@ -26,6 +28,36 @@ impl Keys {
     /// Tasks stream of one kernel: agents read only the streams of kernels they offer.
     pub fn tasks(&self, kernel: &str) -> String {
         format!("{}tasks:{kernel}", self.prefix)
+    }
+
+    /// Scheduler zset of one kernel and class: the runs with chunks to hand
+    /// out, scored by chunks in flight per unit of weight (see claim.lua).
+    pub fn sched(&self, kernel: &str, priority: Priority) -> String {
+        let class = match priority {
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        };
+        format!("{}sched:{kernel}:{class}", self.prefix)
+    }
+
+    /// The scheduler's tick: chunks handed out so far, installation-wide
+    /// (every 20th goes to the lowest class with work).
+    pub fn sched_ticks(&self) -> String {
+        format!("{}sched:ticks", self.prefix)
+    }
+
+    /// Wake stream of one kernel: an entry each time a run of it becomes
+    /// claimable (submitted, a chunk re-queued, back under its cap); idle
+    /// agents block on it with XREAD.
+    pub fn wake(&self, kernel: &str) -> String {
+        format!("{}wake:{kernel}", self.prefix)
+    }
+
+    /// List of a run's re-queued chunks (`chunk:attempt:enqueued_ms`),
+    /// handed out before its fresh ones; reclaimed chunks go to the front.
+    pub fn run_queue(&self, run_id: &str) -> String {
+        format!("{}run:{run_id}:queue", self.prefix)
     }
 
     /// Run hash: `spec` (protobuf RunSpec) plus counters the scripts update.
@@ -141,7 +173,7 @@ impl Keys {
 
     /// KEYS of the purge script, in its order: every key a run owns, then the
     /// indexes it is listed in.
-    pub fn purge_keys(&self, run_id: &str) -> [String; 10] {
+    pub fn purge_keys(&self, run_id: &str) -> [String; 11] {
         [
             self.run(run_id),
             self.done(run_id),
@@ -153,6 +185,7 @@ impl Keys {
             self.runs(),
             self.expiring(),
             self.gone(),
+            self.run_queue(run_id),
         ]
     }
 

@@ -26,6 +26,7 @@ pub mod reclaim;
 pub mod records;
 pub mod redis_conn;
 pub mod runtime;
+pub mod sched;
 pub mod scripts;
 pub mod space;
 pub mod telemetry;

@@ -78,6 +78,7 @@ pub async fn reclaim_entry<C: ConnectionLike>(
         task,
         attempt,
         traceparent: tp,
+        ..
     }) = read_entry(conn, keys, stream, entry_id).await?
     else {
         return Ok(None);

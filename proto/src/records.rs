@@ -4,12 +4,17 @@
 //!
 //! Layout (all keys from [`crate::keys::Keys`]):
 //! - tasks stream entry: `t` = protobuf [`Task`], `a` = attempt (decimal),
-//!   `tp` = W3C traceparent. The attempt is outside the protobuf so a script
-//!   can re-queue with `attempt + 1` by copying `t` as is.
+//!   `tp` = W3C traceparent, `q` = when the chunk was queued (ms since the
+//!   epoch). The attempt is outside the protobuf so a script can re-queue
+//!   with `attempt + 1`. claim.lua writes `t` as the run's `task` template
+//!   followed by the chunk's index, start and end fields (concatenated
+//!   protobuf merges, later fields win).
 //! - run hash: `spec` = protobuf [`RunSpec`]; `state` (enum name); `total`,
 //!   `done`, `dead`, `count` (integers); `sum` (HINCRBYFLOAT, long double in
 //!   Redis); `min`, `max` (the shortest decimal of an f64); `created_ms`,
-//!   `started_ms`, `finished_ms`; `enqueued` (tasks written so far).
+//!   `started_ms`, `finished_ms`; the scheduler's fields (`task`, `tp`,
+//!   `next`, `qn`, `inflight`, `cap`, `weight`, `seq`, `sched`, `wake`,
+//!   `claims`, `wait_sum`, `wait_max`; see prelude.lua and claim.lua).
 //! - done bitmap: bit `i` set once chunk `i` is counted — "first result wins".
 //! - results hash: chunk index → packed little-endian f64.
 //! - events stream: `e` = protobuf [`Event`]. The Rust side encodes the event's
@@ -26,6 +31,8 @@ use crate::v1::{
     event, Aggregate, Event, OutputSummary, Progress, RunSpec, RunState, RunStatus, Task,
 };
 
+/// Tasks stream entry field: when the chunk was queued, ms since the epoch.
+pub const QUEUED_FIELD: &str = "q";
 /// Tasks stream entry field holding the protobuf Task.
 pub const TASK_FIELD: &str = "t";
 /// Tasks stream entry field holding the attempt number.
@@ -71,6 +78,8 @@ pub struct TaskEntry {
     pub attempt: u32,
     /// W3C traceparent of the run's trace (bytes as stored; may be empty).
     pub traceparent: Vec<u8>,
+    /// When the chunk was queued (ms since the epoch), if the entry says.
+    pub queued_ms: Option<i64>,
 }
 
 impl TaskEntry {
@@ -107,6 +116,9 @@ impl TaskEntry {
             traceparent: bulk(TRACEPARENT_FIELD)
                 .map(<[u8]>::to_vec)
                 .unwrap_or_default(),
+            queued_ms: bulk(QUEUED_FIELD)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .and_then(|s| s.parse::<i64>().ok()),
         })
     }
 }
@@ -259,6 +271,15 @@ pub fn run_status_from_hash(
     } else {
         0.0
     };
+    // The scheduler's books (claim.lua): chunks not yet handed out are the
+    // fresh ones past `next` and the re-queued ones; none once ended.
+    let live = matches!(state, RunState::Queued | RunState::Running);
+    let queued = if live && h.contains_key("next") {
+        (int("total") - int("next")).max(0) as u64 + int("qn").max(0) as u64
+    } else {
+        0
+    };
+    let claims = int("claims").max(0) as u64;
     Ok(RunStatus {
         state: state as i32,
         progress: Some(Progress {
@@ -268,7 +289,15 @@ pub fn run_status_from_hash(
             params_done: count,
             chunks_purged: int("purged").max(0) as u64,
         }),
-        chunks_in_flight: 0,
+        chunks_in_flight: int("inflight").max(0) as u64,
+        chunks_queued: queued,
+        claims,
+        queue_wait_mean_ms: if claims > 0 {
+            int("wait_sum").max(0) as f64 / claims as f64
+        } else {
+            0.0
+        },
+        queue_wait_max_ms: int("wait_max").max(0) as u64,
         aggregate: Some(Aggregate {
             count,
             sum,

@@ -10,7 +10,7 @@ use redis::{Script, ScriptInvocation};
 
 use crate::keys::{Keys, GROUP};
 use crate::records::{pack_values, parse_state};
-use crate::v1::{RunState, Task};
+use crate::v1::{Priority, RunState, Task};
 
 const PRELUDE: &str = include_str!("../lua/prelude.lua");
 
@@ -30,6 +30,7 @@ pub struct Scripts {
     requeue_missing: Script,
     claim_reap: Script,
     claim_agent_id: Script,
+    claim: Script,
 }
 
 impl Default for Scripts {
@@ -57,6 +58,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ),
     ("claim_reap", include_str!("../lua/claim_reap.lua")),
     ("claim_agent_id", include_str!("../lua/claim_agent_id.lua")),
+    ("claim", include_str!("../lua/claim.lua")),
 ];
 
 fn source(name: &str) -> &'static str {
@@ -124,6 +126,7 @@ impl Scripts {
             requeue_missing: s("requeue_missing"),
             claim_reap: s("claim_reap"),
             claim_agent_id: s("claim_agent_id"),
+            claim: s("claim"),
         }
     }
 
@@ -315,6 +318,31 @@ impl Scripts {
         for (i, task) in chunks {
             inv.arg(*i).arg(task);
         }
+        inv
+    }
+
+    /// `claim.lua`: up to `n` chunks of `kernels` for `consumer`. Reply
+    /// `(redis::Value, Vec<String>)`: see [`ClaimReply`].
+    pub fn claim<'a>(
+        &'a self,
+        keys: &Keys,
+        kernels: &[String],
+        consumer: &str,
+        n: usize,
+    ) -> ScriptInvocation<'a> {
+        let mut inv = self.claim.prepare_invoke();
+        inv.key(keys.sched_ticks());
+        for k in kernels {
+            inv.key(keys.tasks(k))
+                .key(keys.wake(k))
+                .key(keys.sched(k, Priority::High))
+                .key(keys.sched(k, Priority::Normal))
+                .key(keys.sched(k, Priority::Low));
+        }
+        inv.arg(GROUP)
+            .arg(consumer)
+            .arg(n.clamp(1, 1000))
+            .arg(keys.prefix());
         inv
     }
 
@@ -553,7 +581,7 @@ mod tests {
 
     /// `KEYS (n)` and `ARGV (n [+ k per …])` from a script's header: the
     /// fixed count and the count per repeated item (0 if none).
-    fn header(name: &str) -> (usize, usize, usize) {
+    fn header(name: &str) -> (usize, usize, usize, usize) {
         let src = source(name);
         let grab = |tag: &str| {
             let line = src
@@ -569,9 +597,9 @@ mod tests {
             };
             (fixed, per)
         };
-        let (k, _) = grab("KEYS");
+        let (k, kper) = grab("KEYS");
         let (a, per) = grab("ARGV");
-        (k, a, per)
+        (k, kper, a, per)
     }
 
     #[test]
@@ -616,6 +644,11 @@ mod tests {
             ),
             ("claim_reap", s.claim_reap(&keys, "a", 1, 2), 0),
             ("claim_agent_id", s.claim_agent_id(&keys, "a", "d", 1, 2), 0),
+            (
+                "claim",
+                s.claim(&keys, &["k1".to_string(), "k2".to_string()], "c", 8),
+                2,
+            ),
         ];
         assert_eq!(
             cases.len(),
@@ -623,13 +656,13 @@ mod tests {
             "a script without a builder test"
         );
         for (name, inv, repeated) in cases {
-            let (k, a, per) = header(name);
+            let (k, kper, a, per) = header(name);
             assert_eq!(
                 counts(&inv),
-                (k, a + per * repeated),
+                (k + kper * repeated, a + per * repeated),
                 "{name}: builder vs header"
             );
         }
-        assert_eq!(header("complete").2, COMPLETE_ARGS);
+        assert_eq!(header("complete").3, COMPLETE_ARGS);
     }
 }

@@ -49,7 +49,15 @@ pub fn describe() {
     );
     describe_gauge!(
         "ttg_queue_lag",
-        "Task entries not yet delivered to any agent, per kernel"
+        "Chunks not yet handed to any agent (queued in the scheduler), per kernel: what autoscaling watches"
+    );
+    describe_gauge!(
+        "ttg_chunks_queued",
+        "Chunks of active runs queued in the scheduler, per kernel and priority"
+    );
+    describe_gauge!(
+        "ttg_chunks_in_flight",
+        "Chunks of active runs claimed by agents and not yet settled, per kernel and priority"
     );
     describe_gauge!(
         "ttg_redis_used_memory_bytes",

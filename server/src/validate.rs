@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use ttg_proto::chunking::chunk_count;
 use ttg_proto::kernels;
 use ttg_proto::keys::valid_run_id;
+use ttg_proto::sched;
 use ttg_proto::space::{check_output_names, validate_outputs, Space};
-use ttg_proto::v1::{KernelDecl, SubmitRequest};
+use ttg_proto::v1::{KernelDecl, Priority, SubmitRequest};
 
 use crate::config::Limits;
 use crate::error::{Error, Result};
@@ -64,6 +65,12 @@ pub struct ValidSubmit {
     pub space: Option<Space>,
     /// Named outputs as given (empty: one output named "value").
     pub outputs: Vec<String>,
+    /// Scheduling class.
+    pub priority: Priority,
+    /// Most chunks in flight at once (0: no cap).
+    pub max_in_flight: u32,
+    /// Fair-share weight, 1 ..= 100.
+    pub weight: u32,
 }
 
 /// Largest encoded space (agents read it once per run).
@@ -98,6 +105,23 @@ pub fn validate_submit(
     check_name(&req.name)?;
     let fail_fast = req.fail_fast.unwrap_or(DEFAULT_FAIL_FAST);
     in_range("fail_fast", fail_fast, 0, MAX_FAIL_FAST, " (0 = never)")?;
+    let priority = Priority::try_from(req.priority).map_err(|_| {
+        Error::invalid(
+            "priority",
+            format!(
+                "must be one of PRIORITY_NORMAL (0), PRIORITY_HIGH (1), PRIORITY_LOW (2), got {}",
+                req.priority
+            ),
+        )
+    })?;
+    in_range(
+        "max_in_flight",
+        req.max_in_flight,
+        0,
+        sched::MAX_IN_FLIGHT,
+        " chunks (0 = no cap)",
+    )?;
+    in_range("weight", req.weight, 0, sched::MAX_WEIGHT, " (0 means 1)")?;
     let max_keep = limits.max_run_retention.as_secs().max(1);
     let retention_s = req
         .retention_s
@@ -121,6 +145,9 @@ pub fn validate_submit(
         max_attempts,
         name: req.name.clone(),
         fail_fast,
+        priority,
+        max_in_flight: req.max_in_flight,
+        weight: req.weight.max(1),
     })
 }
 

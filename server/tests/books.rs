@@ -238,40 +238,36 @@ async fn the_audit_requeues_chunks_lost_outside_the_books() {
         .await
         .expect("submit")
         .into_inner();
-    let waiting = c
-        .submit(submit_req(500, 100, 0))
-        .await
-        .expect("submit")
-        .into_inner();
     let keys = Keys::new(&p);
     let tasks = keys.tasks("placeholder");
-    // Lose every task entry of the first run behind the scripts' back.
+    // Hand every chunk of the first run to a consumer that is no agent,
+    // then lose the deliveries behind the scripts' back: no entry, nothing
+    // queued, yet its in-flight count still says 20.
     {
-        let mut conn = redis.conn();
-        let page: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(&tasks)
-            .arg("-")
-            .arg("+")
-            .query(&mut conn)
-            .expect("xrange");
-        let mine: Vec<String> = page
-            .ids
-            .iter()
-            .filter(|e| match e.map.get("t") {
-                Some(redis::Value::BulkString(b)) => {
-                    ttg_proto::records::decode_task(b).is_ok_and(|t| t.run_id == lost.run_id)
-                }
-                _ => false,
-            })
-            .map(|e| e.id.clone())
-            .collect();
+        let mut conn = redis.async_conn().await;
+        let got = read_group(&mut conn, &tasks, "ghost", 100).await;
+        let mine: Vec<String> = got.into_iter().map(|(id, _)| id).collect();
         assert_eq!(mine.len(), 20);
+        let mut conn = redis.conn();
+        let _: usize = redis::cmd("XACK")
+            .arg(&tasks)
+            .arg(ttg_proto::keys::GROUP)
+            .arg(&mine)
+            .query(&mut conn)
+            .expect("xack");
         let _: usize = redis::cmd("XDEL")
             .arg(&tasks)
             .arg(&mine)
             .query(&mut conn)
             .expect("xdel");
     }
+    let st = status(&mut c, &lost.run_id).await;
+    assert_eq!((st.chunks_in_flight, st.chunks_queued), (20, 0));
+    let waiting = c
+        .submit(submit_req(500, 100, 0))
+        .await
+        .expect("submit")
+        .into_inner();
     let stats_field = |f: &'static str| {
         let mut conn = redis.conn();
         let stats = keys.stats();
@@ -294,15 +290,15 @@ async fn the_audit_requeues_chunks_lost_outside_the_books() {
         },
     )
     .await;
-    // The run that was only waiting (its entries are there) was left alone,
-    // audit after audit.
+    // The run that was only waiting (its chunks are queued) was left
+    // alone, audit after audit; the lost one's chunks are queued again and
+    // its in-flight count is back to the truth.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(audited(), 20);
-    let len: usize = redis::cmd("XLEN")
-        .arg(&tasks)
-        .query(&mut redis.conn())
-        .expect("xlen");
-    assert_eq!(len, 25);
+    let st = status(&mut c, &lost.run_id).await;
+    assert_eq!((st.chunks_in_flight, st.chunks_queued), (0, 20));
+    let st = status(&mut c, &waiting.run_id).await;
+    assert_eq!((st.chunks_in_flight, st.chunks_queued), (0, 5));
     // Agents compute both, each chunk once.
     let _a = Agent::spawn(&server.url, &redis.url, &p, "au", 2, &[]);
     for (id, n) in [(&lost.run_id, 2_000), (&waiting.run_id, 500)] {

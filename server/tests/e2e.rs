@@ -297,13 +297,8 @@ async fn a_chunk_completed_twice_is_counted_once() {
         .await
         .expect("conn");
     // Add a second delivery of chunk 0, then read all three entries as one consumer.
-    let first: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(&tasks)
-        .arg("-")
-        .arg("+")
-        .query_async(&mut conn)
-        .await
-        .expect("xrange");
+    let first = claim_read(&mut conn, &keys, "placeholder", "tester", 10).await;
+    let first = &first.keys[0];
     let t0 = match first.ids[0].map.get("t") {
         Some(redis::Value::BulkString(b)) => b.clone(),
         other => panic!("task field {other:?}"),
@@ -330,7 +325,7 @@ async fn a_chunk_completed_twice_is_counted_once() {
         .query_async(&mut conn)
         .await
         .expect("xreadgroup");
-    let entries = &read.keys[0].ids;
+    let entries: Vec<_> = first.ids.iter().chain(&read.keys[0].ids).cloned().collect();
     assert_eq!(entries.len(), 3);
     let scripts = Scripts::new();
     let scripts = &scripts;
@@ -446,18 +441,7 @@ async fn a_batch_of_completions_counts_each_chunk_once() {
         .get_multiplexed_async_connection()
         .await
         .expect("conn");
-    let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(GROUP)
-        .arg("tester")
-        .arg("COUNT")
-        .arg(10)
-        .arg("STREAMS")
-        .arg(&tasks)
-        .arg(">")
-        .query_async(&mut conn)
-        .await
-        .expect("xreadgroup");
+    let read = claim_read(&mut conn, &keys, "placeholder", "tester", 10).await;
     let mut batch = Vec::new();
     for e in &read.keys[0].ids {
         let Some(redis::Value::BulkString(b)) = e.map.get("t") else {
@@ -535,13 +519,14 @@ async fn a_batch_of_completions_counts_each_chunk_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn submit_queues_chunks_that_tile_the_range_exactly() {
+async fn submitted_runs_hand_out_chunks_that_tile_the_range_exactly() {
     let redis = Redis::start();
     let server = Server::start(&redis.url, &prefix()).await;
     let mut c = control(&server.url).await;
     let mut conn = redis.conn();
-    // Includes chunk > params (one chunk), exact multiples, short last chunks,
-    // and a batch boundary of the pipelined XADDs (2,000 per batch).
+    let scripts = Scripts::new();
+    // Includes chunk > params (one chunk), exact multiples, short last
+    // chunks, and claims of 1,000 (claim.lua's most) across chunk 0.
     for (params, chunk_size) in [
         (1, 1),
         (1, 100),
@@ -553,6 +538,7 @@ async fn submit_queues_chunks_that_tile_the_range_exactly() {
         (12_345, 6),
     ] {
         let p = prefix();
+        let keys = Keys::new(&p);
         let server2 = Server::start(&redis.url, &p).await;
         let mut c2 = control(&server2.url).await;
         let run = c2
@@ -561,19 +547,33 @@ async fn submit_queues_chunks_that_tile_the_range_exactly() {
             .expect("submit")
             .into_inner();
         assert_eq!(run.chunks, params.div_ceil(chunk_size));
-        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-            .arg(Keys::new(&p).tasks("placeholder"))
-            .arg("-")
-            .arg("+")
+        // Submit writes no task entry: the scheduler hands chunks out.
+        let len: u64 = redis::cmd("XLEN")
+            .arg(keys.tasks("placeholder"))
             .query(&mut conn)
-            .expect("xrange");
+            .expect("xlen");
+        assert_eq!(len, 0, "submit queues in O(1)");
+        let mut tasks = Vec::new();
+        loop {
+            let reply: ttg_proto::sched::ClaimReply = scripts
+                .claim(&keys, &["placeholder".to_string()], "probe", 1000)
+                .invoke(&mut conn)
+                .expect("claim");
+            if reply.keys.is_empty() {
+                assert_eq!(reply.wake_ids.len(), 1, "an idle claim says where to wait");
+                break;
+            }
+            for e in reply.keys.iter().flat_map(|k| k.ids.iter()) {
+                let Some(redis::Value::BulkString(b)) = e.map.get("t") else {
+                    panic!("task")
+                };
+                tasks.push(decode_task(b).expect("task"));
+            }
+        }
         let mut next = 0;
-        for (i, e) in reply.ids.iter().enumerate() {
-            let Some(redis::Value::BulkString(b)) = e.map.get("t") else {
-                panic!("task")
-            };
-            let t = decode_task(b).expect("task");
+        for (i, t) in tasks.iter().enumerate() {
             assert_eq!(t.chunk_index, i as u64);
+            assert_eq!(t.run_id, run.run_id);
             assert_eq!(t.start, next, "no gap, no overlap ({params}, {chunk_size})");
             assert!(t.end > t.start && t.end - t.start <= chunk_size);
             next = t.end;
@@ -582,13 +582,13 @@ async fn submit_queues_chunks_that_tile_the_range_exactly() {
             next, params,
             "chunks cover [0, params) for ({params}, {chunk_size})"
         );
-        assert_eq!(reply.ids.len() as u64, run.chunks);
-        let enqueued: u64 = redis::cmd("HGET")
-            .arg(Keys::new(&p).run(&run.run_id))
-            .arg("enqueued")
+        assert_eq!(tasks.len() as u64, run.chunks);
+        let inflight: u64 = redis::cmd("HGET")
+            .arg(keys.run(&run.run_id))
+            .arg("inflight")
             .query(&mut conn)
-            .expect("enqueued");
-        assert_eq!(enqueued, run.chunks);
+            .expect("inflight");
+        assert_eq!(inflight, run.chunks, "every handed-out chunk is in flight");
         server2.stop().await;
     }
     let _ = &mut c;

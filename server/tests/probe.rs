@@ -19,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
-use ttg_proto::keys::{Keys, GROUP};
+use ttg_proto::keys::Keys;
 use ttg_proto::records::event_body;
 use ttg_proto::scripts::{ChunkResult, Scripts};
 use ttg_proto::v1::agent_gateway_client::AgentGatewayClient;
@@ -418,18 +418,7 @@ async fn a_completion_from_anyone_but_the_holder_stores_nothing() {
     let (codes, _): (Vec<i64>, String) = inv.invoke_async(&mut conn).await.expect("script");
     assert_eq!(codes, vec![-3; 10]);
     // Real deliveries, but held by another consumer: nothing either.
-    let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(GROUP)
-        .arg("eve")
-        .arg("COUNT")
-        .arg(10)
-        .arg("STREAMS")
-        .arg(&tasks)
-        .arg(">")
-        .query_async(&mut conn)
-        .await
-        .expect("read");
+    let read = claim_read(&mut conn, &keys, "placeholder", "eve", 10).await;
     let ids: Vec<String> = read.keys[0].ids.iter().map(|e| e.id.clone()).collect();
     let batch: Vec<ChunkResult> = ids
         .iter()

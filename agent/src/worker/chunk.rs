@@ -89,13 +89,21 @@ impl Worker {
                 task,
                 attempt,
                 traceparent,
-            }) => Some(Claimed {
-                stream,
-                entry_id,
-                task,
-                attempt,
-                traceparent,
-            }),
+                queued_ms,
+            }) => {
+                if let Some(q) = queued_ms {
+                    let wait = (ttg_proto::now_ms() - q).max(0) as f64 / 1000.0;
+                    metrics::histogram!("ttg_agent_queue_wait_seconds", "kernel" => task.kernel.clone())
+                        .record(wait);
+                }
+                Some(Claimed {
+                    stream,
+                    entry_id,
+                    task,
+                    attempt,
+                    traceparent,
+                })
+            }
             Err(e) => {
                 let error = e.to_string();
                 let raw = bulk(fields.get(TASK_FIELD)).unwrap_or_default();

@@ -1,9 +1,14 @@
-//! The claim loop: read tasks with XREADGROUP into free slots (and, for short chunks, about 10 ms of work ahead per slot), each entry handed to its own task.
+//! The claim loop: claim chunks with claim.lua (the scheduler chooses them,
+//! fairly across runs, and delivers them to this agent) into free slots
+//! (and, for short chunks, about 10 ms of work ahead per slot), each entry
+//! handed to its own task; with nothing to claim, block on the kernels'
+//! wake streams.
 
 use std::sync::atomic::AtomicUsize;
 
 use redis::streams::StreamKey;
 use tokio::sync::OwnedSemaphorePermit;
+use ttg_proto::sched::ClaimReply;
 
 use super::*;
 
@@ -144,8 +149,9 @@ struct Claimer {
     budget: Arc<Semaphore>,
     /// Entries claimed and waiting for a free slot (see PREFETCH_BELOW).
     waiting: Arc<AtomicUsize>,
-    streams: Vec<String>,
-    /// Its own connection: XREADGROUP BLOCK holds it.
+    /// The kernels this agent offers, in the order claim.lua is given them.
+    kernels: Vec<String>,
+    /// Its own connection: XREAD BLOCK holds it.
     blocking: Option<MultiplexedConnection>,
     groups_ready: bool,
     backoff: Backoff,
@@ -159,7 +165,7 @@ impl Claimer {
             slots: Arc::new(Semaphore::new(w.concurrency as usize)),
             budget: Arc::new(Semaphore::new(2 * w.concurrency as usize + HOLD_EXTRA)),
             waiting: Arc::new(AtomicUsize::new(0)),
-            streams: w.streams(),
+            kernels: w.registry.names(),
             blocking: None,
             groups_ready: false,
             backoff: redis_backoff(),
@@ -199,34 +205,54 @@ impl Claimer {
         depth.saturating_sub(self.waiting.load(Ordering::Relaxed))
     }
 
-    /// One XREADGROUP of up to `count` entries per stream, blocking up to
-    /// READ_BLOCK if `block`. Not raced against the stop: dropping a read in
-    /// flight could lose entries Redis already delivered to us.
+    /// One claim of up to `count` entries (claim.lua); with none to claim
+    /// and `block`, wait on the wake streams up to READ_BLOCK and claim
+    /// once more. Not raced against the stop: dropping a claim in flight
+    /// could lose entries Redis already delivered to us.
     async fn read(&mut self, w: &Worker, count: usize, block: bool) -> RedisResult<Vec<StreamKey>> {
+        let reply = self.claim(w, count).await?;
+        if !reply.keys.is_empty() || !block || reply.wake_ids.len() != self.kernels.len() {
+            return Ok(reply.keys);
+        }
         let Some(conn) = self.blocking.as_mut() else {
             return Ok(Vec::new());
         };
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(GROUP)
-            .arg(&w.agent_id)
-            .arg("COUNT")
-            .arg(count);
-        if block {
-            cmd.arg("BLOCK").arg(READ_BLOCK.as_millis() as u64);
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT")
+            .arg(1)
+            .arg("BLOCK")
+            .arg(READ_BLOCK.as_millis() as u64)
+            .arg("STREAMS");
+        for k in &self.kernels {
+            cmd.arg(w.keys.wake(k));
         }
-        cmd.arg("STREAMS").arg(&self.streams);
-        for _ in &self.streams {
-            cmd.arg(">");
+        cmd.arg(&reply.wake_ids);
+        let woke: RedisResult<Option<redis::streams::StreamReadReply>> =
+            cmd.query_async(conn).await;
+        match woke {
+            Ok(None) => Ok(Vec::new()),
+            Ok(Some(_)) => Ok(self.claim(w, count).await?.keys),
+            Err(e) => {
+                if is_transient(&e) {
+                    self.blocking = None;
+                }
+                Err(e)
+            }
         }
-        let reply: RedisResult<Option<StreamReadReply>> = cmd.query_async(conn).await;
-        match reply {
+    }
+
+    async fn claim(&mut self, w: &Worker, count: usize) -> RedisResult<ClaimReply> {
+        let Some(conn) = self.blocking.as_mut() else {
+            return Ok(ClaimReply::default());
+        };
+        let inv = w.scripts.claim(&w.keys, &self.kernels, &w.agent_id, count);
+        match inv.invoke_async::<ClaimReply>(conn).await {
             Ok(r) => {
                 self.backoff.reset();
-                Ok(r.map(|r| r.keys).unwrap_or_default())
+                Ok(r)
             }
             Err(e) => {
-                if e.code() == Some("NOGROUP") {
+                if e.code() == Some("NOGROUP") || e.to_string().contains("NOGROUP") {
                     // Redis lost its data (restart without AOF) or a stream was deleted.
                     self.groups_ready = false;
                 } else if is_transient(&e) {

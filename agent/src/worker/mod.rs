@@ -19,7 +19,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, MultiplexedConnection};
-use redis::streams::StreamReadReply;
 use redis::{RedisResult, Value};
 use tokio::sync::{oneshot, Semaphore};
 use tokio::time::Instant;

@@ -1,10 +1,13 @@
 //! The books of every run, checked and healed. At every atomic step, each
-//! chunk of an active run is done, dead-lettered, or has a task entry in its
-//! kernel's tasks stream (queued or held by an agent). A chunk with none of
-//! the three is lost: nothing would ever compute it and the run would stay
+//! chunk of an active run is done, dead-lettered, queued in the scheduler
+//! (at or past the run's `next`, or in its re-queue list) or has a task
+//! entry in its kernel's tasks stream (held by an agent). A chunk with none
+//! of these is lost: nothing would ever compute it and the run would stay
 //! RUNNING for good. The audit finds such runs — active, quiet for a while,
-//! chunks unaccounted for and not one task entry in the stream — and
-//! re-queues the missing chunks from the run's own done and dead bitmaps.
+//! chunks unaccounted for, nothing queued and not one task entry in the
+//! stream — and re-queues the missing chunks from the run's own done and
+//! dead bitmaps. A quiet run that still has chunks queued is put back in
+//! its scheduler zset (a no-op unless it was missing from it).
 //! Retry of a run stopped by fail-fast re-queues its purged chunks the same
 //! way (`proto/lua/requeue_missing.lua`).
 
@@ -39,26 +42,39 @@ pub fn missing_chunks(done: &[u8], dead: &[u8], total: u64) -> Vec<u64> {
         .collect()
 }
 
-/// The task of chunk `chunk` of a run, as Submit queued it.
+/// The task of chunk `chunk` of a run, as claim.lua hands it out.
 pub fn task_for(spec: &RunSpec, chunk: u64) -> Task {
     let (start, end) = chunk_range(spec.params, spec.chunk_size, chunk);
     Task {
-        run_id: spec.run_id.clone(),
         chunk_index: chunk,
         start,
         end,
-        kernel: spec.kernel.clone(),
-        args: spec.args.clone(),
-        max_attempts: spec.max_attempts,
-        sweep: spec.space.is_some() || !spec.outputs.is_empty(),
+        ..super::submit::task_template(spec)
     }
 }
 
 impl Store {
+    /// Ids of the active runs: every ended run is in the expiry schedule,
+    /// so this is the runs index without it (at most
+    /// --max-runs-in-flight), computed inside Redis.
+    pub(super) async fn active_run_ids(&self) -> Result<Vec<String>> {
+        let mut c = self.conn();
+        self.timed(
+            redis::cmd("ZDIFF")
+                .arg(2)
+                .arg(self.keys.runs())
+                .arg(self.keys.expiring())
+                .query_async(&mut c),
+        )
+        .await
+    }
+
     /// Queue again every chunk of `spec`'s run that is neither done nor dead,
-    /// in `mode` `"audit"` or `"retry"` (see `requeue_missing.lua`). Returns
+    /// in `mode` `"audit"` or `"retry"` (see `requeue_missing.lua`; the
+    /// audit calls it only for a run without a task entry). Returns
     /// how many were queued and the run's state after (None if the script
-    /// refused: the run is unknown or not active).
+    /// refused: the run is unknown or not active). Chunks the scheduler has
+    /// not handed out yet (at or past the run's `next`) are not missing.
     pub(super) async fn requeue_missing(
         &self,
         spec: &RunSpec,
@@ -66,24 +82,42 @@ impl Store {
     ) -> Result<(u64, Option<RunState>)> {
         let run_id = &spec.run_id;
         let mut c = self.conn();
-        let (done, dead): (Option<Vec<u8>>, Option<Vec<u8>>) = self
+        let (done, dead, next): (Option<Vec<u8>>, Option<Vec<u8>>, Option<u64>) = self
             .timed(
                 redis::pipe()
                     .get(self.keys.done(run_id))
                     .get(self.keys.dead_bits(run_id))
+                    .hget(self.keys.run(run_id), "next")
                     .query_async(&mut c),
             )
             .await?;
         let missing = missing_chunks(
             &done.unwrap_or_default(),
             &dead.unwrap_or_default(),
-            spec.total_chunks,
+            next.unwrap_or(spec.total_chunks).min(spec.total_chunks),
         );
+        self.requeue_missing_chunks(spec, mode, &missing).await
+    }
+
+    /// requeue_missing.lua over `missing`, in batches (one call at least:
+    /// it also puts a run with chunks to hand out back in its zset).
+    async fn requeue_missing_chunks(
+        &self,
+        spec: &RunSpec,
+        mode: &str,
+        missing: &[u64],
+    ) -> Result<(u64, Option<RunState>)> {
+        let run_id = &spec.run_id;
+        let mut c = self.conn();
         let tasks = self.keys.tasks(&spec.kernel);
         self.ensure_group(&tasks).await?;
         let mut queued = 0u64;
         let mut state = None;
-        for batch in missing.chunks(REQUEUE_BATCH) {
+        let mut batches: Vec<&[u64]> = missing.chunks(REQUEUE_BATCH).collect();
+        if batches.is_empty() {
+            batches.push(&[]);
+        }
+        for batch in batches {
             let chunks: Vec<(u64, Vec<u8>)> = batch
                 .iter()
                 .map(|&i| (i, encode(&task_for(spec, i))))
@@ -118,7 +152,14 @@ impl Store {
             return Ok(0);
         }
         let mut by_stream: HashMap<String, Vec<RunSpec>> = HashMap::new();
-        for spec in candidates {
+        for (spec, queued) in candidates {
+            if queued > 0 {
+                // Chunks still to hand out, yet quiet: make sure the run is
+                // in its scheduler zset (the script re-adds it if it is not;
+                // nothing is queued twice).
+                self.requeue_missing_chunks(&spec, "sched", &[]).await?;
+                continue;
+            }
             by_stream
                 .entry(self.keys.tasks(&spec.kernel))
                 .or_default()
@@ -140,20 +181,11 @@ impl Store {
         Ok(requeued)
     }
 
-    /// Active runs with chunks unaccounted for and no event for `quiet`.
-    async fn audit_candidates(&self, quiet: Duration) -> Result<Vec<RunSpec>> {
+    /// Active runs with chunks unaccounted for and no event for `quiet`,
+    /// with how many chunks their scheduler queue still holds.
+    async fn audit_candidates(&self, quiet: Duration) -> Result<Vec<(RunSpec, u64)>> {
         let mut c = self.conn();
-        // Every ended run is in the expiry schedule, so this is the active
-        // ones (at most --max-runs-in-flight), computed inside Redis.
-        let active: Vec<String> = self
-            .timed(
-                redis::cmd("ZDIFF")
-                    .arg(2)
-                    .arg(self.keys.runs())
-                    .arg(self.keys.expiring())
-                    .query_async(&mut c),
-            )
-            .await?;
+        let active = self.active_run_ids().await?;
         if active.is_empty() {
             return Ok(Vec::new());
         }
@@ -161,7 +193,7 @@ impl Store {
         for id in &active {
             p.cmd("HMGET")
                 .arg(self.keys.run(id))
-                .arg(&["state", "total", "done", "dead", "spec"]);
+                .arg(&["state", "total", "done", "dead", "spec", "next", "qn"]);
             p.cmd("XREVRANGE")
                 .arg(self.keys.events(id))
                 .arg("+")
@@ -211,7 +243,12 @@ impl Store {
                 tracing::warn!(run = %id, "audit: run without a readable spec skipped");
                 continue;
             };
-            out.push(spec);
+            let queued = if text(5).is_some() {
+                (int(1) - int(5)).max(0) as u64 + int(6).max(0) as u64
+            } else {
+                0
+            };
+            out.push((spec, queued));
         }
         Ok(out)
     }

@@ -60,10 +60,55 @@ impl Store {
         Ok(queues)
     }
 
+    /// Per (kernel, class) of the active runs: chunks queued in the
+    /// scheduler (not yet handed to an agent) and chunks in flight.
+    async fn sched_books(&self) -> Result<HashMap<(String, String), (u64, u64)>> {
+        let mut c = self.conn();
+        let active = self.active_run_ids().await?;
+        let mut out: HashMap<(String, String), (u64, u64)> = HashMap::new();
+        if active.is_empty() {
+            return Ok(out);
+        }
+        let mut p = redis::pipe();
+        for id in &active {
+            p.cmd("HMGET")
+                .arg(self.keys.run(id))
+                .arg(&["sched", "total", "next", "qn", "inflight"]);
+        }
+        let rows: Vec<Vec<Option<String>>> = self.timed(p.query_async(&mut c)).await?;
+        let sched_prefix = format!("{}sched:", self.keys.prefix());
+        for row in rows {
+            let int = |i: usize| {
+                row.get(i)
+                    .cloned()
+                    .flatten()
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .unwrap_or(0)
+                    .max(0) as u64
+            };
+            let Some(Some(key)) = row.first() else {
+                continue;
+            };
+            let Some((kernel, class)) = key
+                .strip_prefix(&sched_prefix)
+                .and_then(|k| k.rsplit_once(':'))
+            else {
+                continue;
+            };
+            let e = out
+                .entry((kernel.to_string(), class.to_string()))
+                .or_default();
+            e.0 += int(1).saturating_sub(int(2)) + int(3);
+            e.1 += int(4);
+        }
+        Ok(out)
+    }
+
     /// Refresh the Prometheus gauges and counters that live in Redis: the
     /// installation-wide chunk counters the scripts keep, runs by state
-    /// (among the newest 1,000), and per kernel the queue's entries, those
-    /// pending and the consumer group's lag.
+    /// (among the newest 1,000), per kernel the stream's entries, those
+    /// pending and the lag (chunks no agent has been given yet), and per
+    /// kernel and priority the scheduler's queued and in-flight chunks.
     pub async fn collect_metrics(&self) -> Result<()> {
         // Everything is read first and published at the end, with no await
         // in between: a scrape used to land between two Redis round trips
@@ -79,6 +124,7 @@ impl Store {
             .await?;
         let by_state = self.runs_by_state().await?;
         let queues = self.queue_depths().await?;
+        let books = self.sched_books().await?;
         // Redis memory, for sizing and alerting (see docs/operations.md).
         let info: String = self
             .timed(redis::cmd("INFO").arg("memory").query_async(&mut c))
@@ -111,9 +157,30 @@ impl Store {
         }
         for (kernel, len, group) in queues {
             ::metrics::gauge!("ttg_queue_entries", "kernel" => kernel).set(len as f64);
-            if let Some((pending, lag)) = group {
-                ::metrics::gauge!("ttg_queue_pending", "kernel" => kernel).set(pending);
-                ::metrics::gauge!("ttg_queue_lag", "kernel" => kernel).set(lag);
+            // Chunks no agent has been given: the scheduler's queues (and
+            // any entry not yet delivered). What autoscaling watches.
+            let queued: u64 = ["high", "normal", "low"]
+                .iter()
+                .map(|c| {
+                    books
+                        .get(&(kernel.to_string(), c.to_string()))
+                        .map_or(0, |b| b.0)
+                })
+                .sum();
+            let (pending, lag) = group.unwrap_or((0.0, 0.0));
+            ::metrics::gauge!("ttg_queue_pending", "kernel" => kernel).set(pending);
+            ::metrics::gauge!("ttg_queue_lag", "kernel" => kernel).set(lag + queued as f64);
+        }
+        for k in ttg_proto::kernels::BUILTIN {
+            for class in ["high", "normal", "low"] {
+                let (queued, inflight) = books
+                    .get(&(k.name.to_string(), class.to_string()))
+                    .copied()
+                    .unwrap_or_default();
+                ::metrics::gauge!("ttg_chunks_queued", "kernel" => k.name, "priority" => class)
+                    .set(queued as f64);
+                ::metrics::gauge!("ttg_chunks_in_flight", "kernel" => k.name, "priority" => class)
+                    .set(inflight as f64);
             }
         }
         for line in info.lines() {

@@ -31,11 +31,11 @@ use ttg_proto::keys::{new_run_id, valid_run_id, Keys};
 use ttg_proto::reclaim::{reclaim_consumer, Cause, Reclaimed};
 use ttg_proto::records::{
     decode_event, decode_spec, encode, event_body, is_finished, is_terminal, parse_state,
-    run_status_from_hash, unpack_values, ATTEMPT_FIELD, EVENT_FIELD, TASK_FIELD, TRACEPARENT_FIELD,
+    run_status_from_hash, unpack_values, EVENT_FIELD, TASK_FIELD,
 };
 use ttg_proto::v1::{
-    event, AgentInfo, DeadChunk, Event, Progress, ResultChunk, RunCancelled, RunSpec, RunState,
-    RunStatus, RunSubmitted, SubmitRequest, Task,
+    event, AgentInfo, DeadChunk, Event, Priority, Progress, ResultChunk, RunCancelled, RunSpec,
+    RunState, RunStatus, RunSubmitted, SubmitRequest, Task,
 };
 use ttg_proto::{kernels, now_ms, redis_conn};
 

@@ -101,11 +101,6 @@ impl Store {
 
     fn annotate(&self, st: &mut RunStatus, agents: &[AgentInfo]) {
         let Some(spec) = st.spec.as_ref() else { return };
-        st.chunks_in_flight = agents
-            .iter()
-            .flat_map(|a| a.held.iter())
-            .filter(|h| h.run_id == spec.run_id)
-            .count() as u64;
         let state = RunState::try_from(st.state).unwrap_or(RunState::Unspecified);
         if matches!(state, RunState::Queued | RunState::Running)
             && !agents.iter().any(|a| a.kernels.contains(&spec.kernel))

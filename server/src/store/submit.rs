@@ -1,13 +1,12 @@
-//! Submit: validate, store the run and queue its tasks in pipelined batches.
+//! Submit: validate, then store the run and put it in its scheduler zset,
+//! in one MULTI. No task entry is written here: claim.lua hands chunks out
+//! (fresh ones from `next`), so a run of any size is queued in O(1).
 
 use super::*;
 
-/// Tasks written per pipelined, atomic batch at Submit.
-const SUBMIT_BATCH: u64 = 2_000;
-
 impl Store {
-    /// Validate, store the run and queue its tasks. Returns the run id and
-    /// the number of chunks once every task is in Redis. The `submit` span is
+    /// Validate, store the run and queue it. Returns the run id and the
+    /// number of chunks once the run is in Redis. The `submit` span is
     /// the root of the run's trace: its traceparent goes into the run spec and
     /// every task entry, so agents' spans join it.
     pub async fn submit(&self, req: &SubmitRequest) -> Result<(String, u64, u64)> {
@@ -62,10 +61,12 @@ impl Store {
             fail_fast: v.fail_fast,
             space: v.space.as_ref().map(|s| s.to_wire()),
             outputs: v.outputs.clone(),
+            priority: v.priority as i32,
+            max_in_flight: v.max_in_flight,
+            weight: v.weight,
         };
         self.ensure_group(&self.keys.tasks(&v.kernel)).await?;
         self.write_run(&spec).await?;
-        self.queue_tasks(&spec).await?;
         tracing::info!(run = %run_id, params = v.params, chunks = v.chunks, kernel = %v.kernel, "run submitted");
         Ok((run_id, v.chunks, v.params))
     }
@@ -91,8 +92,10 @@ impl Store {
         Ok(())
     }
 
-    /// The run hash, its index entry, the active count and its
-    /// `RunSubmitted` event, in one MULTI.
+    /// The run hash (with the scheduler's fields), its index entry, the
+    /// active count, its `RunSubmitted` event, its place in the scheduler
+    /// zset of its kernel and class and a ring of the kernel's wake stream,
+    /// in one MULTI: a run is claimable exactly when it is stored.
     async fn write_run(&self, spec: &RunSpec) -> Result<()> {
         let run_id = &spec.run_id;
         let submitted = Event {
@@ -110,6 +113,9 @@ impl Store {
             ..Default::default()
         };
         let num = |n: u64| n.to_string().into_bytes();
+        let priority = Priority::try_from(spec.priority).unwrap_or_default();
+        let sched = self.keys.sched(&spec.kernel, priority);
+        let wake = self.keys.wake(&spec.kernel);
         let mut p = redis::pipe();
         p.atomic()
             .hset_multiple(
@@ -123,11 +129,33 @@ impl Store {
                     ("count", num(0)),
                     ("sum", num(0)),
                     ("created_ms", spec.created_ms.to_string().into_bytes()),
-                    ("enqueued", num(0)),
                     ("retention_ms", num(spec.retention_ms)),
                     ("fail_fast", num(spec.fail_fast.into())),
+                    ("task", encode(&task_template(spec))),
+                    ("tp", spec.traceparent.clone().into_bytes()),
+                    ("params", num(spec.params)),
+                    ("csize", num(spec.chunk_size)),
+                    ("next", num(0)),
+                    ("qn", num(0)),
+                    ("inflight", num(0)),
+                    ("cap", num(spec.max_in_flight.into())),
+                    ("weight", num(spec.weight.max(1).into())),
+                    ("seq", num(0)),
+                    ("sched", sched.clone().into_bytes()),
+                    ("wake", wake.clone().into_bytes()),
                 ],
             )
+            .ignore()
+            .zadd(&sched, run_id, 0)
+            .ignore()
+            .cmd("XADD")
+            .arg(&wake)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(64)
+            .arg("*")
+            .arg("r")
+            .arg(run_id)
             .ignore()
             .zadd(self.keys.runs(), run_id, spec.created_ms)
             .ignore()
@@ -142,56 +170,17 @@ impl Store {
         let mut c = self.conn();
         self.timed(p.query_async::<()>(&mut c)).await
     }
+}
 
-    /// Append every task, one pipelined MULTI per batch: the tasks and the
-    /// `enqueued` counter land together, so the counter always says exactly
-    /// what is queued. A batch that fails cancels the run (its queued tasks
-    /// are then removed): a half-queued run never waits forever.
-    async fn queue_tasks(&self, spec: &RunSpec) -> Result<()> {
-        let (run_id, total) = (&spec.run_id, spec.total_chunks);
-        let tasks_key = self.keys.tasks(&spec.kernel);
-        let mut task = Task {
-            run_id: run_id.clone(),
-            kernel: spec.kernel.clone(),
-            args: spec.args.clone(),
-            max_attempts: spec.max_attempts,
-            sweep: spec.space.is_some() || !spec.outputs.is_empty(),
-            ..Default::default()
-        };
-        let mut c = self.conn();
-        let mut first = 0;
-        while first < total {
-            let last = (first + SUBMIT_BATCH).min(total);
-            let mut p = redis::pipe();
-            p.atomic();
-            for i in first..last {
-                (task.start, task.end) = chunk_range(spec.params, spec.chunk_size, i);
-                task.chunk_index = i;
-                p.cmd("XADD")
-                    .arg(&tasks_key)
-                    .arg("*")
-                    .arg(TASK_FIELD)
-                    .arg(encode(&task))
-                    .arg(ATTEMPT_FIELD)
-                    .arg(1)
-                    .arg(TRACEPARENT_FIELD)
-                    .arg(&spec.traceparent)
-                    .ignore();
-            }
-            p.hset(self.keys.run(run_id), "enqueued", last).ignore();
-            if let Err(e) = self.timed(p.query_async::<()>(&mut c)).await {
-                let why = format!("submit failed after queuing {first} of {total} chunks: {e}");
-                tracing::warn!(run = %run_id, error = %e, "{why}; cancelling the run");
-                match self.cancel(run_id, &why).await {
-                    Ok(_) => self.remove_cancelled_tasks(run_id).await,
-                    Err(ce) => {
-                        tracing::error!(run = %run_id, error = %ce, "half-submitted run not cancelled; cancel it with `ttgctl cancel {run_id}`")
-                    }
-                }
-                return Err(e);
-            }
-            first = last;
-        }
-        Ok(())
+/// The part of every task of a run that is the same for all its chunks:
+/// claim.lua appends a chunk's index, start and end fields to it.
+pub fn task_template(spec: &RunSpec) -> Task {
+    Task {
+        run_id: spec.run_id.clone(),
+        kernel: spec.kernel.clone(),
+        args: spec.args.clone(),
+        max_attempts: spec.max_attempts,
+        sweep: spec.space.is_some() || !spec.outputs.is_empty(),
+        ..Default::default()
     }
 }

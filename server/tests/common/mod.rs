@@ -103,6 +103,15 @@ impl Redis {
         self.spawn();
     }
 
+    /// An async connection, for scripts a test runs as an agent would.
+    pub async fn async_conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url.as_str())
+            .expect("client")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connection")
+    }
+
     /// A synchronous connection for assertions.
     pub fn conn(&self) -> redis::Connection {
         redis::Client::open(self.url.as_str())
@@ -722,26 +731,34 @@ pub async fn wait_agents<T>(
     wait_until(what, within, || async move { ok(&live_agents(c).await?) }).await
 }
 
-/// Up to `n` new entries of `tasks` delivered to `consumer`, decoded:
-/// `(entry id, task entry)`.
+/// Up to `n` chunks of `kernel` the scheduler hands to `consumer`
+/// (claim.lua, as an agent claims), in XREADGROUP's reply shape.
+pub async fn claim_read(
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &ttg_proto::keys::Keys,
+    kernel: &str,
+    consumer: &str,
+    n: usize,
+) -> redis::streams::StreamReadReply {
+    let reply: ttg_proto::sched::ClaimReply = ttg_proto::scripts::Scripts::new()
+        .claim(keys, &[kernel.to_string()], consumer, n)
+        .invoke_async(conn)
+        .await
+        .expect("claim");
+    redis::streams::StreamReadReply { keys: reply.keys }
+}
+
+/// Up to `n` chunks claimed from the tasks stream `tasks` (`<prefix>tasks:<kernel>`)
+/// for `consumer`, decoded: `(entry id, task entry)`.
 pub async fn read_group(
     conn: &mut redis::aio::MultiplexedConnection,
     tasks: &str,
     consumer: &str,
     n: usize,
 ) -> Vec<(String, ttg_proto::records::TaskEntry)> {
-    let r: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(ttg_proto::keys::GROUP)
-        .arg(consumer)
-        .arg("COUNT")
-        .arg(n)
-        .arg("STREAMS")
-        .arg(tasks)
-        .arg(">")
-        .query_async(conn)
-        .await
-        .expect("xreadgroup");
+    let (prefix, kernel) = tasks.rsplit_once("tasks:").expect("a tasks stream key");
+    let keys = ttg_proto::keys::Keys::new(prefix);
+    let r = claim_read(conn, &keys, kernel, consumer, n).await;
     r.keys
         .into_iter()
         .flat_map(|k| k.ids)

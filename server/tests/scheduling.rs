@@ -1,0 +1,368 @@
+//! Many runs at once (#19): fair share between runs, priority classes with
+//! the starvation rule, per-run caps, and re-queued chunks at the front of
+//! their run's queue; all with real agent processes and the books checked
+//! (the scheduler's in-flight count back to 0, every chunk counted once)
+//! through an agent kill and a server restart.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use ttg_proto::keys::Keys;
+use ttg_proto::records::event_body;
+use ttg_proto::scripts::{FailedAttempt, Failure, Scripts};
+use ttg_proto::v1::{event, ChunkFailed, Priority, RunState, RunStatus, SubmitRequest};
+
+/// One test at a time: they compare runs' progress on shared agents.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const FAST: &[&str] = &["--lease", "1s", "--heartbeat-interval", "250ms"];
+
+fn agents(server: &str, redis: &str, p: &str, n: usize, concurrency: u32) -> Vec<Agent> {
+    (0..n)
+        .map(|i| Agent::spawn(server, redis, p, &format!("s{i}"), concurrency, &[]))
+        .collect()
+}
+
+fn req(params: u64, chunk: u64, work_ms: u64, priority: Priority) -> SubmitRequest {
+    let mut r = submit_req(params, chunk, work_ms);
+    r.priority = priority as i32;
+    r
+}
+
+fn done(st: &RunStatus) -> u64 {
+    st.progress.map_or(0, |p| p.chunks_done)
+}
+
+/// A finished run's books: every chunk counted once, the exact sum, and
+/// nothing left in flight or queued in the scheduler.
+fn assert_books(st: &RunStatus, params: u64) {
+    assert_eq!(st.state, RunState::Succeeded as i32, "{st:?}");
+    let a = st.aggregate.expect("aggregate");
+    assert_eq!(a.count, params);
+    assert_eq!(cents(a.sum), cents(expected_sum(params)), "exact aggregate");
+    assert_eq!(st.chunks_in_flight, 0, "the in-flight count is back to 0");
+    assert_eq!(st.chunks_queued, 0);
+}
+
+/// A 300-param run submitted into a busy 6,000-param run (3 agents × 1)
+/// finishes while most of the big run is still queued: it gets its share
+/// of the agents instead of waiting behind every queued chunk (a FIFO
+/// would hand it out only after all 60 big chunks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_run_beside_a_big_one_finishes_long_before_it() {
+    let _g = SERIAL.lock().await;
+    let redis = Redis::start();
+    let p = prefix();
+    let server = ServerProc::start(&redis.url, &p, FAST);
+    let _ag = agents(&server.url, &redis.url, &p, 3, 1);
+    let mut c = control(&server.url).await;
+    // 60 chunks of 100 ms.
+    let big = c
+        .submit(req(6_000, 100, 1, Priority::Normal))
+        .await
+        .expect("submit")
+        .into_inner();
+    wait_until("the big run is running", Duration::from_secs(20), || {
+        let mut c = c.clone();
+        let id = big.run_id.clone();
+        async move { (status(&mut c, &id).await.chunks_in_flight == 3).then_some(()) }
+    })
+    .await;
+    // 30 chunks of 10 ms.
+    let small = c
+        .submit(req(300, 10, 1, Priority::Normal))
+        .await
+        .expect("submit")
+        .into_inner();
+    let st = wait_finished(&mut c, &small.run_id, Duration::from_secs(30)).await;
+    let big_now = status(&mut c, &big.run_id).await;
+    assert_books(&st, 300);
+    assert!(
+        big_now.chunks_queued >= 30,
+        "the small run finished with {} of the big run's 60 chunks still queued (done {}): it did not wait behind them",
+        big_now.chunks_queued,
+        done(&big_now)
+    );
+    assert!(st.queue_wait_max_ms > 0 || st.claims == 30, "{st:?}");
+    assert_eq!(st.claims, 30, "each chunk claimed once");
+    let big_end = wait_finished(&mut c, &big.run_id, Duration::from_secs(60)).await;
+    assert_books(&big_end, 6_000);
+}
+
+/// High before normal before low; a low run still gets chunks while the
+/// normal one is busy (every 20th chunk goes to the lowest class with work).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn higher_classes_go_first_and_a_low_run_does_not_starve() {
+    let _g = SERIAL.lock().await;
+    let redis = Redis::start();
+    let p = prefix();
+    let server = ServerProc::start(&redis.url, &p, FAST);
+    let mut c = control(&server.url).await;
+    // Queued before any agent exists, so the order is the scheduler's alone.
+    let normal = c
+        .submit(req(4_000, 50, 1, Priority::Normal))
+        .await
+        .expect("submit")
+        .into_inner();
+    let low = c
+        .submit(req(500, 50, 1, Priority::Low))
+        .await
+        .expect("submit")
+        .into_inner();
+    let high = c
+        .submit(req(1_000, 50, 1, Priority::High))
+        .await
+        .expect("submit")
+        .into_inner();
+    let _ag = agents(&server.url, &redis.url, &p, 2, 1);
+    let h = wait_finished(&mut c, &high.run_id, Duration::from_secs(60)).await;
+    let n = wait_finished(&mut c, &normal.run_id, Duration::from_secs(60)).await;
+    let l = wait_finished(&mut c, &low.run_id, Duration::from_secs(60)).await;
+    assert_books(&h, 1_000);
+    assert_books(&n, 4_000);
+    assert_books(&l, 500);
+    // Chunks of a run completed before `t` (from its events).
+    let before = |run: String, t: i64| {
+        let mut c = c.clone();
+        async move {
+            let events = watch_all(&mut c, &run, "").await;
+            events
+                .iter()
+                .filter(|e| matches!(e.kind, Some(event::Kind::ChunkCompleted(_))) && e.time_ms < t)
+                .count()
+        }
+    };
+    // The 20 high chunks were handed out first: the normal run only got
+    // the slots the high run's last chunks left (2 agents).
+    let normal_early = before(normal.run_id.clone(), h.finished_ms).await;
+    assert!(
+        normal_early <= 3,
+        "the normal run completed {normal_early} chunks before the high run ended"
+    );
+    // Every 20th chunk went to the low run while the others were busy,
+    // but it was not served as an equal.
+    let low_early = before(low.run_id.clone(), n.finished_ms).await;
+    assert!(
+        (1..10).contains(&low_early),
+        "the low run completed {low_early} of 10 chunks before the normal run ended"
+    );
+    assert!(h.finished_ms <= n.finished_ms && n.finished_ms <= l.finished_ms);
+    let bad = c
+        .submit(SubmitRequest {
+            priority: 7,
+            ..req(10, 10, 0, Priority::Normal)
+        })
+        .await
+        .expect_err("unknown priority");
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(bad.message().contains("priority"), "{}", bad.message());
+}
+
+/// `max_in_flight` 2 on 3 agents × 2 slots: the server's own view never
+/// shows more than 2 chunks in flight, while an uncapped run beside it
+/// takes the other slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capped_run_never_holds_more_than_its_cap() {
+    let _g = SERIAL.lock().await;
+    let redis = Redis::start();
+    let p = prefix();
+    let server = ServerProc::start(&redis.url, &p, FAST);
+    let _ag = agents(&server.url, &redis.url, &p, 3, 2);
+    let mut c = control(&server.url).await;
+    let mut capped = req(2_400, 30, 1, Priority::Normal);
+    capped.max_in_flight = 2;
+    let capped = c.submit(capped).await.expect("submit").into_inner();
+    let free = c
+        .submit(req(2_400, 30, 1, Priority::Normal))
+        .await
+        .expect("submit")
+        .into_inner();
+    let (mut max_capped, mut max_free, mut samples) = (0, 0, 0);
+    loop {
+        let a = status(&mut c, &capped.run_id).await;
+        let b = status(&mut c, &free.run_id).await;
+        assert!(
+            a.chunks_in_flight <= 2,
+            "the capped run held {} chunks",
+            a.chunks_in_flight
+        );
+        max_capped = max_capped.max(a.chunks_in_flight);
+        max_free = max_free.max(b.chunks_in_flight);
+        samples += 1;
+        if a.state == RunState::Succeeded as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(samples > 10, "sampled {samples} times");
+    assert_eq!(max_capped, 2, "the cap was reached");
+    assert!(
+        max_free >= 3,
+        "the other slots went to the uncapped run ({max_free})"
+    );
+    assert_books(&status(&mut c, &capped.run_id).await, 2_400);
+    assert_books(
+        &wait_finished(&mut c, &free.run_id, Duration::from_secs(60)).await,
+        2_400,
+    );
+    let mut over = req(10, 10, 0, Priority::Normal);
+    over.max_in_flight = 1_000_001;
+    let e = c.submit(over).await.expect_err("cap out of range");
+    assert!(e.message().contains("max_in_flight"), "{}", e.message());
+}
+
+/// Two equal runs share three agents; one agent is SIGKILLed mid-run. Its
+/// chunks are reclaimed to the front of their runs' queues; both runs end
+/// with exact sums, and in-flight counts return to 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fair_share_survives_an_agent_kill() {
+    let _g = SERIAL.lock().await;
+    let redis = Redis::start();
+    let p = prefix();
+    let server = ServerProc::start(&redis.url, &p, FAST);
+    let ag = agents(&server.url, &redis.url, &p, 3, 1);
+    let mut c = control(&server.url).await;
+    let a = c
+        .submit(req(3_000, 50, 1, Priority::Normal))
+        .await
+        .expect("submit")
+        .into_inner();
+    let b = c
+        .submit(req(3_000, 50, 1, Priority::Normal))
+        .await
+        .expect("submit")
+        .into_inner();
+    wait_until("both runs progress", Duration::from_secs(20), || {
+        let mut c = c.clone();
+        let (a, b) = (a.run_id.clone(), b.run_id.clone());
+        async move {
+            let (x, y) = (status(&mut c, &a).await, status(&mut c, &b).await);
+            (done(&x) >= 5 && done(&y) >= 5).then_some(())
+        }
+    })
+    .await;
+    // Fair: neither run is far ahead of the other.
+    let (x, y) = (
+        status(&mut c, &a.run_id).await,
+        status(&mut c, &b.run_id).await,
+    );
+    assert!(
+        done(&x).abs_diff(done(&y)) <= 4,
+        "{} vs {}",
+        done(&x),
+        done(&y)
+    );
+    ag[1].signal("KILL");
+    let sa = wait_finished(&mut c, &a.run_id, Duration::from_secs(60)).await;
+    let sb = wait_finished(&mut c, &b.run_id, Duration::from_secs(60)).await;
+    assert_books(&sa, 3_000);
+    assert_books(&sb, 3_000);
+    let ea = watch_all(&mut c, &a.run_id, "").await;
+    let eb = watch_all(&mut c, &b.run_id, "").await;
+    assert_exactly_once(&ea, 3_000, 60);
+    assert_exactly_once(&eb, 3_000, 60);
+    assert!(
+        !reclaims(&ea).is_empty() || !reclaims(&eb).is_empty(),
+        "the killed agent's chunk was reclaimed"
+    );
+    assert_queue_drains(&redis, &p, Duration::from_secs(10)).await;
+}
+
+/// The server is SIGKILLed and restarted while two runs of different
+/// classes share the agents: the scheduler lives in Redis, so both finish
+/// exactly, the high one first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_survives_a_server_restart() {
+    let _g = SERIAL.lock().await;
+    let redis = Redis::start();
+    let p = prefix();
+    let mut server = ServerProc::start(&redis.url, &p, FAST);
+    let mut c = control(&server.url).await;
+    let normal = c
+        .submit(req(3_000, 50, 1, Priority::Normal))
+        .await
+        .expect("submit")
+        .into_inner();
+    let high = c
+        .submit(req(2_000, 50, 1, Priority::High))
+        .await
+        .expect("submit")
+        .into_inner();
+    let _ag = agents(&server.url, &redis.url, &p, 3, 1);
+    wait_until("the high run progresses", Duration::from_secs(20), || {
+        let mut c = c.clone();
+        let id = high.run_id.clone();
+        async move { (done(&status(&mut c, &id).await) >= 5).then_some(()) }
+    })
+    .await;
+    server.kill();
+    server.spawn();
+    let mut c = control(&server.url).await;
+    let h = wait_finished(&mut c, &high.run_id, Duration::from_secs(60)).await;
+    let n = wait_finished(&mut c, &normal.run_id, Duration::from_secs(60)).await;
+    assert_books(&h, 2_000);
+    assert_books(&n, 3_000);
+    assert!(h.finished_ms < n.finished_ms, "high ended first");
+    assert_queue_drains(&redis, &p, Duration::from_secs(10)).await;
+}
+
+/// A failed chunk goes back to the front of its run's queue: the next claim
+/// hands it out again (attempt 2) before any fresh chunk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_chunk_is_handed_out_again_first() {
+    let redis = Redis::start();
+    let p = prefix();
+    let keys = Keys::new(&p);
+    let server = Server::start(&redis.url, &p).await;
+    let mut c = control(&server.url).await;
+    let run = c
+        .submit(req(100, 10, 0, Priority::Normal))
+        .await
+        .expect("submit")
+        .into_inner();
+    let mut conn = redis.async_conn().await;
+    let tasks = keys.tasks("placeholder");
+    let got = read_group(&mut conn, &tasks, "tester", 3).await;
+    let chunks: Vec<u64> = got.iter().map(|(_, e)| e.task.chunk_index).collect();
+    assert_eq!(chunks, vec![0, 1, 2]);
+    assert_eq!(status(&mut c, &run.run_id).await.chunks_in_flight, 3);
+    let (id, entry) = &got[1];
+    let body = |dead| {
+        event_body(
+            &run.run_id,
+            event::Kind::ChunkFailed(ChunkFailed {
+                chunk_index: 1,
+                dead,
+                ..Default::default()
+            }),
+        )
+    };
+    let (retry_body, dead_body) = (body(false), body(true));
+    let f = FailedAttempt {
+        entry_id: id,
+        task: &entry.task,
+        attempt: 1,
+        error: "boom",
+        first_line: "boom",
+        traceparent: b"",
+        retry_body: &retry_body,
+        dead_body: &dead_body,
+    };
+    let (code, state): (i64, String) = Scripts::new()
+        .fail(&keys, &run.run_id, &tasks, "tester", &f)
+        .invoke_async(&mut conn)
+        .await
+        .expect("fail");
+    assert_eq!(Failure::from_reply(code, &state), Failure::Requeued);
+    let st = status(&mut c, &run.run_id).await;
+    assert_eq!((st.chunks_in_flight, st.chunks_queued), (2, 8));
+    let again = read_group(&mut conn, &tasks, "tester", 2).await;
+    let next: Vec<(u64, u32)> = again
+        .iter()
+        .map(|(_, e)| (e.task.chunk_index, e.attempt))
+        .collect();
+    assert_eq!(next, vec![(1, 2), (3, 1)], "the failed chunk first");
+    server.stop().await;
+}
