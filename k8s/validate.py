@@ -228,7 +228,8 @@ def self_test(version, keda):
     cases = {
         "unknown field (strict schema)": lambda o: server(o).__setitem__("imagePullPolicyy", "Always"),
         "object with no schema": lambda o: o.append({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}),
-        "KEDA scaling on pending entries": lambda o: find(o, "ScaledObject", "ttg-agent")["spec"]["triggers"][0]["metadata"].update(pendingEntriesCount="5"),
+        "KEDA scaling on a tasks stream": lambda o: find(o, "ScaledObject", "ttg-agent")["spec"]["triggers"][0].update(type="redis-streams"),
+        "KEDA scaling on another metric": lambda o: find(o, "ScaledObject", "ttg-agent")["spec"]["triggers"][0]["metadata"].update(valueLocation="ttg_queue_pending"),
         "selector not matching pods": lambda o: find(o, "Deployment", "ttg-agent")["spec"]["selector"]["matchLabels"].update({"x": "y"}),
         "Service to a missing port": lambda o: find(o, "Service", "ttg-server")["spec"]["ports"][0].update(targetPort="nope"),
         "missing Secret": lambda o: o.remove(find(o, "Secret", "ttg-tokens")),
