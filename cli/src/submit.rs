@@ -57,7 +57,7 @@ pub struct Args {
     /// Stop the run as FAILED once this many chunk attempts in a row fail with the same first line of error, 0..=100000 (0: never; default 10).
     #[arg(long, value_name = "N")]
     pub fail_fast: Option<u32>,
-    /// Scheduling class: high runs take every free agent slot before normal ones, normal before low (every 20th chunk handed out still goes to the lowest class with work, so none starves; docs/scheduling.md).
+    /// Scheduling class (default normal): high runs take every free agent slot before normal ones, normal before low (every 20th chunk handed out still goes to the lowest class with work, so none starves; docs/scheduling.md).
     #[arg(long, value_name = "CLASS", value_parser = ["high", "normal", "low"], default_value = "normal", hide_default_value = true)]
     pub priority: String,
     /// Most chunks this run may hold at once across all agents (claimed, not yet completed), 1..=1000000; the other slots stay free for other runs (default: no cap).

@@ -1,154 +1,215 @@
--- claim: choose up to n chunks for an agent, fairly, and deliver them to it.
--- KEYS (1 + 5 per kernel): the scheduler's tick counter; then for each
---   kernel the agent offers: its tasks stream, its wake stream, and its
---   sched zsets for the classes high, normal and low.
--- ARGV (4): group, consumer (the agent id), n (1 ..= 1000), key prefix.
--- Returns {entries, wake ids}: entries in XREADGROUP's reply shape (per
---   tasks stream, the entries delivered to the consumer, pending for it);
---   when none was delivered, wake ids holds each wake stream's last id
---   ('0-0' if it has none), for the caller to block on with XREAD: work
---   queued after this call rings a wake stream, so none is missed.
+-- claim: choose up to n chunks for an agent, fairly, and append their
+-- task entries; the caller's XREADGROUP in the same MULTI (see
+-- ttg_proto::sched::claim) delivers them to it, so they are pending for
+-- that agent when the MULTI ends.
+-- KEYS (1 + 3 per kernel): the scheduler's tick counter; then for each
+--   kernel the agent offers: its wake stream, its sched zset and its
+--   tasks stream.
+-- ARGV (2): n (1 ..= 1000), key prefix.
+-- Returns {handed out per kernel, wake ids}: wake ids, when nothing was
+--   handed out, holds each wake stream's last id ('0-0' if it has none),
+--   for the caller to block on with XREAD: work queued after this call
+--   rings a wake stream, so none is missed.
 -- Choice: the highest class with a claimable run, except that every 20th
 --   chunk handed out (the scheduler's tick) goes to the lowest class with
 --   one; within a class, the run with the fewest chunks in flight per unit
---   of weight, ties to the one served longest ago. A run takes its
---   re-queued chunks first (reclaimed ones at the front), then fresh ones.
+--   of weight, ties to the one served longest ago (the zset's order): a
+--   turn is max(1, n / 2) chunks while another run of the class competes
+--   (one for an agent claiming one to three free slots), else up to the
+--   next aging tick's worth. The zset's head is read once per call and
+--   walked locally: a run served is put back at its new score. A run
+--   takes its re-queued chunks first (reclaimed ones at the front), then
+--   fresh ones.
 -- Invariant: a chunk leaves its run's queue (`next`, the re-queue list) in
---   the same step that appends its task entry and delivers it, and the
---   run's in-flight count rises by exactly the deliveries made, so every
---   chunk of an active run is always queued, pending, done or dead, and a
+--   the same step that appends its task entry, and the run's in-flight
+--   count rises by exactly the entries appended, so every chunk of an
+--   active run is always queued, in the tasks stream, done or dead, and a
 --   run never holds more than its max_in_flight.
-local group, consumer, want, prefix = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local nk = (#KEYS - 1) / 5
+local want, prefix = tonumber(ARGV[1]), ARGV[2]
+local nk = (#KEYS - 1) / 3
 local AGING = 20
-local function zkey(i, c) return KEYS[1 + (i - 1) * 5 + 2 + c] end
-local tops = {}
-local function load_top(i, c)
-  local r = redis.call('ZRANGE', zkey(i, c), 0, 1, 'WITHSCORES')
-  if #r == 0 then
-    tops[(i - 1) * 3 + c] = false
-  else
-    tops[(i - 1) * 3 + c] = {id = r[1], score = tonumber(r[2]), more = #r > 2}
+local function wkey(i) return KEYS[2 + (i - 1) * 3] end
+local function zkey(i) return KEYS[3 + (i - 1) * 3] end
+local function tkey(i) return KEYS[4 + (i - 1) * 3] end
+local function class_of(score) return floor(score / CLASS) end
+-- Kernel i's aging candidate: the best claimable run of its lowest class
+-- with one (a capped run sorts after the claimable runs of its class).
+local function lowest_of(i)
+  local z = zkey(i)
+  for c = 2, 0, -1 do
+    local r = redis.call('ZRANGEBYSCORE', z, fmt(c * CLASS), '(' .. fmt(c * CLASS + CAPOFF),
+      'WITHSCORES', 'LIMIT', 0, 1)
+    if #r > 0 then return {id = r[1], score = tonumber(r[2])} end
   end
-end
-local function claimable(i, c)
-  local t = tops[(i - 1) * 3 + c]
-  if t and t.score < CAPPED then return t end
   return nil
 end
-for i = 1, nk do for c = 1, 3 do load_top(i, c) end end
+-- Per kernel, the zset's first `want + 1` members in order, walked locally:
+-- a served run is put back at its new score, so most turns need no read.
+-- `whole`: the list is the whole zset.
+local lists = {}
+local function load(i)
+  local r = redis.call('ZRANGE', zkey(i), 0, want, 'WITHSCORES')
+  local l = {}
+  for j = 1, #r, 2 do l[#l + 1] = {id = r[j], score = tonumber(r[j + 1])} end
+  lists[i] = {l = l, whole = #l <= want}
+end
+for i = 1, nk do load(i) end
+-- The lowest class any kernel has a run of (its last member's), so that
+-- the aging tick costs nothing when every run is of one class.
+local lowest_class = -1
+for i = 1, nk do
+  local r = redis.call('ZRANGE', zkey(i), -1, -1, 'WITHSCORES')
+  if r[2] then lowest_class = math.max(lowest_class, class_of(tonumber(r[2]))) end
+end
+-- Kernel i's first claimable entry (index, entry), reloading once if the
+-- local list ran out while the zset has more.
+local function first_of(i)
+  for pass = 1, 2 do
+    local L = lists[i]
+    for j, e in ipairs(L.l) do
+      if not capped(e.score) then return j, e end
+    end
+    if L.whole or pass == 2 then return nil end
+    load(i)
+  end
+end
+-- Put `id` back in kernel i's list at `score` (nil: it left the zset).
+local function put_back(i, j, id, score)
+  local L = lists[i].l
+  table.remove(L, j)
+  if not score then return end
+  local last = L[#L]
+  if not lists[i].whole and last and score > last.score then return end
+  local k = #L + 1
+  for x = 1, #L do
+    if score < L[x].score then k = x break end
+  end
+  table.insert(L, k, {id = id, score = score})
+end
+-- Chunks a run gets per turn while others compete: one for a claim of a
+-- few slots (long chunks: the slot-level share is exact), half of a large
+-- read-ahead (short chunks: a turn costs a run-hash read and write and a
+-- zset update, ~12 µs, which one chunk per turn would pay per chunk).
+local QUANTUM = math.max(1, floor(want / 2))
 local tick = num(redis.call('GET', KEYS[1]))
 local ts = now_ms()
-local added, given = {}, 0
+local added, given, rounds = {}, 0, 0
 for i = 1, nk do added[i] = 0 end
-local rounds = 0
 while given < want and rounds < want + 16 do
   rounds = rounds + 1
   local pos = (tick + given) % AGING
-  local order = {1, 2, 3}
-  if pos == AGING - 1 then order = {3, 2, 1} end
-  local best, bi, bc
-  for _, c in ipairs(order) do
-    for i = 1, nk do
-      local t = claimable(i, c)
-      if t and (not best or t.score < best.score) then best, bi, bc = t, i, c end
-    end
-    if best then break end
-  end
-  if not best then break end
-  -- One chunk per turn while another run of the class competes; else as
-  -- many as wanted, up to the next tick at which a lower class with work
-  -- would be served first.
-  local m = 1
-  local alone = not best.more
-  local other_class = false
+  local best, bi, bj
   for i = 1, nk do
-    for c = 1, 3 do
-      if claimable(i, c) and not (i == bi and c == bc) then
-        if c == bc then alone = false else other_class = true end
+    local j, e = first_of(i)
+    if j and (not best or e.score < best.score) then best, bi, bj = e, i, j end
+  end
+  -- The aging tick matters only if a lower class than the best's has runs.
+  local aging = pos == AGING - 1 and (not best or lowest_class > class_of(best.score))
+  if aging then
+    local low, li
+    for i = 1, nk do
+      local t = lowest_of(i)
+      if t and (not low or class_of(t.score) > class_of(low.score)
+          or (class_of(t.score) == class_of(low.score) and t.score < low.score)) then
+        low, li = t, i
+      end
+    end
+    if low then
+      best, bi, bj = low, li, nil
+      for j, e in ipairs(lists[li].l) do
+        if e.id == low.id then bj = j end
       end
     end
   end
-  if alone and pos ~= AGING - 1 then
-    m = want - given
-    if other_class then m = math.min(m, AGING - 1 - pos) end
+  if not best then break end
+  local class = class_of(best.score)
+  -- QUANTUM chunks per turn while another run of the class competes,
+  -- alone as many as wanted; never past the next aging tick if a lower
+  -- class has runs.
+  local m = 1
+  if not aging then
+    m = math.min(QUANTUM, want - given)
+    if lowest_class > class then m = math.min(m, AGING - 1 - pos) end
+    local alone = true
+    for i = 1, nk do
+      -- The next run of the class after the best in its list (claimable:
+      -- capped runs sort after), or another kernel's best.
+      local e, _j
+      if i == bi then e = lists[i].l[bj + 1] else _j, e = first_of(i) end
+      if e and class_of(e.score) == class and not capped(e.score) then alone = false end
+    end
+    if alone then
+      m = want - given
+      if lowest_class > class then m = math.min(m, AGING - 1 - pos) end
+    end
   end
   local run = prefix .. 'run:' .. best.id
   local v = redis.call('HMGET', run, 'state', 'next', 'total', 'qn', 'inflight', 'cap',
-    'weight', 'task', 'tp', 'created_ms', 'params', 'csize', 'wait_max')
-  local key = zkey(bi, bc)
+    'weight', 'task', 'params', 'csize', 'created_ms', 'wait_max', 'claims', 'wait_sum', 'class')
+  local z = zkey(bi)
+  local new_score
   if not v[8] or not active(v[1]) then
-    redis.call('ZREM', key, best.id)
+    redis.call('ZREM', z, best.id)
   else
     local nxt, total, qn, infl, cap = num(v[2]), num(v[3]), num(v[4]), num(v[5]), num(v[6])
-    local params, csize, created = num(v[11]), num(v[12]), num(v[10])
+    local tpl, params, csize, created = v[8], num(v[9]), num(v[10]), num(v[11])
     if cap > 0 then m = math.min(m, cap - infl) end
-    local got = {}
-    local popped = 0
+    local tasks = tkey(bi)
+    local n, popped, wsum, wmax = 0, 0, 0, num(v[12])
+    -- Fields 2, 3, 4 (index, start, end) and 9 (queued ms), as varints.
+    local function append(c, attempt, queued)
+      local start = c * csize
+      local stop = start + csize
+      if stop > params then stop = params end
+      local t = tpl .. '\16' .. varint(c) .. '\24' .. varint(start) .. '\32' .. varint(stop)
+      if attempt then
+        redis.call('XADD', tasks, '*', 't', t .. '\72' .. varint(queued), 'a', attempt)
+      else
+        redis.call('XADD', tasks, '*', 't', t)
+      end
+      local w = ts - queued
+      if w < 0 then w = 0 end
+      wsum = wsum + w
+      if w > wmax then wmax = w end
+      n = n + 1
+    end
     if qn > 0 and m > 0 then
       local q = redis.call('LPOP', run .. ':queue', math.min(m, qn))
       if q then
         for _, e in ipairs(q) do
           popped = popped + 1
           local c, a, at = string.match(e, '^(%d+):(%d+):(%d+)$')
-          if c then got[#got + 1] = {tonumber(c), a, tonumber(at)} end
+          if c then append(tonumber(c), a, tonumber(at)) end
         end
       end
     end
-    while #got < m and nxt < total do
-      got[#got + 1] = {nxt, '1', created}
+    while n < m and nxt < total do
+      append(nxt, nil, created)
       nxt = nxt + 1
     end
-    local tasks = KEYS[1 + (bi - 1) * 5 + 1]
-    local wsum, wmax = 0, num(v[13])
-    for _, g in ipairs(got) do
-      local start = g[1] * csize
-      local stop = start + csize
-      if stop > params then stop = params end
-      local t = v[8] .. f_varint(2, g[1]) .. f_varint(3, start) .. f_varint(4, stop)
-      redis.call('XADD', tasks, '*', 't', t, 'a', g[2], 'tp', v[9] or '', 'q', g[3])
-      local w = ts - g[3]
-      if w < 0 then w = 0 end
-      wsum = wsum + w
-      if w > wmax then wmax = w end
-    end
-    infl = infl + #got
+    infl = infl + n
     qn = qn - popped
     if qn < 0 then qn = 0 end
-    local seq = tick + given
-    redis.call('HSET', run, 'next', nxt, 'qn', qn, 'inflight', infl, 'seq', seq % SEQ, 'wait_max', wmax)
-    if #got > 0 then
-      redis.call('HINCRBY', run, 'claims', #got)
-      redis.call('HINCRBY', run, 'wait_sum', wsum)
-    end
+    local seq = (tick + given) % SEQ
+    redis.call('HSET', run, 'next', nxt, 'qn', qn, 'inflight', infl, 'seq', seq,
+      'wait_max', wmax, 'claims', num(v[13]) + n, 'wait_sum', num(v[14]) + wsum)
     if total - nxt + qn <= 0 then
-      redis.call('ZREM', key, best.id)
+      redis.call('ZREM', z, best.id)
     else
-      redis.call('ZADD', key, sched_score(infl, cap, num(v[7]), seq), best.id)
+      new_score = sched_score(num(v[15]), infl, cap, num(v[7]), seq)
+      redis.call('ZADD', z, fmt(new_score), best.id)
     end
-    added[bi] = added[bi] + #got
-    given = given + #got
+    added[bi] = added[bi] + n
+    given = given + n
   end
-  load_top(bi, bc)
+  if bj then put_back(bi, bj, best.id, new_score) else load(bi) end
 end
 if given > 0 then redis.call('INCRBY', KEYS[1], given) end
-local out = {}
-for i = 1, nk do
-  -- Entries appended before the scheduler (an upgrade) are delivered too,
-  -- oldest first; an idle claim looks for them.
-  local count = added[i]
-  if given == 0 then count = want end
-  if count > 0 then
-    local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count,
-      'STREAMS', KEYS[1 + (i - 1) * 5 + 1], '>')
-    if r then for _, s in ipairs(r) do out[#out + 1] = s end end
-  end
-end
 local wakes = {}
-if #out == 0 then
+if given == 0 then
   for i = 1, nk do
-    local w = redis.call('XREVRANGE', KEYS[1 + (i - 1) * 5 + 2], '+', '-', 'COUNT', 1)
+    local w = redis.call('XREVRANGE', wkey(i), '+', '-', 'COUNT', 1)
     if w[1] then wakes[i] = w[1][1] else wakes[i] = '0-0' end
   end
 end
-return {out, wakes}
+return {added, wakes}

@@ -55,29 +55,39 @@ local function aggregate(run)
 end
 local function active(state) return state == 'QUEUED' or state == 'RUNNING' end
 -- The scheduler (docs/scheduling.md). A run with chunks to hand out is a
--- member of its kernel's and class's sched zset, scored by its chunks in
--- flight per unit of weight, then by the tick it was last served at (so
--- equal runs take turns); a run at its max_in_flight scores CAPPED and is
--- skipped. Run hash fields: next (its next fresh chunk), qn (chunks
--- re-queued in run:<id>:queue, handed out first), inflight (deliveries
--- pending in the tasks stream), cap, weight, seq, sched (its zset's key),
--- wake (its kernel's wake stream, rung when it becomes claimable).
+-- member of its kernel's sched zset, scored by its class (high 0, normal
+-- 1, low 2; CLASS apart), then by its chunks in flight per unit of weight,
+-- then by the tick it was last served at (so equal runs take turns); a run
+-- at its max_in_flight scores CAPOFF into its class, after every run of
+-- the class that is not, and is skipped. Run hash fields: next (its next
+-- fresh chunk), qn (chunks re-queued in run:<id>:queue, handed out first),
+-- inflight (deliveries in the tasks stream), cap, weight, seq, class,
+-- sched (its zset's key), wake (its kernel's wake stream, rung when it
+-- becomes claimable).
 -- These helpers touch keys named by the run hash (its queue list, zset and
 -- wake stream) beside a script's declared KEYS: fine on one Redis node;
 -- on Redis Cluster they must share the run's slot (#22).
-local CAPPED = 2 ^ 52
-local SEQ = 2 ^ 24
-local function sched_score(inflight, cap, weight, seq)
-  if cap > 0 and inflight >= cap then return CAPPED end
+local CLASS = 2 ^ 46
+local CAPOFF = 2 ^ 45
+local SEQ = 2 ^ 20
+local LEVELS = 2 ^ 25
+local function sched_score(class, inflight, cap, weight, seq)
+  local base = class * CLASS
+  if cap > 0 and inflight >= cap then return base + CAPOFF end
   if weight < 1 then weight = 1 end
-  return floor(inflight * 1000 / weight) * SEQ + seq % SEQ
+  local level = floor(inflight * 100 / weight)
+  if level >= LEVELS then level = LEVELS - 1 end
+  return base + level * SEQ + seq % SEQ
 end
+local function capped(score) return score % CLASS >= CAPOFF end
+-- Exact integer text of a score (Lua would print 14 digits).
+local function fmt(x) return string.format('%.0f', x) end
 local function run_id_of(run) return string.match(run, 'run:([%w%-]+)$') end
 -- Put a run in its zset with its current score, or take it out, as its
 -- state and queue say; ring the wake stream when it becomes claimable.
 local function reschedule(run)
   local v = redis.call('HMGET', run, 'sched', 'wake', 'state', 'next', 'total', 'qn',
-    'inflight', 'cap', 'weight', 'seq')
+    'inflight', 'cap', 'weight', 'seq', 'class')
   if not v[1] then return end
   local id = run_id_of(run)
   if not active(v[3]) or num(v[5]) - num(v[4]) + num(v[6]) <= 0 then
@@ -85,10 +95,10 @@ local function reschedule(run)
     return
   end
   local old = redis.call('ZSCORE', v[1], id)
-  local s = sched_score(num(v[7]), num(v[8]), num(v[9]), num(v[10]))
+  local s = sched_score(num(v[11]), num(v[7]), num(v[8]), num(v[9]), num(v[10]))
   if old and tonumber(old) == s then return end
-  redis.call('ZADD', v[1], s, id)
-  if s < CAPPED and (not old or tonumber(old) >= CAPPED) then
+  redis.call('ZADD', v[1], fmt(s), id)
+  if not capped(s) and (not old or capped(tonumber(old))) then
     redis.call('XADD', v[2], 'MAXLEN', '~', 64, '*', 'r', id)
   end
 end

@@ -1,8 +1,6 @@
 //! Redis key names. Every key lives under one prefix (default `ttg:`) so two
 //! installations, or two tests, can share one Redis.
 
-use crate::v1::Priority;
-
 /// Consumer group every agent reads the tasks streams through.
 pub const GROUP: &str = "agents";
 
@@ -30,15 +28,11 @@ impl Keys {
         format!("{}tasks:{kernel}", self.prefix)
     }
 
-    /// Scheduler zset of one kernel and class: the runs with chunks to hand
-    /// out, scored by chunks in flight per unit of weight (see claim.lua).
-    pub fn sched(&self, kernel: &str, priority: Priority) -> String {
-        let class = match priority {
-            Priority::High => "high",
-            Priority::Normal => "normal",
-            Priority::Low => "low",
-        };
-        format!("{}sched:{kernel}:{class}", self.prefix)
+    /// Scheduler zset of one kernel: the runs with chunks to hand out,
+    /// scored by class, then chunks in flight per unit of weight (see
+    /// prelude.lua and claim.lua).
+    pub fn sched(&self, kernel: &str) -> String {
+        format!("{}sched:{kernel}", self.prefix)
     }
 
     /// The scheduler's tick: chunks handed out so far, installation-wide

@@ -3,12 +3,13 @@
 //! The scripts that write them atomically are in [`crate::scripts`].
 //!
 //! Layout (all keys from [`crate::keys::Keys`]):
-//! - tasks stream entry: `t` = protobuf [`Task`], `a` = attempt (decimal),
-//!   `tp` = W3C traceparent, `q` = when the chunk was queued (ms since the
-//!   epoch). The attempt is outside the protobuf so a script can re-queue
-//!   with `attempt + 1`. claim.lua writes `t` as the run's `task` template
-//!   followed by the chunk's index, start and end fields (concatenated
-//!   protobuf merges, later fields win).
+//! - tasks stream entry: `t` = protobuf [`Task`], `a` = attempt (decimal;
+//!   absent means 1). claim.lua writes `t` as the run's `task` template
+//!   (which carries the run's traceparent and submit time) followed by the
+//!   chunk's index, start and end fields, and for a re-queued chunk its
+//!   re-queue time (concatenated protobuf merges, later fields win).
+//!   Entries appended before #19 carry `tp` (traceparent) as a field; `q`
+//!   (queued ms), when present, overrides the task's `queued_ms`.
 //! - run hash: `spec` = protobuf [`RunSpec`]; `state` (enum name); `total`,
 //!   `done`, `dead`, `count` (integers); `sum` (HINCRBYFLOAT, long double in
 //!   Redis); `min`, `max` (the shortest decimal of an f64); `created_ms`,
@@ -111,14 +112,15 @@ impl TaskEntry {
                 .ok_or_else(|| field("attempt field is not a positive integer"))?,
         };
         Ok(TaskEntry {
-            task,
             attempt,
             traceparent: bulk(TRACEPARENT_FIELD)
                 .map(<[u8]>::to_vec)
-                .unwrap_or_default(),
+                .unwrap_or_else(|| task.traceparent.clone().into_bytes()),
             queued_ms: bulk(QUEUED_FIELD)
                 .and_then(|b| std::str::from_utf8(b).ok())
-                .and_then(|s| s.parse::<i64>().ok()),
+                .and_then(|s| s.parse::<i64>().ok())
+                .or((task.queued_ms > 0).then_some(task.queued_ms)),
+            task,
         })
     }
 }

@@ -6,11 +6,11 @@
 //! connection. A unit test checks each builder's key and argument counts
 //! against the counts in its file's header.
 
-use redis::{Script, ScriptInvocation};
+use redis::{Cmd, RedisResult, Script, ScriptInvocation};
 
 use crate::keys::{Keys, GROUP};
 use crate::records::{pack_values, parse_state};
-use crate::v1::{Priority, RunState, Task};
+use crate::v1::{RunState, Task};
 
 const PRELUDE: &str = include_str!("../lua/prelude.lua");
 
@@ -67,6 +67,24 @@ fn source(name: &str) -> &'static str {
         .find(|(n, _)| *n == name)
         .map(|(_, s)| *s)
         .unwrap_or_default()
+}
+
+/// KEYS and ARGV of claim.lua, in its header's order.
+fn claim_keys_args(
+    keys: &Keys,
+    kernels: &[String],
+    consumer: &str,
+    n: usize,
+) -> (Vec<String>, Vec<String>) {
+    let mut k = vec![keys.sched_ticks()];
+    for kernel in kernels {
+        k.push(keys.wake(kernel));
+        k.push(keys.sched(kernel));
+        k.push(keys.tasks(kernel));
+    }
+    let _ = consumer; // the MULTI's XREADGROUP names it, not the script
+    let a = vec![n.clamp(1, 1000).to_string(), keys.prefix().to_string()];
+    (k, a)
 }
 
 /// Arguments the completion script takes per chunk.
@@ -321,8 +339,9 @@ impl Scripts {
         inv
     }
 
-    /// `claim.lua`: up to `n` chunks of `kernels` for `consumer`. Reply
-    /// `(redis::Value, Vec<String>)`: see [`ClaimReply`].
+    /// `claim.lua`: hand up to `n` chunks of `kernels` out for `consumer`.
+    /// Reply `(Vec<i64>, Vec<String>)`: see [`crate::sched::claim`], which
+    /// runs it with the read that delivers them, in one MULTI.
     pub fn claim<'a>(
         &'a self,
         keys: &Keys,
@@ -331,19 +350,31 @@ impl Scripts {
         n: usize,
     ) -> ScriptInvocation<'a> {
         let mut inv = self.claim.prepare_invoke();
-        inv.key(keys.sched_ticks());
-        for k in kernels {
-            inv.key(keys.tasks(k))
-                .key(keys.wake(k))
-                .key(keys.sched(k, Priority::High))
-                .key(keys.sched(k, Priority::Normal))
-                .key(keys.sched(k, Priority::Low));
+        let (k, a) = claim_keys_args(keys, kernels, consumer, n);
+        for key in k {
+            inv.key(key);
         }
-        inv.arg(GROUP)
-            .arg(consumer)
-            .arg(n.clamp(1, 1000))
-            .arg(keys.prefix());
+        for arg in a {
+            inv.arg(arg);
+        }
         inv
+    }
+
+    /// The same call as [`Scripts::claim`] as an `EVALSHA` command, to run
+    /// inside a MULTI; [`Scripts::load_claim`] loads it after NOSCRIPT.
+    pub fn claim_cmd(&self, keys: &Keys, kernels: &[String], consumer: &str, n: usize) -> Cmd {
+        let (k, a) = claim_keys_args(keys, kernels, consumer, n);
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.claim.get_hash()).arg(k.len()).arg(k).arg(a);
+        cmd
+    }
+
+    /// Load claim.lua (after a NOSCRIPT: Redis restarted or flushed).
+    pub async fn load_claim<C: redis::aio::ConnectionLike>(
+        &self,
+        conn: &mut C,
+    ) -> RedisResult<String> {
+        self.claim.prepare_invoke().load_async(conn).await
     }
 
     /// `claim_reap.lua`: reap `agent_id` if its lease expired before

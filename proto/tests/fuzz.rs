@@ -25,6 +25,8 @@ fn valid_task() -> Vec<u8> {
             .collect(),
         max_attempts: 3,
         sweep: false,
+        queued_ms: 1_796_000_000_000,
+        traceparent: String::new(),
     })
 }
 

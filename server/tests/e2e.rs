@@ -524,7 +524,7 @@ async fn submitted_runs_hand_out_chunks_that_tile_the_range_exactly() {
     let server = Server::start(&redis.url, &prefix()).await;
     let mut c = control(&server.url).await;
     let mut conn = redis.conn();
-    let scripts = Scripts::new();
+    let mut aconn = redis.async_conn().await;
     // Includes chunk > params (one chunk), exact multiples, short last
     // chunks, and claims of 1,000 (claim.lua's most) across chunk 0.
     for (params, chunk_size) in [
@@ -555,12 +555,8 @@ async fn submitted_runs_hand_out_chunks_that_tile_the_range_exactly() {
         assert_eq!(len, 0, "submit queues in O(1)");
         let mut tasks = Vec::new();
         loop {
-            let reply: ttg_proto::sched::ClaimReply = scripts
-                .claim(&keys, &["placeholder".to_string()], "probe", 1000)
-                .invoke(&mut conn)
-                .expect("claim");
+            let reply = claim_read(&mut aconn, &keys, "placeholder", "probe", 1000).await;
             if reply.keys.is_empty() {
-                assert_eq!(reply.wake_ids.len(), 1, "an idle claim says where to wait");
                 break;
             }
             for e in reply.keys.iter().flat_map(|k| k.ids.iter()) {
@@ -583,6 +579,18 @@ async fn submitted_runs_hand_out_chunks_that_tile_the_range_exactly() {
             "chunks cover [0, params) for ({params}, {chunk_size})"
         );
         assert_eq!(tasks.len() as u64, run.chunks);
+        let idle = ttg_proto::sched::claim(
+            &mut aconn,
+            &Scripts::new(),
+            &keys,
+            &["placeholder".to_string()],
+            "probe",
+            10,
+        )
+        .await
+        .expect("claim");
+        assert!(idle.keys.is_empty());
+        assert_eq!(idle.wake_ids.len(), 1, "an idle claim says where to wait");
         let inflight: u64 = redis::cmd("HGET")
             .arg(keys.run(&run.run_id))
             .arg("inflight")

@@ -99,7 +99,7 @@ async fn tasks_streams_hold_only_what_is_still_to_do() {
     assert_eq!(status(&mut c, &cancelled.run_id).await.chunks_queued, 0);
     assert_eq!(xlen(&redis, &tasks), 0);
     let sched: usize = redis::cmd("ZCARD")
-        .arg(keys.sched("placeholder", ttg_proto::v1::Priority::Normal))
+        .arg(keys.sched("placeholder"))
         .query(&mut redis.conn())
         .expect("zcard");
     assert_eq!(sched, 0, "no run left in the scheduler");

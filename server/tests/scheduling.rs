@@ -364,5 +364,10 @@ async fn a_failed_chunk_is_handed_out_again_first() {
         .map(|(_, e)| (e.task.chunk_index, e.attempt))
         .collect();
     assert_eq!(next, vec![(1, 2), (3, 1)], "the failed chunk first");
+    // A fresh chunk waited since submit; the re-queued one since its failure.
+    let submitted = got[0].1.queued_ms.expect("queued_ms");
+    assert_eq!(again[1].1.queued_ms, Some(submitted));
+    assert!(again[0].1.queued_ms.expect("queued_ms") >= submitted);
+    assert!(!again[0].1.traceparent.is_empty() || got[0].1.traceparent.is_empty());
     server.stop().await;
 }

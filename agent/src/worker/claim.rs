@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicUsize;
 
 use redis::streams::StreamKey;
 use tokio::sync::OwnedSemaphorePermit;
-use ttg_proto::sched::ClaimReply;
+use ttg_proto::sched::{self, ClaimReply};
 
 use super::*;
 
@@ -245,8 +245,7 @@ impl Claimer {
         let Some(conn) = self.blocking.as_mut() else {
             return Ok(ClaimReply::default());
         };
-        let inv = w.scripts.claim(&w.keys, &self.kernels, &w.agent_id, count);
-        match inv.invoke_async::<ClaimReply>(conn).await {
+        match sched::claim(conn, &w.scripts, &w.keys, &self.kernels, &w.agent_id, count).await {
             Ok(r) => {
                 self.backoff.reset();
                 Ok(r)

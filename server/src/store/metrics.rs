@@ -73,7 +73,7 @@ impl Store {
         for id in &active {
             p.cmd("HMGET")
                 .arg(self.keys.run(id))
-                .arg(&["sched", "total", "next", "qn", "inflight"]);
+                .arg(&["sched", "total", "next", "qn", "inflight", "class"]);
         }
         let rows: Vec<Vec<Option<String>>> = self.timed(p.query_async(&mut c)).await?;
         let sched_prefix = format!("{}sched:", self.keys.prefix());
@@ -89,11 +89,13 @@ impl Store {
             let Some(Some(key)) = row.first() else {
                 continue;
             };
-            let Some((kernel, class)) = key
-                .strip_prefix(&sched_prefix)
-                .and_then(|k| k.rsplit_once(':'))
-            else {
+            let Some(kernel) = key.strip_prefix(&sched_prefix) else {
                 continue;
+            };
+            let class = match int(5) {
+                0 => "high",
+                2 => "low",
+                _ => "normal",
             };
             let e = out
                 .entry((kernel.to_string(), class.to_string()))

@@ -3,6 +3,7 @@
 //! (fresh ones from `next`), so a run of any size is queued in O(1).
 
 use super::*;
+use ttg_proto::sched;
 
 impl Store {
     /// Validate, store the run and queue it. Returns the run id and the
@@ -114,7 +115,7 @@ impl Store {
         };
         let num = |n: u64| n.to_string().into_bytes();
         let priority = Priority::try_from(spec.priority).unwrap_or_default();
-        let sched = self.keys.sched(&spec.kernel, priority);
+        let sched = self.keys.sched(&spec.kernel);
         let wake = self.keys.wake(&spec.kernel);
         let mut p = redis::pipe();
         p.atomic()
@@ -132,7 +133,6 @@ impl Store {
                     ("retention_ms", num(spec.retention_ms)),
                     ("fail_fast", num(spec.fail_fast.into())),
                     ("task", encode(&task_template(spec))),
-                    ("tp", spec.traceparent.clone().into_bytes()),
                     ("params", num(spec.params)),
                     ("csize", num(spec.chunk_size)),
                     ("next", num(0)),
@@ -141,12 +141,13 @@ impl Store {
                     ("cap", num(spec.max_in_flight.into())),
                     ("weight", num(spec.weight.max(1).into())),
                     ("seq", num(0)),
+                    ("class", num(sched::class_index(priority))),
                     ("sched", sched.clone().into_bytes()),
                     ("wake", wake.clone().into_bytes()),
                 ],
             )
             .ignore()
-            .zadd(&sched, run_id, 0)
+            .zadd(&sched, run_id, sched::initial_score(priority))
             .ignore()
             .cmd("XADD")
             .arg(&wake)
@@ -181,6 +182,8 @@ pub fn task_template(spec: &RunSpec) -> Task {
         args: spec.args.clone(),
         max_attempts: spec.max_attempts,
         sweep: spec.space.is_some() || !spec.outputs.is_empty(),
+        queued_ms: spec.created_ms,
+        traceparent: spec.traceparent.clone(),
         ..Default::default()
     }
 }

@@ -740,9 +740,8 @@ pub async fn claim_read(
     consumer: &str,
     n: usize,
 ) -> redis::streams::StreamReadReply {
-    let reply: ttg_proto::sched::ClaimReply = ttg_proto::scripts::Scripts::new()
-        .claim(keys, &[kernel.to_string()], consumer, n)
-        .invoke_async(conn)
+    let scripts = ttg_proto::scripts::Scripts::new();
+    let reply = ttg_proto::sched::claim(conn, &scripts, keys, &[kernel.to_string()], consumer, n)
         .await
         .expect("claim");
     redis::streams::StreamReadReply { keys: reply.keys }
