@@ -58,8 +58,14 @@ for i = 1, nk do load(i) end
 -- the aging tick costs nothing when every run is of one class.
 local lowest_class = -1
 for i = 1, nk do
-  local r = redis.call('ZRANGE', zkey(i), -1, -1, 'WITHSCORES')
-  if r[2] then lowest_class = math.max(lowest_class, class_of(tonumber(r[2]))) end
+  local L, last = lists[i], nil
+  if L.whole then
+    last = L.l[#L.l]
+  else
+    local r = redis.call('ZRANGE', zkey(i), -1, -1, 'WITHSCORES')
+    if r[2] then last = {score = tonumber(r[2])} end
+  end
+  if last then lowest_class = math.max(lowest_class, class_of(last.score)) end
 end
 -- Kernel i's first claimable entry (index, entry), reloading once if the
 -- local list ran out while the zset has more.
@@ -92,7 +98,8 @@ end
 -- zset update, ~12 µs, which one chunk per turn would pay per chunk).
 local QUANTUM = math.max(1, floor(want / 2))
 local tick = num(redis.call('GET', KEYS[1]))
-local ts = now_ms()
+-- Now, in ms: the first entry's id says it (Redis's clock), no TIME call.
+local ts
 local added, given, rounds = {}, 0, 0
 for i = 1, nk do added[i] = 0 end
 while given < want and rounds < want + 16 do
@@ -162,11 +169,13 @@ while given < want and rounds < want + 16 do
       local stop = start + csize
       if stop > params then stop = params end
       local t = tpl .. '\16' .. varint(c) .. '\24' .. varint(start) .. '\32' .. varint(stop)
+      local id
       if attempt then
-        redis.call('XADD', tasks, '*', 't', t .. '\72' .. varint(queued), 'a', attempt)
+        id = redis.call('XADD', tasks, '*', 't', t .. '\72' .. varint(queued), 'a', attempt)
       else
-        redis.call('XADD', tasks, '*', 't', t)
+        id = redis.call('XADD', tasks, '*', 't', t)
       end
+      if not ts then ts = tonumber(string.match(id, '^(%d+)')) end
       local w = ts - queued
       if w < 0 then w = 0 end
       wsum = wsum + w

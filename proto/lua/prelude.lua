@@ -102,14 +102,24 @@ local function reschedule(run)
     redis.call('XADD', v[2], 'MAXLEN', '~', 64, '*', 'r', id)
   end
 end
--- `n` deliveries of the run left the tasks stream's pending list.
+-- `n` deliveries of the run left the tasks stream's pending list: one
+-- read, one write and (if it still has chunks to hand out) its new score;
+-- the wake stream is rung if that took it back under its cap.
 local function release(run, n)
-  local f = redis.call('HGET', run, 'inflight')
-  if not f or n <= 0 then return end
-  local left = num(f) - n
+  if n <= 0 then return end
+  local v = redis.call('HMGET', run, 'sched', 'wake', 'state', 'next', 'total', 'qn',
+    'inflight', 'cap', 'weight', 'seq', 'class')
+  if not v[7] then return end
+  local old = num(v[7])
+  local left = old - n
   if left < 0 then left = 0 end
   redis.call('HSET', run, 'inflight', left)
-  reschedule(run)
+  if not v[1] or not active(v[3]) or num(v[5]) - num(v[4]) + num(v[6]) <= 0 then return end
+  local cap = num(v[8])
+  redis.call('ZADD', v[1], fmt(sched_score(num(v[11]), left, cap, num(v[9]), num(v[10]))), run_id_of(run))
+  if cap > 0 and old >= cap and left < cap then
+    redis.call('XADD', v[2], 'MAXLEN', '~', 64, '*', 'r', run_id_of(run))
+  end
 end
 -- Queue a chunk again (attempt `attempt`), at the front of its run's queue
 -- (a reclaimed or failed chunk) or at its back (a retried dead letter).
