@@ -163,7 +163,10 @@ def p3(args, tmp):
     c = Cluster(args.bin, agents=3, concurrency=1, tmp=new_dir(tmp))
     lat = []
     try:
-        run_id = c.submit(20_000, 100, 2)      # 200 chunks × 200 ms: ~13 s
+        # 200 chunks × 200 ms: ~13 s. A reclaimed chunk goes to the front of
+        # its run's queue, so the next victim (whoever holds a chunk) often
+        # holds it again: attempts enough for 20 kills of the same chunk.
+        run_id = c.submit(20_000, 100, 2, "--max-attempts", "100")
         killed = {}
         while len(killed) < max(20, args.kills):
             held = c.held()
@@ -233,18 +236,18 @@ def p4(args, tmp):
             s.stop()
             peaks.append(max(s.rss["server"] or [0]))
             mem1 = r.info("memory", "used_memory")
-            assert int(r.call("XLEN", "ttg:tasks:placeholder")) == 1_000_000
+            # Queued in the scheduler, nothing in the stream until claimed.
+            assert c.status(run_id)["chunks"]["queued"] == 1_000_000
+            assert int(r.call("XLEN", "ttg:tasks:placeholder")) == 0
             c.ctl("cancel", run_id)
-            while int(r.call("XLEN", "ttg:tasks:placeholder")) > 0:
-                time.sleep(0.1)
             c.ctl("delete", run_id)
     finally:
         c.stop()
-    per_task = (mem1 - mem0) / 1_000_000
     return [("P4b", "Submit of 10^8 params in 10^6 chunks (ttgctl process, incl. start-up)",
-             f"{statistics.median(walls):.2f} s",
+             f"{statistics.median(walls):.3f} s",
              f"goal ≤ 10 s; server RSS {mib(before[0])} before, peak {mib(max(peaks))} during; "
-             f"Redis +{(mem1 - mem0) / 2**20:,.0f} MiB for the queued tasks ({per_task:.0f} B per task)")]
+             f"Redis +{(mem1 - mem0) / 1024:,.1f} KiB for the queued run (since #19 a run is queued in O(1): "
+             "a chunk's entry is written when an agent claims it)")]
 
 
 def p5(args, tmp):
