@@ -5,7 +5,11 @@
 -- KEYS (1 + 3 per kernel): the scheduler's tick counter; then for each
 --   kernel the agent offers: its wake stream, its sched zset and its
 --   tasks stream.
--- ARGV (2): n (1 ..= 1000), key prefix.
+-- ARGV (2 + 2 per run): n (1 ..= 1000), key prefix; then per run the
+--   caller holds computed chunks of whose completions are still in flight:
+--   run id, how many (they count as settled when runs are compared, so a
+--   run of short chunks is not put behind by its own finished chunk; caps
+--   still count them).
 -- Returns {handed out per kernel, wake ids}: wake ids, when nothing was
 --   handed out, holds each wake stream's last id ('0-0' if it has none),
 --   for the caller to block on with XREAD: work queued after this call
@@ -13,7 +17,7 @@
 -- Choice: the highest class with a claimable run, except that every 20th
 --   chunk handed out (the scheduler's tick) goes to the lowest class with
 --   one; within a class, the run with the fewest chunks in flight per unit
---   of weight, ties to the one served longest ago (the zset's order): a
+--   of weight, ties to the one handed fewer chunks so far: a
 --   turn is max(1, n / 2) chunks while another run of the class competes
 --   (one for an agent claiming one to three free slots), else up to the
 --   next aging tick's worth. The zset's head is read once per call and
@@ -26,6 +30,8 @@
 --   active run is always queued, in the tasks stream, done or dead, and a
 --   run never holds more than its max_in_flight.
 local want, prefix = tonumber(ARGV[1]), ARGV[2]
+local settling = {}
+for k = 3, #ARGV - 1, 2 do settling[ARGV[k]] = tonumber(ARGV[k + 1]) end
 local nk = (#KEYS - 1) / 3
 local AGING = 20
 local function wkey(i) return KEYS[2 + (i - 1) * 3] end
@@ -46,12 +52,43 @@ end
 -- Per kernel, the zset's first `want + 1` members in order, walked locally:
 -- a served run is put back at its new score, so most turns need no read.
 -- `whole`: the list is the whole zset.
+-- A run's score as this caller compares it: its chunks the caller has
+-- computed (completions in flight) not counted, unless that would lift a
+-- cap the run has reached.
+local function seen_score(id, score, infl_after)
+  local a = settling[id]
+  if not a or capped(score) then return score end
+  local v = redis.call('HMGET', prefix .. 'run:' .. id, 'inflight', 'cap', 'weight', 'claims', 'class')
+  local infl = infl_after or num(v[1])
+  local left = infl - a
+  if left < 0 then left = 0 end
+  local cap = num(v[2])
+  if cap > 0 and infl >= cap then return score end
+  return sched_score(num(v[5]), left, cap, num(v[3]), num(v[4]))
+end
 local lists = {}
 local function load(i)
   local r = redis.call('ZRANGE', zkey(i), 0, want, 'WITHSCORES')
-  local l = {}
-  for j = 1, #r, 2 do l[#l + 1] = {id = r[j], score = tonumber(r[j + 1])} end
-  lists[i] = {l = l, whole = #l <= want}
+  local l, seen = {}, {}
+  for j = 1, #r, 2 do
+    l[#l + 1] = {id = r[j], score = seen_score(r[j], tonumber(r[j + 1]))}
+    seen[r[j]] = true
+  end
+  local whole = #l <= want
+  local moved = false
+  for id in pairs(settling) do
+    if not seen[id] then
+      local sc = redis.call('ZSCORE', zkey(i), id)
+      if sc then
+        l[#l + 1] = {id = id, score = seen_score(id, tonumber(sc))}
+        moved = true
+      end
+    else
+      moved = true
+    end
+  end
+  if moved then table.sort(l, function(x, y) return x.score < y.score end) end
+  lists[i] = {l = l, whole = whole}
 end
 for i = 1, nk do load(i) end
 -- The lowest class any kernel has a run of (its last member's), so that
@@ -199,14 +236,19 @@ while given < want and rounds < want + 16 do
     infl = infl + n
     qn = qn - popped
     if qn < 0 then qn = 0 end
-    local seq = (tick + given) % SEQ
-    redis.call('HSET', run, 'next', nxt, 'qn', qn, 'inflight', infl, 'seq', seq,
-      'wait_max', wmax, 'claims', num(v[13]) + n, 'wait_sum', num(v[14]) + wsum)
+    local claims = num(v[13]) + n
+    redis.call('HSET', run, 'next', nxt, 'qn', qn, 'inflight', infl,
+      'wait_max', wmax, 'claims', claims, 'wait_sum', num(v[14]) + wsum)
     if total - nxt + qn <= 0 then
       redis.call('ZREM', z, best.id)
     else
-      new_score = sched_score(num(v[15]), infl, cap, num(v[7]), seq)
+      new_score = sched_score(num(v[15]), infl, cap, num(v[7]), claims)
       redis.call('ZADD', z, fmt(new_score), best.id)
+      if settling[best.id] and not capped(new_score) then
+        local left = infl - settling[best.id]
+        if left < 0 then left = 0 end
+        new_score = sched_score(num(v[15]), left, cap, num(v[7]), claims)
+      end
     end
     added[bi] = added[bi] + n
     given = given + n

@@ -57,11 +57,14 @@ local function active(state) return state == 'QUEUED' or state == 'RUNNING' end
 -- The scheduler (docs/scheduling.md). A run with chunks to hand out is a
 -- member of its kernel's sched zset, scored by its class (high 0, normal
 -- 1, low 2; CLASS apart), then by its chunks in flight per unit of weight,
--- then by the tick it was last served at (so equal runs take turns); a run
+-- then by the chunks it was handed so far (at equal load, the run that has
+-- had less goes first: a run of short chunks beside one of long chunks
+-- wins the ties, so it holds its half of the slots, and equal runs
+-- progress together; equal scores fall back to run id order: oldest); a run
 -- at its max_in_flight scores CAPOFF into its class, after every run of
 -- the class that is not, and is skipped. Run hash fields: next (its next
 -- fresh chunk), qn (chunks re-queued in run:<id>:queue, handed out first),
--- inflight (deliveries in the tasks stream), cap, weight, seq, class,
+-- inflight (deliveries in the tasks stream), cap, weight, claims, class,
 -- sched (its zset's key), wake (its kernel's wake stream, rung when it
 -- becomes claimable).
 -- These helpers touch keys named by the run hash (its queue list, zset and
@@ -69,15 +72,16 @@ local function active(state) return state == 'QUEUED' or state == 'RUNNING' end
 -- on Redis Cluster they must share the run's slot (#22).
 local CLASS = 2 ^ 46
 local CAPOFF = 2 ^ 45
-local SEQ = 2 ^ 20
+local SEQ = 2 ^ 20 -- claims beyond break no ties (a run has at most 10^6 chunks)
 local LEVELS = 2 ^ 25
-local function sched_score(class, inflight, cap, weight, seq)
+local function sched_score(class, inflight, cap, weight, claims)
   local base = class * CLASS
   if cap > 0 and inflight >= cap then return base + CAPOFF end
   if weight < 1 then weight = 1 end
   local level = floor(inflight * 100 / weight)
   if level >= LEVELS then level = LEVELS - 1 end
-  return base + level * SEQ + seq % SEQ
+  if claims >= SEQ then claims = SEQ - 1 end
+  return base + level * SEQ + claims
 end
 local function capped(score) return score % CLASS >= CAPOFF end
 -- Exact integer text of a score (Lua would print 14 digits).
@@ -87,7 +91,7 @@ local function run_id_of(run) return string.match(run, 'run:([%w%-]+)$') end
 -- state and queue say; ring the wake stream when it becomes claimable.
 local function reschedule(run)
   local v = redis.call('HMGET', run, 'sched', 'wake', 'state', 'next', 'total', 'qn',
-    'inflight', 'cap', 'weight', 'seq', 'class')
+    'inflight', 'cap', 'weight', 'claims', 'class')
   if not v[1] then return end
   local id = run_id_of(run)
   if not active(v[3]) or num(v[5]) - num(v[4]) + num(v[6]) <= 0 then
@@ -108,7 +112,7 @@ end
 local function release(run, n)
   if n <= 0 then return end
   local v = redis.call('HMGET', run, 'sched', 'wake', 'state', 'next', 'total', 'qn',
-    'inflight', 'cap', 'weight', 'seq', 'class')
+    'inflight', 'cap', 'weight', 'claims', 'class')
   if not v[7] then return end
   local old = num(v[7])
   local left = old - n

@@ -14,7 +14,7 @@
 //!   `done`, `dead`, `count` (integers); `sum` (HINCRBYFLOAT, long double in
 //!   Redis); `min`, `max` (the shortest decimal of an f64); `created_ms`,
 //!   `started_ms`, `finished_ms`; the scheduler's fields (`task`, `tp`,
-//!   `next`, `qn`, `inflight`, `cap`, `weight`, `seq`, `sched`, `wake`,
+//!   `next`, `qn`, `inflight`, `cap`, `weight`, `class`, `sched`, `wake`,
 //!   `claims`, `wait_sum`, `wait_max`; see prelude.lua and claim.lua).
 //! - done bitmap: bit `i` set once chunk `i` is counted — "first result wins".
 //! - results hash: chunk index → packed little-endian f64.

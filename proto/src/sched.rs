@@ -68,6 +68,10 @@ pub struct ClaimReply {
 /// MULTI delivers them (and any entry appended before the scheduler, e.g.
 /// by an older server) to `consumer`, so no other agent can take them in
 /// between and none is left undelivered. Loads the script after NOSCRIPT.
+///
+/// `settling`: per run, the chunks the caller has computed whose
+/// completions are still in flight (they count as settled when runs are
+/// compared; see claim.lua).
 pub async fn claim<C: redis::aio::ConnectionLike>(
     conn: &mut C,
     scripts: &Scripts,
@@ -75,6 +79,7 @@ pub async fn claim<C: redis::aio::ConnectionLike>(
     kernels: &[String],
     consumer: &str,
     n: usize,
+    settling: &[(String, u32)],
 ) -> redis::RedisResult<ClaimReply> {
     let mut read = redis::cmd("XREADGROUP");
     read.arg("GROUP")
@@ -92,7 +97,7 @@ pub async fn claim<C: redis::aio::ConnectionLike>(
     let mut p = redis::pipe();
     p.atomic()
         .ignore_errors()
-        .add_command(scripts.claim_cmd(keys, kernels, consumer, n))
+        .add_command(scripts.claim_cmd(keys, kernels, consumer, n, settling))
         .add_command(read);
     // Errors per command: the read runs even if the script failed (say
     // NOSCRIPT after a Redis restart), and what it delivered is ours to

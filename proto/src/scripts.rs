@@ -75,6 +75,7 @@ fn claim_keys_args(
     kernels: &[String],
     consumer: &str,
     n: usize,
+    settling: &[(String, u32)],
 ) -> (Vec<String>, Vec<String>) {
     let mut k = vec![keys.sched_ticks()];
     for kernel in kernels {
@@ -83,7 +84,11 @@ fn claim_keys_args(
         k.push(keys.tasks(kernel));
     }
     let _ = consumer; // the MULTI's XREADGROUP names it, not the script
-    let a = vec![n.clamp(1, 1000).to_string(), keys.prefix().to_string()];
+    let mut a = vec![n.clamp(1, 1000).to_string(), keys.prefix().to_string()];
+    for (run, count) in settling {
+        a.push(run.clone());
+        a.push(count.to_string());
+    }
     (k, a)
 }
 
@@ -348,9 +353,10 @@ impl Scripts {
         kernels: &[String],
         consumer: &str,
         n: usize,
+        settling: &[(String, u32)],
     ) -> ScriptInvocation<'a> {
         let mut inv = self.claim.prepare_invoke();
-        let (k, a) = claim_keys_args(keys, kernels, consumer, n);
+        let (k, a) = claim_keys_args(keys, kernels, consumer, n, settling);
         for key in k {
             inv.key(key);
         }
@@ -362,8 +368,15 @@ impl Scripts {
 
     /// The same call as [`Scripts::claim`] as an `EVALSHA` command, to run
     /// inside a MULTI; [`Scripts::load_claim`] loads it after NOSCRIPT.
-    pub fn claim_cmd(&self, keys: &Keys, kernels: &[String], consumer: &str, n: usize) -> Cmd {
-        let (k, a) = claim_keys_args(keys, kernels, consumer, n);
+    pub fn claim_cmd(
+        &self,
+        keys: &Keys,
+        kernels: &[String],
+        consumer: &str,
+        n: usize,
+        settling: &[(String, u32)],
+    ) -> Cmd {
+        let (k, a) = claim_keys_args(keys, kernels, consumer, n, settling);
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.claim.get_hash()).arg(k.len()).arg(k).arg(a);
         cmd
@@ -677,7 +690,13 @@ mod tests {
             ("claim_agent_id", s.claim_agent_id(&keys, "a", "d", 1, 2), 0),
             (
                 "claim",
-                s.claim(&keys, &["k1".to_string(), "k2".to_string()], "c", 8),
+                s.claim(
+                    &keys,
+                    &["k1".to_string(), "k2".to_string()],
+                    "c",
+                    8,
+                    &[("r".to_string(), 1), ("s".to_string(), 2)],
+                ),
                 2,
             ),
         ];

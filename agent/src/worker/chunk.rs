@@ -59,16 +59,18 @@ impl Worker {
         self.hold(&c, &claim, abort.clone());
         drop(claim);
         let (outcome, compute_ms) = self.compute(&c, &abort).await;
-        drop(slot);
-        // The next chunk (waiting for this slot) starts before this one's
-        // completion is sent: its start is on the slot's critical path, the
-        // completion is not.
-        tokio::task::yield_now().await;
+        // Computed before the slot is free: the claim the free slot makes
+        // next tells the scheduler this chunk is settling (see settling()).
         if let Ok(mut h) = self.held.lock() {
             if let Some(h) = h.get_mut(&c.entry_id) {
                 h.computed = true;
             }
         }
+        drop(slot);
+        // The next chunk (waiting for this slot) starts before this one's
+        // completion is sent: its start is on the slot's critical path, the
+        // completion is not.
+        tokio::task::yield_now().await;
         self.settle(&c, outcome, compute_ms, claimed_at).await;
         metrics::gauge!("ttg_agent_in_flight").decrement(1.0);
         if let Ok(mut h) = self.held.lock() {

@@ -29,6 +29,20 @@ const HOLD_EXTRA: usize = MAX_BATCH;
 const PREFETCH_BELOW: Duration = Duration::from_millis(10);
 
 impl Worker {
+    /// Per run, the chunks this agent has computed whose completions are
+    /// still in flight: the scheduler counts them as settled when it
+    /// compares runs, so a run of short chunks is not put behind its
+    /// neighbours by the very chunk that just freed the slot.
+    pub(super) fn settling(&self) -> Vec<(String, u32)> {
+        let mut by_run: HashMap<String, u32> = HashMap::new();
+        if let Ok(h) = self.held.lock() {
+            for e in h.values().filter(|e| e.computed) {
+                *by_run.entry(e.info.run_id.clone()).or_default() += 1;
+            }
+        }
+        by_run.into_iter().collect()
+    }
+
     pub(super) fn streams(&self) -> Vec<String> {
         self.registry
             .names()
@@ -245,7 +259,18 @@ impl Claimer {
         let Some(conn) = self.blocking.as_mut() else {
             return Ok(ClaimReply::default());
         };
-        match sched::claim(conn, &w.scripts, &w.keys, &self.kernels, &w.agent_id, count).await {
+        let settling = w.settling();
+        match sched::claim(
+            conn,
+            &w.scripts,
+            &w.keys,
+            &self.kernels,
+            &w.agent_id,
+            count,
+            &settling,
+        )
+        .await
+        {
             Ok(r) => {
                 self.backoff.reset();
                 Ok(r)

@@ -140,7 +140,6 @@ impl Store {
                     ("inflight", num(0)),
                     ("cap", num(spec.max_in_flight.into())),
                     ("weight", num(spec.weight.max(1).into())),
-                    ("seq", num(0)),
                     ("class", num(sched::class_index(priority))),
                     ("sched", sched.clone().into_bytes()),
                     ("wake", wake.clone().into_bytes()),
