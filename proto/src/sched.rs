@@ -97,7 +97,7 @@ pub async fn claim<C: redis::aio::ConnectionLike>(
     let mut p = redis::pipe();
     p.atomic()
         .ignore_errors()
-        .add_command(scripts.claim_cmd(keys, kernels, consumer, n, settling))
+        .add_command(scripts.claim_cmd(keys, kernels, n, settling))
         .add_command(read);
     // Errors per command: the read runs even if the script failed (say
     // NOSCRIPT after a Redis restart), and what it delivered is ours to

@@ -73,7 +73,6 @@ fn source(name: &str) -> &'static str {
 fn claim_keys_args(
     keys: &Keys,
     kernels: &[String],
-    consumer: &str,
     n: usize,
     settling: &[(String, u32)],
 ) -> (Vec<String>, Vec<String>) {
@@ -83,7 +82,6 @@ fn claim_keys_args(
         k.push(keys.sched(kernel));
         k.push(keys.tasks(kernel));
     }
-    let _ = consumer; // the MULTI's XREADGROUP names it, not the script
     let mut a = vec![n.clamp(1, 1000).to_string(), keys.prefix().to_string()];
     for (run, count) in settling {
         a.push(run.clone());
@@ -344,19 +342,18 @@ impl Scripts {
         inv
     }
 
-    /// `claim.lua`: hand up to `n` chunks of `kernels` out for `consumer`.
-    /// Reply `(Vec<i64>, Vec<String>)`: see [`crate::sched::claim`], which
-    /// runs it with the read that delivers them, in one MULTI.
+    /// `claim.lua`: hand up to `n` chunks of `kernels` out. Reply
+    /// `(Vec<i64>, Vec<String>)`: see [`crate::sched::claim`], which runs
+    /// it with the read that delivers them to a consumer, in one MULTI.
     pub fn claim<'a>(
         &'a self,
         keys: &Keys,
         kernels: &[String],
-        consumer: &str,
         n: usize,
         settling: &[(String, u32)],
     ) -> ScriptInvocation<'a> {
         let mut inv = self.claim.prepare_invoke();
-        let (k, a) = claim_keys_args(keys, kernels, consumer, n, settling);
+        let (k, a) = claim_keys_args(keys, kernels, n, settling);
         for key in k {
             inv.key(key);
         }
@@ -372,11 +369,10 @@ impl Scripts {
         &self,
         keys: &Keys,
         kernels: &[String],
-        consumer: &str,
         n: usize,
         settling: &[(String, u32)],
     ) -> Cmd {
-        let (k, a) = claim_keys_args(keys, kernels, consumer, n, settling);
+        let (k, a) = claim_keys_args(keys, kernels, n, settling);
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.claim.get_hash()).arg(k.len()).arg(k).arg(a);
         cmd
@@ -693,7 +689,6 @@ mod tests {
                 s.claim(
                     &keys,
                     &["k1".to_string(), "k2".to_string()],
-                    "c",
                     8,
                     &[("r".to_string(), 1), ("s".to_string(), 2)],
                 ),
