@@ -49,29 +49,32 @@ local function lowest_of(i)
   end
   return nil
 end
+-- A run's score as this caller compares it: its chunks the caller has
+-- computed (completions in flight) not counted, unless the run has
+-- reached its cap (caps count them).
+local function seen_score(id, class, infl, cap, weight, claims)
+  local real = sched_score(class, infl, cap, weight, claims)
+  local a = settling[id]
+  if not a or capped(real) then return real end
+  local left = infl - a
+  if left < 0 then left = 0 end
+  return sched_score(class, left, cap, weight, claims)
+end
+-- The same from the run hash (for a run met in a zset).
+local function seen_score_of(id, score)
+  if not settling[id] or capped(score) then return score end
+  local v = redis.call('HMGET', prefix .. 'run:' .. id, 'inflight', 'cap', 'weight', 'claims', 'class')
+  return seen_score(id, num(v[5]), num(v[1]), num(v[2]), num(v[3]), num(v[4]))
+end
 -- Per kernel, the zset's first `want + 1` members in order, walked locally:
 -- a served run is put back at its new score, so most turns need no read.
 -- `whole`: the list is the whole zset.
--- A run's score as this caller compares it: its chunks the caller has
--- computed (completions in flight) not counted, unless that would lift a
--- cap the run has reached.
-local function seen_score(id, score, infl_after)
-  local a = settling[id]
-  if not a or capped(score) then return score end
-  local v = redis.call('HMGET', prefix .. 'run:' .. id, 'inflight', 'cap', 'weight', 'claims', 'class')
-  local infl = infl_after or num(v[1])
-  local left = infl - a
-  if left < 0 then left = 0 end
-  local cap = num(v[2])
-  if cap > 0 and infl >= cap then return score end
-  return sched_score(num(v[5]), left, cap, num(v[3]), num(v[4]))
-end
 local lists = {}
 local function load(i)
   local r = redis.call('ZRANGE', zkey(i), 0, want, 'WITHSCORES')
   local l, seen = {}, {}
   for j = 1, #r, 2 do
-    l[#l + 1] = {id = r[j], score = seen_score(r[j], tonumber(r[j + 1]))}
+    l[#l + 1] = {id = r[j], score = seen_score_of(r[j], tonumber(r[j + 1]))}
     seen[r[j]] = true
   end
   local whole = #l <= want
@@ -80,7 +83,7 @@ local function load(i)
     if not seen[id] then
       local sc = redis.call('ZSCORE', zkey(i), id)
       if sc then
-        l[#l + 1] = {id = id, score = seen_score(id, tonumber(sc))}
+        l[#l + 1] = {id = id, score = seen_score_of(id, tonumber(sc))}
         moved = true
       end
     else
@@ -242,13 +245,8 @@ while given < want and rounds < want + 16 do
     if total - nxt + qn <= 0 then
       redis.call('ZREM', z, best.id)
     else
-      new_score = sched_score(num(v[15]), infl, cap, num(v[7]), claims)
-      redis.call('ZADD', z, fmt(new_score), best.id)
-      if settling[best.id] and not capped(new_score) then
-        local left = infl - settling[best.id]
-        if left < 0 then left = 0 end
-        new_score = sched_score(num(v[15]), left, cap, num(v[7]), claims)
-      end
+      redis.call('ZADD', z, fmt(sched_score(num(v[15]), infl, cap, num(v[7]), claims)), best.id)
+      new_score = seen_score(best.id, num(v[15]), infl, cap, num(v[7]), claims)
     end
     added[bi] = added[bi] + n
     given = given + n

@@ -87,43 +87,46 @@ local function capped(score) return score % CLASS >= CAPOFF end
 -- Exact integer text of a score (Lua would print 14 digits).
 local function fmt(x) return string.format('%.0f', x) end
 local function run_id_of(run) return string.match(run, 'run:([%w%-]+)$') end
+-- A run's scheduler fields (see above), and whether it has chunks to hand
+-- out while active.
+local function sched_view(run)
+  return redis.call('HMGET', run, 'sched', 'wake', 'state', 'next', 'total', 'qn',
+    'inflight', 'cap', 'weight', 'claims', 'class')
+end
+local function has_work(v) return active(v[3]) and num(v[5]) - num(v[4]) + num(v[6]) > 0 end
+local function score_of(v, inflight) return sched_score(num(v[11]), inflight, num(v[8]), num(v[9]), num(v[10])) end
+local function ring(v, run) redis.call('XADD', v[2], 'MAXLEN', '~', 64, '*', 'r', run_id_of(run)) end
 -- Put a run in its zset with its current score, or take it out, as its
 -- state and queue say; ring the wake stream when it becomes claimable.
 local function reschedule(run)
-  local v = redis.call('HMGET', run, 'sched', 'wake', 'state', 'next', 'total', 'qn',
-    'inflight', 'cap', 'weight', 'claims', 'class')
+  local v = sched_view(run)
   if not v[1] then return end
   local id = run_id_of(run)
-  if not active(v[3]) or num(v[5]) - num(v[4]) + num(v[6]) <= 0 then
+  if not has_work(v) then
     redis.call('ZREM', v[1], id)
     return
   end
   local old = redis.call('ZSCORE', v[1], id)
-  local s = sched_score(num(v[11]), num(v[7]), num(v[8]), num(v[9]), num(v[10]))
+  local s = score_of(v, num(v[7]))
   if old and tonumber(old) == s then return end
   redis.call('ZADD', v[1], fmt(s), id)
-  if not capped(s) and (not old or capped(tonumber(old))) then
-    redis.call('XADD', v[2], 'MAXLEN', '~', 64, '*', 'r', id)
-  end
+  if not capped(s) and (not old or capped(tonumber(old))) then ring(v, run) end
 end
 -- `n` deliveries of the run left the tasks stream's pending list: one
 -- read, one write and (if it still has chunks to hand out) its new score;
 -- the wake stream is rung if that took it back under its cap.
 local function release(run, n)
   if n <= 0 then return end
-  local v = redis.call('HMGET', run, 'sched', 'wake', 'state', 'next', 'total', 'qn',
-    'inflight', 'cap', 'weight', 'claims', 'class')
+  local v = sched_view(run)
   if not v[7] then return end
   local old = num(v[7])
   local left = old - n
   if left < 0 then left = 0 end
   redis.call('HSET', run, 'inflight', left)
-  if not v[1] or not active(v[3]) or num(v[5]) - num(v[4]) + num(v[6]) <= 0 then return end
+  if not v[1] or not has_work(v) then return end
+  redis.call('ZADD', v[1], fmt(score_of(v, left)), run_id_of(run))
   local cap = num(v[8])
-  redis.call('ZADD', v[1], fmt(sched_score(num(v[11]), left, cap, num(v[9]), num(v[10]))), run_id_of(run))
-  if cap > 0 and old >= cap and left < cap then
-    redis.call('XADD', v[2], 'MAXLEN', '~', 64, '*', 'r', run_id_of(run))
-  end
+  if cap > 0 and old >= cap and left < cap then ring(v, run) end
 end
 -- Queue a chunk again (attempt `attempt`), at the front of its run's queue
 -- (a reclaimed or failed chunk) or at its back (a retried dead letter).
