@@ -1,25 +1,42 @@
 -- complete: complete a batch of chunks of one run, atomically.
+-- Runs last in a MULTI that first sends `HSETNX results <chunk> <packed
+--   values>` for each chunk (K x n f64, output after output): the values
+--   never pass through Lua, whose strings hash every byte they hold. So
+--   the results field of a chunk is either the winner's (done bit set:
+--   HSETNX changed nothing) or was just written by this very delivery.
 -- KEYS (9): run hash, done bitmap, results hash, events stream, tasks
 --   stream, dead bitmap, stats hash, expiring zset, extremes string (per
 --   chunk, its K (min, max) f64 pairs, at offset chunk * 16 K).
--- ARGV (4 + 6 per chunk): group, run id, consumer, K (outputs); then per
---   chunk: entry id, chunk index, point count, packed values (K x n f64,
---   output after output), ChunkCompleted event body, stats (little-endian
---   f64: K (min, max) pairs, then K (sum, index of the first min, index of
---   the first max) triples).
+-- ARGV (4 + 5 per chunk): group, run id, consumer, K (outputs); then per
+--   chunk: entry id, chunk index, point count, ChunkCompleted event body,
+--   stats (little-endian f64: K (min, max) pairs, then K (sum, index of
+--   the first min, index of the first max) triples).
 -- Returns {codes, state}: per chunk 1 counted, 0 duplicate, 2 run not
 --   active, -1 run unknown, -3 not held by the caller; the run's state after.
 -- Invariant: first result wins — a chunk's values are stored and counted
 --   at most once (its done bit), and only for a delivery still pending for
 --   the caller; result, ack, counters, per-output aggregates, the chunk's
 --   extremes (what Best prunes chunks with) and events never disagree;
---   the run's in-flight count falls by exactly the deliveries acked here.
+--   every chunk not counted here and not done loses the field the MULTI
+--   wrote, so a results field without its done bit outlives no script
+--   (fail_attempt removes the one a MULTI whose script never ran, say on
+--   NOSCRIPT, left for its delivery); the run's in-flight count falls by
+--   exactly the deliveries acked here.
 local run = KEYS[1]
 local K = tonumber(ARGV[4])
-local S = 6
+local S = 5
 local n = (#ARGV - 4) / S
 local stats_fmt = '<' .. string.rep('d', 5 * K)
 local ids, held, codes = {}, {}, {}
+-- Chunks this call does not count and that are not done: the values the
+-- MULTI just wrote for them go again.
+local drop = {}
+local function drop_unless_done(chunk)
+  if redis.call('GETBIT', KEYS[2], chunk) == 0 then drop[#drop + 1] = chunk end
+end
+local function dropped()
+  if #drop > 0 then redis.call('HDEL', KEYS[3], unpack(drop)) end
+end
 for i = 0, n - 1 do
   local b = 5 + i * S
   local id = ARGV[b]
@@ -31,9 +48,11 @@ for i = 0, n - 1 do
     -- Already counted (e.g. this very call, retried after its reply was
     -- lost): a duplicate, and nothing to change.
     codes[i + 1] = 0
+  else
+    drop[#drop + 1] = ARGV[b + 1]
   end
 end
-if #ids == 0 then return {codes, ''} end
+if #ids == 0 then dropped(); return {codes, ''} end
 redis.call('XACK', KEYS[5], ARGV[1], unpack(ids))
 redis.call('XDEL', KEYS[5], unpack(ids))
 release(run, #ids)
@@ -45,7 +64,10 @@ local state = v[1]
 if not state or not active(state) then
   local code = 2
   if not state then code = -1; state = '' end
-  for i = 0, n - 1 do if held[i] then codes[i + 1] = code end end
+  for i = 0, n - 1 do
+    if held[i] then codes[i + 1] = code; drop_unless_done(ARGV[5 + i * S + 1]) end
+  end
+  dropped()
   return {codes, state}
 end
 local total, done, dead, count = num(v[2]), num(v[3]), num(v[4]), num(v[5])
@@ -55,7 +77,6 @@ for k = 0, K - 1 do
 end
 local ts = now_ms()
 local ts_f = f_varint(3, ts)
-local fields = {}
 local counted, dups = 0, 0
 for i = 0, n - 1 do
   local b = 5 + i * S
@@ -72,11 +93,9 @@ for i = 0, n - 1 do
       redis.call('SETBIT', KEYS[6], chunk, 0)
       dead = dead - 1
     end
-    fields[#fields + 1] = chunk
-    fields[#fields + 1] = ARGV[b + 3]
     done = done + 1
     count = count + tonumber(ARGV[b + 2])
-    local st = ARGV[b + 5]
+    local st = ARGV[b + 4]
     local x = {struct.unpack(stats_fmt, st)}
     for k = 0, K - 1 do
       local lo, hi, t = x[1 + 2 * k], x[2 + 2 * k], 2 * K + 3 * k
@@ -86,12 +105,12 @@ for i = 0, n - 1 do
     end
     -- The chunk's extremes, for Best to know which chunks to read.
     redis.call('SETRANGE', KEYS[9], chunk * 16 * K, string.sub(st, 1, 16 * K))
-    redis.call('XADD', KEYS[4], '*', 'e', ARGV[b + 4] .. ts_f .. progress_of(total, done, dead, count))
+    redis.call('XADD', KEYS[4], '*', 'e', ARGV[b + 3] .. ts_f .. progress_of(total, done, dead, count))
   end
 end
+dropped()
 if dups > 0 then redis.call('HINCRBY', KEYS[7], 'duplicates', dups) end
 if counted == 0 then return {codes, state} end
-redis.call('HSET', KEYS[3], unpack(fields))
 redis.call('HINCRBY', KEYS[7], 'completed', counted)
 local upd = {'done', done, 'count', count, 'dead', dead}
 if num(v[6]) > 0 then upd[#upd + 1] = 'ff_n'; upd[#upd + 1] = 0 end

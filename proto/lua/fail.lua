@@ -1,6 +1,6 @@
 -- fail: record a failed attempt (a kernel error) of a delivery the caller holds.
--- KEYS (8): run hash, done bitmap, dead bitmap, dead-letter stream, events
---   stream, tasks stream, stats hash, expiring zset.
+-- KEYS (9): run hash, done bitmap, dead bitmap, dead-letter stream, events
+--   stream, tasks stream, stats hash, expiring zset, results hash.
 -- ARGV (13): group, entry id, chunk index, task bytes, attempt, max
 --   attempts, error, traceparent, ChunkFailed body (dead = false),
 --   ChunkFailed body (dead = true), run id, consumer, error's first line.

@@ -181,11 +181,15 @@ end
 -- it with attempt + 1 at the front of its run's queue, or at max attempts dead-letter it, count it dead
 -- and end the run if it was the last chunk. The caller has already acked and
 -- deleted and released the delivery. K: run, done, deadbits, dead stream, events, tasks,
--- stats, expiring.
+-- stats, expiring, results.
 -- Returns {code, state}: 1 re-queued, 3 dead-lettered, 0 chunk already has a
 -- result, 2 run not active, -1 run unknown.
 local function fail_attempt(K, chunk, task, attempt, max, err, tp, body_retry, body_dead, run_id)
   local run = K[1]
+  -- The delivery ends here without a result: values its completion MULTI
+  -- wrote while that MULTI's script never ran (NOSCRIPT) go with it, so no
+  -- later delivery of the chunk is counted with them.
+  if redis.call('GETBIT', K[2], chunk) == 0 then redis.call('HDEL', K[9], chunk) end
   local state = redis.call('HGET', run, 'state')
   if not state then return {-1, ''} end
   if not active(state) then return {2, state} end

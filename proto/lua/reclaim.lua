@@ -1,5 +1,5 @@
 -- reclaim: take back one delivery of an agent that died (or froze, or was swept).
--- KEYS (8): as fail.
+-- KEYS (9): as fail.
 -- ARGV (12): group, entry id, owner consumer, chunk index, task bytes,
 --   attempt, max attempts, error, traceparent, ChunkReclaimed body,
 --   ChunkFailed body (dead = true), run id.

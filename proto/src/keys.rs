@@ -152,7 +152,7 @@ impl Keys {
     }
 
     /// KEYS of the failure and reclaim scripts, in their order.
-    pub fn fail_keys(&self, run_id: &str, tasks_stream: &str) -> [String; 8] {
+    pub fn fail_keys(&self, run_id: &str, tasks_stream: &str) -> [String; 9] {
         [
             self.run(run_id),
             self.done(run_id),
@@ -162,6 +162,7 @@ impl Keys {
             tasks_stream.to_string(),
             self.stats(),
             self.expiring(),
+            self.results(run_id),
         ]
     }
 

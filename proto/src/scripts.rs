@@ -6,7 +6,7 @@
 //! connection. A unit test checks each builder's key and argument counts
 //! against the counts in its file's header.
 
-use redis::{Cmd, RedisResult, Script, ScriptInvocation};
+use redis::{Cmd, RedisResult, Script, ScriptInvocation, Value};
 
 use crate::keys::{Keys, GROUP};
 use crate::records::{pack_values, parse_state};
@@ -90,8 +90,35 @@ fn claim_keys_args(
     (k, a)
 }
 
-/// Arguments the completion script takes per chunk.
-pub const COMPLETE_ARGS: usize = 6;
+/// Arguments the completion script takes per chunk (its values go by HSETNX).
+pub const COMPLETE_ARGS: usize = 5;
+
+/// KEYS and ARGV of complete.lua, in its header's order.
+fn complete_keys_args(
+    keys: &Keys,
+    run_id: &str,
+    tasks: &str,
+    consumer: &str,
+    chunks: &[impl std::borrow::Borrow<ChunkResult>],
+) -> (Vec<String>, Vec<Vec<u8>>) {
+    let outputs = chunks.first().map_or(1, |c| c.borrow().outputs());
+    let mut a: Vec<Vec<u8>> = vec![
+        GROUP.into(),
+        run_id.into(),
+        consumer.into(),
+        outputs.to_string().into(),
+    ];
+    for c in chunks {
+        let c = c.borrow();
+        debug_assert_eq!(c.outputs(), outputs, "one run, one number of outputs");
+        a.push(c.entry_id.as_bytes().to_vec());
+        a.push(c.chunk_index.to_string().into());
+        a.push(c.count.to_string().into());
+        a.push(c.event.clone());
+        a.push(c.stats.clone());
+    }
+    (keys.complete_keys(run_id, tasks).to_vec(), a)
+}
 
 /// What the fail and reclaim scripts need about one failed attempt.
 pub struct FailedAttempt<'a> {
@@ -151,34 +178,50 @@ impl Scripts {
         }
     }
 
-    /// `complete.lua` for `chunks` of `run_id` delivered from `tasks` to
-    /// `consumer` (all with the run's number of outputs). Reply
-    /// `(Vec<i64>, String)`: see [`Completion::from_reply`].
-    pub fn complete<'a>(
-        &'a self,
+    /// Complete `chunks` of `run_id` delivered from `tasks` to `consumer`
+    /// (all with the run's number of outputs) in one MULTI: an `HSETNX` of
+    /// each chunk's packed values into the run's results, then
+    /// `complete.lua` (see its header: the values never pass through Lua).
+    /// Loads the script and sends the MULTI again after a NOSCRIPT (what
+    /// the first one wrote is this delivery's own, so HSETNX keeps it).
+    /// Reply: see [`Completion::from_reply`].
+    pub async fn complete<C: redis::aio::ConnectionLike>(
+        &self,
+        conn: &mut C,
         keys: &Keys,
         run_id: &str,
         tasks: &str,
         consumer: &str,
         chunks: &[impl std::borrow::Borrow<ChunkResult>],
-    ) -> ScriptInvocation<'a> {
-        let mut inv = self.complete.prepare_invoke();
-        for k in keys.complete_keys(run_id, tasks) {
-            inv.key(k);
-        }
-        let outputs = chunks.first().map_or(1, |c| c.borrow().outputs());
-        inv.arg(GROUP).arg(run_id).arg(consumer).arg(outputs);
+    ) -> RedisResult<(Vec<i64>, String)> {
+        let results = keys.results(run_id);
+        let mut p = redis::pipe();
+        p.atomic().ignore_errors();
         for c in chunks {
             let c = c.borrow();
-            debug_assert_eq!(c.outputs(), outputs, "one run, one number of outputs");
-            inv.arg(&c.entry_id)
+            p.cmd("HSETNX")
+                .arg(&results)
                 .arg(c.chunk_index)
-                .arg(c.count)
                 .arg(&c.packed)
-                .arg(&c.event)
-                .arg(&c.stats);
+                .ignore();
         }
-        inv
+        let (k, a) = complete_keys_args(keys, run_id, tasks, consumer, chunks);
+        p.cmd("EVALSHA")
+            .arg(self.complete.get_hash())
+            .arg(k.len())
+            .arg(k)
+            .arg(a);
+        let mut reply: Vec<RedisResult<Value>> = p.query_async(conn).await?;
+        if matches!(reply.last(), Some(Err(e)) if e.code() == Some("NOSCRIPT")) {
+            self.complete.prepare_invoke().load_async(conn).await?;
+            reply = p.query_async(conn).await?;
+        }
+        let script = reply.pop().ok_or_else(|| {
+            redis::RedisError::from(redis::ParsingError::from(
+                "complete: empty EXEC reply".to_string(),
+            ))
+        })??;
+        Ok(redis::FromRedisValue::from_redis_value(script)?)
     }
 
     /// `fail.lua`: a kernel error of a delivery `consumer` holds. Reply
@@ -662,7 +705,17 @@ mod tests {
         let cases: Vec<(&str, ScriptInvocation<'_>, usize)> = vec![
             (
                 "complete",
-                s.complete(&keys, "r", "q", "c", &[chunk.clone(), chunk]),
+                {
+                    let mut inv = s.complete.prepare_invoke();
+                    let (k, a) = complete_keys_args(&keys, "r", "q", "c", &[chunk.clone(), chunk]);
+                    for key in k {
+                        inv.key(key);
+                    }
+                    for arg in a {
+                        inv.arg(arg);
+                    }
+                    inv
+                },
                 2,
             ),
             ("fail", s.fail(&keys, "r", "q", "c", &f), 0),

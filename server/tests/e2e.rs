@@ -10,9 +10,9 @@ use std::time::Duration;
 use common::*;
 use prost::Message;
 use ttg_proto::keys::{Keys, GROUP};
-use ttg_proto::records::{decode_task, encode, event_body};
+use ttg_proto::records::{decode_task, encode};
 use ttg_proto::scripts::{ChunkResult, Completion, Scripts};
-use ttg_proto::v1::{event, CancelRequest, ChunkCompleted, GetResultsRequest, RunState, Task};
+use ttg_proto::v1::{event, CancelRequest, GetResultsRequest, RunState, Task};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_params_on_three_agent_processes_sum_exactly() {
@@ -336,23 +336,11 @@ async fn a_chunk_completed_twice_is_counted_once() {
         let run_id = run.run_id.clone();
         async move {
             let n = (task.end - task.start) as usize;
-            let values = vec![value; n];
-            let body = event_body(
-                &run_id,
-                event::Kind::ChunkCompleted(ChunkCompleted {
-                    chunk_index: task.chunk_index,
-                    start: task.start,
-                    end: task.end,
-                    agent_id: "tester".into(),
-                    attempt: 1,
-                    sum: value * n as f64,
-                    compute_ms: 0,
-                }),
-            );
-            let chunk = ChunkResult::new(&entry, task.chunk_index, task.start, &values, body);
-            let inv = scripts.complete(&keys, &run_id, &tasks, "tester", &[chunk]);
-            let (codes, state): (Vec<i64>, String) =
-                inv.invoke_async(&mut conn).await.expect("complete");
+            let chunk = tester_chunk(&run_id, &entry, &task, &vec![value; n]);
+            let (codes, state): (Vec<i64>, String) = scripts
+                .complete(&mut conn, &keys, &run_id, &tasks, "tester", &[chunk])
+                .await
+                .expect("complete");
             Completion::from_reply(codes[0], &state)
         }
     };
@@ -449,25 +437,7 @@ async fn a_batch_of_completions_counts_each_chunk_once() {
         };
         let t = decode_task(b).expect("task");
         let values: Vec<f64> = (t.start..t.end).map(|p| p as f64).collect();
-        let body = event_body(
-            &run.run_id,
-            event::Kind::ChunkCompleted(ChunkCompleted {
-                chunk_index: t.chunk_index,
-                start: t.start,
-                end: t.end,
-                agent_id: "tester".into(),
-                attempt: 1,
-                sum: values.iter().sum(),
-                compute_ms: 0,
-            }),
-        );
-        batch.push(ChunkResult::new(
-            &e.id,
-            t.chunk_index,
-            t.start,
-            &values,
-            body,
-        ));
+        batch.push(tester_chunk(&run.run_id, &e.id, &t, &values));
     }
     assert_eq!(batch.len(), 4);
     // The same delivery of chunk 1 again, inside the batch, with other values.
@@ -480,8 +450,10 @@ async fn a_batch_of_completions_counts_each_chunk_once() {
     );
     batch.push(dup);
     let scripts = Scripts::new();
-    let inv = scripts.complete(&keys, &run.run_id, &tasks, "tester", &batch);
-    let (codes, state): (Vec<i64>, String) = inv.invoke_async(&mut conn).await.expect("complete");
+    let (codes, state): (Vec<i64>, String) = scripts
+        .complete(&mut conn, &keys, &run.run_id, &tasks, "tester", &batch)
+        .await
+        .expect("complete");
     assert_eq!(codes, vec![1, 1, 1, 1, 0]);
     assert_eq!(state, "SUCCEEDED");
     let st = status(&mut c, &run.run_id).await;

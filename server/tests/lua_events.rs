@@ -147,8 +147,7 @@ async fn every_event_the_scripts_write_decodes_with_prost() {
         ChunkResult::new(&entry, t.chunk_index, t.start, &values, body)
     };
     let (codes, state): (Vec<i64>, String) = scripts
-        .complete(&keys, &id, &tasks, "tester", &[complete(e1, t1)])
-        .invoke_async(&mut conn)
+        .complete(&mut conn, &keys, &id, &tasks, "tester", &[complete(e1, t1)])
         .await
         .expect("complete");
     assert_eq!((codes, state.as_str()), (vec![1], "FAILED"));
@@ -159,13 +158,13 @@ async fn every_event_the_scripts_write_decodes_with_prost() {
     let third = read(1).await;
     let (codes, state): (Vec<i64>, String) = scripts
         .complete(
+            &mut conn,
             &keys,
             &id,
             &tasks,
             "tester",
             &[complete(third[0].0.clone(), t0.clone())],
         )
-        .invoke_async(&mut conn)
         .await
         .expect("complete");
     assert_eq!((codes, state.as_str()), (vec![1], "SUCCEEDED"));

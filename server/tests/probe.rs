@@ -414,8 +414,10 @@ async fn a_completion_from_anyone_but_the_holder_stores_nothing() {
     };
     // Made-up entry ids, for every chunk: nothing is stored.
     let batch: Vec<ChunkResult> = (0..10).map(|i| forged(&format!("1-{i}"), i)).collect();
-    let inv = scripts.complete(&keys, &run.run_id, &tasks, "mallory", &batch);
-    let (codes, _): (Vec<i64>, String) = inv.invoke_async(&mut conn).await.expect("script");
+    let (codes, _): (Vec<i64>, String) = scripts
+        .complete(&mut conn, &keys, &run.run_id, &tasks, "mallory", &batch)
+        .await
+        .expect("script");
     assert_eq!(codes, vec![-3; 10]);
     // Real deliveries, but held by another consumer: nothing either.
     let read = claim_read(&mut conn, &keys, "placeholder", "eve", 10).await;
@@ -425,8 +427,10 @@ async fn a_completion_from_anyone_but_the_holder_stores_nothing() {
         .enumerate()
         .map(|(i, id)| forged(id, i as u64))
         .collect();
-    let inv = scripts.complete(&keys, &run.run_id, &tasks, "mallory", &batch);
-    let (codes, _): (Vec<i64>, String) = inv.invoke_async(&mut conn).await.expect("script");
+    let (codes, _): (Vec<i64>, String) = scripts
+        .complete(&mut conn, &keys, &run.run_id, &tasks, "mallory", &batch)
+        .await
+        .expect("script");
     assert_eq!(codes, vec![-3; 10]);
     let st = c
         .status(StatusRequest {
@@ -444,8 +448,10 @@ async fn a_completion_from_anyone_but_the_holder_stores_nothing() {
         .expect("hlen");
     assert_eq!(stored, 0);
     // The holder's completion counts, as ever.
-    let inv = scripts.complete(&keys, &run.run_id, &tasks, "eve", &batch[..1]);
-    let (codes, _): (Vec<i64>, String) = inv.invoke_async(&mut conn).await.expect("script");
+    let (codes, _): (Vec<i64>, String) = scripts
+        .complete(&mut conn, &keys, &run.run_id, &tasks, "eve", &batch[..1])
+        .await
+        .expect("script");
     assert_eq!(codes, vec![1]);
     server.stop().await;
 }

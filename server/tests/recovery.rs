@@ -13,10 +13,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use ttg_proto::keys::{Keys, GROUP};
 use ttg_proto::records::event_body;
-use ttg_proto::scripts::{ChunkResult, Completion, FailedAttempt, Failure, Scripts};
-use ttg_proto::v1::{
-    event, ChunkCompleted, ChunkFailed, ListAgentsRequest, RetryRequest, RunState, Task,
-};
+use ttg_proto::scripts::{Completion, FailedAttempt, Failure, Scripts};
+use ttg_proto::v1::{event, ChunkFailed, ListAgentsRequest, RetryRequest, RunState, Task};
 
 /// One test at a time (async-aware: held across awaits; a panicking test
 /// does not poison it).
@@ -388,23 +386,11 @@ async fn kernel_errors_retry_then_dead_letter_and_a_late_result_rescues() {
             let values: Vec<f64> = (task.start..task.end)
                 .map(ttg_proto::kernels::placeholder_value)
                 .collect();
-            let sum: f64 = values.iter().sum();
-            let body = event_body(
-                &run_id,
-                event::Kind::ChunkCompleted(ChunkCompleted {
-                    chunk_index: task.chunk_index,
-                    start: task.start,
-                    end: task.end,
-                    agent_id: "tester".into(),
-                    attempt: 1,
-                    sum,
-                    compute_ms: 0,
-                }),
-            );
-            let chunk = ChunkResult::new(&entry, task.chunk_index, task.start, &values, body);
-            let inv = script.complete(&keys, &run_id, &tasks, "tester", &[chunk]);
-            let (codes, state): (Vec<i64>, String) =
-                inv.invoke_async(&mut conn).await.expect("complete");
+            let chunk = tester_chunk(&run_id, &entry, &task, &values);
+            let (codes, state): (Vec<i64>, String) = script
+                .complete(&mut conn, &keys, &run_id, &tasks, "tester", &[chunk])
+                .await
+                .expect("complete");
             Completion::from_reply(codes[0], &state)
         }
     };

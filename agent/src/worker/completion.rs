@@ -144,10 +144,12 @@ impl Worker {
                 let keys = &self.keys;
                 let reply: Option<(Vec<i64>, String)> = self
                     .retry_redis("complete", |mut c| {
-                        let inv =
+                        let (run_id, stream, chunks) = (&run_id, &stream, &chunks);
+                        async move {
                             self.scripts
-                                .complete(keys, &run_id, &stream, &self.agent_id, &chunks);
-                        async move { inv.invoke_async(&mut c).await }
+                                .complete(&mut c, keys, run_id, stream, &self.agent_id, chunks)
+                                .await
+                        }
                     })
                     .await;
                 for (i, p) in group.into_iter().enumerate() {

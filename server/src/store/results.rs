@@ -48,6 +48,7 @@ impl Store {
         Fut: Future<Output = bool>,
     {
         let key = self.keys.results(&spec.run_id);
+        let done_key = self.keys.done(&spec.run_id);
         let mut c = self.conn();
         let per_chunk = spec.chunk_size.max(1) * 8 * spec.outputs.len().max(1) as u64;
         let batch = (RESULTS_BATCH_BYTES / per_chunk).clamp(1, RESULTS_BATCH);
@@ -55,11 +56,30 @@ impl Store {
         while first < spec.total_chunks {
             let last = (first + batch).min(spec.total_chunks);
             let idx: Vec<u64> = (first..last).collect();
-            let vals: Vec<Option<Vec<u8>>> = self
-                .timed(redis::cmd("HMGET").arg(&key).arg(&idx).query_async(&mut c))
+            // The values with the done bits of their chunks, read together:
+            // a field without its done bit is a completion's whose script
+            // has not run (see complete.lua), not a result.
+            let (vals, done): (Vec<Option<Vec<u8>>>, Vec<u8>) = self
+                .timed(
+                    redis::pipe()
+                        .cmd("HMGET")
+                        .arg(&key)
+                        .arg(&idx)
+                        .cmd("GETRANGE")
+                        .arg(&done_key)
+                        .arg(first / 8)
+                        .arg((last - 1) / 8)
+                        .query_async(&mut c),
+                )
                 .await?;
+            let is_done = |i: u64| {
+                done.get((i / 8 - first / 8) as usize)
+                    .is_some_and(|b| b & (0x80 >> (i % 8)) != 0)
+            };
             for (i, v) in idx.into_iter().zip(vals) {
-                let Some(bytes) = v else { continue };
+                let Some(bytes) = v.filter(|_| is_done(i)) else {
+                    continue;
+                };
                 let values = unpack_values(&bytes)?;
                 let (start, _) = chunk_range(spec.params, spec.chunk_size, i);
                 if !each(i, start, values).await {

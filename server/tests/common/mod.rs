@@ -879,3 +879,27 @@ pub async fn assert_nothing_left(dir: &std::path::Path) {
     )
     .await;
 }
+
+/// A completion of `task`, delivered as `entry`, with `values`, as an agent
+/// named "tester" sends it (a ChunkCompleted event with the values' sum).
+pub fn tester_chunk(
+    run_id: &str,
+    entry: &str,
+    task: &ttg_proto::v1::Task,
+    values: &[f64],
+) -> ttg_proto::scripts::ChunkResult {
+    use ttg_proto::v1::{event, ChunkCompleted};
+    let body = ttg_proto::records::event_body(
+        run_id,
+        event::Kind::ChunkCompleted(ChunkCompleted {
+            chunk_index: task.chunk_index,
+            start: task.start,
+            end: task.end,
+            agent_id: "tester".into(),
+            attempt: 1,
+            sum: values.iter().sum(),
+            compute_ms: 0,
+        }),
+    );
+    ttg_proto::scripts::ChunkResult::new(entry, task.chunk_index, task.start, values, body)
+}
