@@ -55,8 +55,8 @@ def stream_scripts():
 def redis_limit(tmp, chunks, agents, concurrency, batch, cbatch):
     """What redis-benchmark measures on this machine for P2's command mix:
     XREADGROUP COUNT `batch` (one per `batch` chunks) and the completion
-    script with its real keys and argument sizes for `cbatch` chunks per
-    call, from `agents` connections each with `concurrency` commands in
+    (the script with its real keys and argument sizes for `cbatch` chunks per
+    call, and an HSETNX of each chunk's values), from `agents` connections each with `concurrency` commands in
     flight (-c/-P), as the agents run them. Returns (xreadgroup calls/s,
     completed chunks/s, chunks/s limit)."""
     port = free_port()
@@ -76,9 +76,9 @@ def redis_limit(tmp, chunks, agents, concurrency, batch, cbatch):
                "sum", 0, "retention_ms", 1000)
         sha = r.call("SCRIPT", "LOAD", stream_scripts()).decode()
 
-        def rate(cmd, n):
+        def rate(cmd, n, depth=concurrency):
             out = subprocess.run(["redis-benchmark", "-p", str(port), "-n", str(n), "-c", str(agents),
-                                  "-P", str(concurrency), "-r", "100000000", "--csv", *cmd],
+                                  "-P", str(depth), "-r", "100000000", "--csv", *cmd],
                                  check=True, capture_output=True, text=True).stdout
             return float(out.strip().splitlines()[-1].split(",")[1].strip('"'))
 
@@ -91,11 +91,16 @@ def redis_limit(tmp, chunks, agents, concurrency, batch, cbatch):
         # every call take the first-result path, as every real chunk does.
         # The stats argument is 5 packed f64 (40 bytes); never unpacked here
         # (the call stops at the ownership check), and argv takes no NUL.
-        per_chunk = lambda k: ["1-0", str(k), "100", values, body, "s" * 40]
-        completes = cbatch * rate(["EVALSHA", sha, "9", "b:run", "b:done:__rand_int__", "b:results",
-                                   "b:events", "b:tasks", "b:deadbits", "b:stats", "b:expiring", "b:ext",
-                                   "agents", "run", "c", "1", *[a for k in range(cbatch) for a in per_chunk(k)]],
-                                  max(1, chunks // cbatch))
+        # A completion is a MULTI: an HSETNX of each chunk's values, then the
+        # script (which takes no values); redis-benchmark times them apart.
+        per_chunk = lambda k: ["1-0", str(k), "100", body, "s" * 40]
+        script = cbatch * rate(["EVALSHA", sha, "9", "b:run", "b:done:__rand_int__", "b:results",
+                                "b:events", "b:tasks", "b:deadbits", "b:stats", "b:expiring", "b:ext",
+                                "agents", "run", "c", "1", *[a for k in range(cbatch) for a in per_chunk(k)]],
+                               max(1, chunks // cbatch))
+        # The HSETNXs of one call go in one write, as the agents send them.
+        stores = rate(["HSETNX", "b:results", "__rand_int__", values], chunks, concurrency * cbatch)
+        completes = 1 / (1 / script + 1 / stores)
         limit = 1 / (1 / completes + 1 / (reads * batch))
         return reads, completes, limit
     finally:
@@ -140,10 +145,10 @@ def p2(args, tmp):
          f"{med:.3f} s", f"goal ≤ 0.5 s; {rate:,.0f} chunks/s (min {min(walls):.3f}, max {max(walls):.3f}); "
          f"{rate / limit:.0%} of the redis-benchmark limit for the same command mix; longest gap between "
          f"a run's events {max(gaps)} ms"),
-        ("P2r", f"redis-benchmark, same machine: completion script (EVALSHA, real keys and sizes, "
-         f"{rcb} chunks per call) and XREADGROUP COUNT {rb} (the batches "
+        ("P2r", f"redis-benchmark, same machine: completion (EVALSHA, real keys and sizes, "
+         f"{rcb} chunks per call, and HSETNX of each chunk's values) and XREADGROUP COUNT {rb} (the batches "
          f"P2's agents averaged: {cbatch:.1f} and {batch:.1f}), -c 3 -P {conc}",
-         f"{limit:,.0f} chunks/s", f"completion script {completes:,.0f} chunks/s, XREADGROUP {reads:,.0f} "
+         f"{limit:,.0f} chunks/s", f"completion {completes:,.0f} chunks/s, XREADGROUP {reads:,.0f} "
          "calls/s; Redis alone, no agent or server work. Its placeholder entry ids are not pending, "
          "so since #15 each call stops at the ownership check: an upper bound, not the real script's cost "
          "(scripts/lua_cost.py counts that, with real deliveries). Since #19 a claim is a claim.lua call "

@@ -46,6 +46,17 @@ class Resp:
         self.sock.sendall(b"".join(out))
         return self._read()
 
+    def pipeline(self, cmds):
+        """Send several commands in one write; their replies, in order."""
+        out = []
+        for args in cmds:
+            out.append(f"*{len(args)}\r\n".encode())
+            for a in args:
+                b = a if isinstance(a, bytes) else str(a).encode()
+                out.append(f"${len(b)}\r\n".encode() + b + b"\r\n")
+        self.sock.sendall(b"".join(out))
+        return [self._read() for _ in cmds]
+
     def _read(self):
         line = self.f.readline()[:-2]
         t, rest = line[:1], line[1:]

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""Instruction count of the completion script in Redis, per chunk.
+"""Instruction count of a completion in Redis, per chunk.
 
 Runs redis-server under callgrind, loads the completion script exactly as the
 agents do (proto/lua/prelude.lua + complete.lua), sets up a RUNNING run,
-and calls the script on real pending deliveries with batches of 1, 8 and 32 chunks of P2's shape (100
+and sends completions as the agents do (one pipelined MULTI: an HSETNX of
+each chunk's values, then the script) on real pending deliveries with
+batches of 1, 8 and 32 chunks of P2's shape (100
 packed f64 values, a 60-byte event body), and of 32 chunks with 3 outputs (#18's named outputs). Prints Redis's instructions per
 chunk (Ir, callgrind's count: stable on a noisy shared machine, unlike wall
 time). Also counts XREADGROUP COUNT 8 per entry delivered, and reports the
@@ -76,19 +78,26 @@ def main():
         rows = []
         pid = vg.pid
         # Warm up (the script compiled, the stream's structures allocated).
+        def complete(key_set, outputs, chunks):
+            """One completion MULTI, pipelined in one write: (chunk, values) pairs."""
+            cmds = [("MULTI",)]
+            cmds += [("HSETNX", key_set[2], c, v) for c, v in chunks]
+            args = []
+            for c, _ in chunks:
+                args += [next(ids), c, 100, body, stats(outputs)]
+            cmds += [("EVALSHA", sha, 9, *key_set, "agents", "run", "w", outputs, *args), ("EXEC",)]
+            r.pipeline(cmds)
+
         for i in range(20):
-            r.call("EVALSHA", sha, 9, *keys(f"w{i}"), "agents", "run", "w", 1,
-                   *[next(ids), 0, 100, values, body, stats(1)])
+            complete(keys(f"w{i}"), 1, [(0, values)])
         for batch, outputs in ((1, 1), (8, 1), (32, 1), (32, 3)):
             subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
             r.call("PING")
             for i in range(CALLS):
-                args = []
-                for k in range(batch):
-                    args += [next(ids), k, 100, values * outputs, body, stats(outputs)]
-                r.call("EVALSHA", sha, 9, *keys(f"{batch}:{outputs}:{i}"), "agents", "run", "w", outputs, *args)
+                complete(keys(f"{batch}:{outputs}:{i}"), outputs,
+                         [(k, values * outputs) for k in range(batch)])
             ir, f = dump(pid, d)
-            rows.append((f"completion script, batch {batch}, {outputs} output(s)", ir / (CALLS * batch)))
+            rows.append((f"completion, batch {batch}, {outputs} output(s)", ir / (CALLS * batch)))
             if batch == 32 and outputs == int(os.environ.get("LUA_COST_HOT_OUTPUTS", "1")):
                 top = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100", f],
                                      capture_output=True, text=True).stdout
