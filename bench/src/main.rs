@@ -169,6 +169,7 @@ async fn watcher(
         .watch(WatchRequest {
             run_id,
             after_event_id: String::new(),
+            no_follow: false,
         })
         .await
         .map_err(|s| format!("watch: {}", s.message()))?

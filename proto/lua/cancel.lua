@@ -1,6 +1,7 @@
 -- cancel: cancel a run if it is still active; its retention starts.
 -- KEYS (4): run hash, events stream, stats hash, expiring zset.
--- ARGV (2): RunCancelled event body, run id.
+-- ARGV (3): RunCancelled event body, run id, the run's message (with the
+--   reason: what Status shows).
 -- Returns {changed, state}: changed 1 if this call cancelled it; state ''
 --   if the run is unknown.
 -- Invariant: once CANCELLED nothing is counted, so done + dead + purged =
@@ -17,7 +18,7 @@ local c = redis.call('HMGET', KEYS[1], 'total', 'done', 'dead')
 -- No chunk is counted after this (completions of an ended run store
 -- nothing), so the books balance: done + dead + purged = total.
 redis.call('HSET', KEYS[1], 'state', 'CANCELLED', 'finished_ms', ts,
-  'purged', num(c[1]) - num(c[2]) - num(c[3]))
+  'purged', num(c[1]) - num(c[2]) - num(c[3]), 'error', ARGV[3])
 redis.call('DEL', KEYS[1] .. ':queue')
 redis.call('HSET', KEYS[1], 'qn', 0)
 reschedule(KEYS[1])

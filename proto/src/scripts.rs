@@ -294,14 +294,21 @@ impl Scripts {
     }
 
     /// `cancel.lua` with the RunCancelled event `body`. Reply `(i64, String)`.
-    pub fn cancel<'a>(&'a self, keys: &Keys, run_id: &str, body: &[u8]) -> ScriptInvocation<'a> {
+    pub fn cancel<'a>(
+        &'a self,
+        keys: &Keys,
+        run_id: &str,
+        body: &[u8],
+        message: &str,
+    ) -> ScriptInvocation<'a> {
         let mut inv = self.cancel.prepare_invoke();
         inv.key(keys.run(run_id))
             .key(keys.events(run_id))
             .key(keys.stats())
             .key(keys.expiring())
             .arg(body)
-            .arg(run_id);
+            .arg(run_id)
+            .arg(message);
         inv
     }
 
@@ -722,7 +729,7 @@ mod tests {
             ("reclaim", s.reclaim(&keys, "r", "q", "o", &f), 0),
             ("del_consumer", s.del_consumer("q", "c"), 0),
             ("retry", s.retry(&keys, "r", "q", 10), 0),
-            ("cancel", s.cancel(&keys, "r", b"b"), 0),
+            ("cancel", s.cancel(&keys, "r", b"b", "m"), 0),
             ("purge", s.purge(&keys, "r", "deleted", 1, 2, 3), 0),
             ("purge_tasks", s.purge_tasks("q", &["1-0", "2-0"]), 2),
             (

@@ -132,7 +132,7 @@ impl ControlPlane for Control {
         let stop = self.shutdown.child_token();
         tokio::spawn(async move {
             tokio::select! {
-                _ = store.watch(&req.run_id, &req.after_event_id, tx.clone(), stop) => {}
+                _ = store.watch(&req.run_id, &req.after_event_id, !req.no_follow, tx.clone(), stop) => {}
                 _ = crate::auth::revoked(grant) => {
                     let _ = tx.send(Err(Error::Revoked)).await;
                 }

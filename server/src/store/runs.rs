@@ -294,14 +294,14 @@ impl Store {
     /// ended is [`Error::FailedPrecondition`].
     pub async fn cancel(&self, run_id: &str, reason: &str) -> Result<RunState> {
         check_run_id(run_id)?;
-        let body = event_body(
-            run_id,
-            event::Kind::RunCancelled(RunCancelled {
-                reason: reason.chars().take(256).collect(),
-            }),
-        );
+        let reason: String = reason.chars().take(256).collect();
+        let message = match reason.trim() {
+            "" => "cancelled".to_string(),
+            r => format!("cancelled: {r}"),
+        };
+        let body = event_body(run_id, event::Kind::RunCancelled(RunCancelled { reason }));
         let mut c = self.conn();
-        let inv = self.scripts.cancel(&self.keys, run_id, &body);
+        let inv = self.scripts.cancel(&self.keys, run_id, &body, &message);
         let (changed, state): (i64, String) = self.timed(inv.invoke_async(&mut c)).await?;
         if state.is_empty() {
             return Err(self.not_found(run_id).await);

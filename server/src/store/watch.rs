@@ -17,17 +17,90 @@ const WATCH_COALESCE: Duration = Duration::from_millis(2);
 const WATCH_SUMMARY_EVERY: Duration = Duration::from_millis(250);
 
 impl Store {
-    /// Stream a run's events after `after` into `tx` until the run ends, the
-    /// receiver goes away or `stop` is cancelled. The first error ends it.
+    /// Stream a run's events after `after` into `tx` until the run ends (or,
+    /// not `follow`ing, until the last event stored now), the receiver goes
+    /// away or `stop` is cancelled. The first error ends it.
     pub async fn watch(
         &self,
         run_id: &str,
         after: &str,
+        follow: bool,
         tx: mpsc::Sender<Result<Event>>,
         stop: CancellationToken,
     ) {
-        if let Err(e) = self.watch_inner(run_id, after, &tx, &stop).await {
+        let r = if follow {
+            self.watch_inner(run_id, after, &tx, &stop).await
+        } else {
+            self.events_until_now(run_id, after, &tx).await
+        };
+        if let Err(e) = r {
             let _ = tx.send(Err(e)).await;
+        }
+    }
+
+    /// The run's events after `after` up to the last one stored now, a page
+    /// at a time (no blocking read: the stream ends there).
+    async fn events_until_now(
+        &self,
+        run_id: &str,
+        after: &str,
+        tx: &mpsc::Sender<Result<Event>>,
+    ) -> Result<()> {
+        let key = self.keys.events(run_id);
+        let mut c = self.conn();
+        let tail: redis::streams::StreamRangeReply = self
+            .timed(
+                redis::cmd("XREVRANGE")
+                    .arg(&key)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query_async(&mut c),
+            )
+            .await?;
+        let Some(end) = tail.ids.first().map(|e| e.id.clone()) else {
+            return Ok(());
+        };
+        let mut from = if after.is_empty() || after == "0" {
+            "-".to_string()
+        } else {
+            format!("({after}")
+        };
+        loop {
+            let page: redis::streams::StreamRangeReply = self
+                .timed(
+                    redis::cmd("XRANGE")
+                        .arg(&key)
+                        .arg(&from)
+                        .arg(&end)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut c),
+                )
+                .await?;
+            let Some(last) = page.ids.last().map(|e| e.id.clone()) else {
+                return Ok(());
+            };
+            for e in page.ids {
+                let Some(Value::BulkString(bytes)) = e.map.get(EVENT_FIELD) else {
+                    continue;
+                };
+                match decode_event(&e.id, bytes.as_slice()) {
+                    Ok(ev) => {
+                        if tx.send(Ok(ev)).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(run = %run_id, id = %e.id, error = %err, "corrupt event skipped");
+                    }
+                }
+            }
+            if last == end {
+                return Ok(());
+            }
+            from = format!("({last}");
         }
     }
 
