@@ -2,7 +2,7 @@
 CARGO ?= cargo
 RELEASE := target/release
 
-.PHONY: setup build demo demo-python demo-fault test lint bench fmt clean image k8s-validate
+.PHONY: setup build install demo demo-python demo-fault test lint bench fmt clean image k8s-validate
 
 ## setup: install what a fresh machine lacks (redis-server via the OS package manager)
 setup:
@@ -11,6 +11,14 @@ setup:
 ## build: release binaries (ttg-server, ttg-agent, ttgctl) in target/release
 build:
 	$(CARGO) build --release --workspace
+
+## install: the binaries into $(PREFIX)/bin, ttgctl's man pages into $(PREFIX)/share/man/man1, bash completion into $(PREFIX)/share/bash-completion/completions
+PREFIX ?= /usr/local
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/bash-completion/completions
+	install -m 755 $(RELEASE)/ttg-server $(RELEASE)/ttg-agent $(RELEASE)/ttgctl $(DESTDIR)$(PREFIX)/bin/
+	$(RELEASE)/ttgctl man --out-dir $(DESTDIR)$(PREFIX)/share/man/man1
+	$(RELEASE)/ttgctl completion bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/ttgctl
 
 ## demo: a local cluster (redis, server, 3 agents), 10,000 parameters watched to the end, sum checked
 demo: setup build

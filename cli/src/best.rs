@@ -6,18 +6,18 @@
 use ttg_proto::v1::BestRequest;
 
 use crate::client::{self, CliError, CliResult, EXIT_OK};
-use crate::output::Format;
+use crate::output::Out;
 use crate::sweep;
 
 /// `ttgctl best`'s flags.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Run id.
+    /// Run id, a unique prefix of one, or `latest` (also `-`).
     pub run: String,
-    /// Output to rank by (default: the run's first output).
+    /// Output to rank by [default: the run's first output].
     #[arg(long, value_name = "OUTPUT")]
     pub by: Option<String>,
-    /// Largest first (default smallest first).
+    /// Largest first (smallest first without it).
     #[arg(long)]
     pub max: bool,
     /// How many points, 1..=10000.
@@ -26,7 +26,7 @@ pub struct Args {
 }
 
 /// Print the best points.
-pub async fn best(server: &str, a: &Args, format: Format) -> CliResult<i32> {
+pub async fn best(server: &str, a: &Args, out: Out) -> CliResult<i32> {
     if !(1..=crate::results::MAX_SORTED as u32).contains(&a.n) {
         return Err(CliError::usage(format!(
             "-n must be in 1..={}, got {}",
@@ -47,18 +47,15 @@ pub async fn best(server: &str, a: &Args, format: Format) -> CliResult<i32> {
     let by =
         a.by.clone()
             .unwrap_or_else(|| r.outputs.first().cloned().unwrap_or_default());
-    match format {
-        Format::Json => println!(
-            "{}",
-            serde_json::json!({
-                "run_id": a.run,
-                "by": by,
-                "max": a.max,
-                "chunks_read": r.chunks_read,
-                "points": r.points.iter().map(|p| sweep::point_json(p, &r.outputs)).collect::<Vec<_>>(),
-            })
-        ),
-        _ => {
+    let json = serde_json::json!({
+        "run_id": a.run,
+        "by": by,
+        "max": a.max,
+        "chunks_read": r.chunks_read,
+        "points": r.points.iter().map(|p| sweep::point_json(p, &r.outputs)).collect::<Vec<_>>(),
+    });
+    if !out.value(&json) {
+        {
             if r.points.is_empty() {
                 println!("no values yet");
                 return Ok(EXIT_OK);

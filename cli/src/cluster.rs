@@ -27,19 +27,22 @@ use crate::sys;
 /// What to start: `ttgctl up`'s flags.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ClusterOpts {
-    /// Number of agents (default 3).
+    /// Number of agents, 1..=256.
     #[arg(long, default_value_t = 3)]
     pub agents: u32,
-    /// Chunks each agent computes at once (default: number of CPUs).
+    /// Chunks each agent computes at once, 1..=1024 [default: number of CPUs].
     #[arg(long)]
     pub concurrency: Option<u32>,
     /// Use this Redis instead of starting a private redis-server.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "data_dir")]
     pub redis_url: Option<String>,
-    /// Address the server listens on (default 127.0.0.1:50051).
+    /// Keep the private Redis's data (its AOF) in this folder: runs survive Ctrl-C, and a later `up --data-dir DIR` finds them again [default: a temporary folder, removed on exit].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address the server listens on; it must be free.
     #[arg(long, default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
-    /// Redis key prefix (default ttg:).
+    /// Redis key prefix.
     #[arg(long, default_value = "ttg:")]
     pub prefix: String,
     /// Let the agents run users' programs with the exec kernel.
@@ -69,6 +72,75 @@ pub struct Cluster {
     next_agent: u32,
     /// Metrics addresses, `(name, address)`, when `--metrics` was given.
     pub metrics: Vec<(String, SocketAddr)>,
+    /// The `--data-dir` lock, held while the cluster runs.
+    _data_lock: Option<std::fs::File>,
+}
+
+impl ClusterOpts {
+    /// Chunks each agent computes at once: the flag, else this machine's CPUs.
+    pub fn concurrency_now(&self) -> u32 {
+        self.concurrency
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32))
+    }
+
+    /// Refuse out-of-range flags before anything starts.
+    pub fn check(&self) -> CliResult<()> {
+        if self.agents == 0 || self.agents > 256 {
+            return Err(CliError::usage(format!(
+                "--agents must be in 1..=256, got {}",
+                self.agents
+            )));
+        }
+        if let Some(c) = self.concurrency.filter(|c| !(1..=1024).contains(c)) {
+            return Err(CliError::usage(format!(
+                "--concurrency must be in 1..=1024, got {c}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The data folder of `--data-dir`: created 0700 if missing, refused if
+/// others can write it, and locked so two clusters never share one Redis
+/// data folder. Returns the lock (held while the cluster runs).
+fn take_data_dir(dir: &Path) -> CliResult<std::fs::File> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| CliError::usage(format!("--data-dir {}: {e}", dir.display())))?;
+    }
+    let meta = std::fs::metadata(dir)
+        .map_err(|e| CliError::usage(format!("--data-dir {}: {e}", dir.display())))?;
+    // Our uid: /proc/self belongs to it.
+    let me = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX);
+    if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o022 != 0 {
+        return Err(CliError::usage(format!(
+            "--data-dir {}: must be a folder of yours that others cannot write (mode {:o}, owner {})",
+            dir.display(),
+            meta.mode() & 0o777,
+            meta.uid()
+        )));
+    }
+    let lock_path = dir.join("ttg-up.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|e| CliError::usage(format!("{}: {e}", lock_path.display())))?;
+    if !sys::try_lock_exclusive(&lock) {
+        return Err(CliError::usage(format!(
+            "--data-dir {} is in use by another `ttgctl up`: stop it first, or pick another folder",
+            dir.display()
+        )));
+    }
+    Ok(lock)
 }
 
 /// Find a TTG binary: beside this `ttgctl` first (cargo puts them together),
@@ -201,6 +273,11 @@ impl Cluster {
     /// tokens: a client token ([`Cluster::client_token`]) and an agent token
     /// are generated into the cluster's folder, readable by this user only.
     pub async fn start(opts: ClusterOpts) -> CliResult<Cluster> {
+        opts.check()?;
+        // Before anything else: a busy address would make the readiness
+        // check below reach another server.
+        crate::ports::check_free(opts.listen).map_err(CliError::usage)?;
+        let data_lock = opts.data_dir.as_deref().map(take_data_dir).transpose()?;
         let dir = private_dir()?;
         let (client_token, agent_token) = (random_token()?, random_token()?);
         let tokens = dir.join("tokens");
@@ -222,6 +299,7 @@ impl Cluster {
             opts: opts.clone(),
             next_agent: 0,
             metrics: Vec::new(),
+            _data_lock: data_lock,
         };
         cluster.redis_url = match &opts.redis_url {
             Some(u) => u.clone(),
@@ -242,13 +320,39 @@ impl Cluster {
             .stderr(log);
         sys::child_dies_with_us(&mut cmd, libc::SIGTERM);
         cluster.server = Some(cmd.spawn()?);
-        if let Err(e) = wait_serving(&cluster.server_url, Duration::from_secs(15)).await {
+        // Healthy, and ours: the server we started is still running (it
+        // exiting, say on a bad flag, ends the wait at once).
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let failure = loop {
+            if let Some(e) = cluster.exited() {
+                break Some(e);
+            }
+            if wait_serving(&cluster.server_url, Duration::from_millis(200))
+                .await
+                .is_ok()
+            {
+                break cluster.exited();
+            }
+            if Instant::now() > deadline {
+                break Some(format!(
+                    "server at {} did not become healthy within 15 s",
+                    cluster.server_url
+                ));
+            }
+        };
+        if let Some(e) = failure {
             let tail = cluster.tail("server");
-            cluster.stop().await;
-            return Err(CliError::unavailable(format!(
-                "{e}; is {} free? server log:\n{tail}",
-                opts.listen
-            )));
+            cluster.stop_keeping_logs().await;
+            let msg = format!(
+                "{e}; server log (kept in {}):\n{tail}",
+                cluster.dir.display()
+            );
+            // The server refused its flags (EX_USAGE): ours to fix.
+            return Err(if e.contains("exit status: 64") {
+                CliError::usage(msg)
+            } else {
+                CliError::unavailable(msg)
+            });
         }
         for _ in 0..opts.agents {
             cluster.add_agent()?;
@@ -282,7 +386,7 @@ impl Cluster {
             &conf,
             &format!(
                 "port {port}\nbind 127.0.0.1\ndir \"{}\"\nsave \"\"\nappendonly yes\nrequirepass {password}\n",
-                self.dir.display()
+                self.opts.data_dir.as_deref().unwrap_or(&self.dir).display()
             ),
         )?;
         let log = self.log("redis")?;
@@ -362,8 +466,25 @@ impl Cluster {
     }
 
     /// Drain agents (SIGTERM, then SIGKILL after 15 s), then stop the server
-    /// and Redis, and remove the folder.
+    /// and Redis, and remove the folder (logs, secrets, and the private
+    /// Redis's data unless it lives in `--data-dir`).
     pub async fn stop(&mut self) {
+        self.stop_children().await;
+        // Ours (see private_dir): logs, secrets and, unless it lives in
+        // --data-dir or --redis-url was given, the private Redis's data.
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
+    /// Stop as [`Cluster::stop`] but keep the folder: something failed and
+    /// its logs say what.
+    pub async fn stop_keeping_logs(&mut self) {
+        self.stop_children().await;
+        for secret in ["tokens", "redis.conf", "client.token"] {
+            let _ = std::fs::remove_file(self.dir.join(secret));
+        }
+    }
+
+    async fn stop_children(&mut self) {
         for a in &self.agents {
             if let Some(pid) = a.id() {
                 sys::signal(pid, libc::SIGTERM);
@@ -383,8 +504,6 @@ impl Cluster {
                 sys::signal(pid, libc::SIGTERM);
             }
             stop_child(r, Duration::from_secs(5)).await;
-            // Only a private Redis's folder is ours to delete.
-            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 }

@@ -37,16 +37,16 @@ async fn kill_at(server: &str, run_id: &str, pid: u32, pct: u32) -> Option<(i64,
 /// `ttgctl demo`'s flags.
 #[derive(clap::Args, Debug)]
 pub struct DemoOpts {
-    /// Number of parameters (default 10000).
+    /// Number of parameters, 1..=10^10.
     #[arg(long, default_value_t = 10_000)]
     pub params: u64,
-    /// Number of agents (default 3).
+    /// Number of agents, 1..=64.
     #[arg(long, default_value_t = 3)]
     pub agents: u32,
-    /// Chunks each agent computes at once (default 1).
+    /// Chunks each agent computes at once, 1..=1024.
     #[arg(long, default_value_t = 1)]
     pub concurrency: u32,
-    /// Simulated work per parameter in ms (default 1: about 3.4 s for 10,000 over 3 agents).
+    /// Simulated work per parameter in ms (1: about 3.4 s for 10,000 over 3 agents).
     #[arg(long, default_value_t = 1)]
     pub work_ms: u64,
     /// Use this Redis instead of starting a private redis-server.
@@ -62,6 +62,19 @@ pub struct DemoOpts {
 
 /// Run the demo; returns the exit code.
 pub async fn demo(o: DemoOpts) -> CliResult<i32> {
+    // Everything checkable is checked before a cluster starts.
+    if o.params == 0 || o.params > 10_000_000_000 {
+        return Err(CliError::usage(format!(
+            "--params must be in 1..=10000000000, got {}",
+            o.params
+        )));
+    }
+    if o.concurrency == 0 || o.concurrency > 1024 {
+        return Err(CliError::usage(format!(
+            "--concurrency must be in 1..=1024, got {}",
+            o.concurrency
+        )));
+    }
     if o.agents == 0 || o.agents > 64 {
         return Err(CliError::usage(format!(
             "--agents must be in 1..=64, got {}",
@@ -92,6 +105,7 @@ pub async fn demo(o: DemoOpts) -> CliResult<i32> {
         agents: o.agents,
         concurrency: Some(o.concurrency),
         redis_url: o.redis_url.clone(),
+        data_dir: None,
         listen,
         prefix: format!("ttg-demo-{}:", std::process::id()),
         allow_exec: python.is_some(),

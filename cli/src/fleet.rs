@@ -3,20 +3,27 @@
 use ttg_proto::v1::ListAgentsRequest;
 
 use crate::client::{self, CliResult, EXIT_OK};
-use crate::output::{agent_json, Format};
+use crate::output::{agent_json, Format, Out};
 
 /// Print the agents with a live session.
-pub async fn agents(server: &str, format: Format) -> CliResult<i32> {
+pub async fn agents(server: &str, out: Out) -> CliResult<i32> {
     let mut c = client::control(server).await?;
     let agents = c
         .list_agents(ListAgentsRequest {})
         .await?
         .into_inner()
         .agents;
-    match format {
-        Format::Json => {
-            let v: Vec<_> = agents.iter().map(agent_json).collect();
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    if out.quiet {
+        for a in &agents {
+            println!("{}", a.agent_id);
+        }
+        return Ok(EXIT_OK);
+    }
+    match out.format {
+        Format::Json | Format::Yaml => {
+            out.value(&serde_json::Value::Array(
+                agents.iter().map(agent_json).collect(),
+            ));
         }
         _ => {
             println!(
@@ -40,15 +47,24 @@ pub async fn agents(server: &str, format: Format) -> CliResult<i32> {
 }
 
 /// Print the kernels live agents offer, with their arguments.
-pub async fn kernels(server: &str, format: Format) -> CliResult<i32> {
+pub async fn kernels(server: &str, out: Out) -> CliResult<i32> {
     let mut c = client::control(server).await?;
     let kernels = c
         .list_kernels(ttg_proto::v1::ListKernelsRequest {})
         .await?
         .into_inner()
         .kernels;
-    match format {
-        Format::Json => {
+    if out.quiet {
+        for k in &kernels {
+            println!(
+                "{}",
+                k.decl.as_ref().map(|d| d.name.as_str()).unwrap_or_default()
+            );
+        }
+        return Ok(EXIT_OK);
+    }
+    match out.format {
+        Format::Json | Format::Yaml => {
             let v: Vec<_> = kernels
                 .iter()
                 .map(|k| {
@@ -63,7 +79,7 @@ pub async fn kernels(server: &str, format: Format) -> CliResult<i32> {
                     })
                 })
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            out.value(&serde_json::Value::Array(v));
         }
         _ => {
             if kernels.is_empty() {

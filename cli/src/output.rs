@@ -8,14 +8,45 @@ use ttg_proto::v1::{event, AgentInfo, Aggregate, Event, RunState, RunStatus};
 pub enum Format {
     /// Human-readable text.
     Text,
+    /// Text, lists with more columns.
+    Wide,
     /// JSON.
     Json,
+    /// YAML (the same fields as JSON).
+    Yaml,
     /// CSV (`results` only).
     Csv,
     /// JSON lines, one object per point (`results` only).
     Jsonl,
     /// Apache Parquet, with --file (`results` only).
     Parquet,
+}
+
+/// How a command prints: the format, and `-q` (ids only).
+#[derive(Clone, Copy, Debug)]
+pub struct Out {
+    /// `-o`.
+    pub format: Format,
+    /// `-q`.
+    pub quiet: bool,
+}
+
+impl Out {
+    /// JSON or YAML: one document of fields.
+    pub fn structured(&self) -> bool {
+        matches!(self.format, Format::Json | Format::Yaml)
+    }
+
+    /// Print `v` as JSON (pretty) or YAML; false (nothing printed) for a
+    /// text format.
+    pub fn value(&self, v: &Value) -> bool {
+        match self.format {
+            Format::Json => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+            Format::Yaml => print!("{}", serde_yaml_ng::to_string(v).unwrap_or_default()),
+            _ => return false,
+        }
+        true
+    }
 }
 
 /// `1234567.891` → `1,234,567.89`.

@@ -4,7 +4,7 @@
 use ttg_proto::v1::{ListAgentsRequest, ListRunsRequest, RunState};
 
 use crate::client::{self, CliError, CliResult, EXIT_OK};
-use crate::output::{state_name, status_json, thousands, Format};
+use crate::output::{state_name, status_json, thousands, Format, Out};
 
 /// A run state as a `--state` value.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,14 +36,14 @@ impl StateArg {
 /// `ttgctl runs`'s flags.
 #[derive(clap::Args, Debug)]
 pub struct RunsArgs {
-    /// Runs per page, 1..=1000 (default 50).
+    /// Runs per page, 1..=1000.
     #[arg(long, default_value_t = 50)]
     pub limit: u32,
     /// Only runs in these states (repeatable or comma-separated): queued, running, succeeded, failed, cancelled.
     #[arg(long = "state", value_delimiter = ',', value_enum)]
     pub states: Vec<StateArg>,
     /// Only runs whose name contains this text (case-insensitive).
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", hide_default_value = true)]
     pub name: String,
     /// Only runs submitted within this long, e.g. 2h or 7d.
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -52,7 +52,7 @@ pub struct RunsArgs {
     #[arg(long, value_parser = humantime::parse_duration)]
     pub older_than: Option<std::time::Duration>,
     /// Continue from a previous page (the token it printed).
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", hide_default_value = true)]
     pub page_token: String,
     /// Follow every page to the end instead of printing one page.
     #[arg(long)]
@@ -60,7 +60,7 @@ pub struct RunsArgs {
 }
 
 /// Print runs, newest first, a page (or with `all`, every page).
-pub async fn runs(server: &str, q: RunsArgs, format: Format) -> CliResult<i32> {
+pub async fn runs(server: &str, q: RunsArgs, out: Out) -> CliResult<i32> {
     if q.limit == 0 || q.limit > 1_000 {
         return Err(CliError::usage(format!(
             "--limit must be in 1..=1000, got {}",
@@ -85,57 +85,125 @@ pub async fn runs(server: &str, q: RunsArgs, format: Format) -> CliResult<i32> {
         }
         req.page_token = page.next_page_token;
     };
-    if !next.is_empty() && format == Format::Text {
+    if out.quiet {
+        for st in &runs {
+            println!(
+                "{}",
+                st.spec
+                    .as_ref()
+                    .map(|s| s.run_id.as_str())
+                    .unwrap_or_default()
+            );
+        }
+        return Ok(EXIT_OK);
+    }
+    // -o json/yaml: the page and the token of the next one ("" at the end).
+    let json = serde_json::json!({
+        "runs": runs.iter().map(status_json).collect::<Vec<_>>(),
+        "next_page_token": next,
+    });
+    if out.value(&json) {
+        return Ok(EXIT_OK);
+    }
+    if !next.is_empty() {
         eprintln!("more runs: add --page-token {next} (or --all)");
     }
-    match format {
-        Format::Json => {
-            let v: Vec<_> = runs.iter().map(status_json).collect();
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-        }
-        _ => {
-            // Share of agents now: the run's chunks in flight over every
-            // live agent's slots.
-            let slots: u64 = match c.list_agents(ListAgentsRequest {}).await {
-                Ok(r) => r
-                    .into_inner()
-                    .agents
-                    .iter()
-                    .map(|a| u64::from(a.concurrency))
-                    .sum(),
-                Err(_) => 0,
+    // Share of agents now: the run's chunks in flight over every live
+    // agent's slots.
+    let slots: u64 = match c.list_agents(ListAgentsRequest {}).await {
+        Ok(r) => r
+            .into_inner()
+            .agents
+            .iter()
+            .map(|a| u64::from(a.concurrency))
+            .sum(),
+        Err(_) => 0,
+    };
+    let wide = out.format == Format::Wide;
+    let now = ttg_proto::now_ms();
+    print!(
+        "{:<18} {:<10} {:<12} {:>9} {:<6} {:>12} {:>16} {:>10} {:>14} {:>18}",
+        "RUN",
+        "STATE",
+        "KERNEL",
+        "SUBMITTED",
+        "PRIO",
+        "PARAMS",
+        "CHUNKS DONE",
+        "QUEUED",
+        "IN FLIGHT",
+        "SUM"
+    );
+    if wide {
+        print!(
+            " {:>8} {:>10} {:>12} {:>14}",
+            "DEAD", "ELAPSED", "PARAMS/S", "QUEUE WAIT"
+        );
+    }
+    println!("  NAME");
+    for st in &runs {
+        let spec = st.spec.clone().unwrap_or_default();
+        let p = st.progress.unwrap_or_default();
+        let prio = ttg_proto::sched::priority_name(spec.priority());
+        let share = if slots > 0 && st.chunks_in_flight > 0 {
+            format!(
+                "{} ({:.0}%)",
+                st.chunks_in_flight,
+                100.0 * st.chunks_in_flight as f64 / slots as f64
+            )
+        } else {
+            st.chunks_in_flight.to_string()
+        };
+        print!(
+            "{:<18} {:<10} {:<12} {:>9} {:<6} {:>12} {:>16} {:>10} {:>14} {:>18}",
+            spec.run_id,
+            state_name(st.state),
+            spec.kernel,
+            ago(now, st.created_ms),
+            prio,
+            spec.params,
+            format!("{}/{}", p.chunks_done, p.chunks_total),
+            st.chunks_queued,
+            share,
+            thousands(st.aggregate.unwrap_or_default().sum, 2),
+        );
+        if wide {
+            let elapsed = match (st.started_ms, st.finished_ms) {
+                (0, _) => "-".to_string(),
+                (s, 0) => seconds(now - s),
+                (s, f) => seconds(f - s),
             };
-            println!(
-                "{:<18} {:<10} {:<6} {:>12} {:>16} {:>10} {:>14} {:>18}  NAME",
-                "RUN", "STATE", "PRIO", "PARAMS", "CHUNKS DONE", "QUEUED", "IN FLIGHT", "SUM"
-            );
-            for st in &runs {
-                let spec = st.spec.clone().unwrap_or_default();
-                let p = st.progress.unwrap_or_default();
-                let prio = ttg_proto::sched::priority_name(spec.priority());
-                let share = if slots > 0 && st.chunks_in_flight > 0 {
-                    format!(
-                        "{} ({:.0}%)",
-                        st.chunks_in_flight,
-                        100.0 * st.chunks_in_flight as f64 / slots as f64
-                    )
+            print!(
+                " {:>8} {:>10} {:>12} {:>14}",
+                p.chunks_dead,
+                elapsed,
+                thousands(st.params_per_second, 0),
+                if st.claims > 0 {
+                    format!("{:.0} ms", st.queue_wait_mean_ms)
                 } else {
-                    st.chunks_in_flight.to_string()
-                };
-                println!(
-                    "{:<18} {:<10} {:<6} {:>12} {:>16} {:>10} {:>14} {:>18}  {}",
-                    spec.run_id,
-                    state_name(st.state),
-                    prio,
-                    spec.params,
-                    format!("{}/{}", p.chunks_done, p.chunks_total),
-                    st.chunks_queued,
-                    share,
-                    thousands(st.aggregate.unwrap_or_default().sum, 2),
-                    spec.name
-                );
-            }
+                    "-".into()
+                }
+            );
         }
+        println!("  {}", spec.name);
     }
     Ok(EXIT_OK)
+}
+
+/// `12s`, `5m`, `3h`, `2d` since `ms` (ms since epoch), or `-`.
+fn ago(now: i64, ms: i64) -> String {
+    if ms <= 0 {
+        return "-".into();
+    }
+    let s = ((now - ms).max(0) / 1000) as u64;
+    match s {
+        0..=59 => format!("{s}s ago"),
+        60..=3599 => format!("{}m ago", s / 60),
+        3600..=86_399 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86_400),
+    }
+}
+
+fn seconds(ms: i64) -> String {
+    format!("{:.1} s", ms.max(0) as f64 / 1000.0)
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use ttg_proto::v1::{SubmitRequest, SubmitResponse};
 
 use crate::client::{self, CliError, CliResult, EXIT_OK};
-use crate::output::Format;
+use crate::output::Out;
 use crate::sweep::{self, SweepSpec};
 use crate::watch;
 
@@ -24,46 +24,46 @@ pub struct Args {
     /// Random search: draw N points from the axes instead of the grid (point i depends only on the space, the seed and i).
     #[arg(long, value_name = "N")]
     pub sample: Option<u64>,
-    /// Seed of --sample (default 0).
+    /// Seed of --sample [default: 0].
     #[arg(long, value_name = "S")]
     pub seed: Option<u64>,
     /// The space (and outputs) as a YAML or JSON file: `axes: {lr: "logspace:1e-4:1e-1:4", depth: [2, 4]}`, `repeat`, `sample`, `seed`, `outputs` (docs/sweeps.md).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["repeat", "sample", "seed"])]
     pub space: Option<std::path::PathBuf>,
-    /// The run's named outputs, comma-separated (default one named `value`): the kernel returns one number per output per point.
+    /// The run's named outputs, comma-separated: the kernel returns one number per output per point [default: one named `value`].
     #[arg(long, value_name = "NAMES", value_delimiter = ',')]
     pub outputs: Vec<String>,
     /// Validate with the server and print the number of points and the first few, without submitting.
     #[arg(long)]
     pub dry_run: bool,
-    /// Parameters per chunk, 1..=10^6 (default 100).
+    /// Parameters per chunk, 1..=10^6 [default: 100].
     #[arg(long)]
     pub chunk_size: Option<u64>,
-    /// Kernel (default placeholder).
+    /// Kernel (`ttgctl kernels` lists what the agents offer).
     #[arg(long, default_value = "placeholder")]
     pub kernel: String,
     /// Kernel argument key=value, repeatable (e.g. --arg work_ms=1).
     #[arg(long = "arg", value_name = "KEY=VALUE")]
     pub args: Vec<String>,
-    /// Attempts per chunk before dead-lettering, 1..=100 (default 3).
+    /// Attempts per chunk before dead-lettering, 1..=100 [default: 3].
     #[arg(long)]
     pub max_attempts: Option<u32>,
-    /// Name of the run (default none).
-    #[arg(long, default_value = "")]
+    /// Name of the run.
+    #[arg(long, default_value = "", hide_default_value = true)]
     pub name: String,
-    /// Keep the run's data this long after it ends, e.g. 30d or 12h (default: the server's --run-retention, 7d).
+    /// Keep the run's data this long after it ends, e.g. 30d or 12h [default: the server's --run-retention, 7d].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub retention: Option<std::time::Duration>,
-    /// Stop the run as FAILED once this many chunk attempts in a row fail with the same first line of error, 0..=100000 (0: never; default 10).
+    /// Stop the run as FAILED once this many chunk attempts in a row fail with the same first line of error, 0..=100000 (0: never) [default: 10].
     #[arg(long, value_name = "N")]
     pub fail_fast: Option<u32>,
-    /// Scheduling class (default normal): high runs take every free agent slot before normal ones, normal before low (every 20th chunk handed out still goes to the lowest class with work, so none starves; docs/scheduling.md).
-    #[arg(long, value_name = "CLASS", value_parser = ["high", "normal", "low"], default_value = "normal", hide_default_value = true)]
+    /// Scheduling class: high runs take every free agent slot before normal ones, normal before low (every 20th chunk handed out still goes to the lowest class with work, so none starves; docs/scheduling.md).
+    #[arg(long, value_name = "CLASS", value_parser = ["high", "normal", "low"], default_value = "normal")]
     pub priority: String,
-    /// Most chunks this run may hold at once across all agents (claimed, not yet completed), 1..=1000000; the other slots stay free for other runs (default: no cap).
+    /// Most chunks this run may hold at once across all agents (claimed, not yet completed), 1..=1000000; the other slots stay free for other runs [default: no cap].
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_in_flight: Option<u32>,
-    /// Fair-share weight within the run's class, 1..=100: with fewer chunks in flight per unit of weight, a run is served first (default 1).
+    /// Fair-share weight within the run's class, 1..=100: with fewer chunks in flight per unit of weight, a run is served first [default: 1].
     #[arg(long, value_name = "W", value_parser = clap::value_parser!(u32).range(1..=100))]
     pub weight: Option<u32>,
     /// Watch the run to its end after submitting.
@@ -150,34 +150,69 @@ pub fn request(o: &Args) -> CliResult<SubmitRequest> {
 }
 
 /// Submit, print the run id, and watch if asked. Returns the exit code.
-pub async fn submit(server: &str, o: Args, format: Format) -> CliResult<i32> {
+pub async fn submit(server: &str, o: Args, out: Out) -> CliResult<i32> {
     let req = request(&o)?;
     let mut client = client::control(server).await?;
     let resp = client.submit(req.clone()).await?.into_inner();
     if o.dry_run {
-        return dry_run(&req, &resp, format);
+        return dry_run(&req, &resp, out);
     }
-    match format {
-        Format::Json if !o.watch => println!(
-            "{}",
-            serde_json::json!({"run_id": resp.run_id, "chunks": resp.chunks})
-        ),
-        Format::Json => {}
-        _ => {
-            println!("run {} submitted: {} chunks", resp.run_id, resp.chunks)
+    if out.quiet {
+        println!("{}", resp.run_id);
+    } else if !o.watch || !out.structured() {
+        let json = serde_json::json!({"run_id": resp.run_id, "chunks": resp.chunks});
+        if !out.value(&json) {
+            println!("run {} submitted: {} chunks", resp.run_id, resp.chunks);
         }
+    }
+    // Nobody to take it: say so now, not after a silent wait.
+    if let Some(why) = no_taker(&mut client, &req.kernel).await {
+        eprintln!("ttgctl: warning: {why}; the run waits until one connects");
     }
     if !o.watch {
         return Ok(EXIT_OK);
     }
-    Ok(watch::watch(server, &resp.run_id, "", format).await?.exit)
+    Ok(watch::watch(server, &resp.run_id, "", out.format)
+        .await?
+        .exit)
+}
+
+/// Why no live agent can take a run of `kernel`, if none can.
+async fn no_taker(c: &mut client::Control, kernel: &str) -> Option<String> {
+    let kernel = if kernel.is_empty() {
+        "placeholder"
+    } else {
+        kernel
+    };
+    let agents = c
+        .list_agents(ttg_proto::v1::ListAgentsRequest {})
+        .await
+        .ok()?
+        .into_inner()
+        .agents;
+    if agents.iter().any(|a| a.kernels.iter().any(|k| k == kernel)) {
+        return None;
+    }
+    Some(if agents.is_empty() {
+        "no agent is connected".to_string()
+    } else {
+        format!(
+            "no connected agent offers kernel {kernel} (they offer: {}; exec needs agents started with --allow-exec)",
+            {
+                let mut ks: Vec<&str> = agents.iter().flat_map(|a| a.kernels.iter().map(String::as_str)).collect();
+                ks.sort_unstable();
+                ks.dedup();
+                ks.join(", ")
+            }
+        )
+    })
 }
 
 /// Points `--dry-run` shows.
 const DRY_RUN_POINTS: u64 = 5;
 
 /// Print what the server accepted: points, chunks, outputs, the first points.
-fn dry_run(req: &SubmitRequest, resp: &SubmitResponse, format: Format) -> CliResult<i32> {
+fn dry_run(req: &SubmitRequest, resp: &SubmitResponse, out: Out) -> CliResult<i32> {
     let space = match &req.space {
         Some(w) => {
             ttg_proto::space::Space::from_wire(w).map_err(|e| CliError::usage(e.to_string()))?
@@ -189,18 +224,15 @@ fn dry_run(req: &SubmitRequest, resp: &SubmitResponse, format: Format) -> CliRes
     let first: Vec<_> = (0..resp.params.min(DRY_RUN_POINTS))
         .map(|i| space.wire_point(i))
         .collect();
-    match format {
-        Format::Json => println!(
-            "{}",
-            serde_json::json!({
-                "points": resp.params,
-                "chunks": resp.chunks,
-                "axes": space.names(),
-                "outputs": outputs,
-                "first": first.iter().map(|p| sweep::point_json(p, &[])).collect::<Vec<_>>(),
-            })
-        ),
-        _ => {
+    let json = serde_json::json!({
+        "points": resp.params,
+        "chunks": resp.chunks,
+        "axes": space.names(),
+        "outputs": outputs,
+        "first": first.iter().map(|p| sweep::point_json(p, &[])).collect::<Vec<_>>(),
+    });
+    if !out.value(&json) {
+        {
             println!(
                 "dry run: {} points in {} chunks; axes {}; outputs {} (nothing submitted)",
                 resp.params,

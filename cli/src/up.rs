@@ -1,11 +1,15 @@
 //! `ttgctl up`: a local cluster in the foreground until Ctrl-C, SIGTERM, or
-//! the exit of whoever started it.
+//! the exit of whoever started it. It checks its address is free before
+//! anything else, adds a context named after that address (and makes it
+//! current) instead of touching any other cluster's files, takes the
+//! context away again on exit, and keeps its logs when something failed.
 
 use std::io::Write;
 use std::time::Duration;
 
 use crate::client::{CliError, CliResult, EXIT_OK};
-use crate::cluster::{Cluster, ClusterOpts};
+use crate::cluster::{write_private, Cluster, ClusterOpts};
+use crate::context::UpContext;
 use crate::sys;
 
 /// Print a line; a closed stdout must not stop (or panic) the cluster, which
@@ -18,65 +22,22 @@ macro_rules! say {
 
 /// Run the cluster until told to stop.
 pub async fn up(opts: ClusterOpts) -> CliResult<i32> {
-    if opts.agents == 0 || opts.agents > 256 {
-        return Err(CliError::usage(format!(
-            "--agents must be in 1..=256, got {}",
-            opts.agents
-        )));
-    }
+    opts.check()?;
     // Our parent's exit (a closed terminal, a killed script) stops us too.
     sys::die_with_parent(libc::SIGTERM);
     let mut cluster = Cluster::start(opts.clone()).await?;
-    // Leave the client token where ttgctl looks by default.
-    let saved = crate::client::token_file().filter(|f| {
-        f.parent().map(std::fs::create_dir_all).is_some()
-            && crate::cluster::write_private(f, &format!("{}\n", cluster.client_token)).is_ok()
-    });
-    let default = opts.listen.to_string() == "127.0.0.1:50051";
-    say!("TTG local cluster is up");
-    say!(
-        "  server  {}{}",
-        cluster.server_url,
-        if default {
-            ""
-        } else {
-            "   (export TTG_SERVER to use it)"
+    let name = opts.listen.to_string();
+    let token_file = cluster.dir.join("client.token");
+    let context = match write_private(&token_file, &format!("{}\n", cluster.client_token))
+        .and_then(|()| UpContext::add(&name, &cluster.server_url, &token_file))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            cluster.stop().await;
+            return Err(e);
         }
-    );
-    say!(
-        "  redis   {}{}",
-        ttg_proto::redis_conn::redact_url(&cluster.redis_url),
-        if opts.redis_url.is_none() {
-            "   (private, removed on exit)"
-        } else {
-            ""
-        }
-    );
-    say!(
-        "  agents  {} × concurrency {}",
-        opts.agents,
-        opts.concurrency
-            .map(|c| c.to_string())
-            .unwrap_or_else(|| "CPUs".into())
-    );
-    say!("  logs    {}/*.log", cluster.dir.display());
-    for (name, addr) in &cluster.metrics {
-        say!("  metrics {name:<8} http://{addr}/metrics");
-    }
-    match &saved {
-        Some(f) => say!(
-            "  token   in {} (ttgctl uses it; other clients: TTG_TOKEN=$(cat {}))",
-            f.display(),
-            f.display()
-        ),
-        None => say!("  token   export TTG_TOKEN={}", cluster.client_token),
-    }
-    say!("submit from another terminal:  ttgctl submit --params 10000 --watch");
-    if opts.allow_exec {
-        say!("your own code (agents allow exec): ttgctl submit --params 10000 --kernel exec --arg mode=worker --arg program=$PWD/model.py --watch");
-        say!("  a Python model is one decorated function with the ttg library: pip install ./python (docs/kernels.md)");
-    }
-    say!("Ctrl-C stops everything.");
+    };
+    banner(&opts, &cluster, &context, &token_file);
 
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
@@ -90,15 +51,78 @@ pub async fn up(opts: ClusterOpts) -> CliResult<i32> {
         }
     };
     say!("stopping: draining agents, then server and redis…");
-    cluster.stop().await;
-    if let Some(f) = saved {
-        // Only our own token: another `up` may have replaced it since.
-        if std::fs::read_to_string(&f).is_ok_and(|t| t.trim() == cluster.client_token) {
-            let _ = std::fs::remove_file(f);
-        }
+    if let Err(e) = context.remove() {
+        eprintln!("ttgctl: could not remove context {}: {e}", context.name);
     }
     match failure {
-        None => Ok(EXIT_OK),
-        Some(what) => Err(CliError::failed(format!("{what}; cluster stopped"))),
+        None => {
+            cluster.stop().await;
+            Ok(EXIT_OK)
+        }
+        Some(what) => {
+            let tail = cluster.tail("server");
+            cluster.stop_keeping_logs().await;
+            Err(CliError::failed(format!(
+                "{what}; cluster stopped. Logs kept in {}; the server's last lines:\n{tail}",
+                cluster.dir.display()
+            )))
+        }
     }
+}
+
+fn banner(
+    opts: &ClusterOpts,
+    cluster: &Cluster,
+    context: &UpContext,
+    token_file: &std::path::Path,
+) {
+    let default = opts.listen.to_string() == "127.0.0.1:50051";
+    say!("TTG local cluster is up");
+    say!("  server  {}", cluster.server_url);
+    say!(
+        "  context {}   (current; removed when this stops)",
+        context.name
+    );
+    let redis_mode = match (&opts.redis_url, &opts.data_dir) {
+        (Some(_), _) => String::new(),
+        (None, Some(d)) => format!(
+            "   (private; runs kept in {}: `ttgctl up --data-dir {}` finds them again)",
+            d.display(),
+            d.display()
+        ),
+        (None, None) => {
+            "   (private, in a temporary folder: runs are gone on exit; --data-dir DIR keeps them)"
+                .to_string()
+        }
+    };
+    say!(
+        "  redis   {}{redis_mode}",
+        ttg_proto::redis_conn::redact_url(&cluster.redis_url)
+    );
+    say!(
+        "  agents  {} × concurrency {}",
+        opts.agents,
+        opts.concurrency_now()
+    );
+    say!("  logs    {}/*.log", cluster.dir.display());
+    for (name, addr) in &cluster.metrics {
+        say!("  metrics {name:<8} http://{addr}/metrics");
+    }
+    say!(
+        "  token   in {} (other clients: TTG_SERVER={} TTG_TOKEN_FILE={})",
+        token_file.display(),
+        cluster.server_url,
+        token_file.display()
+    );
+    let ctl = if default {
+        "ttgctl".to_string()
+    } else {
+        format!("ttgctl --context {}", context.name)
+    };
+    say!("submit from another terminal:  {ctl} submit --params 10000 --watch");
+    if opts.allow_exec {
+        say!("your own code (agents allow exec): {ctl} submit --params 10000 --kernel exec --arg mode=worker --arg program=$PWD/model.py --watch");
+        say!("  a Python model is one decorated function with the ttg library: pip install ./python (docs/kernels.md)");
+    }
+    say!("Ctrl-C stops everything.");
 }

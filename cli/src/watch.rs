@@ -21,13 +21,16 @@ use crate::output::{aggregate_text, event_json, state_name, thousands, Format};
 /// Give up reconnecting after this long without a stream.
 const RECONNECT_FOR: Duration = Duration::from_secs(60);
 
+/// With no event for this long, ask the server why the run waits.
+const WAITING_CHECK: Duration = Duration::from_secs(2);
+
 /// `ttgctl watch`'s arguments.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Run id.
+    /// Run id, a unique prefix of one, or `latest` (also `-`).
     pub run: String,
-    /// Resume after this event id (default: from the start).
-    #[arg(long, default_value = "")]
+    /// Resume after this event id [default: from the start].
+    #[arg(long, default_value = "", hide_default_value = true)]
     pub after: String,
 }
 
@@ -78,6 +81,8 @@ struct Progress {
     best: String,
     /// Per-output summaries of the last event that carried them.
     pub summaries: Vec<ttg_proto::v1::OutputSummary>,
+    /// The waiting reason shown last.
+    waiting_for: String,
 }
 
 impl Progress {
@@ -109,6 +114,7 @@ impl Progress {
             sweep: spec.space.is_some() || !spec.outputs.is_empty(),
             best: String::new(),
             summaries: st.outputs.clone(),
+            waiting_for: String::new(),
         }
     }
 
@@ -237,6 +243,18 @@ impl Progress {
         }
     }
 
+    /// Show why the run waits (the status message), once per change.
+    fn waiting(&mut self, why: &str) {
+        if why.is_empty() || why == self.waiting_for {
+            return;
+        }
+        self.waiting_for = why.to_string();
+        match &self.bar {
+            Some(bar) => bar.set_message(why.to_string()),
+            None => self.print(&format!("{why}…")),
+        }
+    }
+
     fn finish(&mut self) {
         self.flush_folded();
         if let Some(bar) = &self.bar {
@@ -247,6 +265,12 @@ impl Progress {
 
 /// Watch `run_id` from after `after` to its end.
 pub async fn watch(server: &str, run_id: &str, after: &str, format: Format) -> CliResult<Outcome> {
+    // -o wide is text here: a watch is no list.
+    let format = if format == Format::Wide {
+        Format::Text
+    } else {
+        format
+    };
     let mut client = client::control(server).await?;
     let st = client::run_status(&mut client, run_id).await?;
     let mut w = Watcher {
@@ -257,23 +281,55 @@ pub async fn watch(server: &str, run_id: &str, after: &str, format: Format) -> C
         outcome: Outcome::default(),
         ended: None,
     };
-    let mut down_since: Option<Instant> = None;
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-    loop {
-        let why = match w.follow(&mut client, &mut down_since, &mut backoff).await {
-            Ok(Followed::Ended(end)) => {
-                w.progress.finish();
-                return Ok(conclude(run_id, &end, &w.progress, format, w.outcome));
+    if !ttg_proto::records::is_finished(
+        RunState::try_from(st.state).unwrap_or(RunState::Unspecified),
+    ) {
+        w.progress.waiting(&st.message);
+    }
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    tokio::select! {
+        r = w.run(server, &mut client) => r,
+        _ = &mut interrupted => {
+            w.progress.finish();
+            Err(CliError::interrupted(format!(
+                "stopped watching; run {run_id} goes on (`ttgctl watch {run_id}` follows it again, `ttgctl cancel {run_id}` stops it)"
+            )))
+        }
+    }
+}
+
+impl Watcher {
+    /// Follow the run to its end, reconnecting when the stream drops.
+    async fn run(&mut self, server: &str, client: &mut client::Control) -> CliResult<Outcome> {
+        let w = self;
+        let run_id = w.run_id.clone();
+        let run_id = run_id.as_str();
+        let format = w.format;
+        let mut down_since: Option<Instant> = None;
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        loop {
+            let why = match w.follow(client, &mut down_since, &mut backoff).await {
+                Ok(Followed::Ended(end)) => {
+                    w.progress.finish();
+                    return Ok(conclude(
+                        run_id,
+                        &end,
+                        &w.progress,
+                        format,
+                        std::mem::take(&mut w.outcome),
+                    ));
+                }
+                Ok(Followed::Interrupted(why)) => why,
+                Err(e) => {
+                    w.progress.finish();
+                    return Err(e);
+                }
+            };
+            reconnect_wait(&mut down_since, &mut backoff, &mut w.progress, &why).await?;
+            if let Ok(c) = client::control(server).await {
+                *client = c;
             }
-            Ok(Followed::Interrupted(why)) => why,
-            Err(e) => {
-                w.progress.finish();
-                return Err(e);
-            }
-        };
-        reconnect_wait(&mut down_since, &mut backoff, &mut w.progress, &why).await?;
-        if let Ok(c) = client::control(server).await {
-            client = c;
         }
     }
 }
@@ -310,6 +366,7 @@ impl Watcher {
             .watch(WatchRequest {
                 run_id: self.run_id.clone(),
                 after_event_id: self.last.clone(),
+                no_follow: false,
             })
             .await;
         let mut stream = match stream {
@@ -317,8 +374,25 @@ impl Watcher {
             Err(s) if retryable(s.code()) => return Ok(Followed::Interrupted(s.message().into())),
             Err(s) => return Err(s.into()),
         };
+        let mut quiet_check = tokio::time::interval(WAITING_CHECK);
+        quiet_check.tick().await;
+        let mut last_event = Instant::now();
         loop {
-            match stream.message().await {
+            let next = tokio::select! {
+                m = stream.message() => m,
+                _ = quiet_check.tick() => {
+                    // No news for a while: say why, if the server knows
+                    // (say, no agent offers the run's kernel).
+                    if last_event.elapsed() >= WAITING_CHECK {
+                        if let Ok(st) = client::run_status(client, &self.run_id).await {
+                            self.progress.waiting(&st.message);
+                        }
+                    }
+                    continue;
+                }
+            };
+            last_event = Instant::now();
+            match next {
                 Ok(Some(e)) => {
                     *down_since = None;
                     backoff.reset();
@@ -346,8 +420,13 @@ impl Watcher {
     /// Show one event and remember what the outcome needs.
     fn event(&mut self, e: Event) {
         self.last = e.id.clone();
-        if self.format == Format::Json {
-            println!("{}", event_json(&e));
+        match self.format {
+            Format::Json => println!("{}", event_json(&e)),
+            Format::Yaml => print!(
+                "---\n{}",
+                serde_yaml_ng::to_string(&event_json(&e)).unwrap_or_default()
+            ),
+            _ => {}
         }
         self.progress.update(&e);
         match &e.kind {

@@ -283,6 +283,7 @@ async fn unknown_and_malformed_run_ids() {
         .watch(WatchRequest {
             run_id: id.clone(),
             after_event_id: String::new(),
+            no_follow: false,
         })
         .await
         .expect_err("watch");

@@ -89,11 +89,13 @@ fn cmdlines_with(needle: &str) -> Vec<String> {
     out
 }
 
-/// ttgctl with its own HOME: `up` saves its cluster's token in
-/// ~/.ttg/token, and tests running side by side must not share one.
+/// ttgctl with its own HOME (and config file in it): `up` adds its
+/// cluster's context there, and tests running side by side must not share
+/// one.
 fn ttgctl(home: &std::path::Path) -> Command {
-    let mut c = Command::new(bin("ttgctl"));
-    c.env("HOME", home);
+    let mut c = ttgctl_cmd();
+    c.env("HOME", home)
+        .env("TTG_CONFIG", home.join(".ttg").join("config"));
     c
 }
 
@@ -268,7 +270,7 @@ mod serde_json_like {
 fn demo_python_sweeps_through_the_library_and_checks_the_sum() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let home = tempfile::tempdir().expect("home");
-    let out = Command::new(bin("ttgctl"))
+    let out = ttgctl_cmd()
         .args([
             "demo",
             "--params",
@@ -297,11 +299,195 @@ fn demo_python_sweeps_through_the_library_and_checks_the_sum() {
     let left = processes_mentioning(&model.display().to_string());
     assert!(left.is_empty(), "left behind: {left:?}");
     // A path that does not exist is a usage error naming it.
-    let bad = Command::new(bin("ttgctl"))
+    let bad = ttgctl_cmd()
         .args(["demo", "--python", "/nonexistent/model.py"])
         .env("HOME", home.path())
         .output()
         .expect("run ttgctl demo");
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--python /nonexistent/model.py"));
+}
+
+/// `ttgctl up --agents 1` on `port`, with `extra` flags, its banner read.
+fn spawn_up(home: &std::path::Path, port: u16, extra: &[&str]) -> (std::process::Child, Banner) {
+    let mut up = ttgctl(home)
+        .args(["up", "--agents", "1", "--concurrency", "1", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn ttgctl up");
+    let b = banner(up.stdout.take().expect("stdout"));
+    (up, b)
+}
+
+/// Ctrl-C an `up` and wait for it to exit 0.
+fn interrupt(mut up: std::process::Child) {
+    Command::new("kill")
+        .args(["-INT", &up.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(s) = up.try_wait().expect("wait") {
+            assert_eq!(s.code(), Some(0), "ttgctl up's exit");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ttgctl up did not exit on Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// ttgctl in `home` with `args`: (exit code, stdout, stderr).
+fn ctl(home: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    outcome(ttgctl(home).args(args).output().expect("run ttgctl"))
+}
+
+fn config(home: &std::path::Path) -> String {
+    std::fs::read_to_string(home.join(".ttg").join("config")).unwrap_or_default()
+}
+
+/// Two `up`s side by side each add their own context and keep working; a
+/// third on a busy port fails at once, naming the holder, and touches
+/// nothing of the cluster there; each `up` takes only its own context away.
+#[test]
+fn two_ups_keep_their_own_contexts_and_a_busy_port_fails_fast() {
+    let home = tempfile::tempdir().expect("home");
+    let h = home.path();
+    let (pa, pb) = (free_port(), free_port());
+    let (a, _) = spawn_up(h, pa, &[]);
+    let (b, banner_b) = spawn_up(h, pb, &[]);
+    let (na, nb) = (format!("127.0.0.1:{pa}"), format!("127.0.0.1:{pb}"));
+    // The banner's next command reaches this cluster, with the real concurrency.
+    assert!(
+        banner_b
+            .text
+            .contains(&format!("ttgctl --context {nb} submit")),
+        "{}",
+        banner_b.text
+    );
+    assert!(
+        banner_b.text.contains("1 × concurrency 1"),
+        "{}",
+        banner_b.text
+    );
+    let cfg = config(h);
+    assert!(cfg.contains(&format!("current-context: {nb}")), "{cfg}");
+    assert!(cfg.contains(&format!("server: http://{na}")), "{cfg}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(h.join(".ttg/config"))
+        .expect("config")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // --server host:port alone takes that cluster's credentials; --context too.
+    for name in [&na, &nb] {
+        let (code, out, err) = ctl(h, &["--server", name, "runs"]);
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    let (code, out, err) = ctl(
+        h,
+        &["--context", &na, "submit", "--params", "1000", "--watch"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("sum 500,035.50"), "{out}");
+    let (code, runs_b, _) = ctl(h, &["--context", &nb, "runs", "-q"]);
+    assert_eq!(
+        (code, runs_b.trim()),
+        (0, ""),
+        "B has no run: separate clusters"
+    );
+    // A third `up` on A's port: refused before anything starts.
+    let t0 = Instant::now();
+    let (code, out, err) = ctl(h, &["up", "--agents", "1", "--listen", &na]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("already in use by pid") && err.contains("ttg-server"),
+        "{err}"
+    );
+    assert!(!out.contains("is up"), "{out}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "not fast: {:?}",
+        t0.elapsed()
+    );
+    let (code, out, err) = ctl(h, &["--context", &na, "runs", "-q"]);
+    assert_eq!(
+        (code, out.lines().count()),
+        (0, 1),
+        "A untouched: {out}{err}"
+    );
+    // B stops: its context goes, A is current again, plain commands reach A.
+    interrupt(b);
+    let cfg = config(h);
+    assert!(!cfg.contains(&nb), "{cfg}");
+    assert!(cfg.contains(&format!("current-context: {na}")), "{cfg}");
+    let (code, out, err) = ctl(h, &["runs", "-q"]);
+    assert_eq!((code, out.lines().count()), (0, 1), "{out}{err}");
+    interrupt(a);
+    let cfg = config(h);
+    assert!(
+        !cfg.contains(&na) && !cfg.contains("current-context"),
+        "{cfg}"
+    );
+}
+
+/// `up --data-dir DIR` keeps its runs across a restart, and one data folder
+/// serves one cluster at a time; an `up` whose server fails keeps its logs
+/// and says why.
+#[test]
+fn up_keeps_runs_in_its_data_dir_and_its_logs_when_it_fails() {
+    let home = tempfile::tempdir().expect("home");
+    let h = home.path();
+    let data = h.join("runs");
+    let data_arg = data.display().to_string();
+    let (up, b) = spawn_up(h, free_port(), &["--data-dir", &data_arg]);
+    assert!(b.text.contains("runs kept in"), "{}", b.text);
+    let (code, id, err) = ctl(h, &["submit", "--params", "1000", "-q"]);
+    assert_eq!(code, 0, "{err}");
+    let id = id.trim().to_string();
+    assert_eq!(ctl(h, &["wait", &id, "--timeout", "30s"]).0, 0);
+    let (code, _, err) = ctl(
+        h,
+        &[
+            "up",
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--data-dir",
+            &data_arg,
+        ],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("in use by another `ttgctl up`"), "{err}");
+    interrupt(up);
+    let (up, _) = spawn_up(h, free_port(), &["--data-dir", &data_arg]);
+    let (code, out, err) = ctl(h, &["status", &id, "-q"]);
+    assert_eq!((code, out.trim()), (0, "SUCCEEDED"), "{err}");
+    interrupt(up);
+    // A server that refuses its flags: exit 2, its log line shown, the log kept.
+    let (code, _, err) = ctl(
+        h,
+        &[
+            "up",
+            "--prefix",
+            "",
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--prefix must be 1..=64 characters"), "{err}");
+    let kept = err
+        .split("kept in ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .map(std::path::PathBuf::from)
+        .expect("the logs' folder named");
+    assert!(kept.join("server.log").exists(), "{}", kept.display());
+    assert!(!kept.join("tokens").exists(), "secrets go, logs stay");
+    std::fs::remove_dir_all(kept).expect("clean up");
 }

@@ -96,6 +96,7 @@ async fn watch_resumes_from_a_mid_run_event_id_and_several_watchers_agree() {
         .watch(ttg_proto::v1::WatchRequest {
             run_id: run.run_id.clone(),
             after_event_id: String::new(),
+            no_follow: false,
         })
         .await
         .expect("watch")
@@ -248,7 +249,7 @@ async fn results_stream_every_value_in_parameter_order() {
     assert_eq!(next, 1_000);
 
     // The CLI exports the same values as CSV.
-    let out = std::process::Command::new(bin("ttgctl"))
+    let out = ttgctl_cmd()
         .args(["--server", &server.url, "results", &run.run_id, "-o", "csv"])
         .output()
         .expect("ttgctl results");

@@ -186,6 +186,7 @@ async fn finished_runs_expire_whole_and_answer_expired() {
         .watch(WatchRequest {
             run_id: short.run_id.clone(),
             after_event_id: String::new(),
+            no_follow: false,
         })
         .await
         .expect_err("watch");
@@ -424,7 +425,8 @@ async fn runs_filter_by_state_name_and_age_and_page() {
     let (code, out, err) = ttgctl(&server.url, &["runs", "--state", "cancelled", "-o", "json"]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
-    assert_eq!(v.as_array().map(Vec::len), Some(2));
+    assert_eq!(v["runs"].as_array().map(Vec::len), Some(2));
+    assert_eq!(v["next_page_token"], "", "{out}");
     let (code, out, err) = ttgctl(&server.url, &["runs", "--limit", "3"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.lines().count(), 1 + 3, "{out}");
@@ -437,7 +439,7 @@ async fn runs_filter_by_state_name_and_age_and_page() {
     );
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
-    assert_eq!(v.as_array().map(Vec::len), Some(5));
+    assert_eq!(v["runs"].as_array().map(Vec::len), Some(5));
     server.stop().await;
 }
 

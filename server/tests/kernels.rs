@@ -308,7 +308,7 @@ async fn exec_chunks_only_reach_agents_that_allow_exec() {
     );
 
     // ttgctl kernels names them, with their arguments.
-    let out = std::process::Command::new(bin("ttgctl"))
+    let out = ttgctl_cmd()
         .args(["--server", &server.url, "kernels"])
         .output()
         .expect("kernels");

@@ -474,6 +474,7 @@ async fn revoking_a_token_ends_its_watch_and_stops_its_agent() {
             WatchRequest {
                 run_id: run.run_id.clone(),
                 after_event_id: String::new(),
+                no_follow: false,
             },
             READER,
         ))
@@ -564,6 +565,7 @@ async fn a_dead_agent_of_a_kernel_never_queued_leaves_no_ghost() {
             .watch(WatchRequest {
                 run_id: run.run_id.clone(),
                 after_event_id: bad.into(),
+                no_follow: false,
             })
             .await
             .expect_err(bad);
@@ -611,6 +613,7 @@ async fn five_hundred_watches_keep_the_server_small_and_all_see_the_end() {
                 .watch(WatchRequest {
                     run_id: id,
                     after_event_id: String::new(),
+                    no_follow: false,
                 })
                 .await
                 .expect("watch")

@@ -265,12 +265,12 @@ async fn a_chunk_whose_agent_dies_past_max_attempts_is_dead_lettered_then_retrie
         st.dead_chunks
     );
     // ttgctl names them and exits 1 for a failed run.
-    let out = std::process::Command::new(bin("ttgctl"))
+    let out = ttgctl_cmd()
         .args(["--server", &server.url, "watch", &run.run_id])
         .output()
         .expect("watch");
     assert_eq!(out.status.code(), Some(1));
-    let out = std::process::Command::new(bin("ttgctl"))
+    let out = ttgctl_cmd()
         .args(["--server", &server.url, "status", &run.run_id])
         .output()
         .expect("status");
@@ -280,7 +280,7 @@ async fn a_chunk_whose_agent_dies_past_max_attempts_is_dead_lettered_then_retrie
         "{text}"
     );
     // Retry puts them back with fresh attempts; the run goes on to success.
-    let out = std::process::Command::new(bin("ttgctl"))
+    let out = ttgctl_cmd()
         .args(["--server", &server.url, "retry", &run.run_id])
         .output()
         .expect("retry");
@@ -581,7 +581,7 @@ async fn server_restart_mid_run_watch_resumes_and_the_sum_is_exact() {
         .await
         .expect("submit")
         .into_inner();
-    let watcher = std::process::Command::new(bin("ttgctl"))
+    let watcher = ttgctl_cmd()
         .args(["--server", &server.url, "watch", &run.run_id])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -41,7 +41,7 @@ fn with_token<T>(msg: T, token: Option<&str>) -> Request<T> {
 
 fn ttgctl(server: &str, env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
     let home = tempfile::tempdir().expect("home");
-    let out = Command::new(bin("ttgctl"))
+    let out = ttgctl_cmd()
         .env("HOME", home.path())
         .env_remove("TTG_TOKEN")
         .envs(env.iter().copied())
@@ -50,11 +50,7 @@ fn ttgctl(server: &str, env: &[(&str, &str)], args: &[&str]) -> (i32, String, St
         .args(args)
         .output()
         .expect("ttgctl");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
+    outcome(out)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,6 +191,7 @@ async fn every_method_checks_the_token_and_its_role() {
                     WatchRequest {
                         run_id: id.clone(),
                         after_event_id: String::new(),
+                        no_follow: false,
                     },
                     token,
                 ))
@@ -445,12 +442,18 @@ async fn tls_and_mutual_tls_for_agents_and_ttgctl() {
     );
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("sum 500,035.50"), "{out}");
-    // Without the CA the server's certificate is not trusted: unreachable, exit 3.
+    // Without the CA the server's certificate is not trusted: unreachable,
+    // exit 3, and the message says the handshake failed.
     let (code, _, err) = ttgctl(&url, &[], &["runs"]);
     assert_eq!(code, 3, "{err}");
-    // Plaintext to a TLS port fails too.
-    let (code, _, _) = ttgctl(&format!("http://127.0.0.1:{}", tls.port), &[], &["runs"]);
-    assert_ne!(code, 0);
+    assert!(err.contains("TLS handshake"), "{err}");
+    // Plaintext to a TLS port fails too, and says to use https://.
+    let (code, _, err) = ttgctl(&format!("127.0.0.1:{}", tls.port), &[], &["runs"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("serving TLS") && err.contains("https://"),
+        "{err}"
+    );
 
     let p2 = prefix();
     let mtls = ServerProc::start(
@@ -571,6 +574,13 @@ async fn limits_answer_with_the_limit_named() {
     let e = c.submit(submit_req(10, 10, 0)).await.expect_err("rate");
     assert_eq!(e.code(), Code::ResourceExhausted);
     assert!(e.message().contains("--submit-rate"), "{}", e.message());
+    // ttgctl: a rejected request, exit 2 (docs/cli.md), naming the limit.
+    let (code, _, err) = ttgctl(&server.url, &[], &["submit", "--params", "10"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("limit reached") && err.contains("--submit-rate"),
+        "{err}"
+    );
     // Request-shape limits are InvalidArgument naming the limit (checked before the rate).
     let server2 = ServerProc::start(
         &redis.url,

@@ -23,7 +23,7 @@ pub const MAX_SORTED: u64 = 10_000;
 /// `ttgctl results`'s flags.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Run id.
+    /// Run id, a unique prefix of one, or `latest` (also `-`).
     pub run: String,
     /// Write to this file instead of stdout (required for -o parquet).
     #[arg(long)]

@@ -410,6 +410,7 @@ pub async fn watch_all(
         .watch(WatchRequest {
             run_id: run_id.into(),
             after_event_id: after.into(),
+            no_follow: false,
         })
         .await
         .expect("watch")
@@ -684,14 +685,44 @@ pub fn assert_exactly_once(events: &[Event], params: u64, chunks: u64) {
     assert_eq!(cents(a.sum), cents(expected_sum(params)), "exact aggregate");
 }
 
+/// The ttgctl binary, kept from this machine's contexts and connection
+/// variables: no config file (TTG_CONFIG names one that does not exist),
+/// no TTG_SERVER / TTG_CONTEXT / TTG_TOKEN / TTG_TOKEN_FILE.
+pub fn ttgctl_cmd() -> Command {
+    let mut c = Command::new(bin("ttgctl"));
+    c.env(
+        "TTG_CONFIG",
+        std::env::temp_dir()
+            .join("ttg-tests-no-config")
+            .join("config"),
+    );
+    for v in [
+        "TTG_SERVER",
+        "TTG_CONTEXT",
+        "TTG_TOKEN",
+        "TTG_TOKEN_FILE",
+        "TTG_CA",
+        "TTG_CERT",
+        "TTG_KEY",
+    ] {
+        c.env_remove(v);
+    }
+    c
+}
+
 /// Run ttgctl against `server`: (exit code, stdout, stderr).
 pub fn ttgctl(server: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin("ttgctl"))
+    let out = ttgctl_cmd()
         .arg("--server")
         .arg(server)
         .args(args)
         .output()
         .expect("run ttgctl");
+    outcome(out)
+}
+
+/// A finished process's (exit code, stdout, stderr); -1 if a signal ended it.
+pub fn outcome(out: std::process::Output) -> (i32, String, String) {
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
