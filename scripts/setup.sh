@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what TTG's demo, tests and benchmarks need and a fresh machine may
-# lack: redis-server (and redis-cli), and a Python virtual environment
+# lack: redis-server (and redis-cli), chromium (headless, for the dashboard's
+# browser tests), and a Python virtual environment
 # (target/pyenv) holding pytest and the ttg library from python/. Rust comes
 # from rustup; protoc is vendored. Each step is skipped when already done.
 set -euo pipefail
@@ -29,6 +30,13 @@ if ! command -v redis-server >/dev/null 2>&1; then
   install redis-server redis redis
   command -v redis-server >/dev/null 2>&1 || { echo "setup: redis-server still not on PATH" >&2; exit 1; }
   echo "setup: $(redis-server --version)"
+fi
+
+# The dashboard's tests drive a real headless browser (server/tests/dashboard.rs).
+if ! command -v chromium >/dev/null 2>&1 && [ -z "${TTG_CHROMIUM:-}" ]; then
+  echo "setup: chromium not found; installing it (the dashboard's browser tests)"
+  install chromium chromium chromium
+  command -v chromium >/dev/null 2>&1 || { echo "setup: chromium still not on PATH (or set TTG_CHROMIUM)" >&2; exit 1; }
 fi
 
 # The Python library's tests (pytest) and the Python demo and benchmarks.

@@ -60,6 +60,8 @@ pub struct Cluster {
     agent_token: String,
     /// Server URL for clients.
     pub server_url: String,
+    /// The web dashboard's URL (a free loopback port).
+    pub dashboard_url: String,
     /// Redis URL.
     pub redis_url: String,
     /// Folder with logs (and the private Redis's data).
@@ -291,6 +293,7 @@ impl Cluster {
             client_token,
             agent_token,
             server_url: format!("http://{}", opts.listen),
+            dashboard_url: String::new(),
             redis_url: String::new(),
             dir,
             redis: None,
@@ -306,9 +309,13 @@ impl Cluster {
             None => cluster.start_redis().await?,
         };
         let log = cluster.log("server")?;
+        let http = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        cluster.dashboard_url = format!("http://{http}/");
         let mut cmd = Command::new(server_bin);
         cmd.arg("--listen")
             .arg(opts.listen.to_string())
+            .arg("--http-addr")
+            .arg(http.to_string())
             .env("TTG_REDIS_URL", &cluster.redis_url)
             .arg("--prefix")
             .arg(&opts.prefix)

@@ -3,6 +3,7 @@
 //! the Submit request; points and output summaries printed for people.
 
 use serde_yaml_ng::Value as Yaml;
+pub use ttg_proto::json::{json_value, point_json};
 use ttg_proto::space::{Axis, AxisKind, Sample, Space, Value};
 use ttg_proto::v1::{NamedValue, OutputSummary, Point};
 
@@ -209,34 +210,6 @@ pub fn wire_value(v: &NamedValue) -> String {
         .and_then(Value::from_wire)
         .map(|x| x.to_string())
         .unwrap_or_default()
-}
-
-/// A coordinate's value as JSON.
-pub fn json_value(v: &Value) -> serde_json::Value {
-    match v {
-        Value::Int(i) => serde_json::json!(i),
-        Value::Float(f) => serde_json::json!(f),
-        Value::Text(t) => serde_json::json!(&**t),
-    }
-}
-
-/// A point as JSON: `{"index": i, "lr": …, …, "loss": …}`.
-pub fn point_json(p: &Point, outputs: &[String]) -> serde_json::Value {
-    let mut m = serde_json::Map::new();
-    m.insert("index".into(), serde_json::json!(p.index));
-    for v in &p.values {
-        let x = v.value.as_ref().and_then(Value::from_wire);
-        m.insert(
-            v.name.clone(),
-            x.as_ref()
-                .map(json_value)
-                .unwrap_or(serde_json::Value::Null),
-        );
-    }
-    for (n, o) in outputs.iter().zip(&p.outputs) {
-        m.insert(n.clone(), serde_json::json!(o));
-    }
-    serde_json::Value::Object(m)
 }
 
 /// One line per output: `loss: min 0.012 at #17 (lr=0.001 depth=3), max …`.

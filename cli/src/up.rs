@@ -104,6 +104,11 @@ fn banner(
         opts.agents,
         opts.concurrency_now()
     );
+    say!(
+        "  dashboard {}   (sign in with the token in {})",
+        cluster.dashboard_url,
+        token_file.display()
+    );
     say!("  logs    {}/*.log", cluster.dir.display());
     for (name, addr) in &cluster.metrics {
         say!("  metrics {name:<8} http://{addr}/metrics");

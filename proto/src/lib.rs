@@ -20,6 +20,8 @@
 
 pub mod chunking;
 pub mod client;
+pub mod export;
+pub mod json;
 pub mod kernels;
 pub mod keys;
 pub mod reclaim;

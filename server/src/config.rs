@@ -50,6 +50,14 @@ pub struct Config {
     #[arg(long, env = "TTG_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
 
+    /// Serve the web dashboard on ADDR (https when --tls-cert is given), e.g. 127.0.0.1:8080 [default: off: a second port is opened only when asked for; `ttgctl up` and the Kubernetes overlays ask].
+    #[arg(long, env = "TTG_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+
+    /// Link each run to its trace in this tracing UI: a URL with `{trace_id}` in it, e.g. http://jaeger:16686/trace/{trace_id}.
+    #[arg(long, env = "TTG_TRACE_URL_TEMPLATE")]
+    pub trace_url_template: Option<String>,
+
     /// Bearer tokens with roles, one `<role> <token> [<name>]` per line; re-read when it changes (required unless --insecure-no-auth).
     #[arg(long, env = "TTG_TOKENS_FILE")]
     pub tokens_file: Option<std::path::PathBuf>,
@@ -158,6 +166,16 @@ impl Config {
             &self.redis_url,
             self.redis_ca.as_deref(),
         )?;
+        if let Some(t) = &self.trace_url_template {
+            if !(t.starts_with("http://") || t.starts_with("https://"))
+                || !t.contains("{trace_id}")
+                || t.len() > 2048
+            {
+                return Err(ConfigError::Invalid(
+                    "--trace-url-template must be an http(s) URL of at most 2048 characters with {trace_id} in it".into(),
+                ));
+            }
+        }
         match (&self.tokens_file, self.insecure_no_auth) {
             (None, false) => {
                 return Err(ConfigError::Invalid("refusing to start without authentication: give --tokens-file FILE \

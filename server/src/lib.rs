@@ -18,6 +18,7 @@ pub mod control;
 pub mod error;
 pub mod gateway;
 pub mod hello;
+pub mod http;
 pub mod metrics_help;
 pub mod store;
 pub mod validate;
@@ -282,12 +283,41 @@ pub async fn run(
             None
         }
     };
-    let control = control::Control::new(
+    let control = Arc::new(control::Control::new(
         store.clone(),
         sessions.clone(),
         shutdown.clone(),
         config.limits.submit_rate,
-    );
+    ));
+    if let Some(addr) = config.http_addr {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::Startup(format!("--http-addr {addr}: {e}")))?;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(c), Some(k)) => {
+                let read = |p: &std::path::PathBuf| {
+                    std::fs::read(p).map_err(|e| Error::Startup(format!("{}: {e}", p.display())))
+                };
+                Some((read(c)?, read(k)?))
+            }
+            _ => None,
+        };
+        let dashboard = http::Dashboard::new(
+            control.clone(),
+            store.clone(),
+            auth.clone(),
+            tls.is_some(),
+            config.trace_url_template.clone(),
+            shutdown.clone(),
+        );
+        // Built now so a bad certificate stops start-up, not the first visitor.
+        let serving = http::serve(listener, dashboard, tls);
+        tokio::spawn(async move {
+            if let Err(e) = serving.await {
+                tracing::error!(error = %e, "dashboard stopped");
+            }
+        });
+    }
     let gateway = gateway::Gateway {
         store: store.clone(),
         sessions: sessions.clone(),
@@ -339,7 +369,7 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(ControlPlaneServer::new(control).max_decoding_message_size(max_msg))
+        .add_service(ControlPlaneServer::from_arc(control).max_decoding_message_size(max_msg))
         .add_service(AgentGatewayServer::new(gateway).max_decoding_message_size(max_msg))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drained)
         .await

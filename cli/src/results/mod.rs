@@ -116,26 +116,12 @@ impl Text {
     }
 }
 
-/// A text value as a CSV field (quoted when it must be).
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
 impl Sink for Text {
     fn row(&mut self, index: u64, coords: &[Value], outputs: &[f64]) -> CliResult<()> {
         if self.format == ResultsFormat::Csv {
-            write!(self.out, "{index}")?;
-            for c in coords {
-                write!(self.out, ",{}", csv_field(&c.to_string()))?;
-            }
-            for o in outputs {
-                write!(self.out, ",{o}")?;
-            }
-            writeln!(self.out)?;
+            let mut line = String::new();
+            ttg_proto::export::csv_line(&mut line, index, coords, outputs);
+            self.out.write_all(line.as_bytes())?;
             return Ok(());
         }
         let mut m = serde_json::Map::with_capacity(self.names.len());

@@ -20,6 +20,7 @@
 
 use std::fmt;
 
+mod grid;
 mod outputs;
 mod wire;
 
@@ -316,7 +317,7 @@ impl Axis {
     }
 
     /// The `k`-th value of a listed axis (`k < len`).
-    fn value(&self, k: u64) -> Value {
+    pub(crate) fn value(&self, k: u64) -> Value {
         match &self.kind {
             AxisKind::List(v) => v[k as usize].clone(),
             AxisKind::IntRange { start, step, .. } => Value::Int(start + step * k as i64),

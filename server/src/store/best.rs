@@ -9,7 +9,6 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
-use ttg_proto::space::Sweep;
 use ttg_proto::v1::{BestResponse, Point};
 
 use super::audit::bit;
@@ -67,30 +66,7 @@ impl Store {
                 format!("must be in 1..={MAX_BEST} (0 = {DEFAULT_BEST}), got {k}"),
             ));
         }
-        let spec = self.spec(run_id).await?;
-        let sweep = Sweep::of(&spec).map_err(|e| {
-            Error::Corrupt(ttg_proto::records::DecodeError::Field {
-                what: "run spec",
-                detail: e.to_string(),
-            })
-        })?;
-        let o = if output.is_empty() {
-            0
-        } else {
-            sweep
-                .outputs
-                .iter()
-                .position(|n| n == output)
-                .ok_or_else(|| {
-                    Error::invalid(
-                        "output",
-                        format!(
-                            "run {run_id} has no output {output:?}; its outputs are {}",
-                            sweep.outputs.join(", ")
-                        ),
-                    )
-                })?
-        };
+        let (spec, sweep, o) = self.sweep_output(run_id, output).await?;
         let sign = if max { -1.0 } else { 1.0 };
         let outputs = sweep.outputs.len();
         let order = self.chunk_order(&spec, outputs, o, max).await?;

@@ -111,19 +111,25 @@ impl Store {
     /// (among the newest 1,000), per kernel the stream's entries, those
     /// pending and the lag (chunks no agent has been given yet), and per
     /// kernel and priority the scheduler's queued and in-flight chunks.
+    /// The fleet's counters (chunks completed, failed, reclaimed, dead, …
+    /// since the prefix was first used), as the scripts keep them.
+    pub async fn counters(&self) -> Result<HashMap<String, i64>> {
+        let mut c = self.conn();
+        self.timed(
+            redis::cmd("HGETALL")
+                .arg(self.keys.stats())
+                .query_async(&mut c),
+        )
+        .await
+    }
+
     pub async fn collect_metrics(&self) -> Result<()> {
         // Everything is read first and published at the end, with no await
         // in between: a scrape used to land between two Redis round trips
         // and see half of this refresh beside half of the last (every chunk
         // completed, the run still RUNNING). Publishing takes microseconds.
         let mut c = self.conn();
-        let stats: HashMap<String, i64> = self
-            .timed(
-                redis::cmd("HGETALL")
-                    .arg(self.keys.stats())
-                    .query_async(&mut c),
-            )
-            .await?;
+        let stats = self.counters().await?;
         let by_state = self.runs_by_state().await?;
         let queues = self.queue_depths().await?;
         let books = self.sched_books().await?;

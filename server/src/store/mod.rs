@@ -8,6 +8,7 @@
 //! - `watch`: a run's events, resumable from any event id.
 //! - `results`: a run's values, streamed in chunk order.
 //! - `best`: a run's best points by one output (kept top-K, or a scan).
+//! - `charts`: what the dashboard draws (histogram, heatmap, a sample), bounded.
 //! - `agents`: agent records, leases, id ownership, reclaim of the dead.
 //! - `housekeeping`: retention, delete, a cancelled run's queued tasks.
 //! - `audit`: the books of active runs, and re-queueing lost chunks.
@@ -47,6 +48,7 @@ use crate::error::{Error, Result};
 mod agents;
 mod audit;
 mod best;
+mod charts;
 mod housekeeping;
 mod metrics;
 mod results;
@@ -56,6 +58,7 @@ mod watch;
 pub use crate::validate::*;
 pub use audit::{missing_chunks, task_for};
 pub use best::{DEFAULT_BEST, MAX_BEST};
+pub use charts::{Heatmap, Histogram, PointSample, MAX_BINS, MAX_SAMPLE};
 pub use runs::RunFilter;
 
 /// Runs and agents in Redis.

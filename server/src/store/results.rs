@@ -23,7 +23,7 @@ impl Store {
     ) -> Result<()> {
         let spec = self.spec(run_id).await?;
         let outputs = spec.outputs.len().max(1) as u32;
-        self.scan_results(&spec, |chunk_index, start, values| {
+        self.scan_results(&spec, 1, |chunk_index, start, values| {
             let tx = tx.clone();
             async move {
                 tx.send(Ok(ResultChunk {
@@ -40,9 +40,15 @@ impl Store {
     }
 
     /// Call `each(chunk, start, values)` for every stored chunk of the run
-    /// in chunk order (values output after output), a bounded batch of
-    /// chunks in memory at a time, until it answers false.
-    pub(super) async fn scan_results<F, Fut>(&self, spec: &RunSpec, mut each: F) -> Result<()>
+    /// in chunk order (values output after output) — or, with `stride` k >
+    /// 1, for every k-th chunk (a sample) — a bounded batch of chunks in
+    /// memory at a time, until it answers false.
+    pub(super) async fn scan_results<F, Fut>(
+        &self,
+        spec: &RunSpec,
+        stride: u64,
+        mut each: F,
+    ) -> Result<()>
     where
         F: FnMut(u64, u64, Vec<f64>) -> Fut,
         Fut: Future<Output = bool>,
@@ -51,11 +57,12 @@ impl Store {
         let done_key = self.keys.done(&spec.run_id);
         let mut c = self.conn();
         let per_chunk = spec.chunk_size.max(1) * 8 * spec.outputs.len().max(1) as u64;
-        let batch = (RESULTS_BATCH_BYTES / per_chunk).clamp(1, RESULTS_BATCH);
+        let stride = stride.max(1);
+        let batch = (RESULTS_BATCH_BYTES / per_chunk).clamp(1, RESULTS_BATCH) * stride;
         let mut first = 0;
         while first < spec.total_chunks {
             let last = (first + batch).min(spec.total_chunks);
-            let idx: Vec<u64> = (first..last).collect();
+            let idx: Vec<u64> = (first..last).step_by(stride as usize).collect();
             // The values with the done bits of their chunks, read together:
             // a field without its done bit is a completion's whose script
             // has not run (see complete.lua), not a result.
@@ -89,5 +96,62 @@ impl Store {
             first = last;
         }
         Ok(())
+    }
+}
+
+impl Store {
+    /// The run's points as CSV (the header, then one line per stored point
+    /// in index order), in pieces of about 64 KiB on a bounded channel: a
+    /// download streams at the reader's pace with bounded memory.
+    pub fn csv_rows(
+        self: &Arc<Self>,
+        spec: &RunSpec,
+        sweep: ttg_proto::space::Sweep,
+    ) -> mpsc::Receiver<std::result::Result<String, std::io::Error>> {
+        let (tx, rx) = mpsc::channel(4);
+        let (store, spec) = (self.clone(), spec.clone());
+        tokio::spawn(async move {
+            let k = sweep.outputs.len().max(1);
+            let mut buf = ttg_proto::export::column_names(&sweep).join(",");
+            buf.push('\n');
+            let r = store
+                .scan_results(&spec, 1, |_, start, values| {
+                    let n = values.len() / k;
+                    let mut outs = vec![0.0; k];
+                    let mut piece = std::mem::take(&mut buf);
+                    let mut write = |i: u64, coords: &[ttg_proto::space::Value]| {
+                        let j = (i - start) as usize;
+                        for (q, o) in outs.iter_mut().enumerate() {
+                            *o = values[q * n + j];
+                        }
+                        ttg_proto::export::csv_line(&mut piece, i, coords, &outs);
+                    };
+                    if sweep.named {
+                        sweep.space.walk(start, start + n as u64, &mut write);
+                    } else {
+                        (start..start + n as u64).for_each(|i| write(i, &[]));
+                    }
+                    let sent: std::pin::Pin<Box<dyn Future<Output = bool> + Send>> =
+                        if piece.len() >= 64 << 10 {
+                            let tx = tx.clone();
+                            Box::pin(async move { tx.send(Ok(piece)).await.is_ok() })
+                        } else {
+                            buf = piece;
+                            Box::pin(std::future::ready(true))
+                        };
+                    sent
+                })
+                .await;
+            match r {
+                Ok(()) if !buf.is_empty() => {
+                    let _ = tx.send(Ok(buf)).await;
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                }
+            }
+        });
+        rx
     }
 }
