@@ -24,6 +24,7 @@ import tempfile
 import time
 
 import bench_sched
+import bench_dashboard
 import bench_sweeps
 from benchlib import Cluster, Resp, Sampler, cpu_s, free_port, mib, new_dir, rss_kb, wait_port
 
@@ -527,7 +528,7 @@ def p7(args, tmp):
 
 
 BENCHES = {"p1": p1, "p2": p2, "p3": p3, "p4": p4, "p5": p5, "p6": p6, "p7": p7, "p8": bench_sched.p8,
-           "p8c": bench_sched.p8c, "p9": bench_sweeps.p9, "m1": m1}
+           "p8c": bench_sched.p8c, "p9": bench_sweeps.p9, "d1": bench_dashboard.d1, "m1": m1}
 
 
 def machine():

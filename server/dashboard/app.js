@@ -24,7 +24,7 @@ function el(spec, attrs, ...kids) {
   const e = document.createElement(tag);
   if (id) e.id = id[1];
   if (classes.length) e.className = classes.join(" ");
-  if (attrs && (typeof attrs !== "object" || attrs instanceof Node || Array.isArray(attrs))) kids.unshift(attrs);
+  if (attrs !== null && attrs !== undefined && (typeof attrs !== "object" || attrs instanceof Node || Array.isArray(attrs))) kids.unshift(attrs);
   else if (attrs) for (const [k, v] of Object.entries(attrs)) {
     if (k.startsWith("on")) e.addEventListener(k.slice(2), v); else if (v !== undefined && v !== null) e.setAttribute(k, v);
   }
@@ -185,8 +185,11 @@ async function runPage(id) {
     best: el("div.card#best"),
     failures: el("div.card#failures"),
   };
-  main.replaceChildren(v.head, v.actions, el("div.grid", specCard(r), v.progress), el("h2", "Outputs"), v.outputs,
-    el("h2", "Charts"), v.charts, el("h2", "Best points"), v.best, el("h2", "Failures"), v.failures);
+  // Failures first when there are any: they are what needs acting on.
+  const failures = [el("h2", "Failures"), v.failures];
+  put(main, v.head, v.actions, el("div.grid", specCard(r), v.progress), r.chunks.dead ? failures : null,
+    el("h2", "Outputs"), v.outputs, el("h2", "Charts"), v.charts, el("h2", "Best points"), v.best,
+    r.chunks.dead ? null : failures);
   renderRun(r);
   renderCharts(r);
   renderBest(r, r.output_names[0], false, 10);
@@ -269,6 +272,7 @@ async function renderCharts(r, id) {
     const cap = el("p.muted");
     box.append(el("div.card", el("h2", `Histogram of ${o}`), c, cap));
     api(`${base}/histogram?output=${encodeURIComponent(o)}&bins=40`).then((h) => {
+      if (!h.coverage.points) { c.hidden = true; cap.textContent = "no values yet"; return; }
       charts.histogram(c, h);
       cap.textContent = `${fmt(h.coverage.points)} points${h.coverage.stride > 1 ? `, every ${h.coverage.stride}th chunk` : ""}`;
     }).catch((e) => { cap.textContent = e.message; });
@@ -291,6 +295,7 @@ async function renderCharts(r, id) {
     const c1 = el("canvas#scatter"), c2 = el("canvas#parallel"), cap = el("p.muted");
     box.append(el("div.card", el("h2", "Scatter (sample)"), c1, cap), el("div.card", el("h2", "Parallel coordinates (sample)"), c2));
     api(`${base}/points?limit=1000`).then((s) => {
+      if (!s.rows.length) { c1.hidden = true; c2.hidden = true; cap.textContent = "no values yet"; return; }
       const names = [...s.axes, ...s.outputs];
       const out = 1 + s.axes.length;
       charts.scatter(c1, s, 1, out, out);

@@ -1,13 +1,16 @@
-//! Live views as server-sent events. A run page follows the run's own event
-//! stream (the same Watch the gRPC API serves: one blocking read per open
-//! page, woken by the run's events). The runs and agents lists share one
-//! snapshot per server: a single task reads the first page of runs and the
-//! live agents once a second while anyone is subscribed, and every tab gets
-//! that same snapshot — the cost does not grow with runs × tabs.
+//! Live views as server-sent events, each read from Redis once per server
+//! however many tabs show it. A run page follows the run's event stream
+//! (the same Watch the gRPC API serves) through one shared follower per run
+//! ([`Feeds`]), which passes failures, reclaims and the end at once and
+//! progress at most four times a second. The runs and agents lists share
+//! one snapshot ([`Hub`]): a single task reads the first page of runs and
+//! the live agents once a second while anyone is subscribed. The cost does
+//! not grow with runs × tabs.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -16,13 +19,11 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::routing::get;
 use axum::Router;
 use serde_json::json;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio_stream::{Stream, StreamExt};
 use ttg_proto::json::{agent_json, event_json, status_json};
-use ttg_proto::v1::control_plane_server::ControlPlane;
-use ttg_proto::v1::WatchRequest;
 
-use super::api::{request, ApiError};
+use super::api::ApiError;
 use super::session::authorize;
 use super::Dashboard;
 use crate::store::{RunFilter, Store};
@@ -144,40 +145,149 @@ async fn live(State(d): State<Arc<Dashboard>>, headers: HeaderMap) -> Result<Liv
     Ok(guarded(s, grant, d.shutdown.clone()))
 }
 
-/// A run's events from the start, then live, as Watch streams them; an
-/// `end` event when the run is over (or the stream broke: the page
-/// reconnects).
+/// A run's events from now on, through the run's [`Feeds`] entry: every
+/// event but completions at once, the latest completion (its progress) at
+/// most every [`PROGRESS_EVERY`]; `end` once the run is over.
 async fn run_events(
     State(d): State<Arc<Dashboard>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<LiveSse, ApiError> {
     let grant = authorize(&d, &headers, "Watch")?;
-    let events = d
-        .control
-        .watch(request(
-            WatchRequest {
-                run_id: id,
-                after_event_id: String::new(),
-                no_follow: false,
-            },
-            grant.clone(),
-        ))
-        .await?
-        .into_inner();
-    let s = events
-        .map(|e| {
-            Ok(match e {
-                Ok(e) => SseEvent::default()
-                    .event("event")
-                    .data(event_json(&e).to_string()),
-                Err(s) => SseEvent::default().event("error").data(
-                    json!({"code": format!("{:?}", s.code()), "message": s.message()}).to_string(),
-                ),
-            })
-        })
-        .chain(tokio_stream::once(Ok(SseEvent::default()
-            .event("end")
-            .data("{}"))));
+    // NotFound and bad ids answer the request itself, not inside the stream.
+    d.store.spec(&id).await?;
+    let mut rx = d.feeds.subscribe(&id);
+    let s = async_stream(move |tx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(msg) if msg.is_empty() => {
+                    let _ = tx
+                        .send(Ok(SseEvent::default().event("end").data("{}")))
+                        .await;
+                    return;
+                }
+                Ok(msg) => {
+                    if tx
+                        .send(Ok(SseEvent::default().event("event").data(&*msg)))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
     Ok(guarded(s, grant, d.shutdown.clone()))
+}
+
+/// A stream fed by `f` through a small channel.
+fn async_stream<F, Fut>(f: F) -> impl Stream<Item = Result<SseEvent, Infallible>> + Send + 'static
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<SseEvent, Infallible>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(f(tx));
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// Most often a run page hears of progress.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// One follower of a run's event stream per run and server, shared by every
+/// page that shows the run: a run watched in 50 tabs is read from Redis and
+/// encoded once, not 50 times. It stops when its last page closes.
+pub(super) struct Feeds {
+    store: Arc<Store>,
+    runs: Arc<Mutex<HashMap<String, broadcast::Sender<Arc<str>>>>>,
+}
+
+impl Feeds {
+    pub(super) fn new(store: Arc<Store>) -> Feeds {
+        Feeds {
+            store,
+            runs: Arc::default(),
+        }
+    }
+
+    /// The run's event JSON from now on (`""`: the run is over).
+    fn subscribe(&self, run_id: &str) -> broadcast::Receiver<Arc<str>> {
+        let Ok(mut runs) = self.runs.lock() else {
+            return broadcast::channel(1).1;
+        };
+        if let Some(tx) = runs.get(run_id) {
+            return tx.subscribe();
+        }
+        let (tx, rx) = broadcast::channel(256);
+        runs.insert(run_id.to_string(), tx.clone());
+        tokio::spawn(feed(
+            self.store.clone(),
+            run_id.to_string(),
+            tx,
+            self.runs.clone(),
+        ));
+        rx
+    }
+}
+
+/// Follow `run_id`'s events into `tx` until the run ends or nobody listens.
+async fn feed(
+    store: Arc<Store>,
+    run_id: String,
+    tx: broadcast::Sender<Arc<str>>,
+    runs: Arc<Mutex<HashMap<String, broadcast::Sender<Arc<str>>>>>,
+) {
+    let (etx, mut erx) = tokio::sync::mpsc::channel(1024);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let watch = {
+        let (store, run_id, stop) = (store.clone(), run_id.clone(), stop.clone());
+        // "$": from now on (a page reads the run's state when it opens).
+        tokio::spawn(async move { store.watch(&run_id, "$", true, etx, stop).await })
+    };
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
+    // The latest completion not yet passed on: encoded only when it is.
+    let mut pending: Option<ttg_proto::v1::Event> = None;
+    let json = |e: &ttg_proto::v1::Event| -> Arc<str> { event_json(e).to_string().into() };
+    loop {
+        tokio::select! {
+            e = erx.recv() => match e {
+                Some(Ok(e)) => {
+                    if matches!(e.kind, Some(ttg_proto::v1::event::Kind::ChunkCompleted(_))) {
+                        pending = Some(e);
+                    } else {
+                        if let Some(p) = pending.take() {
+                            let _ = tx.send(json(&p));
+                        }
+                        let _ = tx.send(json(&e));
+                    }
+                }
+                // The run ended (or the watch failed): pages are told, and
+                // reload the run.
+                Some(Err(_)) | None => break,
+            },
+            _ = tick.tick() => {
+                if let Some(p) = pending.take() {
+                    let _ = tx.send(json(&p));
+                }
+                if tx.receiver_count() == 0 {
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(p) = pending.take() {
+        let _ = tx.send(json(&p));
+    }
+    let _ = tx.send(Arc::from(""));
+    stop.cancel();
+    watch.abort();
+    if let Ok(mut r) = runs.lock() {
+        // Only ours: a later feed for the run may have replaced it.
+        if r.get(&run_id).is_some_and(|t| t.same_channel(&tx)) {
+            r.remove(&run_id);
+        }
+    }
 }

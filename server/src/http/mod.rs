@@ -46,6 +46,7 @@ pub struct Dashboard {
     /// `--trace-url-template`, with `{trace_id}` in it.
     trace_url: Option<String>,
     hub: live::Hub,
+    feeds: live::Feeds,
     shutdown: CancellationToken,
 }
 
@@ -61,6 +62,7 @@ impl Dashboard {
     ) -> Arc<Dashboard> {
         Arc::new(Dashboard {
             hub: live::Hub::new(store.clone()),
+            feeds: live::Feeds::new(store.clone()),
             control,
             store,
             auth,
