@@ -225,7 +225,8 @@ function specCard(r) {
     ["Max attempts", r.max_attempts], ["Submitted", ago(r.created_ms)]];
   const dl = el("dl.spec", rows.flatMap(([k, x]) => [el("dt", k), el("dd", x)]));
   if (r.trace_url) dl.append(el("dt", "Trace"), el("dd", el("a#trace-link", { href: r.trace_url, target: "_blank", rel: "noopener noreferrer" }, "open the run's trace")));
-  dl.append(el("dt", "Download"), el("dd", el("a#download-csv", { href: `/api/v1/runs/${encodeURIComponent(r.run_id)}/results.csv`, download: `${r.run_id}.csv` }, "results.csv")));
+  const file = (ext) => el(`a#download-${ext}`, { href: `/api/v1/runs/${encodeURIComponent(r.run_id)}/results.${ext}`, download: `${r.run_id}.${ext}` }, `results.${ext}`);
+  dl.append(el("dt", "Download"), el("dd", file("csv"), " · ", file("parquet")));
   return el("div.card", el("h2", "Spec"), dl);
 }
 

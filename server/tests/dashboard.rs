@@ -499,4 +499,30 @@ fn the_api_answers_bad_requests_clearly() {
     let csv = String::from_utf8_lossy(&out.stdout);
     assert_eq!(csv.lines().next(), Some("index,a,b,loss"));
     assert_eq!(csv.lines().count(), 1 + 4);
+    // And as Parquet: a file the parquet crate reads back, 4 rows.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-H",
+            &format!("Authorization: Bearer {READER}"),
+            &format!("{}/api/v1/runs/{id}/results.parquet", site.http),
+        ])
+        .output()
+        .expect("curl");
+    use parquet::file::reader::FileReader;
+    let path = site.dir.path().join("results.parquet");
+    std::fs::write(&path, &out.stdout).expect("write");
+    let file =
+        parquet::file::reader::SerializedFileReader::new(std::fs::File::open(&path).expect("open"))
+            .expect("a Parquet file");
+    assert_eq!(file.metadata().file_metadata().num_rows(), 4);
+    let names: Vec<String> = file
+        .metadata()
+        .file_metadata()
+        .schema_descr()
+        .columns()
+        .iter()
+        .map(|c| c.name().to_string())
+        .collect();
+    assert_eq!(names, ["index", "a", "b", "loss"]);
 }

@@ -15,8 +15,6 @@ use crate::client::{self, CliError, CliResult, EXIT_FAILED, EXIT_OK};
 use crate::output::state_name;
 use crate::sweep::json_value;
 
-mod parquet_out;
-
 /// Most rows `--sort` may ask for (the server's Best limit).
 pub const MAX_SORTED: u64 = 10_000;
 
@@ -116,6 +114,23 @@ impl Text {
     }
 }
 
+/// The Parquet sink: [`ttg_proto::export::ParquetRows`] on a file.
+struct Parquet(ttg_proto::export::ParquetRows<std::fs::File>);
+
+fn parquet_err(e: ttg_proto::export::ParquetError) -> CliError {
+    CliError::usage(format!("writing Parquet: {e}"))
+}
+
+impl Sink for Parquet {
+    fn row(&mut self, index: u64, coords: &[Value], outputs: &[f64]) -> CliResult<()> {
+        self.0.row(index, coords, outputs).map_err(parquet_err)
+    }
+
+    fn finish(self: Box<Self>) -> CliResult<()> {
+        self.0.finish().map_err(parquet_err)
+    }
+}
+
 impl Sink for Text {
     fn row(&mut self, index: u64, coords: &[Value], outputs: &[f64]) -> CliResult<()> {
         if self.format == ResultsFormat::Csv {
@@ -174,7 +189,7 @@ pub async fn results(server: &str, a: &Args, format: ResultsFormat) -> CliResult
     let st = client::run_status(&mut c, run_id).await?;
     let spec = st.spec.clone().unwrap_or_default();
     let sweep = Sweep::of(&spec).map_err(|e| CliError::usage(e.to_string()))?;
-    let cols = Columns::of(sweep);
+    let cols = Columns::of(sweep.clone());
     let file: Option<std::fs::File> = match &a.file {
         Some(p) => Some(
             std::fs::File::create(p)
@@ -183,7 +198,9 @@ pub async fn results(server: &str, a: &Args, format: ResultsFormat) -> CliResult
         None => None,
     };
     let mut sink: Box<dyn Sink> = match (format, file) {
-        (ResultsFormat::Parquet, Some(f)) => Box::new(parquet_out::Parquet::new(f, &cols)?),
+        (ResultsFormat::Parquet, Some(f)) => Box::new(Parquet(
+            ttg_proto::export::ParquetRows::new(f, &sweep).map_err(parquet_err)?,
+        )),
         (_, f) => {
             let w: Box<dyn Write> = match f {
                 Some(f) => Box::new(f),

@@ -25,6 +25,7 @@ use super::session::{authorize, authorize_action};
 use super::{Dashboard, MAX_SCAN_POINTS};
 use crate::auth::Grant;
 use crate::error::Error;
+use crate::store::FileFormat;
 
 /// An error answer: HTTP status, gRPC code name, message.
 #[derive(Debug)]
@@ -88,6 +89,7 @@ pub(super) fn routes() -> Router<Arc<Dashboard>> {
         .route("/api/v1/runs/{id}/heatmap", get(heatmap))
         .route("/api/v1/runs/{id}/points", get(points))
         .route("/api/v1/runs/{id}/results.csv", get(results_csv))
+        .route("/api/v1/runs/{id}/results.parquet", get(results_parquet))
         .route("/api/v1/runs/{id}/retry", post(retry))
         .route("/api/v1/runs/{id}/cancel", post(cancel))
         .route("/api/v1/agents", get(agents))
@@ -295,24 +297,46 @@ async fn points(
 }
 
 /// Every point of the run as CSV (index, named values, outputs), streamed
-/// in index order: the download button.
+/// in index order: a download button.
 async fn results_csv(
     State(d): State<Arc<Dashboard>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    authorize(&d, &headers, "GetResults")?;
-    let spec = d.store.spec(&id).await?;
+    download(&d, &headers, &id, FileFormat::Csv).await
+}
+
+/// The same as Parquet (opens in pandas, polars, DuckDB).
+async fn results_parquet(
+    State(d): State<Arc<Dashboard>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    download(&d, &headers, &id, FileFormat::Parquet).await
+}
+
+async fn download(
+    d: &Dashboard,
+    headers: &HeaderMap,
+    id: &str,
+    format: FileFormat,
+) -> ApiResult<Response> {
+    authorize(d, headers, "GetResults")?;
+    let spec = d.store.spec(id).await?;
     let sweep = ttg_proto::space::Sweep::of(&spec)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal", e.to_string()))?;
-    let rx = d.store.csv_rows(&spec, sweep);
+    let (kind, ext) = match format {
+        FileFormat::Csv => ("text/csv; charset=utf-8", "csv"),
+        FileFormat::Parquet => ("application/vnd.apache.parquet", "parquet"),
+    };
+    let rx = d.store.export(&spec, sweep, format)?;
     let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     Ok((
         [
-            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+            (header::CONTENT_TYPE, kind.to_string()),
             (
                 header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{}.csv\"", spec.run_id),
+                format!("attachment; filename=\"{}.{ext}\"", spec.run_id),
             ),
         ],
         body,

@@ -9,6 +9,7 @@
 //! - `results`: a run's values, streamed in chunk order.
 //! - `best`: a run's best points by one output (kept top-K, or a scan).
 //! - `charts`: what the dashboard draws (histogram, heatmap, a sample), bounded.
+//! - `export`: a run's points as a CSV or Parquet download, streamed.
 //! - `agents`: agent records, leases, id ownership, reclaim of the dead.
 //! - `housekeeping`: retention, delete, a cancelled run's queued tasks.
 //! - `audit`: the books of active runs, and re-queueing lost chunks.
@@ -49,6 +50,7 @@ mod agents;
 mod audit;
 mod best;
 mod charts;
+mod export;
 mod housekeeping;
 mod metrics;
 mod results;
@@ -59,6 +61,7 @@ pub use crate::validate::*;
 pub use audit::{missing_chunks, task_for};
 pub use best::{DEFAULT_BEST, MAX_BEST};
 pub use charts::{Heatmap, Histogram, PointSample, MAX_BINS, MAX_SAMPLE};
+pub use export::{FileFormat, Pieces};
 pub use runs::RunFilter;
 
 /// Runs and agents in Redis.

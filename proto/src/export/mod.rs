@@ -1,6 +1,11 @@
-//! A run's points as rows: the column names and the CSV line of a point,
-//! shared by `ttgctl results` and the dashboard's download so both write
-//! the same file.
+//! A run's points as rows: the column names, the CSV line of a point and
+//! (feature `parquet`) a Parquet writer, shared by `ttgctl results` and the
+//! dashboard's downloads so both write the same files.
+
+#[cfg(feature = "parquet")]
+mod parquet;
+#[cfg(feature = "parquet")]
+pub use self::parquet::{ParquetError, ParquetRows};
 
 use std::fmt::Write as _;
 

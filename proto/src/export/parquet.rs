@@ -1,18 +1,20 @@
-//! Rows into an Apache Parquet file (the `parquet` crate's column writer):
-//! the index and integer axes as INT64, number axes and outputs as DOUBLE,
-//! text (or mixed) axes as UTF-8 strings; one row group per `ROWS` rows,
-//! so memory stays bounded whatever the run's size.
+//! Rows into an Apache Parquet file (the `parquet` crate's column writer),
+//! to any `Write` (a file for `ttgctl results`, an HTTP body for the
+//! dashboard's download): the index and integer axes as INT64, number axes
+//! and outputs as DOUBLE, text (or mixed) axes as UTF-8 strings; one row
+//! group per `ROWS` rows, so memory stays bounded whatever the run's size.
+//! Behind the `parquet` feature: agents do not link it.
 
+use std::io::Write;
 use std::sync::Arc;
 
 use parquet::data_type::{ByteArray, ByteArrayType, DoubleType, Int64Type};
+pub use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::parser::parse_message_type;
-use ttg_proto::space::{AxisKind, Space, Value};
 
-use super::{Columns, Sink};
-use crate::client::{CliError, CliResult};
+use crate::space::{AxisKind, Space, Sweep, Value};
 
 /// Rows per row group (2 MB per numeric column buffered).
 const ROWS: usize = 1 << 18;
@@ -72,24 +74,24 @@ impl Col {
     }
 }
 
-/// The Parquet sink.
-pub struct Parquet {
-    writer: SerializedFileWriter<std::fs::File>,
+/// A run's points as a Parquet file.
+pub struct ParquetRows<W: Write + Send> {
+    writer: SerializedFileWriter<W>,
     index: Vec<i64>,
     axes: Vec<Col>,
     outputs: Vec<Vec<f64>>,
     kinds: Vec<Kind>,
 }
 
-fn err(e: parquet::errors::ParquetError) -> CliError {
-    CliError::usage(format!("writing Parquet: {e}"))
-}
-
-impl Parquet {
-    /// A Parquet file with `cols`' columns.
-    pub fn new(file: std::fs::File, cols: &Columns) -> CliResult<Self> {
-        let kinds = cols.space.as_ref().map(axis_kinds).unwrap_or_default();
-        let names = cols.names();
+impl<W: Write + Send> ParquetRows<W> {
+    /// A Parquet file of `sweep`'s columns ([`super::column_names`]) on `out`.
+    pub fn new(out: W, sweep: &Sweep) -> Result<Self, ParquetError> {
+        let kinds = if sweep.named {
+            axis_kinds(&sweep.space)
+        } else {
+            Vec::new()
+        };
+        let names = super::column_names(sweep);
         let mut fields = vec![format!("REQUIRED INT64 {};", names[0])];
         for (n, k) in names[1..].iter().zip(&kinds) {
             fields.push(match k {
@@ -98,29 +100,28 @@ impl Parquet {
                 Kind::Text => format!("REQUIRED BYTE_ARRAY {n} (UTF8);"),
             });
         }
-        for n in &cols.outputs {
+        for n in &sweep.outputs {
             fields.push(format!("REQUIRED DOUBLE {n};"));
         }
-        let schema = parse_message_type(&format!("message ttg_results {{ {} }}", fields.join(" ")))
-            .map_err(err)?;
+        let schema =
+            parse_message_type(&format!("message ttg_results {{ {} }}", fields.join(" ")))?;
         let props = WriterProperties::builder().build();
-        let writer =
-            SerializedFileWriter::new(file, Arc::new(schema), Arc::new(props)).map_err(err)?;
-        Ok(Parquet {
+        let writer = SerializedFileWriter::new(out, Arc::new(schema), Arc::new(props))?;
+        Ok(ParquetRows {
             writer,
             index: Vec::new(),
             axes: kinds.iter().map(|k| Col::new(*k)).collect(),
-            outputs: vec![Vec::new(); cols.outputs.len()],
+            outputs: vec![Vec::new(); sweep.outputs.len()],
             kinds,
         })
     }
 
     /// Write the buffered rows as one row group.
-    fn flush(&mut self) -> CliResult<()> {
+    fn flush(&mut self) -> Result<(), ParquetError> {
         if self.index.is_empty() {
             return Ok(());
         }
-        let mut rg = self.writer.next_row_group().map_err(err)?;
+        let mut rg = self.writer.next_row_group()?;
         let mut cols: Vec<Col> = Vec::with_capacity(2 + self.axes.len() + self.outputs.len());
         cols.push(Col::Int(std::mem::take(&mut self.index)));
         for (c, k) in self.axes.iter_mut().zip(&self.kinds) {
@@ -130,24 +131,28 @@ impl Parquet {
             cols.push(Col::Double(std::mem::take(o)));
         }
         for c in cols {
-            let Some(mut w) = rg.next_column().map_err(err)? else {
+            let Some(mut w) = rg.next_column()? else {
                 break;
             };
             match c {
                 Col::Int(v) => w.typed::<Int64Type>().write_batch(&v, None, None),
                 Col::Double(v) => w.typed::<DoubleType>().write_batch(&v, None, None),
                 Col::Text(v) => w.typed::<ByteArrayType>().write_batch(&v, None, None),
-            }
-            .map_err(err)?;
-            w.close().map_err(err)?;
+            }?;
+            w.close()?;
         }
-        rg.close().map_err(err)?;
+        rg.close()?;
         Ok(())
     }
-}
 
-impl Sink for Parquet {
-    fn row(&mut self, index: u64, coords: &[Value], outputs: &[f64]) -> CliResult<()> {
+    /// One point: its index, its coordinates (the named space's, else
+    /// none) and its outputs.
+    pub fn row(
+        &mut self,
+        index: u64,
+        coords: &[Value],
+        outputs: &[f64],
+    ) -> Result<(), ParquetError> {
         self.index.push(index as i64);
         for (c, v) in self.axes.iter_mut().zip(coords) {
             c.push(v);
@@ -161,9 +166,10 @@ impl Sink for Parquet {
         Ok(())
     }
 
-    fn finish(mut self: Box<Self>) -> CliResult<()> {
+    /// Write what is buffered and the file's footer.
+    pub fn finish(mut self) -> Result<(), ParquetError> {
         self.flush()?;
-        self.writer.close().map_err(err)?;
+        self.writer.close()?;
         Ok(())
     }
 }
