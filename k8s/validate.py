@@ -33,6 +33,7 @@ OVERLAYS = {
     "overlays/kind": set(),
     "overlays/kind-tracing": set(),
     "overlays/aks": {"ttg-tokens"},
+    "overlays/aks-dashboard": {"ttg-tokens", "ttg-dashboard-tls"},
 }
 EXTRA_FILES = {"jobs/sweep.yaml": {"ttg-tokens"}}
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "Job")
