@@ -86,6 +86,7 @@ pub fn agent_json(a: &AgentInfo) -> Value {
         "agent_id": a.agent_id, "host": a.host, "pid": a.pid, "version": a.version,
         "concurrency": a.concurrency, "kernels": a.kernels, "connected_ms": a.connected_ms,
         "last_heartbeat_ms": a.last_heartbeat_ms, "server_id": a.server_id,
+        "completed_total": a.completed_total,
         "held": a.held.iter().map(|h| json!({"run_id": h.run_id, "chunk": h.chunk_index, "attempt": h.attempt})).collect::<Vec<_>>(),
     })
 }

@@ -163,9 +163,10 @@ function renderAgents() {
   const rows = snapshot.agents.map((a) => el("tr",
     el("td", a.agent_id), el("td", a.host), el("td", a.kernels.join(", ")),
     el("td.num", `${a.held.length} / ${a.concurrency}`),
+    el("td.num", fmt(a.completed_total || 0)),
     el("td", ago(a.last_heartbeat_ms)), el("td", ago(a.connected_ms)), el("td", a.server_id)));
   box.replaceChildren(rows.length ? el("table",
-    el("thead", el("tr", ["Agent", "Host", "Kernels", "Slots busy", "Last heartbeat", "Connected", "Server"].map((h) => el("th", h)))),
+    el("thead", el("tr", ["Agent", "Host", "Kernels", "Slots busy", "Chunks done", "Last heartbeat", "Connected", "Server"].map((h) => el("th", h)))),
     el("tbody", rows)) : el("p.muted", "No agent is connected."));
 }
 

@@ -307,6 +307,7 @@ impl SessionTask {
             server_id: self.server_id.clone(),
             pid: hello.pid,
             kernel_decls: hello.kernel_decls,
+            completed_total: 0,
         };
         self.store.put_agent(&info, self.lease).await?;
         Ok(info)
@@ -389,6 +390,7 @@ async fn receive(
                         metrics::histogram!("ttg_claim_to_ack_seconds").record(*ms as f64 / 1000.0);
                     }
                     info.held = hb.held;
+                    info.completed_total = hb.completed_total;
                     info.last_heartbeat_ms = now_ms();
                     if let Err(e) = store.put_agent(info, lease).await {
                         // Redis trouble must not end a live agent's session: it

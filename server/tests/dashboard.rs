@@ -340,6 +340,13 @@ fn the_dashboard_in_a_real_browser() {
         "document.querySelectorAll('#agents tbody tr').length === 2",
         "agents",
     );
+    // Chunks done per agent (from heartbeats: within a few seconds).
+    wait_js(
+        &tab,
+        "[...document.querySelectorAll('#agents tbody tr')].some(r => parseInt(r.children[4].textContent) > 0)",
+        Duration::from_secs(20),
+        "agents-done",
+    );
     screenshot(&tab, "agents");
 
     // A reader sees failures but cannot act, in the page or around it.
