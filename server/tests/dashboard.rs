@@ -533,3 +533,82 @@ fn the_api_answers_bad_requests_clearly() {
         .collect();
     assert_eq!(names, ["index", "a", "b", "loss"]);
 }
+
+/// With TLS on the gRPC port the dashboard is https with the same
+/// certificate, and its session cookie is Secure, HttpOnly, SameSite=Strict.
+#[test]
+fn the_dashboard_is_https_when_the_server_has_tls() {
+    use rcgen::{CertificateParams, KeyPair};
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().expect("dir");
+    let key = KeyPair::generate().expect("key");
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("cert");
+    let (cert_pem, key_pem, tokens) = (
+        dir.path().join("server.pem"),
+        dir.path().join("server.key"),
+        dir.path().join("tokens"),
+    );
+    std::fs::write(&cert_pem, cert.pem()).expect("cert");
+    std::fs::write(&key_pem, key.serialize_pem()).expect("key");
+    std::fs::write(&tokens, format!("client {CLIENT} alice\n")).expect("tokens");
+    let http_port = free_port();
+    let s = |p: &Path| p.display().to_string();
+    let _server = ServerProc::start(
+        &redis.url,
+        &prefix(),
+        &[
+            "--tokens-file",
+            &s(&tokens),
+            "--tls-cert",
+            &s(&cert_pem),
+            "--tls-key",
+            &s(&key_pem),
+            "--http-addr",
+            &format!("127.0.0.1:{http_port}"),
+        ],
+    );
+    let base = format!("https://127.0.0.1:{http_port}");
+    let curl = |args: &[&str]| {
+        outcome(
+            std::process::Command::new("curl")
+                .args(["-s", "--cacert", &s(&cert_pem)])
+                .args(args)
+                .output()
+                .expect("curl"),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let page = loop {
+        let (code, out, _) = curl(&[&format!("{base}/")]);
+        if code == 0 && out.contains("<title>TTG</title>") {
+            break out;
+        }
+        assert!(Instant::now() < deadline, "no dashboard at {base}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(page.contains("/app.js"));
+    let (_, head, _) = curl(&[
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        &format!("{{\"token\": \"{CLIENT}\"}}"),
+        &format!("{base}/api/v1/session"),
+    ]);
+    let cookie = head
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("no cookie in {head}"));
+    for attr in ["HttpOnly", "SameSite=Strict", "Secure"] {
+        assert!(cookie.contains(attr), "{cookie}");
+    }
+    // Plain http to the https port gets no page.
+    let (_, out, _) = curl(&[&format!("http://127.0.0.1:{http_port}/")]);
+    assert!(!out.contains("<title>TTG</title>"));
+}
