@@ -253,6 +253,21 @@ struct ChartQuery {
     limit: Option<u32>,
 }
 
+/// A turn to compute a chart: at most [`super::MAX_CHARTS`] at once.
+async fn chart_turn(d: &Dashboard) -> ApiResult<tokio::sync::SemaphorePermit<'_>> {
+    match tokio::time::timeout(super::CHART_WAIT, d.charts.acquire()).await {
+        Ok(Ok(p)) => Ok(p),
+        _ => Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "ResourceExhausted",
+            format!(
+                "{} charts are being computed; retry in a few seconds",
+                super::MAX_CHARTS
+            ),
+        )),
+    }
+}
+
 /// A histogram of one output (`?output=&bins=`, bins 1..=200, default 40).
 async fn histogram(
     State(d): State<Arc<Dashboard>>,
@@ -261,6 +276,7 @@ async fn histogram(
     Query(q): Query<ChartQuery>,
 ) -> ApiResult<Json<crate::store::Histogram>> {
     authorize(&d, &headers, "GetResults")?;
+    let _turn = chart_turn(&d).await?;
     Ok(Json(
         d.store
             .histogram(&id, &q.output, q.bins.unwrap_or(40), MAX_SCAN_POINTS)
@@ -276,6 +292,7 @@ async fn heatmap(
     Query(q): Query<ChartQuery>,
 ) -> ApiResult<Json<crate::store::Heatmap>> {
     authorize(&d, &headers, "GetResults")?;
+    let _turn = chart_turn(&d).await?;
     Ok(Json(
         d.store
             .heatmap(&id, &q.output, (&q.x, &q.y), &q.reduce, MAX_SCAN_POINTS)
@@ -291,6 +308,7 @@ async fn points(
     Query(q): Query<ChartQuery>,
 ) -> ApiResult<Json<crate::store::PointSample>> {
     authorize(&d, &headers, "GetResults")?;
+    let _turn = chart_turn(&d).await?;
     Ok(Json(
         d.store.sample_points(&id, q.limit.unwrap_or(1_000)).await?,
     ))

@@ -110,14 +110,44 @@ type SseStream = std::pin::Pin<Box<dyn Stream<Item = Result<SseEvent, Infallible
 /// An SSE answer with keep-alive comments every 15 s.
 type LiveSse = Sse<axum::response::sse::KeepAliveStream<SseStream>>;
 
-/// End `s` when the grant's token is revoked or the server stops.
+/// A place among the [`super::MAX_STREAMS`] live streams, given back on drop.
+struct Slot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Slot {
+    fn take(d: &Dashboard) -> Result<Slot, ApiError> {
+        let open = d.streams.fetch_add(1, Ordering::SeqCst);
+        let slot = Slot(d.streams.clone());
+        if open >= super::MAX_STREAMS {
+            return Err(ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "ResourceExhausted",
+                format!(
+                    "{} live streams are open on this server; close some tabs",
+                    super::MAX_STREAMS
+                ),
+            ));
+        }
+        Ok(slot)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// End `s` when the grant's token is revoked or the server stops; it holds
+/// its `slot` while it runs.
 fn guarded(
     s: impl Stream<Item = Result<SseEvent, Infallible>> + Send + 'static,
     grant: Option<crate::auth::Grant>,
     stop: tokio_util::sync::CancellationToken,
+    slot: Slot,
 ) -> LiveSse {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
+        let _slot = slot;
         tokio::pin!(s);
         loop {
             tokio::select! {
@@ -138,11 +168,12 @@ fn guarded(
 /// The shared runs-and-agents snapshot, once a second.
 async fn live(State(d): State<Arc<Dashboard>>, headers: HeaderMap) -> Result<LiveSse, ApiError> {
     let grant = authorize(&d, &headers, "ListRuns")?;
+    let slot = Slot::take(&d)?;
     let rx = d.hub.subscribe();
     let s = tokio_stream::wrappers::WatchStream::new(rx)
         .filter(|s| !s.is_empty())
         .map(|s| Ok(SseEvent::default().event("snapshot").data(s.as_str())));
-    Ok(guarded(s, grant, d.shutdown.clone()))
+    Ok(guarded(s, grant, d.shutdown.clone(), slot))
 }
 
 /// A run's events from now on, through the run's [`Feeds`] entry: every
@@ -154,6 +185,7 @@ async fn run_events(
     Path(id): Path<String>,
 ) -> Result<LiveSse, ApiError> {
     let grant = authorize(&d, &headers, "Watch")?;
+    let slot = Slot::take(&d)?;
     // NotFound and bad ids answer the request itself, not inside the stream.
     d.store.spec(&id).await?;
     let mut rx = d.feeds.subscribe(&id);
@@ -180,7 +212,7 @@ async fn run_events(
             }
         }
     });
-    Ok(guarded(s, grant, d.shutdown.clone()))
+    Ok(guarded(s, grant, d.shutdown.clone(), slot))
 }
 
 /// A stream fed by `f` through a small channel.

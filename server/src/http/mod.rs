@@ -35,6 +35,13 @@ mod session;
 
 /// Most points a chart reads before it samples every k-th chunk.
 pub const MAX_SCAN_POINTS: u64 = 2_000_000;
+/// Charts computed at once (each reads up to [`MAX_SCAN_POINTS`]); more
+/// wait up to [`CHART_WAIT`], then are told to retry (429).
+pub const MAX_CHARTS: usize = 4;
+/// How long a chart request waits for its turn.
+pub const CHART_WAIT: Duration = Duration::from_secs(10);
+/// Live (SSE) streams open at once per server; more are refused (429).
+pub const MAX_STREAMS: usize = 2_048;
 
 /// What every handler shares.
 pub struct Dashboard {
@@ -47,6 +54,8 @@ pub struct Dashboard {
     trace_url: Option<String>,
     hub: live::Hub,
     feeds: live::Feeds,
+    charts: tokio::sync::Semaphore,
+    streams: Arc<std::sync::atomic::AtomicUsize>,
     shutdown: CancellationToken,
 }
 
@@ -63,6 +72,8 @@ impl Dashboard {
         Arc::new(Dashboard {
             hub: live::Hub::new(store.clone()),
             feeds: live::Feeds::new(store.clone()),
+            charts: tokio::sync::Semaphore::new(MAX_CHARTS),
+            streams: Arc::default(),
             control,
             store,
             auth,

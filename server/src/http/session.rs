@@ -93,11 +93,14 @@ async fn sign_in(
         .and_then(|t| t.as_str())
         .map(str::trim)
         .unwrap_or_default();
-    if token.is_empty() || token.len() > MAX_TOKEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
+    // What a cookie value may hold (no `;`, `,`, quote or backslash: the
+    // token cannot add cookie attributes).
+    let cookie_safe = |b: u8| b.is_ascii_graphic() && !matches!(b, b';' | b',' | b'"' | b'\\');
+    if token.is_empty() || token.len() > MAX_TOKEN || !token.bytes().all(cookie_safe) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "InvalidArgument",
-            format!("token: 1..={MAX_TOKEN} printable characters"),
+            format!("token: 1..={MAX_TOKEN} printable characters other than ; , \" \\"),
         ));
     }
     let mut headers = HeaderMap::new();
