@@ -194,24 +194,39 @@ async function runPage(id) {
   renderRun(r);
   renderCharts(r);
   renderBest(r, r.output_names[0], false, 10);
-  if (runEvents) runEvents.close();
+  if (runEvents) { runEvents.close(); runEvents = null; }
   let refreshing = false;
   const refresh = async () => {
     if (refreshing) return;
     refreshing = true;
     try { renderRun(await api(`/api/v1/runs/${encodeURIComponent(id)}`)); } finally { setTimeout(() => { refreshing = false; }, 500); }
   };
-  runEvents = new EventSource(`/api/v1/runs/${encodeURIComponent(id)}/events`);
-  runEvents.addEventListener("event", (m) => {
-    const e = JSON.parse(m.data);
-    const p = document.getElementById("progress-text");
-    if (p && e.progress) p.textContent = `${e.progress.chunks_done}/${e.progress.chunks_total} chunks done, ${e.progress.chunks_dead} dead, ${fmt(e.progress.params_done)} params`;
-    if (e.kind === "ChunkReclaimed") note(`chunk ${e.detail.chunk} reclaimed from ${e.detail.agent_id} (${e.detail.cause})`);
-    if (["RunCompleted", "RunCancelled", "RunRetried", "ChunkFailed", "RunStarted"].includes(e.kind)) refresh();
-    else if (e.kind === "ChunkCompleted") refresh();
-  });
-  runEvents.addEventListener("end", () => { runEvents.close(); refresh(); renderCharts(null, id); });
+  follow = () => {
+    if (runEvents || page !== "run") return;
+    runEvents = new EventSource(`/api/v1/runs/${encodeURIComponent(id)}/events`);
+    runEvents.addEventListener("event", (m) => {
+      const e = JSON.parse(m.data);
+      const p = document.getElementById("progress-text");
+      if (p && e.progress) p.textContent = `${e.progress.chunks_done}/${e.progress.chunks_total} chunks done, ${e.progress.chunks_dead} dead, ${fmt(e.progress.params_done)} params`;
+      if (e.kind === "ChunkReclaimed") note(`chunk ${e.detail.chunk} reclaimed from ${e.detail.agent_id} (${e.detail.cause})`);
+      refresh();
+    });
+    // The run is over (or the server let go): show its final state; follow
+    // again if it goes on (a retry).
+    runEvents.addEventListener("end", async () => {
+      runEvents.close();
+      runEvents = null;
+      refresh();
+      renderCharts(null, id);
+      const now = await api(`/api/v1/runs/${encodeURIComponent(id)}`).catch(() => null);
+      if (now && (now.state === "RUNNING" || now.state === "QUEUED")) setTimeout(follow, 1000);
+    });
+  };
+  follow();
 }
+
+/** Follow the open run's events (again, after an action restarted it). */
+let follow = () => {};
 
 function note(text) {
   const p = document.getElementById("notes");
@@ -255,7 +270,7 @@ function renderRun(r) {
   fail.replaceChildren(
     el("div.controls", el("span", `${r.chunks.dead} dead-lettered chunk(s)`),
       el("button.primary#retry", { disabled: (!can || !r.chunks.dead) ? "" : undefined, title: can ? "" : "your token may only read", onclick: async () => {
-        try { const x = await act(`/api/v1/runs/${r.run_id}/retry`); note(`${x.chunks_requeued} chunks re-queued`); } catch (e) { note(e.message); }
+        try { const x = await act(`/api/v1/runs/${r.run_id}/retry`); note(`${x.chunks_requeued} chunks re-queued`); follow(); } catch (e) { note(e.message); }
       } }, "Retry dead chunks")),
     dead.length ? el("table#dead", el("thead", el("tr", el("th", "Chunk"), el("th", "Attempt"), el("th", "Error"))),
       el("tbody", dead.map((d) => el("tr", el("td.num", d.chunk), el("td.num", d.attempt), el("td", el("pre.err", d.error)))))) : el("p.muted", "None."));
