@@ -37,6 +37,10 @@ pub struct Config {
     #[arg(long, env = "TTG_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
 
+    /// Redis Cluster seed nodes, comma-separated redis:// (or rediss://) URLs; when set, --redis-url is not used and every key carries one hash tag (see docs/architecture.md).
+    #[arg(long, env = "TTG_REDIS_CLUSTER")]
+    pub redis_cluster: Option<String>,
+
     /// PEM CA that signed Redis's certificate, for rediss:// URLs with a private CA (default: system roots).
     #[arg(long, env = "TTG_REDIS_CA")]
     pub redis_ca: Option<std::path::PathBuf>,
@@ -78,6 +82,14 @@ pub struct Config {
     #[arg(long, env = "TTG_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
 
+    /// After each completion, wait until this many replicas hold it (Redis WAIT, 0..=16; default 0: do not wait). Narrows what a primary's failover can cost; see docs/operations.md.
+    #[arg(long, env = "TTG_REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
+
+    /// With --redis-wait-replicas: the longest wait for the replicas (default 1s); a completion past it is counted in ttg_agent_completions_unreplicated_total.
+    #[arg(long, env = "TTG_REDIS_WAIT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub redis_wait_timeout: Duration,
+
     /// Log format: auto (text on a terminal, JSON otherwise), text or json (default auto).
     #[arg(long, env = "TTG_LOG_FORMAT", default_value = "auto")]
     pub log_format: LogFormat,
@@ -88,8 +100,29 @@ pub struct Config {
 }
 
 impl Config {
+    /// Where Redis is: `--redis-cluster` when given, else `--redis-url`.
+    pub fn redis_target(&self) -> redis::RedisResult<ttg_proto::redis_target::Target> {
+        ttg_proto::redis_target::Target::open(
+            &self.redis_url,
+            self.redis_cluster.as_deref(),
+            self.redis_ca.as_deref(),
+        )
+    }
+
     /// Check what clap's types cannot; the message names the flag.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.redis_wait_replicas > 16 {
+            return Err(ConfigError::Invalid(format!(
+                "--redis-wait-replicas must be in 0..=16, got {}",
+                self.redis_wait_replicas
+            )));
+        }
+        if !(Duration::from_millis(1)..=Duration::from_secs(60)).contains(&self.redis_wait_timeout)
+        {
+            return Err(ConfigError::Invalid(
+                "--redis-wait-timeout must be within 1ms..=60s".into(),
+            ));
+        }
         if let Some(c) = self.concurrency {
             if !(1..=1024).contains(&c) {
                 return Err(ConfigError::Invalid(format!(
@@ -113,6 +146,7 @@ impl Config {
         ttg_proto::runtime::check_redis_flags(
             &self.prefix,
             &self.redis_url,
+            self.redis_cluster.as_deref(),
             self.redis_ca.as_deref(),
         )?;
         for url in self.server.split(',').map(str::trim) {

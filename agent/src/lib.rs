@@ -88,16 +88,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Exit, Er
             .map_err(|e| Error::Kernels(format!("--kernels: {e}")))?
     };
     let agent_id = config.effective_agent_id();
-    let worker = Arc::new(worker::Worker::new(
-        agent_id.clone(),
-        &config.redis_url,
-        config.redis_ca.as_deref(),
-        &config.prefix,
-        registry,
-        config.effective_concurrency(),
-    )?);
+    let worker = Arc::new(
+        worker::Worker::new(
+            agent_id.clone(),
+            config.redis_target()?,
+            &config.prefix,
+            registry,
+            config.effective_concurrency(),
+        )?
+        .with_wait_replicas(config.redis_wait_replicas, config.redis_wait_timeout),
+    );
     tracing::info!(agent = %agent_id, concurrency = worker.concurrency(), kernels = ?worker.kernel_names(),
-        redis = %ttg_proto::redis_conn::redact_url(&config.redis_url), server = %config.server, "ttg-agent starting");
+        redis = %worker.redis(), server = %config.server, "ttg-agent starting");
 
     let session_stop = CancellationToken::new();
     let unauthorized = CancellationToken::new();

@@ -13,6 +13,10 @@ pub fn describe() {
         "Chunks reclaimed from this agent while it held them (it looked dead)"
     );
     describe_counter!(
+        "ttg_agent_completions_unreplicated_total",
+        "Completion calls that fewer replicas than --redis-wait-replicas acknowledged within --redis-wait-timeout"
+    );
+    describe_counter!(
         "ttg_agent_duplicates_total",
         "Completions of chunks that already had a result"
     );

@@ -196,6 +196,16 @@ impl Keys {
     }
 }
 
+/// The hash tag of a key or prefix as Redis Cluster reads it: what lies
+/// between the first `{` and the next `}`, when that is not empty. Keys with
+/// the same tag share a slot.
+pub fn hash_tag(key: &str) -> Option<&str> {
+    let open = key.find('{')?;
+    let rest = &key[open + 1..];
+    let close = rest.find('}')?;
+    (close > 0).then(|| &rest[..close])
+}
+
 /// A new run id: 10 base-36 characters of milliseconds (time-sortable for the
 /// next century) and 6 random ones.
 pub fn new_run_id(now_ms: i64, random: u64) -> String {
@@ -271,5 +281,42 @@ mod tests {
         assert!(valid_run_id(&a));
         assert!(!valid_run_id("a b"));
         assert!(!valid_run_id(""));
+    }
+
+    #[test]
+    fn hash_tags_follow_redis_cluster() {
+        assert_eq!(hash_tag("{ttg}:run:x"), Some("ttg"));
+        assert_eq!(hash_tag("ttg:run:x"), None);
+        assert_eq!(
+            hash_tag("{}:a{b}"),
+            None,
+            "an empty first tag means the whole key"
+        );
+        assert_eq!(hash_tag("a{b}{c}"), Some("b"));
+        assert_eq!(hash_tag("a{b"), None);
+    }
+
+    #[test]
+    fn under_a_tagged_prefix_every_script_key_shares_one_tag() {
+        let k = Keys::new("{ttg}:");
+        let run = "0000000001-abcdef";
+        let mut all: Vec<String> = Vec::new();
+        all.extend(k.complete_keys(run, &k.tasks("placeholder")));
+        all.extend(k.fail_keys(run, &k.tasks("exec")));
+        all.extend(k.purge_keys(run));
+        all.extend([
+            k.sched("placeholder"),
+            k.sched_ticks(),
+            k.wake("placeholder"),
+            k.run_queue(run),
+            k.agent("a-1"),
+            k.agent_owner("a-1"),
+            k.agents(),
+            k.corrupt_entries(),
+            k.control_channel(),
+        ]);
+        for key in &all {
+            assert_eq!(hash_tag(key), Some("ttg"), "{key}");
+        }
     }
 }

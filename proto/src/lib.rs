@@ -27,6 +27,7 @@ pub mod keys;
 pub mod reclaim;
 pub mod records;
 pub mod redis_conn;
+pub mod redis_target;
 pub mod runtime;
 pub mod sched;
 pub mod scripts;

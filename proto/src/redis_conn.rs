@@ -122,6 +122,27 @@ pub fn redact_url(url: &str) -> String {
 /// loading its AOF, connection dropped), so the caller should back off and
 /// retry rather than give up.
 pub fn is_transient(e: &redis::RedisError) -> bool {
+    const HEALS: [&str; 8] = [
+        "LOADING",
+        "TRYAGAIN",
+        "MASTERDOWN",
+        "CLUSTERDOWN",
+        "READONLY",
+        "MOVED",
+        "ASK",
+        "EXECABORT",
+    ];
+    // A MULTI refused during a failover aborts with its commands' errors
+    // (MOVED to the new primary, CLUSTERDOWN meanwhile): nothing ran, so it
+    // heals like them.
+    let inside = codes_inside(e);
+    if !inside.is_empty()
+        && inside
+            .iter()
+            .all(|c| HEALS.contains(&c.as_str()) || c == "OOM")
+    {
+        return !inside.iter().any(|c| c == "OOM");
+    }
     e.is_io_error()
         || e.is_connection_refusal()
         || e.is_connection_dropped()
@@ -129,8 +150,25 @@ pub fn is_transient(e: &redis::RedisError) -> bool {
         || e.is_unrecoverable_error()
         || matches!(
             e.code(),
-            Some("LOADING") | Some("TRYAGAIN") | Some("MASTERDOWN")
+            Some("LOADING")
+                | Some("TRYAGAIN")
+                | Some("MASTERDOWN")
+                | Some("CLUSTERDOWN")
+                | Some("READONLY")
         )
+}
+
+/// The error codes of the commands of a refused MULTI or pipeline (or of the
+/// one command), upper case; empty for errors that are not Redis's replies.
+pub fn codes_inside(e: &redis::RedisError) -> Vec<String> {
+    e.clone()
+        .into_server_errors()
+        .map(|errs| {
+            errs.iter()
+                .map(|(_, se)| se.code().to_ascii_uppercase())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Whether Redis refused a write because `used_memory` reached `maxmemory`

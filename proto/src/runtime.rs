@@ -29,8 +29,8 @@ pub enum ConfigError {
     /// A flag out of range, or flags that contradict each other.
     #[error("{0}")]
     Invalid(String),
-    /// The Redis URL or CA does not make a client.
-    #[error("--redis-url/--redis-ca: {0}")]
+    /// The Redis URL, cluster seeds or CA do not make a client.
+    #[error("--redis-url/--redis-cluster/--redis-ca: {0}")]
     Redis(#[source] redis::RedisError),
     /// The server URL, TLS files or token do not make a client.
     #[error("{flag}: {source}")]
@@ -44,10 +44,11 @@ pub enum ConfigError {
 }
 
 /// The Redis flags every binary takes: `--prefix` 1..=64 characters, and a
-/// `--redis-url` (with `--redis-ca`) that makes a client.
+/// `--redis-url` or `--redis-cluster` (with `--redis-ca`) that makes a client.
 pub fn check_redis_flags(
     prefix: &str,
     url: &str,
+    cluster: Option<&str>,
     ca: Option<&std::path::Path>,
 ) -> Result<(), ConfigError> {
     if prefix.is_empty() || prefix.len() > 64 {
@@ -55,7 +56,13 @@ pub fn check_redis_flags(
             "--prefix must be 1..=64 characters".into(),
         ));
     }
-    crate::redis_conn::client(url, ca).map_err(ConfigError::Redis)?;
+    let target = crate::redis_target::Target::open(url, cluster, ca).map_err(ConfigError::Redis)?;
+    if target.is_cluster() && prefix.contains('{') && crate::keys::hash_tag(prefix).is_none() {
+        return Err(ConfigError::Invalid(
+            "--prefix: on a cluster a prefix with '{' must hold a whole hash tag such as {ttg}:"
+                .into(),
+        ));
+    }
     Ok(())
 }
 

@@ -61,6 +61,22 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("claim", include_str!("../lua/claim.lua")),
 ];
 
+/// Each script's name and SHA1 (what EVALSHA calls it), so a test can ask a
+/// Redis node which of them ran there (`SCRIPT EXISTS`).
+pub fn hashes() -> Vec<(&'static str, String)> {
+    SOURCES
+        .iter()
+        .map(|(name, body)| {
+            (
+                *name,
+                Script::new(&format!("{PRELUDE}\n{body}"))
+                    .get_hash()
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
 fn source(name: &str) -> &'static str {
     SOURCES
         .iter()

@@ -22,6 +22,10 @@ pub struct Config {
     #[arg(long, env = "TTG_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
 
+    /// Redis Cluster seed nodes, comma-separated redis:// (or rediss://) URLs; when set, --redis-url is not used and every key carries one hash tag (see docs/architecture.md).
+    #[arg(long, env = "TTG_REDIS_CLUSTER")]
+    pub redis_cluster: Option<String>,
+
     /// PEM CA that signed Redis's certificate, for rediss:// URLs with a private CA (default: system roots).
     #[arg(long, env = "TTG_REDIS_CA")]
     pub redis_ca: Option<std::path::PathBuf>,
@@ -141,6 +145,15 @@ pub struct Limits {
 }
 
 impl Config {
+    /// Where Redis is: `--redis-cluster` when given, else `--redis-url`.
+    pub fn redis_target(&self) -> redis::RedisResult<ttg_proto::redis_target::Target> {
+        ttg_proto::redis_target::Target::open(
+            &self.redis_url,
+            self.redis_cluster.as_deref(),
+            self.redis_ca.as_deref(),
+        )
+    }
+
     /// Check settings that clap's types cannot; the message names the flag.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.heartbeat_interval < Duration::from_millis(50)
@@ -164,6 +177,7 @@ impl Config {
         ttg_proto::runtime::check_redis_flags(
             &self.prefix,
             &self.redis_url,
+            self.redis_cluster.as_deref(),
             self.redis_ca.as_deref(),
         )?;
         if let Some(t) = &self.trace_url_template {

@@ -162,31 +162,24 @@ async fn cancel_listener(
     sessions: Arc<gateway::Sessions>,
     stop: CancellationToken,
 ) {
-    use tokio_stream::StreamExt;
     let channel = store.keys().control_channel();
     loop {
-        match store.client().get_async_pubsub().await {
-            Ok(mut ps) => {
-                if ps.subscribe(&channel).await.is_ok() {
-                    let mut msgs = ps.on_message();
-                    loop {
-                        let msg = tokio::select! {
-                            _ = stop.cancelled() => return,
-                            m = msgs.next() => m,
-                        };
-                        let Some(msg) = msg else { break };
-                        let payload: String = msg.get_payload().unwrap_or_default();
-                        let mut parts = payload.split(' ');
-                        if let (Some("cancel"), Some(from), Some(run)) =
-                            (parts.next(), parts.next(), parts.next())
-                        {
-                            if from != sessions.server_id() {
-                                sessions.broadcast_cancel(run);
-                            }
-                        }
+        match store.target().subscribe(&channel).await {
+            Ok(mut sub) => loop {
+                let payload = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    m = sub.next() => m,
+                };
+                let Some(payload) = payload else { break };
+                let mut parts = payload.split(' ');
+                if let (Some("cancel"), Some(from), Some(run)) =
+                    (parts.next(), parts.next(), parts.next())
+                {
+                    if from != sessions.server_id() {
+                        sessions.broadcast_cancel(run);
                     }
                 }
-            }
+            },
             Err(e) => tracing::debug!(error = %e, "cancel listener: redis unavailable"),
         }
         tokio::select! {
@@ -261,8 +254,9 @@ pub async fn run(
 ) -> Result<(), Error> {
     let store = Arc::new(
         store::Store::new(
-            &config.redis_url,
-            config.redis_ca.as_deref(),
+            config
+                .redis_target()
+                .map_err(|e| Error::Startup(format!("redis: {e}")))?,
             &config.prefix,
             config.redis_timeout,
             config.limits.clone(),
@@ -345,7 +339,7 @@ pub async fn run(
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Startup(e.to_string()))?;
-    tracing::info!(%addr, server = %server_id, redis = %ttg_proto::redis_conn::redact_url(&config.redis_url), prefix = %config.prefix, "ttg-server listening");
+    tracing::info!(%addr, server = %server_id, redis = %store.target().describe(), prefix = %store.keys().prefix(), "ttg-server listening");
 
     let stop = shutdown.clone();
     let drained = async move {

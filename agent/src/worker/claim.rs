@@ -166,7 +166,7 @@ struct Claimer {
     /// The kernels this agent offers, in the order claim.lua is given them.
     kernels: Vec<String>,
     /// Its own connection: XREAD BLOCK holds it.
-    blocking: Option<MultiplexedConnection>,
+    blocking: Option<ttg_proto::redis_target::Conn>,
     groups_ready: bool,
     backoff: Backoff,
     /// The last read ahead (without a slot) found nothing.
@@ -194,7 +194,7 @@ impl Claimer {
             self.groups_ready = true;
         }
         if self.blocking.is_none() {
-            self.blocking = Some(redis_conn::blocking(&w.client, READ_BLOCK).await?);
+            self.blocking = Some(w.target.blocking(READ_BLOCK).await?);
         }
         Ok(())
     }

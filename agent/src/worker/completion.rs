@@ -152,12 +152,46 @@ impl Worker {
                         }
                     })
                     .await;
+                if reply.is_some() {
+                    self.wait_replicas(&run_id).await;
+                }
                 for (i, p) in group.into_iter().enumerate() {
                     let outcome = reply.as_ref().map(|(codes, state)| {
                         Completion::from_reply(codes.get(i).copied().unwrap_or(-1), state)
                     });
                     let _ = p.done.send(outcome);
                 }
+            }
+        }
+    }
+
+    /// With --redis-wait-replicas: wait (Redis WAIT, on the connection the
+    /// completion went through, at the node holding the run) until that many
+    /// replicas hold what this agent wrote. Short or failed waits are
+    /// counted and logged, never retried: the completion stands on the
+    /// primary either way, and a failover before it reached a replica costs
+    /// a recomputation (docs/architecture.md, "Redis Cluster").
+    async fn wait_replicas(&self, run_id: &str) {
+        let Some((want, timeout)) = self.wait else {
+            return;
+        };
+        let mut c = self.conn.clone();
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(want).arg(timeout.as_millis() as u64);
+        let got: RedisResult<u32> = c.query_at(&self.keys.run(run_id), &cmd).await;
+        match got {
+            Ok(n) if n >= want => {}
+            Ok(n) => {
+                metrics::counter!("ttg_agent_completions_unreplicated_total").increment(1);
+                tracing::warn!(
+                    replicas = n,
+                    want,
+                    "completion not on enough replicas within --redis-wait-timeout"
+                );
+            }
+            Err(e) => {
+                metrics::counter!("ttg_agent_completions_unreplicated_total").increment(1);
+                tracing::warn!(error = %e, "WAIT after a completion failed");
             }
         }
     }

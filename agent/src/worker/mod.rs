@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::{RedisResult, Value};
 use tokio::sync::{oneshot, Semaphore};
 use tokio::time::Instant;
@@ -27,6 +26,7 @@ use tokio_util::task::TaskTracker;
 use ttg_proto::keys::{Keys, GROUP};
 use ttg_proto::records::{event_body, TaskEntry, TASK_FIELD};
 use ttg_proto::redis_conn::{self, is_transient};
+use ttg_proto::redis_target::{Conn, Target};
 use ttg_proto::runtime::Backoff;
 use ttg_proto::scripts::{ChunkResult, Completion, FailedAttempt, Failure, Scripts};
 use ttg_proto::v1::{event, ChunkCompleted, ChunkFailed, HeldChunk, RunState, Task};
@@ -66,8 +66,10 @@ pub struct Worker {
     /// agent id back.
     instance: String,
     keys: Keys,
-    client: redis::Client,
-    conn: ConnectionManager,
+    target: Target,
+    conn: Conn,
+    /// --redis-wait-replicas and its timeout, when set.
+    wait: Option<(u32, Duration)>,
     scripts: Scripts,
     registry: Registry,
     concurrency: u32,
@@ -107,20 +109,19 @@ impl Worker {
     /// A worker for `agent_id`; connects to Redis lazily.
     pub fn new(
         agent_id: String,
-        redis_url: &str,
-        redis_ca: Option<&std::path::Path>,
+        target: Target,
         prefix: &str,
         registry: Registry,
         concurrency: u32,
     ) -> RedisResult<Self> {
-        let client = redis_conn::client(redis_url, redis_ca)?;
-        let conn = redis_conn::manager(&client)?;
+        let conn = target.shared()?;
         Ok(Self {
             agent_id,
             instance: format!("{:032x}", rand::random::<u128>()),
-            keys: Keys::new(prefix),
-            client,
+            keys: Keys::new(target.prefix(prefix)),
+            target,
             conn,
+            wait: None,
             scripts: Scripts::new(),
             registry,
             concurrency,
@@ -157,6 +158,18 @@ impl Worker {
     /// Declarations of the kernels offered.
     pub fn kernel_decls(&self) -> Vec<ttg_proto::v1::KernelDecl> {
         self.registry.decls()
+    }
+
+    /// Wait for `replicas` replicas (at most `timeout`) after each
+    /// completion; 0 does not wait.
+    pub fn with_wait_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.wait = (replicas > 0).then_some((replicas, timeout));
+        self
+    }
+
+    /// Where Redis is (passwords redacted), for logs.
+    pub fn redis(&self) -> String {
+        self.target.describe()
     }
 
     /// Chunks computed at once.
@@ -214,7 +227,7 @@ impl Worker {
     /// (None) on a non-transient error or once the agent aborts.
     pub(super) async fn retry_redis<T, F, Fut>(&self, what: &str, mut op: F) -> Option<T>
     where
-        F: FnMut(ConnectionManager) -> Fut,
+        F: FnMut(Conn) -> Fut,
         Fut: std::future::Future<Output = RedisResult<T>>,
     {
         let mut backoff = redis_backoff();

@@ -149,12 +149,10 @@ impl Store {
     pub async fn check_eviction_policy(&self) -> Option<String> {
         let mut c = self.conn();
         let reply: Result<Vec<String>> = self
-            .timed(
-                redis::cmd("CONFIG")
-                    .arg("GET")
-                    .arg("maxmemory-policy")
-                    .query_async(&mut c),
-            )
+            .timed(c.query_at(
+                &self.keys.runs(),
+                redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy"),
+            ))
             .await;
         let policy = match reply {
             Ok(v) => v.get(1).cloned()?,

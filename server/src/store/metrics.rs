@@ -135,7 +135,7 @@ impl Store {
         let books = self.sched_books().await?;
         // Redis memory, for sizing and alerting (see docs/operations.md).
         let info: String = self
-            .timed(redis::cmd("INFO").arg("memory").query_async(&mut c))
+            .timed(c.query_at(&self.keys.runs(), redis::cmd("INFO").arg("memory")))
             .await?;
         let runs: u64 = self
             .timed(

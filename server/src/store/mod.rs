@@ -23,7 +23,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::streams::StreamReadReply;
 use redis::{RedisResult, Value};
 use tokio::sync::mpsc;
@@ -35,6 +34,7 @@ use ttg_proto::records::{
     decode_event, decode_spec, encode, event_body, is_finished, is_terminal, parse_state,
     run_status_from_hash, unpack_values, EVENT_FIELD, TASK_FIELD,
 };
+use ttg_proto::redis_target::{Conn, Target};
 use ttg_proto::v1::{
     event, AgentInfo, DeadChunk, Event, Priority, Progress, ResultChunk, RunCancelled, RunSpec,
     RunState, RunStatus, RunSubmitted, SubmitRequest, Task,
@@ -68,27 +68,21 @@ pub use runs::RunFilter;
 pub struct Store {
     limits: Limits,
     keys: Keys,
-    client: redis::Client,
-    conn: ConnectionManager,
+    target: Target,
+    conn: Conn,
     scripts: Arc<Scripts>,
     deadline: Duration,
 }
 
 impl Store {
-    /// A store on `redis_url` under `prefix`; connects lazily.
-    pub fn new(
-        redis_url: &str,
-        redis_ca: Option<&std::path::Path>,
-        prefix: &str,
-        deadline: Duration,
-        limits: Limits,
-    ) -> Result<Self> {
-        let client = redis_conn::client(redis_url, redis_ca)?;
-        let conn = redis_conn::manager(&client)?;
+    /// A store on `target` under `prefix` (hash-tagged on a cluster, see
+    /// [`Target::prefix`]); connects lazily.
+    pub fn new(target: Target, prefix: &str, deadline: Duration, limits: Limits) -> Result<Self> {
+        let conn = target.shared()?;
         Ok(Self {
             limits,
-            keys: Keys::new(prefix),
-            client,
+            keys: Keys::new(target.prefix(prefix)),
+            target,
             conn,
             scripts: Arc::new(Scripts::new()),
             deadline,
@@ -101,7 +95,7 @@ impl Store {
     }
 
     /// A clone of the shared connection.
-    pub fn conn(&self) -> ConnectionManager {
+    pub fn conn(&self) -> Conn {
         self.conn.clone()
     }
 
@@ -120,9 +114,9 @@ impl Store {
             .await
     }
 
-    /// The Redis client, for connections of their own (pub/sub).
-    pub fn client(&self) -> &redis::Client {
-        &self.client
+    /// Where Redis is, for connections of their own (pub/sub, blocking reads).
+    pub fn target(&self) -> &Target {
+        &self.target
     }
 }
 

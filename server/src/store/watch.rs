@@ -119,9 +119,7 @@ impl Store {
         };
         // XREAD BLOCK holds its connection: give each watcher its own so it
         // never stalls the shared one.
-        let mut blocking = self
-            .timed(redis_conn::blocking(&self.client, WATCH_BLOCK))
-            .await?;
+        let mut blocking = self.timed(self.target.blocking(WATCH_BLOCK)).await?;
         let mut summarised: Option<std::time::Instant> = None;
         loop {
             if stop.is_cancelled() {

@@ -1,0 +1,338 @@
+//! TTG on a real Redis Cluster: 3 primaries with a replica each, all
+//! `redis-server` processes on loopback. The server and the agents are real
+//! processes started with `--redis-cluster`. Every key carries one hash tag,
+//! so every script and MULTI touches one slot: a workload that runs every
+//! script must finish with exact books (a CROSSSLOT would fail it), a chaos
+//! run with agent kills counts every chunk once, and a primary SIGKILLed
+//! mid-run is replaced by its replica while the run finishes exactly.
+//! With `--redis-wait-replicas 1` the agents' completions wait for the
+//! replica; Redis counts those WAITs on the installation's primary.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::RedisCluster;
+use common::*;
+use ttg_proto::v1::{
+    CancelRequest, DeleteRequest, RetryRequest, RunState, RunStatus, StatusRequest,
+};
+
+/// Unused: with --redis-cluster the processes never read --redis-url.
+const NO_NODE: &str = "redis://127.0.0.1:1";
+
+/// Fields drop in order: the agents and the server go before the cluster.
+struct Install {
+    agents: Vec<Agent>,
+    server: ServerProc,
+    cluster: RedisCluster,
+    prefix: String,
+    next: usize,
+    agent_flags: Vec<String>,
+}
+
+impl Install {
+    fn start(agents: usize) -> Install {
+        Self::start_with(agents, &[])
+    }
+
+    /// With extra flags for every agent.
+    fn start_with(agents: usize, agent_flags: &[&str]) -> Install {
+        let cluster = RedisCluster::start(3, 1);
+        let prefix = prefix();
+        let seeds = cluster.seeds();
+        let server = ServerProc::start(
+            NO_NODE,
+            &prefix,
+            &[
+                "--redis-cluster",
+                &seeds,
+                "--lease",
+                "1s",
+                "--heartbeat-interval",
+                "250ms",
+            ],
+        );
+        let mut i = Install {
+            cluster,
+            prefix,
+            server,
+            agents: Vec::new(),
+            next: 0,
+            agent_flags: agent_flags.iter().map(|f| f.to_string()).collect(),
+        };
+        for _ in 0..agents {
+            let a = i.agent();
+            i.agents.push(a);
+        }
+        i
+    }
+
+    fn agent(&mut self) -> Agent {
+        self.next += 1;
+        let seeds = self.cluster.seeds();
+        let mut flags = vec!["--redis-cluster", &seeds, "--allow-exec"];
+        flags.extend(self.agent_flags.iter().map(String::as_str));
+        Agent::spawn(
+            &self.server.url,
+            NO_NODE,
+            &self.prefix,
+            &format!("k{}", self.next),
+            2,
+            &flags,
+        )
+    }
+
+    /// A key of this installation (all share its hash tag).
+    fn tagged_key(&self) -> String {
+        format!("{{{}}}:runs", self.prefix.trim_end_matches(':'))
+    }
+}
+
+/// Status, or None while the server cannot answer (Redis failing over).
+async fn try_status(
+    c: &mut ttg_proto::v1::control_plane_client::ControlPlaneClient<tonic::transport::Channel>,
+    id: &str,
+) -> Option<RunStatus> {
+    c.status(StatusRequest { run_id: id.into() })
+        .await
+        .ok()
+        .map(|r| r.into_inner())
+}
+
+/// Submit `req` and wait until `done` of its chunks are done.
+async fn submit_until_done(
+    c: &mut ttg_proto::v1::control_plane_client::ControlPlaneClient<tonic::transport::Channel>,
+    req: ttg_proto::v1::SubmitRequest,
+    done: u64,
+) -> ttg_proto::v1::SubmitResponse {
+    let run = c.submit(req).await.expect("submit").into_inner();
+    wait_until(&format!("{done} chunks done"), Duration::from_secs(60), || {
+        let mut c = c.clone();
+        let id = run.run_id.clone();
+        async move { (try_status(&mut c, &id).await?.progress?.chunks_done >= done).then_some(()) }
+    })
+    .await;
+    run
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_script_runs_in_one_slot_on_a_cluster() {
+    // The agents also wait for a replica after each completion (WAIT, at
+    // the node holding the installation).
+    let mut inst = Install::start_with(3, &["--redis-wait-replicas", "1"]);
+    let mut c = control(&inst.server.url).await;
+
+    // A plain sweep: the exact sum.
+    let run = c
+        .submit(submit_req(10_000, 100, 0))
+        .await
+        .expect("submit")
+        .into_inner();
+    let (_, events) = run_end(&mut c, &run.run_id).await;
+    assert_exactly_once(&events, 10_000, 100);
+
+    // A run whose program is missing: its chunks fail alike, fail-fast
+    // ends it after 3 and purges the rest; with the program in place a
+    // Retry re-queues the dead and the purged and computes them all (fail,
+    // retry, requeue, the agents' claim gate).
+    let dir = tempfile::tempdir().expect("tmp");
+    let program = dir.path().join("later.sh");
+    let mut req = exec_req(10_000, 100, &program, &[], 1);
+    req.fail_fast = Some(3);
+    let failing = c.submit(req).await.expect("submit").into_inner();
+    let st = wait_finished(&mut c, &failing.run_id, Duration::from_secs(60)).await;
+    assert_eq!(st.state, RunState::Failed as i32);
+    let p = st.progress.expect("progress");
+    assert!(p.chunks_dead >= 3 && p.chunks_purged > 0, "{p:?}");
+    assert_eq!(
+        p.chunks_done + p.chunks_dead + p.chunks_purged,
+        p.chunks_total,
+        "{p:?}"
+    );
+    script(
+        dir.path(),
+        "later.sh",
+        "#!/bin/sh\nawk '{ printf \"%s.5\\n\", $1 }'\n",
+    );
+    let r = c
+        .retry(RetryRequest {
+            run_id: failing.run_id.clone(),
+        })
+        .await
+        .expect("retry")
+        .into_inner();
+    assert_eq!(r.chunks_requeued, p.chunks_dead + p.chunks_purged);
+    let st = wait_finished(&mut c, &failing.run_id, Duration::from_secs(60)).await;
+    assert_eq!(st.state, RunState::Succeeded as i32);
+    assert_eq!(st.aggregate.expect("aggregate").sum, 49_995_000.0 + 5_000.0);
+
+    // An agent killed while no server is up: once a server is back, its
+    // reaper finds the lease expired with no session and reclaims its
+    // chunks; each is counted once.
+    let run = submit_until_done(&mut c, submit_req(2_000, 20, 5), 10).await;
+    inst.server.kill();
+    inst.agents[0].signal("KILL");
+    inst.server.spawn();
+    c = control(&inst.server.url).await;
+    let (_, events) = run_end(&mut c, &run.run_id).await;
+    assert_exactly_once(&events, 2_000, 100);
+    assert!(!reclaims(&events).is_empty(), "the kill cost reclaims");
+
+    // Cancel a long run, then delete it (cancel, purge, the tasks' purge).
+    // Cancelled with chunks in flight, so their task entries are purged.
+    let long = submit_until_done(&mut c, submit_req(100_000, 100, 5), 1).await;
+    c.cancel(CancelRequest {
+        run_id: long.run_id.clone(),
+        ..Default::default()
+    })
+    .await
+    .expect("cancel");
+    let st = wait_finished(&mut c, &long.run_id, Duration::from_secs(30)).await;
+    assert_eq!(st.state, RunState::Cancelled as i32);
+    c.delete(DeleteRequest {
+        run_id: long.run_id.clone(),
+    })
+    .await
+    .expect("delete");
+    let gone = c
+        .status(StatusRequest {
+            run_id: long.run_id.clone(),
+        })
+        .await;
+    assert!(gone.is_err(), "a deleted run is gone");
+
+    // Every completion waited for the replica on the installation's
+    // primary (a WAIT elsewhere would not cover its writes).
+    let primary = inst
+        .cluster
+        .primary_of(&inst.tagged_key())
+        .expect("primary");
+    let stats: String = inst.cluster.nodes[primary]
+        .try_query(&["INFO", "commandstats"])
+        .expect("info");
+    let waits: u64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_wait:calls="))
+        .and_then(|l| l.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(waits >= 10, "{waits} WAITs on the installation's primary");
+
+    // Every script ran on the primary of the installation's slot.
+    let primary = inst
+        .cluster
+        .primary_of(&inst.tagged_key())
+        .expect("primary");
+    let node = &inst.cluster.nodes[primary];
+    let mut missing = Vec::new();
+    for (name, sha) in ttg_proto::scripts::hashes() {
+        let exists: Vec<i64> = node
+            .try_query(&["SCRIPT", "EXISTS", &sha])
+            .expect("script exists");
+        if exists != [1] {
+            missing.push(name);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "scripts that never ran on the cluster: {missing:?}"
+    );
+    // Nothing of the installation lives outside its slot.
+    let slot: i64 = node
+        .try_query(&["CLUSTER", "KEYSLOT", &inst.tagged_key()])
+        .expect("slot");
+    for (i, n) in inst.cluster.nodes.iter().enumerate() {
+        let keys: Vec<String> = n
+            .try_query(&["KEYS", &format!("*{}*", inst.prefix.trim_end_matches(':'))])
+            .unwrap_or_default();
+        for k in keys {
+            let s: i64 = n.try_query(&["CLUSTER", "KEYSLOT", &k]).expect("keyslot");
+            assert_eq!(s, slot, "node {i}: key {k} outside the installation's slot");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_on_a_cluster_counts_every_chunk_once() {
+    let mut inst = Install::start(4);
+    let mut c = control(&inst.server.url).await;
+    // 200 chunks × 200 ms over 4 agents × 2 slots: ~5 s clean.
+    let mut req = submit_req(20_000, 100, 2);
+    req.max_attempts = Some(ttg_server::store::MAX_ATTEMPTS);
+    let run = c.submit(req).await.expect("submit").into_inner();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut kills, mut server_restarted) = (0, false);
+    let mut pick = 7usize;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "chaos run did not finish in 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        if let Some(st) = try_status(&mut c, &run.run_id).await {
+            if st.state != RunState::Running as i32 && st.state != RunState::Queued as i32 {
+                break;
+            }
+        }
+        pick = (pick * 31 + 17) % 97;
+        let victim = pick % inst.agents.len();
+        inst.agents[victim].signal("KILL");
+        inst.agents[victim] = inst.agent();
+        kills += 1;
+        if kills == 3 && !server_restarted {
+            inst.server.kill();
+            inst.server.spawn();
+            c = control(&inst.server.url).await;
+            server_restarted = true;
+        }
+    }
+    assert!(
+        kills >= 3 && server_restarted,
+        "the chaos happened ({kills} kills)"
+    );
+    let (rc, events) = run_end(&mut c, &run.run_id).await;
+    assert_eq!(rc.state, RunState::Succeeded as i32);
+    assert_exactly_once(&events, 20_000, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_killed_mid_run_fails_over_and_the_run_stays_exact() {
+    let mut inst = Install::start(3);
+    let mut c = control(&inst.server.url).await;
+    // 200 chunks × 200 ms over 3 agents × 2 slots: ~7 s clean.
+    // At 30 %: 60 chunks done.
+    let run = submit_until_done(&mut c, submit_req(20_000, 100, 2), 60).await;
+    let key = inst.tagged_key();
+    let primary = inst.cluster.primary_of(&key).expect("primary");
+    let killed_at = Instant::now();
+    inst.cluster.kill(primary);
+    let promoted = inst
+        .cluster
+        .wait_failover(primary, &key, Duration::from_secs(30));
+    for (i, n) in inst.cluster.nodes.iter().enumerate() {
+        let role: Option<Vec<redis::Value>> = n.try_query(&["ROLE"]);
+        let size: Option<i64> = n.try_query(&["DBSIZE"]);
+        eprintln!(
+            "node {i} port {}: {:?} dbsize {size:?}",
+            n.port,
+            role.and_then(|r| r.first().cloned())
+        );
+    }
+    let (rc, events) = run_end(&mut c, &run.run_id).await;
+    eprintln!(
+        "failover: replica promoted {:.2} s after the kill; the run ended {:.2} s after it",
+        promoted.as_secs_f64(),
+        killed_at.elapsed().as_secs_f64()
+    );
+    assert_eq!(rc.state, RunState::Succeeded as i32);
+    assert_exactly_once(&events, 20_000, 200);
+    // The promoted primary serves the installation: a new run works too.
+    let after = c
+        .submit(submit_req(1_000, 100, 0))
+        .await
+        .expect("submit")
+        .into_inner();
+    let (_, events) = run_end(&mut c, &after.run_id).await;
+    assert_exactly_once(&events, 1_000, 10);
+}

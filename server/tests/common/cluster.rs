@@ -1,0 +1,240 @@
+//! A real Redis Cluster for tests: `redis-server --cluster-enabled yes`
+//! processes on free loopback ports (each with its own bus port), joined by
+//! `redis-cli --cluster create` with a replica per primary, a 1 s node
+//! timeout so a killed primary's replica takes over within seconds, and
+//! AOF on. Killed on drop.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::free_port;
+
+/// One node of a [`RedisCluster`].
+pub struct ClusterNode {
+    /// Its client port.
+    pub port: u16,
+    bus: u16,
+    child: Option<Child>,
+    dir: std::path::PathBuf,
+}
+
+impl ClusterNode {
+    fn spawn(&mut self) {
+        std::fs::create_dir_all(&self.dir).expect("node dir");
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--cluster-port",
+                &self.bus.to_string(),
+            ])
+            .args(["--bind", "127.0.0.1", "--cluster-enabled", "yes"])
+            .args([
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "1000",
+            ])
+            // Replicas start their first full sync at once, not after the
+            // default 5 s wait for more replicas to share it.
+            .args(["--repl-diskless-sync-delay", "0"])
+            .args(["--appendonly", "yes", "--save", ""])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start redis-server ({e}): run `make setup`"));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.try_query::<String>(&["PING"]).is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "cluster node {} did not start",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Whether the process runs.
+    pub fn alive(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// One command on this node (no redirects followed); None if it fails.
+    pub fn try_query<T: redis::FromRedisValue>(&self, args: &[&str]) -> Option<T> {
+        let client = redis::Client::open(self.url()).ok()?;
+        let mut c = client
+            .get_connection_with_timeout(Duration::from_secs(1))
+            .ok()?;
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut c).ok()
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A Redis Cluster of real processes.
+pub struct RedisCluster {
+    /// Its nodes, primaries first as created.
+    pub nodes: Vec<ClusterNode>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    /// `primaries` primaries with `replicas` replicas each, every slot
+    /// covered and the cluster's state ok on every node.
+    pub fn start(primaries: usize, replicas: usize) -> RedisCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut nodes: Vec<ClusterNode> = (0..primaries * (1 + replicas))
+            .map(|i| ClusterNode {
+                port: free_port(),
+                bus: free_port(),
+                child: None,
+                dir: dir.path().join(format!("node{i}")),
+            })
+            .collect();
+        for n in &mut nodes {
+            n.spawn();
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli --cluster create (redis-tools)");
+        assert!(
+            out.status.success(),
+            "cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let c = RedisCluster { nodes, _dir: dir };
+        c.wait_ok(Duration::from_secs(20));
+        c.wait_replicas_synced(Duration::from_secs(20));
+        c
+    }
+
+    /// Wait until every replica's link to its primary is up with its first
+    /// sync done: before that, promoting it would lose the primary's data
+    /// (a replica is a copy only once synced).
+    pub fn wait_replicas_synced(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        for n in self.nodes.iter().filter(|n| n.alive()) {
+            loop {
+                let info: String = n.try_query(&["INFO", "replication"]).unwrap_or_default();
+                if info.contains("role:master")
+                    || (info.contains("master_link_status:up")
+                        && info.contains("master_sync_in_progress:0"))
+                {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "replica {} did not sync", n.port);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// The seed list for `--redis-cluster`: every node.
+    pub fn seeds(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.url())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Wait until every live node reports `cluster_state:ok` and agrees on
+    /// who serves every slot.
+    pub fn wait_ok(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let ok = self.nodes.iter().filter(|n| n.alive()).all(|n| {
+                n.try_query::<String>(&["CLUSTER", "INFO"])
+                    .is_some_and(|i| i.contains("cluster_state:ok"))
+            });
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the cluster did not become ok");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The index of the live node that is primary for `key`'s slot, by the
+    /// view of any live node.
+    pub fn primary_of(&self, key: &str) -> Option<usize> {
+        let any = self.nodes.iter().find(|n| n.alive())?;
+        let slot: i64 = any.try_query(&["CLUSTER", "KEYSLOT", key])?;
+        let nodes: String = any.try_query(&["CLUSTER", "NODES"])?;
+        for line in nodes.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
+                continue;
+            }
+            let serves = f[8..].iter().any(|r| match r.split_once('-') {
+                Some((a, b)) => {
+                    a.parse::<i64>().is_ok_and(|a| a <= slot)
+                        && b.parse::<i64>().is_ok_and(|b| slot <= b)
+                }
+                None => r.parse::<i64>() == Ok(slot),
+            });
+            if serves {
+                let port: u16 = f[1].split(['@', ':']).nth(1)?.parse().ok()?;
+                return self.nodes.iter().position(|n| n.port == port && n.alive());
+            }
+        }
+        None
+    }
+
+    /// SIGKILL node `i`.
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].kill();
+    }
+
+    /// Wait until a live node other than `killed` is primary for `key`
+    /// and the cluster is ok again; how long that took.
+    pub fn wait_failover(&self, killed: usize, key: &str, within: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            if let Some(p) = self.primary_of(key) {
+                if p != killed {
+                    self.wait_ok(within.saturating_sub(start.elapsed()));
+                    return start.elapsed();
+                }
+            }
+            assert!(
+                start.elapsed() < within,
+                "no replica took over {key}'s slot"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
+    }
+}
