@@ -34,6 +34,7 @@ OVERLAYS = {
     "overlays/kind-tracing": set(),
     "overlays/aks": {"ttg-tokens"},
     "overlays/aks-dashboard": {"ttg-tokens", "ttg-dashboard-tls"},
+    "overlays/aks-redis-cluster": {"ttg-tokens", "ttg-redis"},
 }
 EXTRA_FILES = {"jobs/sweep.yaml": {"ttg-tokens"}}
 WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "Job")

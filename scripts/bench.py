@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""TTG benchmark suite (P1-P9 and M1 of docs/benchmarks.md): real
+"""TTG benchmark suite (P1-P9, D1, M1 and C1-C3 of docs/benchmarks.md): real
 redis-server, ttg-server and ttg-agent processes on this machine, driven
 through ttgctl and ttg-loadgen. Prints a table and rewrites docs/benchmarks.md
 with the machine, the commit and the exact commands.
@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 
+import bench_cluster
 import bench_sched
 import bench_dashboard
 import bench_sweeps
@@ -528,7 +529,8 @@ def p7(args, tmp):
 
 
 BENCHES = {"p1": p1, "p2": p2, "p3": p3, "p4": p4, "p5": p5, "p6": p6, "p7": p7, "p8": bench_sched.p8,
-           "p8c": bench_sched.p8c, "p9": bench_sweeps.p9, "d1": bench_dashboard.d1, "m1": m1}
+           "p8c": bench_sched.p8c, "p9": bench_sweeps.p9, "d1": bench_dashboard.d1, "m1": m1,
+           "c1": bench_cluster.c1, "c2": bench_cluster.c2, "c3": bench_cluster.c3}
 
 
 def machine():

@@ -134,24 +134,32 @@ class Cluster:
     """redis-server + ttg-server + N agents, each a real process."""
 
     def __init__(self, bindir, agents, concurrency, tmp, server_args=(), redis_args=(), agent_args=(),
-                 agent_env=None):
+                 agent_env=None, redis_cluster=None):
+        """`redis_cluster`: seed URLs of a running Redis Cluster to use
+        instead of starting a redis-server."""
         self.bindir, self.tmp = bindir, tmp
         self.agent_args, self.agent_env = list(agent_args), dict(agent_env or {})
         self.procs, self.agents = [], []
         self.redis_port, self.server_port = free_port(), free_port()
         self.redis_url = f"redis://127.0.0.1:{self.redis_port}"
         self.server = f"http://127.0.0.1:{self.server_port}"
-        log = open(os.path.join(tmp, "redis.log"), "w")
-        self.redis = subprocess.Popen(
-            ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--dir", tmp,
-             "--save", "", "--appendonly", "yes", *redis_args], stdout=log, stderr=log)
-        self.procs.append(self.redis)
-        wait_port(self.redis_port)
+        where = ["--redis-url", self.redis_url]
+        if redis_cluster:
+            where = ["--redis-cluster", redis_cluster]
+            self.agent_args = where + self.agent_args
+            self.redis = None
+        else:
+            log = open(os.path.join(tmp, "redis.log"), "w")
+            self.redis = subprocess.Popen(
+                ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--dir", tmp,
+                 "--save", "", "--appendonly", "yes", *redis_args], stdout=log, stderr=log)
+            self.procs.append(self.redis)
+            wait_port(self.redis_port)
         env = dict(os.environ, RUST_LOG="warn")
         slog = open(os.path.join(tmp, "server.log"), "w")
         self.server_proc = subprocess.Popen(
             [os.path.join(bindir, "ttg-server"), "--listen", f"127.0.0.1:{self.server_port}",
-             "--redis-url", self.redis_url, "--insecure-no-auth", *server_args],
+             *where, "--insecure-no-auth", *server_args],
             stdout=slog, stderr=slog, env=env)
         self.procs.append(self.server_proc)
         wait_port(self.server_port)
