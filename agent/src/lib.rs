@@ -96,7 +96,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<Exit, Er
             registry,
             config.effective_concurrency(),
         )?
-        .with_wait_replicas(config.redis_wait_replicas, config.redis_wait_timeout),
+        .with_wait_replicas(config.redis_wait_replicas, config.redis_wait_timeout)?,
     );
     tracing::info!(agent = %agent_id, concurrency = worker.concurrency(), kernels = ?worker.kernel_names(),
         redis = %worker.redis(), server = %config.server, "ttg-agent starting");

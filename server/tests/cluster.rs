@@ -336,3 +336,55 @@ async fn a_primary_killed_mid_run_fails_over_and_the_run_stays_exact() {
     let (_, events) = run_end(&mut c, &after.run_id).await;
     assert_exactly_once(&events, 1_000, 10);
 }
+
+#[test]
+fn bad_cluster_settings_are_refused_by_name_without_secrets() {
+    let run = |bin: &str, args: &[&str]| {
+        let out = std::process::Command::new(common::bin(bin))
+            .args(args)
+            .output()
+            .expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, err) = run(
+        "ttg-server",
+        &[
+            "--redis-cluster",
+            "redis://u:secret@127.0.0.1:1,ftp://u:secret@h:1",
+            "--insecure-no-auth",
+        ],
+    );
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains("--redis-cluster: ftp://u:***@h:1 is not a redis:// or rediss:// URL"),
+        "{err}"
+    );
+    assert!(!err.contains("secret"), "{err}");
+    let (code, err) = run("ttg-agent", &["--redis-cluster", ","]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains("--redis-cluster takes 1..=64 comma-separated"),
+        "{err}"
+    );
+    let (code, err) = run("ttg-agent", &["--redis-wait-replicas", "17"]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains("--redis-wait-replicas must be in 0..=16, got 17"),
+        "{err}"
+    );
+    let (code, err) = run(
+        "ttg-server",
+        &[
+            "--redis-cluster",
+            "redis://127.0.0.1:1",
+            "--prefix",
+            "a{b:",
+            "--insecure-no-auth",
+        ],
+    );
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("must hold a whole hash tag"), "{err}");
+}

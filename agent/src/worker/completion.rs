@@ -143,8 +143,9 @@ impl Worker {
                 let chunks: Vec<&ChunkResult> = group.iter().map(|p| &p.chunk).collect();
                 let keys = &self.keys;
                 let reply: Option<(Vec<i64>, String)> = self
-                    .retry_redis("complete", |mut c| {
+                    .retry_redis("complete", |_| {
                         let (run_id, stream, chunks) = (&run_id, &stream, &chunks);
+                        let mut c = self.completions.clone();
                         async move {
                             self.scripts
                                 .complete(&mut c, keys, run_id, stream, &self.agent_id, chunks)
@@ -175,7 +176,7 @@ impl Worker {
         let Some((want, timeout)) = self.wait else {
             return;
         };
-        let mut c = self.conn.clone();
+        let mut c = self.completions.clone();
         let mut cmd = redis::cmd("WAIT");
         cmd.arg(want).arg(timeout.as_millis() as u64);
         let got: RedisResult<u32> = c.query_at(&self.keys.run(run_id), &cmd).await;

@@ -70,6 +70,10 @@ pub struct Worker {
     conn: Conn,
     /// --redis-wait-replicas and its timeout, when set.
     wait: Option<(u32, Duration)>,
+    /// The connection completions go through: `conn`, or with
+    /// --redis-wait-replicas one of their own, so the WAIT after each
+    /// (which covers what its connection wrote) holds no other command.
+    completions: Conn,
     scripts: Scripts,
     registry: Registry,
     concurrency: u32,
@@ -120,6 +124,7 @@ impl Worker {
             instance: format!("{:032x}", rand::random::<u128>()),
             keys: Keys::new(target.prefix(prefix)),
             target,
+            completions: conn.clone(),
             conn,
             wait: None,
             scripts: Scripts::new(),
@@ -161,10 +166,13 @@ impl Worker {
     }
 
     /// Wait for `replicas` replicas (at most `timeout`) after each
-    /// completion; 0 does not wait.
-    pub fn with_wait_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
-        self.wait = (replicas > 0).then_some((replicas, timeout));
-        self
+    /// completion, on a connection of the completions' own; 0 does not wait.
+    pub fn with_wait_replicas(mut self, replicas: u32, timeout: Duration) -> RedisResult<Self> {
+        if replicas > 0 {
+            self.wait = Some((replicas, timeout));
+            self.completions = self.target.shared()?;
+        }
+        Ok(self)
     }
 
     /// Where Redis is (passwords redacted), for logs.
