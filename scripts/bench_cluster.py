@@ -161,5 +161,5 @@ def c3(args, tmp):
     return [("C3", "P2 (1,000,000 params, 10,000 no-work chunks, 3 agents × concurrency 4) on a 3+3 Redis "
              "Cluster, agents with `--redis-wait-replicas 1` vs without, alternating", f"{w:.3f} s",
              f"{w / p:.2f} × without ({p:.3f} s; {10_000 / w:,.0f} vs {10_000 / p:,.0f} chunks/s): one WAIT "
-             "round trip per completion call, which holds the agent's shared connection until the replica "
+             "round trip per completion call, on the completions' own connection, until the replica "
              "acknowledges")]
