@@ -6,7 +6,8 @@
 //! run with agent kills counts every chunk once, and a primary SIGKILLed
 //! mid-run is replaced by its replica while the run finishes exactly.
 //! With `--redis-wait-replicas 1` the agents' completions wait for the
-//! replica; Redis counts those WAITs on the installation's primary.
+//! replica; Redis counts those WAITs on the installation's primary. A cancel
+//! on one server reaches agents of another through the cluster's pub/sub.
 
 mod common;
 
@@ -335,6 +336,76 @@ async fn a_primary_killed_mid_run_fails_over_and_the_run_stays_exact() {
         .into_inner();
     let (_, events) = run_end(&mut c, &after.run_id).await;
     assert_exactly_once(&events, 1_000, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_on_one_server_reaches_agents_of_another_through_cluster_pub_sub() {
+    let inst = Install::start(0);
+    let seeds = inst.cluster.seeds();
+    let flags = [
+        "--redis-cluster",
+        &seeds,
+        "--lease",
+        "1s",
+        "--heartbeat-interval",
+        "250ms",
+    ];
+    let b = ServerProc::start(NO_NODE, &inst.prefix, &flags);
+    // The agent's session is on B; the cancel goes to A.
+    let _agent = Agent::spawn(
+        &b.url,
+        NO_NODE,
+        &inst.prefix,
+        "long",
+        2,
+        &["--redis-cluster", &seeds],
+    );
+    let mut ca = control(&inst.server.url).await;
+    let cb = control(&b.url).await;
+    // Chunks of 10 × 1 s: each would compute for 10 s.
+    let run = ca
+        .submit(submit_req(100, 10, 1_000))
+        .await
+        .expect("submit")
+        .into_inner();
+    let held = |a: &[ttg_proto::v1::AgentInfo]| {
+        a.iter()
+            .find(|x| x.agent_id == "long")
+            .map(|x| x.held.len())
+    };
+    wait_agents(
+        &cb,
+        "the agent holds chunks",
+        Duration::from_secs(15),
+        |a| held(a).filter(|n| *n > 0),
+    )
+    .await;
+    let t = Instant::now();
+    ca.cancel(CancelRequest {
+        run_id: run.run_id.clone(),
+        reason: "stop".into(),
+    })
+    .await
+    .expect("cancel");
+    wait_agents(
+        &cb,
+        "in-flight chunks aborted",
+        Duration::from_secs(5),
+        |a| held(a).filter(|n| *n == 0),
+    )
+    .await;
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "aborted after {:?}, not after the 10 s chunks",
+        t.elapsed()
+    );
+    let st = try_status(&mut ca, &run.run_id).await.expect("status");
+    assert_eq!(st.state, RunState::Cancelled as i32);
+    assert_eq!(
+        st.progress.expect("progress").chunks_done,
+        0,
+        "nothing finished, nothing counted"
+    );
 }
 
 #[test]
