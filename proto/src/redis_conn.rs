@@ -16,23 +16,25 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 pub fn client(url: &str, ca: Option<&std::path::Path>) -> RedisResult<Client> {
     match ca {
         None => Client::open(url),
-        Some(path) => {
-            let pem = std::fs::read(path).map_err(|e| {
-                redis::RedisError::from((
-                    redis::ErrorKind::InvalidClientConfig,
-                    "cannot read the Redis CA",
-                    format!("{}: {e}", path.display()),
-                ))
-            })?;
-            Client::build_with_tls(
-                url,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem),
-                },
-            )
-        }
+        Some(path) => Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(read_ca(path)?),
+            },
+        ),
     }
+}
+
+/// The PEM CA file of `--redis-ca`, or an error naming it.
+pub fn read_ca(path: &std::path::Path) -> RedisResult<Vec<u8>> {
+    std::fs::read(path).map_err(|e| {
+        redis::RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "cannot read the Redis CA",
+            format!("{}: {e}", path.display()),
+        ))
+    })
 }
 
 /// A reconnecting, multiplexed connection for ordinary (non-blocking) commands.
@@ -132,29 +134,20 @@ pub fn is_transient(e: &redis::RedisError) -> bool {
         "ASK",
         "EXECABORT",
     ];
-    // A MULTI refused during a failover aborts with its commands' errors
-    // (MOVED to the new primary, CLUSTERDOWN meanwhile): nothing ran, so it
-    // heals like them.
-    let inside = codes_inside(e);
-    if !inside.is_empty()
-        && inside
-            .iter()
-            .all(|c| HEALS.contains(&c.as_str()) || c == "OOM")
-    {
-        return !inside.iter().any(|c| c == "OOM");
-    }
-    e.is_io_error()
+    // Redis's own refusals that heal: of one command, or of every command
+    // of a refused MULTI (during a failover it aborts with MOVED to the new
+    // primary, or CLUSTERDOWN meanwhile: nothing ran).
+    let codes = codes_inside(e);
+    (!codes.is_empty() && codes.iter().all(|c| HEALS.contains(&c.as_str())))
+        || e.is_io_error()
         || e.is_connection_refusal()
         || e.is_connection_dropped()
         || e.is_timeout()
         || e.is_unrecoverable_error()
+        // An error the client made itself, with a server kind but no reply.
         || matches!(
             e.code(),
-            Some("LOADING")
-                | Some("TRYAGAIN")
-                | Some("MASTERDOWN")
-                | Some("CLUSTERDOWN")
-                | Some("READONLY")
+            Some("LOADING" | "TRYAGAIN" | "MASTERDOWN" | "CLUSTERDOWN" | "READONLY")
         )
 }
 

@@ -76,16 +76,7 @@ impl Target {
                 redis_conn::redact_url(bad)
             )));
         }
-        let ca = match ca {
-            None => None,
-            Some(path) => Some(std::fs::read(path).map_err(|e| {
-                RedisError::from((
-                    redis::ErrorKind::InvalidClientConfig,
-                    "cannot read the Redis CA",
-                    format!("{}: {e}", path.display()),
-                ))
-            })?),
-        };
+        let ca = ca.map(redis_conn::read_ca).transpose()?;
         let client = Box::new(cluster_builder(&seeds, ca.as_deref(), RESPONSE_TIMEOUT).build()?);
         Ok(Self::Cluster { seeds, ca, client })
     }
