@@ -101,6 +101,22 @@ async fn try_status(
         .map(|r| r.into_inner())
 }
 
+/// A no-work sweep of `params` in chunks of `chunk`, to its end: every
+/// chunk counted once, the exact sum.
+async fn sweep_exactly_once(
+    c: &mut ttg_proto::v1::control_plane_client::ControlPlaneClient<tonic::transport::Channel>,
+    params: u64,
+    chunk: u64,
+) {
+    let run = c
+        .submit(submit_req(params, chunk, 0))
+        .await
+        .expect("submit")
+        .into_inner();
+    let (_, events) = run_end(c, &run.run_id).await;
+    assert_exactly_once(&events, params, params.div_ceil(chunk));
+}
+
 /// Submit `req` and wait until `done` of its chunks are done.
 async fn submit_until_done(
     c: &mut ttg_proto::v1::control_plane_client::ControlPlaneClient<tonic::transport::Channel>,
@@ -125,13 +141,7 @@ async fn every_script_runs_in_one_slot_on_a_cluster() {
     let mut c = control(&inst.server.url).await;
 
     // A plain sweep: the exact sum.
-    let run = c
-        .submit(submit_req(10_000, 100, 0))
-        .await
-        .expect("submit")
-        .into_inner();
-    let (_, events) = run_end(&mut c, &run.run_id).await;
-    assert_exactly_once(&events, 10_000, 100);
+    sweep_exactly_once(&mut c, 10_000, 100).await;
 
     // A run whose program is missing: its chunks fail alike, fail-fast
     // ends it after 3 and purges the rest; with the program in place a
@@ -181,8 +191,14 @@ async fn every_script_runs_in_one_slot_on_a_cluster() {
     assert!(!reclaims(&events).is_empty(), "the kill cost reclaims");
 
     // Cancel a long run, then delete it (cancel, purge, the tasks' purge).
-    // Cancelled with chunks in flight, so their task entries are purged.
+    // Cancelled with chunks in flight and the agents frozen, so the run's
+    // task entries are still in the stream when the server, after the
+    // cancel, looks for them to purge (awake, the agents may ack them
+    // first).
     let long = submit_until_done(&mut c, submit_req(100_000, 100, 5), 1).await;
+    for a in &inst.agents {
+        a.signal("STOP");
+    }
     c.cancel(CancelRequest {
         run_id: long.run_id.clone(),
         ..Default::default()
@@ -191,6 +207,29 @@ async fn every_script_runs_in_one_slot_on_a_cluster() {
     .expect("cancel");
     let st = wait_finished(&mut c, &long.run_id, Duration::from_secs(30)).await;
     assert_eq!(st.state, RunState::Cancelled as i32);
+    let purge = ttg_proto::scripts::hashes()
+        .into_iter()
+        .find(|(name, _)| *name == "purge_tasks")
+        .map(|(_, sha)| sha)
+        .expect("purge_tasks");
+    let primary = inst
+        .cluster
+        .primary_of(&inst.tagged_key())
+        .expect("primary");
+    wait_until(
+        "the cancelled run's tasks purged",
+        Duration::from_secs(10),
+        || {
+            let ran = inst.cluster.nodes[primary]
+                .try_query::<Vec<i64>>(&["SCRIPT", "EXISTS", &purge])
+                == Some(vec![1]);
+            async move { ran.then_some(()) }
+        },
+    )
+    .await;
+    for a in &inst.agents {
+        a.signal("CONT");
+    }
     c.delete(DeleteRequest {
         run_id: long.run_id.clone(),
     })
@@ -329,13 +368,7 @@ async fn a_primary_killed_mid_run_fails_over_and_the_run_stays_exact() {
     assert_eq!(rc.state, RunState::Succeeded as i32);
     assert_exactly_once(&events, 20_000, 200);
     // The promoted primary serves the installation: a new run works too.
-    let after = c
-        .submit(submit_req(1_000, 100, 0))
-        .await
-        .expect("submit")
-        .into_inner();
-    let (_, events) = run_end(&mut c, &after.run_id).await;
-    assert_exactly_once(&events, 1_000, 10);
+    sweep_exactly_once(&mut c, 1_000, 100).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
