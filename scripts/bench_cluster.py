@@ -7,6 +7,7 @@ import os
 import statistics
 import subprocess
 import time
+import urllib.request
 
 from benchlib import Cluster, cpu_s, free_port, new_dir
 
@@ -158,8 +159,50 @@ def c3(args, tmp):
     finally:
         rc.stop()
     p, w = statistics.median(plain), statistics.median(waiting)
-    return [("C3", "P2 (1,000,000 params, 10,000 no-work chunks, 3 agents × concurrency 4) on a 3+3 Redis "
-             "Cluster, agents with `--redis-wait-replicas 1` vs without, alternating", f"{w:.3f} s",
-             f"{w / p:.2f} × without ({p:.3f} s; {10_000 / w:,.0f} vs {10_000 / p:,.0f} chunks/s): one WAIT "
-             "round trip per completion call, on the completions' own connection, until the replica "
-             "acknowledges")]
+    return [c3_row(p, w), c3s(args, tmp)]
+
+
+def submit_seconds(metrics):
+    """Mean of the server's ttg_submit_seconds histogram (Submit inside the
+    server: validation, the MULTI and, with --redis-wait-replicas, the WAIT)."""
+    text = urllib.request.urlopen(f"http://{metrics}/metrics", timeout=5).read().decode()
+    v = {}
+    for line in text.splitlines():
+        for k in ("ttg_submit_seconds_sum", "ttg_submit_seconds_count"):
+            if line.startswith(k + " "):
+                v[k] = float(line.split()[1])
+    return v["ttg_submit_seconds_sum"] / v["ttg_submit_seconds_count"]
+
+
+def c3s(args, tmp, submits=200):
+    """C3s: Submit inside the server on a 3+3 cluster, with and without
+    the server's --redis-wait-replicas 1 (no agents: runs stay queued)."""
+    rc = RedisCluster(tmp)
+    plain, waiting = [], []
+    try:
+        for _ in range(max(2, args.reps // 2)):
+            for flags, out in (([], plain), (["--redis-wait-replicas", "1"], waiting)):
+                metrics = f"127.0.0.1:{free_port()}"
+                c = Cluster(args.bin, agents=0, concurrency=1, tmp=new_dir(tmp), redis_cluster=rc.seeds,
+                            server_args=["--metrics-addr", metrics, "--submit-rate", "100000", *flags])
+                try:
+                    for _ in range(submits):
+                        c.submit(1_000, 10, 0)
+                    out.append(submit_seconds(metrics))
+                finally:
+                    c.stop()
+    finally:
+        rc.stop()
+    p, w = statistics.median(plain) * 1e3, statistics.median(waiting) * 1e3
+    return ("C3s", f"Submit on a 3+3 Redis Cluster, the server with `--redis-wait-replicas 1` vs without "
+            f"({submits} Submits each, mean of the server's `ttg_submit_seconds`), alternating", f"{w:.2f} ms",
+            f"{w / p:.2f} × without ({p:.2f} ms): one WAIT round trip per Submit, Cancel, Retry and Delete, "
+            "on the writes' own connection")
+
+
+def c3_row(p, w):
+    return ("C3", "P2 (1,000,000 params, 10,000 no-work chunks, 3 agents × concurrency 4) on a 3+3 Redis "
+            "Cluster, agents with `--redis-wait-replicas 1` vs without, alternating", f"{w:.3f} s",
+            f"{w / p:.2f} × without ({p:.3f} s; {10_000 / w:,.0f} vs {10_000 / p:,.0f} chunks/s): one WAIT "
+            "round trip per completion call, on the completions' own connection, until the replica "
+            "acknowledges")

@@ -111,18 +111,7 @@ impl Config {
 
     /// Check what clap's types cannot; the message names the flag.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.redis_wait_replicas > 16 {
-            return Err(ConfigError::Invalid(format!(
-                "--redis-wait-replicas must be in 0..=16, got {}",
-                self.redis_wait_replicas
-            )));
-        }
-        if !(Duration::from_millis(1)..=Duration::from_secs(60)).contains(&self.redis_wait_timeout)
-        {
-            return Err(ConfigError::Invalid(
-                "--redis-wait-timeout must be within 1ms..=60s".into(),
-            ));
-        }
+        ttg_proto::runtime::check_wait_flags(self.redis_wait_replicas, self.redis_wait_timeout)?;
         if let Some(c) = self.concurrency {
             if !(1..=1024).contains(&c) {
                 return Err(ConfigError::Invalid(format!(

@@ -66,6 +66,24 @@ pub fn check_redis_flags(
     Ok(())
 }
 
+/// `--redis-wait-replicas` (0..=16) and `--redis-wait-timeout` (1ms..=60s),
+/// as the server and the agent take them.
+pub fn check_wait_flags(replicas: u32, timeout: std::time::Duration) -> Result<(), ConfigError> {
+    if replicas > 16 {
+        return Err(ConfigError::Invalid(format!(
+            "--redis-wait-replicas must be in 0..=16, got {replicas}"
+        )));
+    }
+    if !(std::time::Duration::from_millis(1)..=std::time::Duration::from_secs(60))
+        .contains(&timeout)
+    {
+        return Err(ConfigError::Invalid(
+            "--redis-wait-timeout must be within 1ms..=60s".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Exponential back-off: `min`, doubling on every failure up to `max`,
 /// back to `min` on success.
 #[derive(Debug, Clone, Copy)]

@@ -46,6 +46,14 @@ pub struct Config {
     #[arg(long, env = "TTG_REDIS_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub redis_timeout: Duration,
 
+    /// After each Submit, Cancel, Retry and Delete, wait until this many replicas hold what it wrote before answering (Redis WAIT, 0..=16; default 0: do not wait). See docs/operations.md.
+    #[arg(long, env = "TTG_REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
+
+    /// With --redis-wait-replicas: the longest wait for the replicas (default 1s); a request past it still succeeds and is counted in ttg_server_writes_unreplicated_total.
+    #[arg(long, env = "TTG_REDIS_WAIT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub redis_wait_timeout: Duration,
+
     /// Log format: auto (text on a terminal, JSON otherwise), text or json (default auto).
     #[arg(long, env = "TTG_LOG_FORMAT", default_value = "auto")]
     pub log_format: LogFormat,
@@ -180,6 +188,13 @@ impl Config {
             self.redis_cluster.as_deref(),
             self.redis_ca.as_deref(),
         )?;
+        ttg_proto::runtime::check_wait_flags(self.redis_wait_replicas, self.redis_wait_timeout)?;
+        if self.redis_wait_replicas > 0 && self.redis_wait_timeout >= self.redis_timeout {
+            return Err(ConfigError::Invalid(format!(
+                "--redis-wait-timeout ({:?}) must be shorter than --redis-timeout ({:?}), the deadline of the request it is part of",
+                self.redis_wait_timeout, self.redis_timeout
+            )));
+        }
         if let Some(t) = &self.trace_url_template {
             if !(t.starts_with("http://") || t.starts_with("https://"))
                 || !t.contains("{trace_id}")

@@ -261,6 +261,7 @@ pub async fn run(
             config.redis_timeout,
             config.limits.clone(),
         )
+        .and_then(|s| s.with_wait_replicas(config.redis_wait_replicas, config.redis_wait_timeout))
         .map_err(|e| Error::Startup(format!("redis: {e}")))?,
     );
     let server_id = format!("srv-{:08x}", rand::random::<u32>());

@@ -26,6 +26,10 @@ pub fn describe() {
         "Chunks that used all their attempts and went to the dead-letter stream"
     );
     describe_counter!(
+        "ttg_server_writes_unreplicated_total",
+        "With --redis-wait-replicas: Submits, Cancels, Retries and Deletes that fewer replicas than asked acknowledged within --redis-wait-timeout (or whose WAIT failed); the request still succeeded"
+    );
+    describe_counter!(
         "ttg_chunks_requeued_by_audit_total",
         "Chunks the audit found neither done, dead nor queued and re-queued (should stay 0)"
     );

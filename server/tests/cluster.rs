@@ -6,7 +6,9 @@
 //! run with agent kills counts every chunk once, and a primary SIGKILLed
 //! mid-run is replaced by its replica while the run finishes exactly.
 //! With `--redis-wait-replicas 1` the agents' completions wait for the
-//! replica; Redis counts those WAITs on the installation's primary. A cancel
+//! replica, and the server's Submit, Cancel, Retry and Delete too; Redis
+//! counts those WAITs on the installation's primary, and a Submit whose
+//! replica is stopped still succeeds after the wait's timeout. A cancel
 //! on one server reaches agents of another through the cluster's pub/sub.
 
 mod common;
@@ -21,6 +23,19 @@ use ttg_proto::v1::{
 
 /// Unused: with --redis-cluster the processes never read --redis-url.
 const NO_NODE: &str = "redis://127.0.0.1:1";
+
+/// A server's flags on the cluster at `seeds`: short leases, so a lost
+/// agent is noticed within a test's patience.
+fn server_flags(seeds: &str) -> [&str; 6] {
+    [
+        "--redis-cluster",
+        seeds,
+        "--lease",
+        "1s",
+        "--heartbeat-interval",
+        "250ms",
+    ]
+}
 
 /// Fields drop in order: the agents and the server go before the cluster.
 struct Install {
@@ -39,21 +54,17 @@ impl Install {
 
     /// With extra flags for every agent.
     fn start_with(agents: usize, agent_flags: &[&str]) -> Install {
+        Self::start_full(agents, agent_flags, &[])
+    }
+
+    /// With extra flags for every agent and for the server.
+    fn start_full(agents: usize, agent_flags: &[&str], server_flags_extra: &[&str]) -> Install {
         let cluster = RedisCluster::start(3, 1);
         let prefix = prefix();
         let seeds = cluster.seeds();
-        let server = ServerProc::start(
-            NO_NODE,
-            &prefix,
-            &[
-                "--redis-cluster",
-                &seeds,
-                "--lease",
-                "1s",
-                "--heartbeat-interval",
-                "250ms",
-            ],
-        );
+        let mut flags = server_flags(&seeds).to_vec();
+        flags.extend_from_slice(server_flags_extra);
+        let server = ServerProc::start(NO_NODE, &prefix, &flags);
         let mut i = Install {
             cluster,
             prefix,
@@ -135,9 +146,11 @@ async fn submit_until_done(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_script_runs_in_one_slot_on_a_cluster() {
-    // The agents also wait for a replica after each completion (WAIT, at
-    // the node holding the installation).
-    let mut inst = Install::start_with(3, &["--redis-wait-replicas", "1"]);
+    // The agents also wait for a replica after each completion, and the
+    // server after each Submit, Cancel, Retry and Delete (WAIT, at the node
+    // holding the installation).
+    let wait = ["--redis-wait-replicas", "1"];
+    let mut inst = Install::start_full(3, &wait, &wait);
     let mut c = control(&inst.server.url).await;
 
     // A plain sweep: the exact sum.
@@ -375,15 +388,7 @@ async fn a_primary_killed_mid_run_fails_over_and_the_run_stays_exact() {
 async fn a_cancel_on_one_server_reaches_agents_of_another_through_cluster_pub_sub() {
     let inst = Install::start(0);
     let seeds = inst.cluster.seeds();
-    let flags = [
-        "--redis-cluster",
-        &seeds,
-        "--lease",
-        "1s",
-        "--heartbeat-interval",
-        "250ms",
-    ];
-    let b = ServerProc::start(NO_NODE, &inst.prefix, &flags);
+    let b = ServerProc::start(NO_NODE, &inst.prefix, &server_flags(&seeds));
     // The agent's session is on B; the cancel goes to A.
     let _agent = Agent::spawn(
         &b.url,
@@ -441,45 +446,133 @@ async fn a_cancel_on_one_server_reaches_agents_of_another_through_cluster_pub_su
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_writes_wait_for_a_replica_and_a_short_wait_still_succeeds() {
+    let metrics: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let m = metrics.to_string();
+    let inst = Install::start_full(
+        0,
+        &[],
+        &[
+            "--redis-wait-replicas",
+            "1",
+            "--redis-wait-timeout",
+            "300ms",
+            "--metrics-addr",
+            &m,
+        ],
+    );
+    let mut c = control(&inst.server.url).await;
+    let primary = inst
+        .cluster
+        .primary_of(&inst.tagged_key())
+        .expect("primary");
+    let waits = || -> u64 {
+        let stats: String = inst.cluster.nodes[primary]
+            .try_query(&["INFO", "commandstats"])
+            .expect("INFO");
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_wait:calls="))
+            .and_then(|v| v.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    // No agents: a run stays queued. Submit, Cancel and Delete each wait
+    // once, at the installation's primary.
+    let before = waits();
+    let run = c
+        .submit(submit_req(1_000, 10, 0))
+        .await
+        .expect("submit")
+        .into_inner();
+    c.cancel(CancelRequest {
+        run_id: run.run_id.clone(),
+        reason: String::new(),
+    })
+    .await
+    .expect("cancel");
+    c.delete(DeleteRequest {
+        run_id: run.run_id.clone(),
+    })
+    .await
+    .expect("delete");
+    assert_eq!(waits() - before, 3, "one WAIT per write request");
+    let text = common::scrape::scrape(metrics).await;
+    assert_eq!(
+        common::scrape::sample(&text, "ttg_server_writes_unreplicated_total"),
+        None,
+        "every write reached the replica"
+    );
+
+    // The replica stops acknowledging: a Submit waits --redis-wait-timeout,
+    // then succeeds (its write stands on the primary) and is counted.
+    let replica = inst.cluster.replica_of(primary).expect("replica");
+    inst.cluster.pause(replica);
+    let t = Instant::now();
+    let r = c.submit(submit_req(1_000, 10, 0)).await;
+    let took = t.elapsed();
+    inst.cluster.resume(replica);
+    let run = r
+        .expect("a submit whose replica is stopped still succeeds")
+        .into_inner();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+        "waited {took:?}"
+    );
+    assert_eq!(status(&mut c, &run.run_id).await.state(), RunState::Queued);
+    let text = common::scrape::scrape(metrics).await;
+    assert_eq!(
+        common::scrape::sample(&text, "ttg_server_writes_unreplicated_total"),
+        Some(1.0),
+        "{text}"
+    );
+}
+
 #[test]
 fn bad_cluster_settings_are_refused_by_name_without_secrets() {
-    let run = |bin: &str, args: &[&str]| {
+    // Exit 64 with `says` on stderr; returns stderr.
+    let refused = |bin: &str, args: &[&str], says: &str| {
         let out = std::process::Command::new(common::bin(bin))
             .args(args)
             .output()
             .expect("run");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(64), "{err}");
+        assert!(err.contains(says), "{bin} {args:?}: {err}");
+        err
     };
-    let (code, err) = run(
+    let err = refused(
         "ttg-server",
         &[
             "--redis-cluster",
             "redis://u:secret@127.0.0.1:1,ftp://u:secret@h:1",
             "--insecure-no-auth",
         ],
-    );
-    assert_eq!(code, Some(64), "{err}");
-    assert!(
-        err.contains("--redis-cluster: ftp://u:***@h:1 is not a redis:// or rediss:// URL"),
-        "{err}"
+        "--redis-cluster: ftp://u:***@h:1 is not a redis:// or rediss:// URL",
     );
     assert!(!err.contains("secret"), "{err}");
-    let (code, err) = run("ttg-agent", &["--redis-cluster", ","]);
-    assert_eq!(code, Some(64), "{err}");
-    assert!(
-        err.contains("--redis-cluster takes 1..=64 comma-separated"),
-        "{err}"
+    refused(
+        "ttg-agent",
+        &["--redis-cluster", ","],
+        "--redis-cluster takes 1..=64 comma-separated",
     );
-    let (code, err) = run("ttg-agent", &["--redis-wait-replicas", "17"]);
-    assert_eq!(code, Some(64), "{err}");
-    assert!(
-        err.contains("--redis-wait-replicas must be in 0..=16, got 17"),
-        "{err}"
+    refused(
+        "ttg-agent",
+        &["--redis-wait-replicas", "17"],
+        "--redis-wait-replicas must be in 0..=16, got 17",
     );
-    let (code, err) = run(
+    refused(
+        "ttg-server",
+        &[
+            "--insecure-no-auth",
+            "--redis-wait-replicas",
+            "1",
+            "--redis-wait-timeout",
+            "5s",
+        ],
+        "--redis-wait-timeout (5s) must be shorter than --redis-timeout (5s)",
+    );
+    refused(
         "ttg-server",
         &[
             "--redis-cluster",
@@ -488,7 +581,6 @@ fn bad_cluster_settings_are_refused_by_name_without_secrets() {
             "a{b:",
             "--insecure-no-auth",
         ],
+        "must hold a whole hash tag",
     );
-    assert_eq!(code, Some(64), "{err}");
-    assert!(err.contains("must hold a whole hash tag"), "{err}");
 }

@@ -108,7 +108,7 @@ impl Store {
         missing: &[u64],
     ) -> Result<(u64, Option<RunState>)> {
         let run_id = &spec.run_id;
-        let mut c = self.conn();
+        let mut c = self.writer();
         let tasks = self.keys.tasks(&spec.kernel);
         self.ensure_group(&tasks).await?;
         let mut queued = 0u64;

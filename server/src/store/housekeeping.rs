@@ -22,7 +22,7 @@ impl Store {
             GONE_KEEP.as_millis() as u64,
             GONE_MAX,
         );
-        let mut c = self.conn();
+        let mut c = self.writer();
         self.timed(inv.invoke_async(&mut c)).await
     }
 
@@ -34,6 +34,7 @@ impl Store {
         match code {
             1 => {
                 tracing::info!(run = %run_id, "run deleted");
+                self.replicated(&self.keys.run(run_id)).await;
                 Ok(parse_state(&state))
             }
             -2 => Err(Error::FailedPrecondition(format!(

@@ -70,6 +70,13 @@ pub struct Store {
     keys: Keys,
     target: Target,
     conn: Conn,
+    /// The connection Submit, Cancel, Retry and Delete write through:
+    /// `conn`, or with --redis-wait-replicas one of their own, so the WAIT
+    /// after each (which covers what its connection wrote, and blocks it
+    /// meanwhile) holds up no read.
+    writes: Conn,
+    /// --redis-wait-replicas and its timeout, when set.
+    wait: Option<(u32, Duration)>,
     scripts: Arc<Scripts>,
     deadline: Duration,
 }
@@ -83,10 +90,58 @@ impl Store {
             limits,
             keys: Keys::new(target.prefix(prefix)),
             target,
+            writes: conn.clone(),
             conn,
+            wait: None,
             scripts: Arc::new(Scripts::new()),
             deadline,
         })
+    }
+
+    /// Wait for `replicas` replicas (at most `timeout`) after each Submit,
+    /// Cancel, Retry and Delete, on a connection of their own; 0 does not
+    /// wait.
+    pub fn with_wait_replicas(mut self, replicas: u32, timeout: Duration) -> Result<Self> {
+        if replicas > 0 {
+            self.wait = Some((replicas, timeout));
+            self.writes = self.target.shared()?;
+        }
+        Ok(self)
+    }
+
+    /// The connection of the writes a client's request makes (see `writes`).
+    fn writer(&self) -> Conn {
+        self.writes.clone()
+    }
+
+    /// With --redis-wait-replicas: wait (Redis WAIT, on the writes'
+    /// connection, at the node holding `key`) until that many replicas hold
+    /// what was written. Short or failed waits are counted and logged; the
+    /// request still succeeds, because its write stands on the primary
+    /// (retrying a Submit would make a second run). What a failover can
+    /// still lose is said in docs/architecture.md, "Redis Cluster".
+    async fn replicated(&self, key: &str) {
+        let Some((want, timeout)) = self.wait else {
+            return;
+        };
+        let mut c = self.writer();
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(want).arg(timeout.as_millis() as u64);
+        match self.timed(c.query_at::<u32>(key, &cmd)).await {
+            Ok(n) if n >= want => {}
+            Ok(n) => {
+                ::metrics::counter!("ttg_server_writes_unreplicated_total").increment(1);
+                tracing::warn!(
+                    replicas = n,
+                    want,
+                    "write not on enough replicas within --redis-wait-timeout"
+                );
+            }
+            Err(e) => {
+                ::metrics::counter!("ttg_server_writes_unreplicated_total").increment(1);
+                tracing::warn!(error = %e, "WAIT after a write failed");
+            }
+        }
     }
 
     /// Key names.

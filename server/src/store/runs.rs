@@ -254,7 +254,7 @@ impl Store {
         let tasks = self.keys.tasks(&spec.kernel);
         self.ensure_group(&tasks).await?;
         const BATCH: usize = 1_000;
-        let mut c = self.conn();
+        let mut c = self.writer();
         // A run stopped by fail-fast has purged chunks (neither done nor
         // dead): queue them first, while the dead bits still tell them apart
         // from the dead-lettered ones re-queued below.
@@ -285,6 +285,7 @@ impl Store {
             }
             if read < BATCH {
                 tracing::info!(run = %run_id, chunks = total, "dead chunks re-queued");
+                self.replicated(&self.keys.run(run_id)).await;
                 return Ok((total, parse_state(&state)));
             }
         }
@@ -300,7 +301,7 @@ impl Store {
             r => format!("cancelled: {r}"),
         };
         let body = event_body(run_id, event::Kind::RunCancelled(RunCancelled { reason }));
-        let mut c = self.conn();
+        let mut c = self.writer();
         let inv = self.scripts.cancel(&self.keys, run_id, &body, &message);
         let (changed, state): (i64, String) = self.timed(inv.invoke_async(&mut c)).await?;
         if state.is_empty() {
@@ -314,6 +315,7 @@ impl Store {
             )));
         }
         tracing::info!(run = %run_id, "run cancelled");
+        self.replicated(&self.keys.run(run_id)).await;
         Ok(s)
     }
 

@@ -167,8 +167,10 @@ impl Store {
                 &[(EVENT_FIELD, encode(&submitted))],
             )
             .ignore();
-        let mut c = self.conn();
-        self.timed(p.query_async::<()>(&mut c)).await
+        let mut c = self.writer();
+        self.timed(p.query_async::<()>(&mut c)).await?;
+        self.replicated(&self.keys.run(run_id)).await;
+        Ok(())
     }
 }
 

@@ -80,6 +80,14 @@ impl ClusterNode {
         cmd.query(&mut c).ok()
     }
 
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status();
+        }
+    }
+
     fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -204,6 +212,31 @@ impl RedisCluster {
             }
         }
         None
+    }
+
+    /// The live replica of node `primary`, if it has one.
+    pub fn replica_of(&self, primary: usize) -> Option<usize> {
+        let me: String = self.nodes[primary].try_query(&["CLUSTER", "MYID"])?;
+        let nodes: String = self.nodes[primary].try_query(&["CLUSTER", "NODES"])?;
+        nodes.lines().find_map(|line| {
+            let f: Vec<&str> = line.split(' ').collect();
+            if f.len() < 4 || !f[2].contains("slave") || f[3] != me {
+                return None;
+            }
+            let port: u16 = f[1].split(['@', ':']).nth(1)?.parse().ok()?;
+            self.nodes.iter().position(|n| n.port == port && n.alive())
+        })
+    }
+
+    /// SIGSTOP node `i` (it stops answering, and acknowledging
+    /// replication, until [`RedisCluster::resume`]).
+    pub fn pause(&self, i: usize) {
+        self.nodes[i].signal("-STOP");
+    }
+
+    /// SIGCONT node `i`.
+    pub fn resume(&self, i: usize) {
+        self.nodes[i].signal("-CONT");
     }
 
     /// SIGKILL node `i`.
