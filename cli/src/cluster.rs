@@ -1,5 +1,6 @@
 //! A local cluster on one machine: a private `redis-server` (unless a URL is
-//! given), `ttg-server` and N `ttg-agent`s as child processes, logs in one
+//! given; a private Redis Cluster with `--redis-cluster`, see
+//! `redis_cluster.rs`), `ttg-server` and N `ttg-agent`s as child processes, logs in one
 //! folder. Used by `ttgctl up` and `ttgctl demo`. Children die with us (even
 //! if we are SIGKILLed), and [`Cluster::stop`] drains agents before the rest.
 //!
@@ -36,6 +37,9 @@ pub struct ClusterOpts {
     /// Use this Redis instead of starting a private redis-server.
     #[arg(long, conflicts_with = "data_dir")]
     pub redis_url: Option<String>,
+    /// Start a private Redis Cluster of this many primaries (3..=16), each with a replica, instead of one redis-server: to try TTG on a cluster and its failover (kill a primary: its replica takes over within seconds). Its data lives in the cluster's temporary folder.
+    #[arg(long, value_name = "PRIMARIES", conflicts_with_all = ["redis_url", "data_dir"])]
+    pub redis_cluster: Option<u32>,
     /// Keep the private Redis's data (its AOF) in this folder: runs survive Ctrl-C, and a later `up --data-dir DIR` finds them again [default: a temporary folder, removed on exit].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -62,8 +66,14 @@ pub struct Cluster {
     pub server_url: String,
     /// The web dashboard's URL (a free loopback port).
     pub dashboard_url: String,
-    /// Redis URL.
+    /// Redis URL (with a private Redis Cluster: its description, no
+    /// password).
     pub redis_url: String,
+    /// The variable that tells the server and agents where Redis is, and
+    /// its value (it may hold a password: never on a command line).
+    redis_env: (&'static str, String),
+    /// The private Redis Cluster's nodes, with `--redis-cluster`.
+    redis_nodes: Vec<(u16, Child)>,
     /// Folder with logs (and the private Redis's data).
     pub dir: PathBuf,
     redis: Option<Child>,
@@ -91,6 +101,14 @@ impl ClusterOpts {
             return Err(CliError::usage(format!(
                 "--agents must be in 1..=256, got {}",
                 self.agents
+            )));
+        }
+        if let Some(n) = self
+            .redis_cluster
+            .filter(|n| !crate::redis_cluster::PRIMARIES.contains(n))
+        {
+            return Err(CliError::usage(format!(
+                "--redis-cluster must be in 3..=16 primaries (Redis Cluster needs 3), got {n}"
             )));
         }
         if let Some(c) = self.concurrency.filter(|c| !(1..=1024).contains(c)) {
@@ -193,7 +211,7 @@ pub fn free_port() -> CliResult<u16> {
     Ok(l.local_addr()?.port())
 }
 
-async fn redis_ping(port: u16, password: &str) -> bool {
+pub(crate) async fn redis_ping(port: u16, password: &str) -> bool {
     let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
         return false;
     };
@@ -295,6 +313,8 @@ impl Cluster {
             server_url: format!("http://{}", opts.listen),
             dashboard_url: String::new(),
             redis_url: String::new(),
+            redis_env: ("TTG_REDIS_URL", String::new()),
+            redis_nodes: Vec::new(),
             dir,
             redis: None,
             server: None,
@@ -304,10 +324,25 @@ impl Cluster {
             metrics: Vec::new(),
             _data_lock: data_lock,
         };
-        cluster.redis_url = match &opts.redis_url {
-            Some(u) => u.clone(),
-            None => cluster.start_redis().await?,
-        };
+        match (&opts.redis_url, opts.redis_cluster) {
+            (Some(u), _) => cluster.redis_url = u.clone(),
+            (None, Some(n)) => match crate::redis_cluster::start(&cluster.dir, n).await {
+                Ok(rc) => {
+                    cluster.redis_url = rc.describe();
+                    cluster.redis_env = ("TTG_REDIS_CLUSTER", rc.seeds);
+                    cluster.redis_nodes = rc.nodes;
+                }
+                Err((e, nodes)) => {
+                    cluster.redis_nodes = nodes;
+                    cluster.stop_keeping_logs().await;
+                    return Err(e);
+                }
+            },
+            (None, None) => cluster.redis_url = cluster.start_redis().await?,
+        }
+        if cluster.redis_env.1.is_empty() {
+            cluster.redis_env.1 = cluster.redis_url.clone();
+        }
         let log = cluster.log("server")?;
         let http = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         cluster.dashboard_url = format!("http://{http}/");
@@ -316,7 +351,7 @@ impl Cluster {
             .arg(opts.listen.to_string())
             .arg("--http-addr")
             .arg(http.to_string())
-            .env("TTG_REDIS_URL", &cluster.redis_url)
+            .env(cluster.redis_env.0, &cluster.redis_env.1)
             .arg("--prefix")
             .arg(&opts.prefix)
             .arg("--tokens-file")
@@ -425,7 +460,7 @@ impl Cluster {
         let mut cmd = Command::new(find_binary("ttg-agent")?);
         cmd.arg("--server")
             .arg(&self.server_url)
-            .env("TTG_REDIS_URL", &self.redis_url)
+            .env(self.redis_env.0, &self.redis_env.1)
             .arg("--prefix")
             .arg(&self.opts.prefix)
             .arg("--agent-id")
@@ -464,6 +499,16 @@ impl Cluster {
                 return Some(format!("redis-server exited ({s})"));
             }
         }
+        // A cluster node may go (a primary killed to try a failover); all
+        // of them gone is the end.
+        if !self.redis_nodes.is_empty()
+            && self
+                .redis_nodes
+                .iter_mut()
+                .all(|(_, c)| matches!(c.try_wait(), Ok(Some(_))))
+        {
+            return Some("every node of the Redis Cluster exited".into());
+        }
         if let Some(c) = self.server.as_mut() {
             if let Ok(Some(s)) = c.try_wait() {
                 return Some(format!("ttg-server exited ({s})"));
@@ -489,6 +534,9 @@ impl Cluster {
         for secret in ["tokens", "redis.conf", "client.token"] {
             let _ = std::fs::remove_file(self.dir.join(secret));
         }
+        for (port, _) in &self.redis_nodes {
+            let _ = std::fs::remove_file(self.dir.join(format!("redis-{port}/redis.conf")));
+        }
     }
 
     async fn stop_children(&mut self) {
@@ -510,6 +558,14 @@ impl Cluster {
             if let Some(pid) = r.id() {
                 sys::signal(pid, libc::SIGTERM);
             }
+            stop_child(r, Duration::from_secs(5)).await;
+        }
+        for (_, r) in &self.redis_nodes {
+            if let Some(pid) = r.id() {
+                sys::signal(pid, libc::SIGTERM);
+            }
+        }
+        for (_, r) in self.redis_nodes.iter_mut() {
             stop_child(r, Duration::from_secs(5)).await;
         }
     }

@@ -105,6 +105,7 @@ pub async fn demo(o: DemoOpts) -> CliResult<i32> {
         agents: o.agents,
         concurrency: Some(o.concurrency),
         redis_url: o.redis_url.clone(),
+        redis_cluster: None,
         data_dir: None,
         listen,
         prefix: format!("ttg-demo-{}:", std::process::id()),

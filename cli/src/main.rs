@@ -19,6 +19,7 @@ mod demo;
 mod fleet;
 mod output;
 mod ports;
+mod redis_cluster;
 mod results;
 mod run;
 mod runs;

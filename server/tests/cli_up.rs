@@ -26,8 +26,10 @@ fn wait_closed(port: u16, within: Duration) -> bool {
 
 /// What `ttgctl up`'s banner says.
 struct Banner {
-    /// The private Redis's port.
+    /// The private Redis's port (with --redis-cluster: its first node's).
     redis_port: u16,
+    /// With --redis-cluster: every node's port.
+    cluster_ports: Vec<u16>,
     /// The cluster's folder (from the logs line).
     dir: std::path::PathBuf,
     /// Every line of the banner.
@@ -40,6 +42,7 @@ fn banner(out: impl std::io::Read + Send + 'static) -> Banner {
     let mut lines = BufReader::new(out).lines();
     let deadline = Instant::now() + Duration::from_secs(30);
     let (mut port, mut dir, mut text) = (None, None, String::new());
+    let mut cluster_ports = Vec::new();
     while Instant::now() < deadline {
         let Some(Ok(line)) = lines.next() else { break };
         text.push_str(&line);
@@ -50,6 +53,13 @@ fn banner(out: impl std::io::Read + Send + 'static) -> Banner {
             let p: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
             port = p.parse().ok();
         }
+        if let Some((_, list)) = l
+            .strip_prefix("redis   cluster of ")
+            .and_then(|r| r.split_once(" on 127.0.0.1:"))
+        {
+            cluster_ports = list.split(',').filter_map(|p| p.parse().ok()).collect();
+            port = cluster_ports.first().copied();
+        }
         if let Some(rest) = l.strip_prefix("logs    ") {
             dir = rest.strip_suffix("/*.log").map(std::path::PathBuf::from);
         }
@@ -57,6 +67,7 @@ fn banner(out: impl std::io::Read + Send + 'static) -> Banner {
             std::thread::spawn(move || for _ in lines.by_ref() {});
             return Banner {
                 redis_port: port.unwrap_or_else(|| panic!("no redis line in:\n{text}")),
+                cluster_ports,
                 dir: dir.unwrap_or_else(|| panic!("no logs line in:\n{text}")),
                 text,
             };
@@ -349,6 +360,134 @@ fn ctl(home: &std::path::Path, args: &[&str]) -> (i32, String, String) {
 
 fn config(home: &std::path::Path) -> String {
     std::fs::read_to_string(home.join(".ttg").join("config")).unwrap_or_default()
+}
+
+/// `up --redis-cluster 3`: a private 3+3 Redis Cluster of password-guarded
+/// nodes serves a sweep; a primary SIGKILLed is replaced by its replica and
+/// the next sweep is exact too; Ctrl-C stops every node.
+#[test]
+fn up_with_a_redis_cluster_serves_sweeps_across_a_failover() {
+    let home = tempfile::tempdir().expect("home");
+    let h = home.path();
+    let port = free_port();
+    let server = format!("http://127.0.0.1:{port}");
+    let (code, _, err) = ctl(h, &["up", "--redis-cluster", "2"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--redis-cluster must be in 3..=16 primaries (Redis Cluster needs 3), got 2"),
+        "{err}"
+    );
+    let (code, _, err) = ctl(h, &["up", "--redis-cluster", "3", "--data-dir", "/tmp/x"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cannot be used with"), "{err}");
+    let (up, b) = spawn_up(h, port, &["--redis-cluster", "3"]);
+    assert_eq!(b.cluster_ports.len(), 6, "{}", b.text);
+    // Every node wants the password; it is in config files only we can
+    // read, and on no command line.
+    let conf_of = |p: u16| b.dir.join(format!("redis-{p}")).join("redis.conf");
+    let conf = std::fs::read_to_string(conf_of(b.redis_port)).expect("node config");
+    let password = conf
+        .lines()
+        .find_map(|l| l.strip_prefix("requirepass "))
+        .expect("requirepass")
+        .to_string();
+    for &p in &b.cluster_ports {
+        assert!(ping_without_auth(p).starts_with("-NOAUTH"), "node {p}");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(conf_of(p))
+            .expect("conf")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    assert!(
+        cmdlines_with(&password).is_empty(),
+        "the password on a command line"
+    );
+    assert!(!b.text.contains(&password), "the password in the banner");
+
+    let sweep = || {
+        let (code, out, err) = ctl(
+            h,
+            &[
+                "--server", &server, "submit", "--params", "10000", "--watch",
+            ],
+        );
+        (code == 0 && out.contains("sum 5,000,355.00"))
+            .then_some(())
+            .ok_or(format!("{code}: {out}{err}"))
+    };
+    sweep().expect("a sweep on the cluster");
+
+    // SIGKILL the primary of the installation's slot.
+    let node = |p: u16| {
+        redis::Client::open(format!("redis://:{password}@127.0.0.1:{p}"))
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+    };
+    let mut c = node(b.redis_port).expect("connect");
+    let slot: u16 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg("{ttg}:runs")
+        .query(&mut c)
+        .expect("keyslot");
+    let shards: redis::Value = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query(&mut c)
+        .expect("slots");
+    let primary = match shards {
+        redis::Value::Array(ranges) => ranges.into_iter().find_map(|r| match r {
+            redis::Value::Array(f) => {
+                let n = |v: &redis::Value| match v {
+                    redis::Value::Int(i) => Some(*i),
+                    _ => None,
+                };
+                let (lo, hi) = (n(&f[0])?, n(&f[1])?);
+                let owner = match &f[2] {
+                    redis::Value::Array(a) => n(&a[1])?,
+                    _ => return None,
+                };
+                (lo <= slot as i64 && slot as i64 <= hi).then_some(owner as u16)
+            }
+            _ => None,
+        }),
+        _ => None,
+    }
+    .expect("the slot's primary");
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query(&mut node(primary).expect("primary"))
+        .expect("INFO");
+    let pid = info
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .expect("process_id")
+        .trim()
+        .to_string();
+    Command::new("kill")
+        .args(["-KILL", &pid])
+        .status()
+        .expect("kill");
+    // The replica takes over (node timeout 1 s); the next sweep is exact,
+    // once the server answers again.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match sweep() {
+            Ok(()) => break,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "no sweep after the failover: {e}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    interrupt(up);
+    for &p in &b.cluster_ports {
+        assert!(
+            wait_closed(p, Duration::from_secs(5)),
+            "node {p} still listening"
+        );
+    }
+    assert!(!b.dir.exists(), "the cluster's folder is removed");
 }
 
 /// Two `up`s side by side each add their own context and keep working; a
