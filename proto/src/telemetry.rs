@@ -109,11 +109,61 @@ pub fn init(service: &str, format: LogFormat, default_filter: &str) -> Telemetry
             .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
     });
     let _ = tracing_subscriber::registry()
-        .with(fmt_layer.with_filter(filter))
+        .with(
+            fmt_layer
+                .with_filter(library_throttle())
+                .with_filter(filter),
+        )
         .with(otel_layer)
         .try_init();
     Telemetry { provider }
 }
+
+/// The redis crate logs every reconnect attempt of its cluster client: with
+/// a Redis Cluster down that is ~70 WARN and ERROR lines a second from one
+/// idle process, each naming a node, enough to fill a disk overnight. Its
+/// lines reach the log in bursts of at most [`LIBRARY_BURST`] per target and
+/// level every [`LIBRARY_EVERY`] (one reconnect attempt's lines, every node
+/// named); TTG's own retry loops say what is wrong at their back-off pace.
+/// Other targets pass untouched.
+///
+/// A burst, not one line: the crate logs through `log`, whose bridge asks
+/// the filter twice per line (and gives every line of a level one call
+/// site), so "one line" would let none through.
+fn library_throttle<S>() -> impl tracing_subscriber::layer::Filter<S> {
+    use std::sync::Mutex;
+    use std::time::Instant;
+    let last: Mutex<HashMap<(String, tracing::Level), Instant>> = Mutex::new(HashMap::new());
+    // Dynamic (asked at every event, never cached per call site): the
+    // answer depends on time.
+    tracing_subscriber::filter::dynamic_filter_fn(move |meta, _cx| {
+        if !meta.is_event() || !meta.target().starts_with("redis") {
+            return true;
+        }
+        let now = Instant::now();
+        let Ok(mut opened) = last.lock() else {
+            return true;
+        };
+        let key = (meta.target().to_string(), *meta.level());
+        match opened.get(&key) {
+            Some(t) if now.duration_since(*t) < LIBRARY_BURST => true,
+            Some(t) if now.duration_since(*t) < LIBRARY_EVERY => false,
+            _ => {
+                if opened.len() > 1_000 {
+                    opened.clear();
+                }
+                opened.insert(key, now);
+                true
+            }
+        }
+    })
+}
+
+/// See [`library_throttle`].
+pub const LIBRARY_BURST: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// See [`library_throttle`].
+pub const LIBRARY_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn otlp_provider(service: &str) -> Option<SdkTracerProvider> {
     let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")

@@ -528,6 +528,58 @@ async fn server_writes_wait_for_a_replica_and_a_short_wait_still_succeeds() {
     );
 }
 
+/// With every node of the cluster gone, the redis crate's reconnect
+/// reports (~70 lines a second from one idle server before) reach the log
+/// in one burst per target and level every 30 s; the server's own lines say
+/// what is wrong.
+#[test]
+fn a_cluster_down_does_not_flood_the_log() {
+    use std::io::{BufRead, BufReader};
+    let mut cluster = RedisCluster::start(3, 1);
+    let mut server = std::process::Command::new(common::bin("ttg-server"))
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--insecure-no-auth", "--log-format", "json"])
+        .args(["--janitor-interval", "500ms"])
+        .env("TTG_REDIS_CLUSTER", cluster.seeds())
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("ttg-server");
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let err = server.stderr.take().expect("stderr");
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(l);
+        }
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    for i in 0..cluster.nodes.len() {
+        cluster.kill(i);
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let _ = server.kill();
+    let _ = server.wait();
+    let lines = lines.lock().unwrap().clone();
+    let from_redis = lines
+        .iter()
+        .filter(|l| l.contains("\"target\":\"redis::"))
+        .count();
+    assert!(
+        (1..=40).contains(&from_redis),
+        "{from_redis} lines from the redis crate in 5 s:\n{}",
+        lines.join("\n")
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("janitor: expiring runs failed")),
+        "the server says what fails:\n{}",
+        lines.join("\n")
+    );
+}
+
 #[test]
 fn bad_cluster_settings_are_refused_by_name_without_secrets() {
     // Exit 64 with `says` on stderr; returns stderr.
