@@ -122,7 +122,7 @@ pub async fn runs(server: &str, q: RunsArgs, out: Out) -> CliResult<i32> {
     let wide = out.format == Format::Wide;
     let now = ttg_proto::now_ms();
     print!(
-        "{:<18} {:<10} {:<12} {:>9} {:<6} {:>12} {:>16} {:>10} {:>14} {:>18}",
+        "{:<20} {:<10} {:<12} {:>9} {:<6} {:>12} {:>16} {:>10} {:>14} {:>18}",
         "RUN",
         "STATE",
         "KERNEL",
@@ -155,7 +155,7 @@ pub async fn runs(server: &str, q: RunsArgs, out: Out) -> CliResult<i32> {
             st.chunks_in_flight.to_string()
         };
         print!(
-            "{:<18} {:<10} {:<12} {:>9} {:<6} {:>12} {:>16} {:>10} {:>14} {:>18}",
+            "{:<20} {:<10} {:<12} {:>9} {:<6} {:>12} {:>16} {:>10} {:>14} {:>18}",
             spec.run_id,
             state_name(st.state),
             spec.kernel,

@@ -136,6 +136,12 @@ impl Keys {
         format!("{}gone", self.prefix)
     }
 
+    /// String: the installation's number of slot groups (see [`Layout`]),
+    /// set by the first server; kept in the home group.
+    pub fn layout(&self) -> String {
+        format!("{}layout", self.prefix)
+    }
+
     /// KEYS of the completion script, in its order.
     pub fn complete_keys(&self, run_id: &str, tasks_stream: &str) -> [String; 9] {
         [
@@ -196,6 +202,126 @@ impl Keys {
     }
 }
 
+/// Most slot groups an installation may have.
+pub const MAX_GROUPS: u32 = 64;
+
+/// Redis Cluster's slots.
+const SLOTS: u32 = 16_384;
+
+/// An installation's keys over its slot groups. Each group is a whole
+/// key space of its own (runs, their scheduler zsets, tasks and wake
+/// streams, stats, retention and tombstone indexes) under one prefix, so on
+/// a Redis Cluster it lives in one hash slot and every script and MULTI
+/// stays in one slot: a run lives in one group, and the groups spread the
+/// installation over the cluster's primaries. Group 0, the *home* group,
+/// has the installation's prefix itself and also holds what is not a run's:
+/// the agent registry and the layout. With one group (the default) the
+/// layout is exactly the one-prefix layout.
+///
+/// Group g > 0's prefix: on a hash-tagged prefix (`{ttg}:`, a cluster) the
+/// tag gets a suffix (`{ttg.g1.k}:`) chosen so that group g's slot lies mid
+/// in the g-th arc after the home slot's of `groups` equal arcs of the slot
+/// ring: with as many groups as the primaries of an evenly split cluster,
+/// each primary holds one. Without a tag (one node) it
+/// is `ttg:g1:`. The number of groups is fixed when an installation first
+/// uses more than one (it decides the prefixes); a run's group is part of
+/// its id (see [`run_group`]).
+#[derive(Clone, Debug)]
+pub struct Layout {
+    groups: Vec<Keys>,
+}
+
+impl Layout {
+    /// `groups` (1..=[`MAX_GROUPS`], clamped) groups of `prefix`.
+    pub fn new(prefix: &str, groups: u32) -> Self {
+        let n = groups.clamp(1, MAX_GROUPS);
+        let groups = (0..n)
+            .map(|g| Keys::new(group_prefix(prefix, g, n)))
+            .collect();
+        Self { groups }
+    }
+
+    /// The home group: the installation's own prefix.
+    pub fn home(&self) -> &Keys {
+        &self.groups[0]
+    }
+
+    /// Every group, home first.
+    pub fn groups(&self) -> &[Keys] {
+        &self.groups
+    }
+
+    /// How many groups.
+    pub fn len(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// Whether there is one group only (the one-prefix layout).
+    pub fn is_single(&self) -> bool {
+        self.groups.len() == 1
+    }
+
+    /// Always false: there is at least the home group.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The group a key of this installation (a tasks stream, say) is in:
+    /// the group with the longest prefix of it (home for anything else).
+    pub fn of_key(&self, key: &str) -> &Keys {
+        self.groups
+            .iter()
+            .filter(|k| key.starts_with(k.prefix()))
+            .max_by_key(|k| k.prefix().len())
+            .unwrap_or(&self.groups[0])
+    }
+
+    /// The keys of `run_id`'s group; None when its id names a group this
+    /// layout does not have.
+    pub fn of_run(&self, run_id: &str) -> Option<&Keys> {
+        self.groups.get(run_group(run_id) as usize)
+    }
+}
+
+fn group_prefix(prefix: &str, g: u32, n: u32) -> String {
+    if g == 0 {
+        return prefix.to_string();
+    }
+    let Some(tag) = hash_tag(prefix) else {
+        return format!("{prefix}g{g}:");
+    };
+    let open = prefix.find('{').unwrap_or(0);
+    let close = open + 1 + tag.len();
+    let with = |t: &str| format!("{}{{{t}}}{}", &prefix[..open], &prefix[close + 1..]);
+    // Group g's slot lies in the middle half of the arc g places after the
+    // home slot's, of `n` equal arcs of the slot ring: on a cluster of `n`
+    // primaries whose slots are split evenly (as `redis-cli --cluster
+    // create` does), each primary holds one group.
+    let arc = SLOTS / n;
+    let a = ((slot(tag) / arc).min(n - 1) + g) % n;
+    let (from, to) = (a * arc + arc / 4, a * arc + 3 * arc / 4);
+    (0u32..)
+        .map(|k| format!("{tag}.g{g}.{k}"))
+        .find(|t| (from..to).contains(&slot(t)))
+        .map(|t| with(&t))
+        .unwrap_or_else(|| with(&format!("{tag}.g{g}")))
+}
+
+/// The Redis Cluster slot of a hash tag (CRC16/XMODEM mod 16384).
+pub fn slot(tag: &str) -> u32 {
+    u32::from(crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes())) % SLOTS
+}
+
+/// The slot group a run id names: its `-<g>` suffix (ids of runs in group
+/// 0, and of every run of a one-group installation, have none).
+pub fn run_group(run_id: &str) -> u32 {
+    let mut parts = run_id.splitn(3, '-');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(_), Some(_), Some(g)) => g.parse().unwrap_or(u32::MAX),
+        _ => 0,
+    }
+}
+
 /// The hash tag of a key or prefix as Redis Cluster reads it: what lies
 /// between the first `{` and the next `}`, when that is not empty. Keys with
 /// the same tag share a slot.
@@ -225,6 +351,17 @@ pub fn new_run_id(now_ms: i64, random: u64) -> String {
         r /= 36;
     }
     String::from_utf8(out).unwrap_or_default()
+}
+
+/// A new run id in slot group `group`: [`new_run_id`], then `-<group>`
+/// unless the group is the home group.
+pub fn new_run_id_in(now_ms: i64, random: u64, group: u32) -> String {
+    let id = new_run_id(now_ms, random);
+    if group == 0 {
+        id
+    } else {
+        format!("{id}-{group}")
+    }
 }
 
 /// Submit time (ms since epoch) encoded in a run id's first 10 characters,
@@ -281,6 +418,78 @@ mod tests {
         assert!(valid_run_id(&a));
         assert!(!valid_run_id("a b"));
         assert!(!valid_run_id(""));
+    }
+
+    #[test]
+    fn one_group_is_the_one_prefix_layout() {
+        let l = Layout::new("ttg:", 1);
+        assert_eq!(l.len(), 1);
+        assert_eq!(l.home().prefix(), "ttg:");
+        let id = new_run_id_in(1_700_000_000_000, 7, 0);
+        assert_eq!(id, new_run_id(1_700_000_000_000, 7));
+        assert_eq!(l.of_run(&id).map(Keys::prefix), Some("ttg:"));
+    }
+
+    #[test]
+    fn a_run_id_names_its_group() {
+        let l = Layout::new("ttg:", 4);
+        let prefixes: Vec<&str> = l.groups().iter().map(Keys::prefix).collect();
+        assert_eq!(prefixes, ["ttg:", "ttg:g1:", "ttg:g2:", "ttg:g3:"]);
+        for g in 0..4 {
+            let id = new_run_id_in(1_700_000_000_000, 7, g);
+            assert!(valid_run_id(&id), "{id}");
+            assert_eq!(run_group(&id), g);
+            assert_eq!(run_id_ms(&id), Some(1_700_000_000_000));
+            assert_eq!(l.of_run(&id).map(Keys::prefix), Some(prefixes[g as usize]));
+        }
+        assert!(
+            l.of_run("0000000001-abcdef-9").is_none(),
+            "a group it does not have"
+        );
+        assert_eq!(l.of_key("ttg:g2:tasks:placeholder").prefix(), "ttg:g2:");
+        assert_eq!(l.of_key("ttg:tasks:placeholder").prefix(), "ttg:");
+        assert_eq!(l.of_key("other").prefix(), "ttg:");
+        assert!(l.of_run("0000000001-abcdef-x").is_none());
+        assert_eq!(Layout::new("ttg:", 0).len(), 1);
+        assert_eq!(Layout::new("ttg:", 1_000).len(), MAX_GROUPS as usize);
+    }
+
+    #[test]
+    fn cluster_groups_spread_evenly_over_the_slot_ring() {
+        // Redis's own: CLUSTER KEYSLOT foo = 12182, bar = 5061.
+        assert_eq!((slot("foo"), slot("bar")), (12_182, 5_061));
+        // On a cluster split evenly over 3 primaries, 3 and 6 groups put
+        // as many on each; every group has a tag of its own.
+        for n in [3u32, 6] {
+            let l = Layout::new("{ttg}:", n);
+            let arc = SLOTS / n;
+            let home = slot("ttg") / arc;
+            let mut per_third = [0; 3];
+            let mut tags = std::collections::HashSet::new();
+            for (g, k) in l.groups().iter().enumerate() {
+                let tag = hash_tag(k.prefix()).expect("tagged");
+                assert!(tags.insert(tag.to_string()), "{tag} twice");
+                if g > 0 {
+                    let at = slot(tag);
+                    assert_eq!(at / arc, (home + g as u32) % n, "group {g} of {n}: {tag}");
+                    assert!(
+                        (arc / 4..3 * arc / 4).contains(&(at % arc)),
+                        "mid-arc: {at}"
+                    );
+                }
+                assert!(k.prefix().ends_with("}:"));
+                per_third[(slot(tag) * 3 / SLOTS) as usize] += 1;
+            }
+            assert_eq!(per_third, [n / 3; 3], "{n} groups");
+        }
+        // A tag with text around it keeps the text.
+        let l = Layout::new("a{ttg}b:", 2);
+        assert!(
+            l.groups()[1].prefix().starts_with("a{ttg.g1."),
+            "{}",
+            l.groups()[1].prefix()
+        );
+        assert!(l.groups()[1].prefix().ends_with("}b:"));
     }
 
     #[test]

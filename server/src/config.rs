@@ -34,6 +34,10 @@ pub struct Config {
     #[arg(long, env = "TTG_PREFIX", default_value = "ttg:")]
     pub prefix: String,
 
+    /// Spread runs over this many slot groups (1..=64), each a hash slot of its own: on a Redis Cluster, a multiple of its primaries spreads the load over all of them. Fixed once an installation has more than one; without the flag, whatever the installation has (one when new). See docs/architecture.md.
+    #[arg(long, env = "TTG_SLOT_GROUPS")]
+    pub slot_groups: Option<u32>,
+
     /// How often agents send heartbeats (default 1s); sent to agents in Welcome.
     #[arg(long, env = "TTG_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,
@@ -189,6 +193,15 @@ impl Config {
             self.redis_ca.as_deref(),
         )?;
         ttg_proto::runtime::check_wait_flags(self.redis_wait_replicas, self.redis_wait_timeout)?;
+        if let Some(n) = self
+            .slot_groups
+            .filter(|n| !(1..=ttg_proto::keys::MAX_GROUPS).contains(n))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "--slot-groups must be in 1..={}, got {n}",
+                ttg_proto::keys::MAX_GROUPS
+            )));
+        }
         if self.redis_wait_replicas > 0 && self.redis_wait_timeout >= self.redis_timeout {
             return Err(ConfigError::Invalid(format!(
                 "--redis-wait-timeout ({:?}) must be shorter than --redis-timeout ({:?}), the deadline of the request it is part of",

@@ -244,6 +244,49 @@ fn transport_builder(config: &Config) -> Result<tonic::transport::Server, Error>
         .map_err(|e| Error::Startup(format!("TLS: {e}")))
 }
 
+/// Agree the installation's slot groups with Redis (see
+/// `store/layout.rs`). A `--slot-groups` that contradicts the stored
+/// layout stops the server; a Redis not reachable yet is asked again every
+/// second in the background (the store uses one group meanwhile, which is
+/// every installation's home group).
+async fn settle_layout(
+    store: &Arc<store::Store>,
+    wanted: Option<u32>,
+    shutdown: &CancellationToken,
+) -> Result<(), Error> {
+    match store.settle_layout(wanted).await {
+        Ok(n) => {
+            if n > 1 {
+                tracing::info!(groups = n, "runs spread over slot groups");
+            }
+            Ok(())
+        }
+        Err(e @ Error::Startup(_)) => Err(e),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the installation's slot groups yet; retrying");
+            let (store, shutdown) = (store.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                    match store.settle_layout(wanted).await {
+                        Ok(_) => return,
+                        Err(e @ Error::Startup(_)) => {
+                            tracing::error!(error = %e, "stopping");
+                            shutdown.cancel();
+                            return;
+                        }
+                        Err(_) => {}
+                    }
+                }
+            });
+            Ok(())
+        }
+    }
+}
+
 /// Serve on `listener` until `shutdown` is cancelled. Order on shutdown:
 /// health turns NOT_SERVING, sessions and watches end (agents keep working
 /// and reconnect), then the listener closes.
@@ -264,6 +307,7 @@ pub async fn run(
         .and_then(|s| s.with_wait_replicas(config.redis_wait_replicas, config.redis_wait_timeout))
         .map_err(|e| Error::Startup(format!("redis: {e}")))?,
     );
+    settle_layout(&store, config.slot_groups, &shutdown).await?;
     let server_id = format!("srv-{:08x}", rand::random::<u32>());
     let sessions = Arc::new(gateway::Sessions::new(server_id.clone()));
     spawn_background(&store, &sessions, &config, &shutdown);

@@ -47,6 +47,11 @@ fn plus_half_sum(n: u64) -> f64 {
 /// The books of a run that has ended: done + dead + purged = total, and a
 /// SUCCEEDED run has every chunk done, its values stored once each.
 fn assert_books(st: &RunStatus, redis: &Redis, prefix: &str) {
+    assert_books_in(st, redis, &ttg_proto::keys::Layout::new(prefix, 1));
+}
+
+/// [`assert_books`] for an installation of `layout`'s slot groups.
+fn assert_books_in(st: &RunStatus, redis: &Redis, layout: &ttg_proto::keys::Layout) {
     let p = st.progress.expect("progress");
     let id = &st.spec.as_ref().expect("spec").run_id;
     assert_eq!(
@@ -59,7 +64,7 @@ fn assert_books(st: &RunStatus, redis: &Redis, prefix: &str) {
         p.chunks_purged,
         p.chunks_total
     );
-    let keys = Keys::new(prefix);
+    let keys = layout.of_run(id).expect("the run's group");
     let mut conn = redis.conn();
     let stored: u64 = redis::cmd("HLEN")
         .arg(keys.results(id))
@@ -327,6 +332,18 @@ fn flaky(dir: &Path, flag: &Path) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_retries_cancels_deletes_and_kills_keep_every_runs_books() {
+    books_mix(1).await;
+}
+
+/// The same mix with runs spread over 3 slot groups (one Redis: the
+/// groups' keys differ, the scheduler, agents' claims and the server's
+/// housekeeping span them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_books_balance_with_runs_spread_over_slot_groups() {
+    books_mix(3).await;
+}
+
+async fn books_mix(groups: u32) {
     let seed: u64 = std::env::var("TTG_CHAOS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -341,6 +358,8 @@ async fn random_retries_cancels_deletes_and_kills_keep_every_runs_books() {
     let mut cfg = ttg_server::Config::for_redis(&redis.url, &p);
     cfg.audit_interval = Duration::from_millis(500);
     cfg.audit_quiet = Duration::from_secs(3);
+    cfg.slot_groups = Some(groups);
+    let layout = ttg_proto::keys::Layout::new(&p, groups);
     let server = Server::start_with(cfg).await;
     let spawn = |n: usize| {
         Agent::spawn_env(
@@ -458,7 +477,7 @@ async fn random_retries_cancels_deletes_and_kills_keep_every_runs_books() {
             .await
             .expect("status")
             .into_inner();
-        assert_books(&st, &redis, &p);
+        assert_books_in(&st, &redis, &layout);
         let state = RunState::try_from(st.state).expect("state");
         assert!(
             matches!(state, RunState::Succeeded | RunState::Cancelled),
@@ -485,7 +504,19 @@ async fn random_retries_cancels_deletes_and_kills_keep_every_runs_books() {
             .expect_err("deleted");
         assert_eq!(e.code(), tonic::Code::NotFound);
     }
-    assert_queue_drains(&redis, &p, Duration::from_secs(15)).await;
+    for keys in layout.groups() {
+        assert_queue_drains(&redis, keys.prefix(), Duration::from_secs(15)).await;
+    }
+    if groups > 1 {
+        let mut per_group = vec![0; groups as usize];
+        for id in &runs {
+            per_group[ttg_proto::keys::run_group(id) as usize] += 1;
+        }
+        assert!(
+            per_group.iter().all(|&n| n > 0),
+            "runs in every group: {per_group:?}"
+        );
+    }
     server.stop().await;
 }
 

@@ -111,7 +111,7 @@ impl Worker {
                 let raw = bulk(fields.get(TASK_FIELD)).unwrap_or_default();
                 tracing::error!(agent = %self.agent_id, stream = %stream, entry = %entry_id, error = %error,
                     "corrupt task entry moved to the corrupt-entries stream");
-                let keys = self.keys.clone();
+                let keys = self.keys_of_stream(&stream);
                 self.retry_redis("quarantine", |mut c| {
                     let p = ttg_proto::records::quarantine(&keys, &stream, &entry_id, &error, raw);
                     async move { p.query_async::<()>(&mut c).await }

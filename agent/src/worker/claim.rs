@@ -15,6 +15,15 @@ use super::*;
 /// Longest XREADGROUP BLOCK; also how soon a drain notices it should stop claiming.
 const READ_BLOCK: Duration = Duration::from_millis(1_000);
 
+/// With several slot groups, a group that had nothing to hand out is not
+/// asked again for this long (unless the agent is about to wait): a busy
+/// agent's claim stays one round trip while other groups are empty.
+const EMPTY_GROUP_PAUSE: Duration = Duration::from_millis(50);
+
+/// How often the claim loop re-reads the installation's slot groups (a
+/// server may have set them since this agent started).
+const LAYOUT_EVERY: Duration = Duration::from_secs(5);
+
 /// Chunks an agent holds (claimed, not yet completed in Redis) beyond its
 /// `concurrency`: a slot is free again as soon as its chunk is computed, so
 /// the next chunk computes while the last one's completion is in flight and
@@ -43,11 +52,14 @@ impl Worker {
         by_run.into_iter().collect()
     }
 
+    /// Every tasks stream this agent reads: each kernel's, in every slot
+    /// group.
     pub(super) fn streams(&self) -> Vec<String> {
-        self.registry
-            .names()
+        let names = self.registry.names();
+        self.layout()
+            .groups()
             .iter()
-            .map(|k| self.keys.tasks(k))
+            .flat_map(|g| names.iter().map(|k| g.tasks(k)).collect::<Vec<_>>())
             .collect()
     }
 
@@ -168,6 +180,13 @@ struct Claimer {
     /// Its own connection: XREAD BLOCK holds it.
     blocking: Option<ttg_proto::redis_target::Conn>,
     groups_ready: bool,
+    /// When the slot groups were last read from Redis.
+    layout_read: Option<std::time::Instant>,
+    /// With several slot groups: the group the next claim asks first
+    /// (claims rotate over the groups), and per group when it may be asked
+    /// again after it had nothing (see EMPTY_GROUP_PAUSE).
+    next_group: usize,
+    empty_until: Vec<std::time::Instant>,
     backoff: Backoff,
     /// The last read ahead (without a slot) found nothing.
     ahead_found_nothing: bool,
@@ -182,6 +201,9 @@ impl Claimer {
             kernels: w.registry.names(),
             blocking: None,
             groups_ready: false,
+            layout_read: None,
+            next_group: 0,
+            empty_until: Vec::new(),
             backoff: redis_backoff(),
             ahead_found_nothing: false,
         }
@@ -189,6 +211,13 @@ impl Claimer {
 
     /// Consumer groups exist and the blocking connection is open.
     async fn ready(&mut self, w: &Worker) -> RedisResult<()> {
+        if self.layout_read.is_none_or(|t| t.elapsed() >= LAYOUT_EVERY) {
+            if w.settle_layout().await? {
+                self.groups_ready = false;
+            }
+            self.layout_read = Some(std::time::Instant::now());
+            self.empty_until = vec![std::time::Instant::now(); w.layout().len()];
+        }
         if !self.groups_ready {
             w.ensure_groups().await?;
             self.groups_ready = true;
@@ -224,12 +253,114 @@ impl Claimer {
     /// once more. Not raced against the stop: dropping a claim in flight
     /// could lose entries Redis already delivered to us.
     async fn read(&mut self, w: &Worker, count: usize, block: bool) -> RedisResult<Vec<StreamKey>> {
-        let reply = self.claim(w, count).await?;
+        let layout = w.layout();
+        if !layout.is_single() {
+            return self.read_groups(w, &layout, count, block).await;
+        }
+        let home = layout.home();
+        let reply = self.claim(w, home, count).await?;
         if !reply.keys.is_empty() || !block || reply.wake_ids.len() != self.kernels.len() {
             return Ok(reply.keys);
         }
+        let wakes: Vec<String> = self.kernels.iter().map(|k| home.wake(k)).collect();
+        if self.wait_wake(&wakes, &reply.wake_ids).await? {
+            Ok(self.claim(w, home, count).await?.keys)
+        } else {
+            Ok(Vec::new())
+        }
+    }
+
+    /// [`Claimer::read`] over several slot groups: claims rotate over the
+    /// groups (one round trip while the first asked has work), and with
+    /// nothing anywhere and `block`, wait on the home group's wake streams,
+    /// which servers ring after every Submit, Retry and re-queue (a
+    /// blocking read cannot span the slots of several groups on a
+    /// cluster). Their last ids are read before the groups are asked, so
+    /// work queued after that wakes the read.
+    async fn read_groups(
+        &mut self,
+        w: &Worker,
+        layout: &Layout,
+        count: usize,
+        block: bool,
+    ) -> RedisResult<Vec<StreamKey>> {
+        let home = layout.home();
+        let wakes: Vec<String> = self.kernels.iter().map(|k| home.wake(k)).collect();
+        let since = if block {
+            Some(self.last_ids(&wakes).await?)
+        } else {
+            None
+        };
+        let keys = self.claim_groups(w, layout, count, block).await?;
+        let Some(since) = since.filter(|_| keys.iter().all(|k| k.ids.is_empty())) else {
+            return Ok(keys);
+        };
+        if self.wait_wake(&wakes, &since).await? {
+            self.claim_groups(w, layout, count, true).await
+        } else {
+            Ok(Vec::new())
+        }
+    }
+
+    /// Ask the groups in turn, from the one after the last that gave work,
+    /// until one hands out something; groups found empty lately are skipped
+    /// unless `all`.
+    async fn claim_groups(
+        &mut self,
+        w: &Worker,
+        layout: &Layout,
+        count: usize,
+        all: bool,
+    ) -> RedisResult<Vec<StreamKey>> {
+        let n = layout.len();
+        if self.empty_until.len() != n {
+            self.empty_until = vec![std::time::Instant::now(); n];
+        }
+        let now = std::time::Instant::now();
+        for i in 0..n {
+            let g = (self.next_group + i) % n;
+            if !all && self.empty_until[g] > now {
+                continue;
+            }
+            let reply = self.claim(w, &layout.groups()[g], count).await?;
+            if reply.keys.iter().any(|k| !k.ids.is_empty()) {
+                self.next_group = (g + 1) % n;
+                return Ok(reply.keys);
+            }
+            self.empty_until[g] = now + EMPTY_GROUP_PAUSE;
+        }
+        Ok(Vec::new())
+    }
+
+    /// The last entry id of each of `streams` ('0-0' when empty).
+    async fn last_ids(&mut self, streams: &[String]) -> RedisResult<Vec<String>> {
         let Some(conn) = self.blocking.as_mut() else {
-            return Ok(Vec::new());
+            return Ok(vec!["0-0".to_string(); streams.len()]);
+        };
+        let mut out = Vec::with_capacity(streams.len());
+        for s in streams {
+            let r: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+                .arg(s)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(conn)
+                .await?;
+            out.push(
+                r.ids
+                    .first()
+                    .map_or_else(|| "0-0".to_string(), |e| e.id.clone()),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Block (up to READ_BLOCK) until one of `wakes` gets an entry past
+    /// `since`; whether one did.
+    async fn wait_wake(&mut self, wakes: &[String], since: &[String]) -> RedisResult<bool> {
+        let Some(conn) = self.blocking.as_mut() else {
+            return Ok(false);
         };
         let mut cmd = redis::cmd("XREAD");
         cmd.arg("COUNT")
@@ -237,15 +368,11 @@ impl Claimer {
             .arg("BLOCK")
             .arg(READ_BLOCK.as_millis() as u64)
             .arg("STREAMS");
-        for k in &self.kernels {
-            cmd.arg(w.keys.wake(k));
-        }
-        cmd.arg(&reply.wake_ids);
+        cmd.arg(wakes).arg(since);
         let woke: RedisResult<Option<redis::streams::StreamReadReply>> =
             cmd.query_async(conn).await;
         match woke {
-            Ok(None) => Ok(Vec::new()),
-            Ok(Some(_)) => Ok(self.claim(w, count).await?.keys),
+            Ok(r) => Ok(r.is_some()),
             Err(e) => {
                 if is_transient(&e) {
                     self.blocking = None;
@@ -255,7 +382,7 @@ impl Claimer {
         }
     }
 
-    async fn claim(&mut self, w: &Worker, count: usize) -> RedisResult<ClaimReply> {
+    async fn claim(&mut self, w: &Worker, keys: &Keys, count: usize) -> RedisResult<ClaimReply> {
         let Some(conn) = self.blocking.as_mut() else {
             return Ok(ClaimReply::default());
         };
@@ -263,7 +390,7 @@ impl Claimer {
         match sched::claim(
             conn,
             &w.scripts,
-            &w.keys,
+            keys,
             &self.kernels,
             &w.agent_id,
             count,

@@ -141,7 +141,7 @@ impl Worker {
                     .partition(|p| p.run_id == run_id && p.stream == stream);
                 round = rest;
                 let chunks: Vec<&ChunkResult> = group.iter().map(|p| &p.chunk).collect();
-                let keys = &self.keys;
+                let keys = &self.keys_of(&run_id);
                 let reply: Option<(Vec<i64>, String)> = self
                     .retry_redis("complete", |_| {
                         let (run_id, stream, chunks) = (&run_id, &stream, &chunks);
@@ -179,7 +179,7 @@ impl Worker {
         let mut c = self.completions.clone();
         let mut cmd = redis::cmd("WAIT");
         cmd.arg(want).arg(timeout.as_millis() as u64);
-        let got: RedisResult<u32> = c.query_at(&self.keys.run(run_id), &cmd).await;
+        let got: RedisResult<u32> = c.query_at(&self.keys_of(run_id).run(run_id), &cmd).await;
         match got {
             Ok(n) if n >= want => {}
             Ok(n) => {
@@ -243,9 +243,13 @@ impl Worker {
         };
         let reply: Option<(i64, String)> = self
             .retry_redis("fail", |mut c| {
-                let inv = self
-                    .scripts
-                    .fail(&self.keys, run_id, stream, &self.agent_id, &failed);
+                let inv = self.scripts.fail(
+                    &self.keys_of(run_id),
+                    run_id,
+                    stream,
+                    &self.agent_id,
+                    &failed,
+                );
                 async move { inv.invoke_async(&mut c).await }
             })
             .await;

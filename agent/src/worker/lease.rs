@@ -26,14 +26,14 @@ impl Worker {
         let lease_ms = self.lease().as_millis() as i64;
         let mut p = redis::pipe();
         p.cmd("ZADD")
-            .arg(self.keys.agents())
+            .arg(self.home().agents())
             .arg(ttg_proto::now_ms() + lease_ms)
             .arg(&self.agent_id)
             .ignore()
             // Keep this process's ownership of the id while no server is
             // there to renew it (a no-op if the key is gone).
             .cmd("PEXPIRE")
-            .arg(self.keys.agent_owner(&self.agent_id))
+            .arg(self.home().agent_owner(&self.agent_id))
             .arg(lease_ms * ttg_proto::keys::OWNER_LEASES as i64)
             .ignore();
         p.query_async::<()>(&mut c).await?;
@@ -148,7 +148,7 @@ impl Worker {
                 .unwrap_or_else(|| ("unknown".into(), idle_ms as usize));
             let r = ttg_proto::reclaim::reclaim_entry(
                 &mut c,
-                &self.keys,
+                &self.keys_of_stream(stream),
                 &self.scripts,
                 stream,
                 &e.id,

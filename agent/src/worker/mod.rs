@@ -23,7 +23,7 @@ use tokio::sync::{oneshot, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use ttg_proto::keys::{Keys, GROUP};
+use ttg_proto::keys::{Keys, Layout, GROUP};
 use ttg_proto::records::{event_body, TaskEntry, TASK_FIELD};
 use ttg_proto::redis_conn::{self, is_transient};
 use ttg_proto::redis_target::{Conn, Target};
@@ -65,7 +65,11 @@ pub struct Worker {
     /// on every reconnect, so the server lets only this process take its
     /// agent id back.
     instance: String,
-    keys: Keys,
+    /// The installation's slot groups, as Redis says (see
+    /// [`Worker::settle_layout`]); one until it has.
+    layout: std::sync::RwLock<Arc<Layout>>,
+    /// The prefix the groups derive from.
+    prefix: String,
     target: Target,
     conn: Conn,
     /// --redis-wait-replicas and its timeout, when set.
@@ -122,7 +126,8 @@ impl Worker {
         Ok(Self {
             agent_id,
             instance: format!("{:032x}", rand::random::<u128>()),
-            keys: Keys::new(target.prefix(prefix)),
+            layout: std::sync::RwLock::new(Arc::new(Layout::new(&target.prefix(prefix), 1))),
+            prefix: target.prefix(prefix),
             target,
             completions: conn.clone(),
             conn,
@@ -143,6 +148,52 @@ impl Worker {
             epoch: Instant::now(),
             abort: CancellationToken::new(),
         })
+    }
+
+    /// The current layout.
+    pub(super) fn layout(&self) -> Arc<Layout> {
+        self.layout
+            .read()
+            .map(|l| l.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    /// The home group's keys (the agent registry, the layout).
+    pub(super) fn home(&self) -> Keys {
+        self.layout().home().clone()
+    }
+
+    /// The keys of `run_id`'s group (home for an id naming a group the
+    /// layout does not have: its keys are then found empty, and the run
+    /// unknown).
+    pub(super) fn keys_of(&self, run_id: &str) -> Keys {
+        let l = self.layout();
+        l.of_run(run_id).unwrap_or(l.home()).clone()
+    }
+
+    /// The keys of the group holding `stream`.
+    pub(super) fn keys_of_stream(&self, stream: &str) -> Keys {
+        self.layout().of_key(stream).clone()
+    }
+
+    /// Read the installation's slot groups from Redis (the home group's
+    /// `layout` key, which the first server sets; none means one) and use
+    /// them. Returns whether they changed.
+    pub(super) async fn settle_layout(&self) -> RedisResult<bool> {
+        let mut c = self.conn.clone();
+        let stored: Option<u32> = redis::cmd("GET")
+            .arg(self.home().layout())
+            .query_async(&mut c)
+            .await?;
+        let groups = stored.unwrap_or(1).clamp(1, ttg_proto::keys::MAX_GROUPS);
+        if groups as usize == self.layout().len() {
+            return Ok(false);
+        }
+        tracing::info!(groups, "runs are spread over slot groups");
+        if let Ok(mut l) = self.layout.write() {
+            *l = Arc::new(Layout::new(&self.prefix, groups));
+        }
+        Ok(true)
     }
 
     /// Agent id (its consumer name).

@@ -97,7 +97,7 @@ impl Worker {
             tracing::warn!(run = %task.run_id, chunk = task.chunk_index, agent = %self.agent_id,
                 "chunk aborted for a cancel Redis does not know of: re-queued");
             self.believe_active(&task.run_id, state);
-            let keys = self.keys.clone();
+            let keys = self.keys_of_stream(stream);
             let tp = String::from_utf8_lossy(traceparent).into_owned();
             self.retry_redis("re-queue", |mut c| {
                 let keys = keys.clone();
@@ -135,7 +135,7 @@ impl Worker {
         let (code, state): (i64, String) = self
             .retry_redis("claim gate", |mut c| {
                 let inv = self.scripts.claim_gate(
-                    &self.keys,
+                    &self.keys_of_stream(stream),
                     run_id,
                     stream,
                     entry_id,
@@ -218,14 +218,24 @@ impl Worker {
             if runs.is_empty() {
                 continue;
             }
-            let mut pipe = redis::pipe();
-            for r in &runs {
-                pipe.hget(self.keys.run(r), "state");
-            }
+            // One read per run: on a cluster, runs of several slot
+            // groups cannot share a pipeline.
             let mut conn = self.conn.clone();
-            let Ok(states) = pipe.query_async::<Vec<Option<String>>>(&mut conn).await else {
+            let mut states = Vec::with_capacity(runs.len());
+            for r in &runs {
+                let s: redis::RedisResult<Option<String>> = redis::cmd("HGET")
+                    .arg(self.keys_of(r).run(r))
+                    .arg("state")
+                    .query_async(&mut conn)
+                    .await;
+                match s {
+                    Ok(s) => states.push(s),
+                    Err(_) => break,
+                }
+            }
+            if states.len() < runs.len() {
                 continue;
-            };
+            }
             for (run, state) in runs.iter().zip(states) {
                 let state = state
                     .as_deref()

@@ -41,7 +41,7 @@ impl Worker {
         {
             return Ok(Some(s));
         }
-        let key = self.keys.run(run_id);
+        let key = self.keys_of(run_id).run(run_id);
         let spec: Option<Option<Vec<u8>>> = self
             .retry_redis("read run spec", |mut c| {
                 let key = key.clone();

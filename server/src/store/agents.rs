@@ -38,7 +38,7 @@ impl Store {
         let ids: Vec<String> = self
             .timed(
                 redis::cmd("ZRANGEBYSCORE")
-                    .arg(self.keys.agents())
+                    .arg(self.keys().agents())
                     .arg(now)
                     .arg("+inf")
                     .arg("LIMIT")
@@ -50,7 +50,7 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = ids.iter().map(|id| self.keys.agent(id)).collect();
+        let keys: Vec<String> = ids.iter().map(|id| self.keys().agent(id)).collect();
         let raw: Vec<Option<Vec<u8>>> = self
             .timed(redis::cmd("MGET").arg(&keys).query_async(&mut c))
             .await?;
@@ -67,26 +67,26 @@ impl Store {
         let keep_ms = lease_ms * RECORD_LEASES as i64;
         let mut p = redis::pipe();
         p.cmd("SET")
-            .arg(self.keys.agent(&info.agent_id))
+            .arg(self.keys().agent(&info.agent_id))
             .arg(encode(info))
             // Kept past the lease: a reaper reads it to know which streams
             // a dead agent read; removed on Bye or once reclaimed.
             .arg("PX")
             .arg(keep_ms)
             .ignore()
-            .zadd(self.keys.agents(), &info.agent_id, now_ms() + lease_ms)
+            .zadd(self.keys().agents(), &info.agent_id, now_ms() + lease_ms)
             .ignore()
             // The id stays owned by this session's process while it beats:
             // without this, a long session's ownership would lapse and any
             // agent token could take the id over.
             .cmd("PEXPIRE")
-            .arg(self.keys.agent_owner(&info.agent_id))
+            .arg(self.keys().agent_owner(&info.agent_id))
             .arg(keep_ms)
             .ignore()
             // Entries of agents gone for a long while are garbage; drop them here
             // so the set stays the size of the fleet.
             .cmd("ZREMRANGEBYSCORE")
-            .arg(self.keys.agents())
+            .arg(self.keys().agents())
             .arg("-inf")
             .arg(now_ms() - 3_600_000)
             .ignore();
@@ -97,11 +97,11 @@ impl Store {
     /// Forget an agent (it said Bye, or its session ended).
     pub async fn remove_agent(&self, agent_id: &str) -> Result<()> {
         let mut p = redis::pipe();
-        p.del(self.keys.agent(agent_id))
+        p.del(self.keys().agent(agent_id))
             .ignore()
-            .del(self.keys.agent_owner(agent_id))
+            .del(self.keys().agent_owner(agent_id))
             .ignore()
-            .zrem(self.keys.agents(), agent_id)
+            .zrem(self.keys().agents(), agent_id)
             .ignore();
         let mut c = self.conn();
         self.timed(p.query_async::<()>(&mut c)).await
@@ -122,7 +122,7 @@ impl Store {
         let mut c = self.conn();
         let inv = self
             .scripts
-            .claim_agent_id(&self.keys, agent_id, &hex, now_ms(), keep_ms);
+            .claim_agent_id(&self.keys(), agent_id, &hex, now_ms(), keep_ms);
         let taken: i64 = self.timed(inv.invoke_async(&mut c)).await?;
         Ok(taken == 1)
     }
@@ -145,22 +145,29 @@ impl Store {
             .iter()
             .map(|h| (h.entry_id.clone(), h.traceparent.clone()))
             .collect();
-        for k in kernels {
-            let stream = self.keys.tasks(k);
-            let fut = reclaim_consumer(
-                &mut c,
-                &self.keys,
-                &self.scripts,
-                &stream,
-                agent_id,
-                cause,
-                died,
-                &links,
-            );
-            // Several round trips per chunk held: allow more than one call's deadline.
-            match tokio::time::timeout(self.deadline * 4, fut).await {
-                Ok(r) => out.extend(r?),
-                Err(_) => return Err(Error::RedisTimeout(self.deadline * 4)),
+        let layout = self.layout();
+        for keys in layout.groups() {
+            for k in kernels {
+                let stream = keys.tasks(k);
+                let fut = reclaim_consumer(
+                    &mut c,
+                    keys,
+                    &self.scripts,
+                    &stream,
+                    agent_id,
+                    cause,
+                    died,
+                    &links,
+                );
+                // Several round trips per chunk held: allow more than one call's deadline.
+                let found = match tokio::time::timeout(self.deadline * 4, fut).await {
+                    Ok(r) => r?,
+                    Err(_) => return Err(Error::RedisTimeout(self.deadline * 4)),
+                };
+                if let Some(r) = found.first() {
+                    self.ring_home(k, &r.run_id).await;
+                }
+                out.extend(found);
             }
         }
         for r in &out {
@@ -177,7 +184,7 @@ impl Store {
         let mut c = self.conn();
         self.timed(
             redis::cmd("ZRANGEBYSCORE")
-                .arg(self.keys.agents())
+                .arg(self.keys().agents())
                 .arg("-inf")
                 .arg(format!("({}", now_ms()))
                 .arg("LIMIT")
@@ -193,9 +200,9 @@ impl Store {
     /// reaper dies, another takes over when that passes).
     pub async fn claim_reap(&self, agent_id: &str, hold: Duration) -> Result<Option<AgentInfo>> {
         let mut c = self.conn();
-        let inv = self
-            .scripts
-            .claim_reap(&self.keys, agent_id, now_ms(), hold.as_millis() as u64);
+        let inv =
+            self.scripts
+                .claim_reap(&self.keys(), agent_id, now_ms(), hold.as_millis() as u64);
         let won: i64 = self.timed(inv.invoke_async(&mut c)).await?;
         if won != 1 {
             return Ok(None);
@@ -203,7 +210,7 @@ impl Store {
         let raw: Option<Vec<u8>> = self
             .timed(
                 redis::cmd("GET")
-                    .arg(self.keys.agent(agent_id))
+                    .arg(self.keys().agent(agent_id))
                     .query_async(&mut c),
             )
             .await?;

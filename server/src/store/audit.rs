@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use redis::Value;
 use ttg_proto::chunking::chunk_range;
+use ttg_proto::keys::Keys;
 use ttg_proto::now_ms;
 use ttg_proto::records::{decode_task, encode, parse_state, TASK_FIELD};
 use ttg_proto::v1::{RunSpec, RunState, Task};
@@ -54,19 +55,25 @@ pub fn task_for(spec: &RunSpec, chunk: u64) -> Task {
 }
 
 impl Store {
-    /// Ids of the active runs: every ended run is in the expiry schedule,
-    /// so this is the runs index without it (at most
-    /// --max-runs-in-flight), computed inside Redis.
-    pub(super) async fn active_run_ids(&self) -> Result<Vec<String>> {
+    /// Ids of the active runs, per slot group: every ended run is in the
+    /// expiry schedule, so this is each group's runs index without it (at
+    /// most --max-runs-in-flight in all), computed inside Redis.
+    pub(super) async fn active_runs_by_group(&self) -> Result<Vec<(Keys, Vec<String>)>> {
         let mut c = self.conn();
-        self.timed(
-            redis::cmd("ZDIFF")
-                .arg(2)
-                .arg(self.keys.runs())
-                .arg(self.keys.expiring())
-                .query_async(&mut c),
-        )
-        .await
+        let mut out = Vec::new();
+        for keys in self.layout().groups() {
+            let ids: Vec<String> = self
+                .timed(
+                    redis::cmd("ZDIFF")
+                        .arg(2)
+                        .arg(keys.runs())
+                        .arg(keys.expiring())
+                        .query_async(&mut c),
+                )
+                .await?;
+            out.push((keys.clone(), ids));
+        }
+        Ok(out)
     }
 
     /// Queue again every chunk of `spec`'s run that is neither done nor dead,
@@ -85,9 +92,9 @@ impl Store {
         let (done, dead, next): (Option<Vec<u8>>, Option<Vec<u8>>, Option<u64>) = self
             .timed(
                 redis::pipe()
-                    .get(self.keys.done(run_id))
-                    .get(self.keys.dead_bits(run_id))
-                    .hget(self.keys.run(run_id), "next")
+                    .get(self.keys_of(run_id)?.done(run_id))
+                    .get(self.keys_of(run_id)?.dead_bits(run_id))
+                    .hget(self.keys_of(run_id)?.run(run_id), "next")
                     .query_async(&mut c),
             )
             .await?;
@@ -108,8 +115,9 @@ impl Store {
         missing: &[u64],
     ) -> Result<(u64, Option<RunState>)> {
         let run_id = &spec.run_id;
+        let keys = self.keys_of(run_id)?;
         let mut c = self.writer();
-        let tasks = self.keys.tasks(&spec.kernel);
+        let tasks = keys.tasks(&spec.kernel);
         self.ensure_group(&tasks).await?;
         let mut queued = 0u64;
         let mut state = None;
@@ -123,7 +131,7 @@ impl Store {
                 .map(|&i| (i, encode(&task_for(spec, i))))
                 .collect();
             let inv = self.scripts.requeue_missing(
-                &self.keys,
+                &keys,
                 run_id,
                 &tasks,
                 mode,
@@ -136,6 +144,9 @@ impl Store {
             }
             queued += n as u64;
             state = Some(parse_state(&s));
+        }
+        if queued > 0 {
+            self.ring_home(&spec.kernel, run_id).await;
         }
         Ok((queued, state))
     }
@@ -161,7 +172,7 @@ impl Store {
                 continue;
             }
             by_stream
-                .entry(self.keys.tasks(&spec.kernel))
+                .entry(self.keys_of(&spec.run_id)?.tasks(&spec.kernel))
                 .or_default()
                 .push(spec);
         }
@@ -184,18 +195,31 @@ impl Store {
     /// Active runs with chunks unaccounted for and no event for `quiet`,
     /// with how many chunks their scheduler queue still holds.
     async fn audit_candidates(&self, quiet: Duration) -> Result<Vec<(RunSpec, u64)>> {
+        let mut out = Vec::new();
+        for (keys, active) in self.active_runs_by_group().await? {
+            out.extend(self.audit_candidates_in(&keys, active, quiet).await?);
+        }
+        Ok(out)
+    }
+
+    /// [`Store::audit_candidates`] among `active`, runs of the group of `keys`.
+    async fn audit_candidates_in(
+        &self,
+        keys: &Keys,
+        active: Vec<String>,
+        quiet: Duration,
+    ) -> Result<Vec<(RunSpec, u64)>> {
         let mut c = self.conn();
-        let active = self.active_run_ids().await?;
         if active.is_empty() {
             return Ok(Vec::new());
         }
         let mut p = redis::pipe();
         for id in &active {
             p.cmd("HMGET")
-                .arg(self.keys.run(id))
+                .arg(keys.run(id))
                 .arg(&["state", "total", "done", "dead", "spec", "next", "qn"]);
             p.cmd("XREVRANGE")
-                .arg(self.keys.events(id))
+                .arg(keys.events(id))
                 .arg("+")
                 .arg("-")
                 .arg("COUNT")

@@ -70,7 +70,7 @@ impl Store {
         let sign = if max { -1.0 } else { 1.0 };
         let outputs = sweep.outputs.len();
         let order = self.chunk_order(&spec, outputs, o, max).await?;
-        let (k, key) = (k as usize, self.keys.results(run_id));
+        let (k, key) = (k as usize, self.keys_of(run_id)?.results(run_id));
         let mut heap: BinaryHeap<Ranked> = BinaryHeap::with_capacity(k + 1);
         let mut c = self.conn();
         let mut read = 0u64;
@@ -159,7 +159,7 @@ impl Store {
         let done: Vec<u8> = self
             .timed(
                 redis::cmd("GET")
-                    .arg(self.keys.done(&spec.run_id))
+                    .arg(self.keys_of(&spec.run_id)?.done(&spec.run_id))
                     .query_async(&mut c),
             )
             .await?;
@@ -171,7 +171,7 @@ impl Store {
             let part: Vec<u8> = self
                 .timed(
                     redis::cmd("GETRANGE")
-                        .arg(self.keys.extremes(&spec.run_id))
+                        .arg(self.keys_of(&spec.run_id)?.extremes(&spec.run_id))
                         .arg(first * row)
                         .arg(last * row - 1)
                         .query_async(&mut c),

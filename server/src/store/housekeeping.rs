@@ -14,8 +14,9 @@ const PURGE_SCAN: usize = 1_000;
 impl Store {
     /// Run the purge script for one run; `why` is `expired` or `deleted`.
     async fn purge(&self, run_id: &str, why: &str) -> Result<(i64, String)> {
+        let keys = self.keys_of(run_id)?;
         let inv = self.scripts.purge(
-            &self.keys,
+            &keys,
             run_id,
             why,
             now_ms(),
@@ -34,7 +35,7 @@ impl Store {
         match code {
             1 => {
                 tracing::info!(run = %run_id, "run deleted");
-                self.replicated(&self.keys.run(run_id)).await;
+                self.replicated(&self.keys_of(run_id)?.run(run_id)).await;
                 Ok(parse_state(&state))
             }
             -2 => Err(Error::FailedPrecondition(format!(
@@ -48,12 +49,21 @@ impl Store {
     /// at once: the purge script re-checks each run's expiry time.
     pub async fn expire_due(&self) -> Result<usize> {
         let mut removed = 0;
+        for keys in self.layout().groups() {
+            removed += self.expire_due_in(keys).await?;
+        }
+        Ok(removed)
+    }
+
+    /// [`Store::expire_due`] in the group of `keys`.
+    async fn expire_due_in(&self, keys: &Keys) -> Result<usize> {
+        let mut removed = 0;
         loop {
             let mut c = self.conn();
             let due: Vec<String> = self
                 .timed(
                     redis::cmd("ZRANGEBYSCORE")
-                        .arg(self.keys.expiring())
+                        .arg(keys.expiring())
                         .arg("-inf")
                         .arg(now_ms())
                         .arg("LIMIT")
@@ -66,7 +76,7 @@ impl Store {
                 if !valid_run_id(id) {
                     self.timed(
                         redis::cmd("ZREM")
-                            .arg(self.keys.expiring())
+                            .arg(keys.expiring())
                             .arg(id)
                             .query_async::<()>(&mut c),
                     )
@@ -104,7 +114,7 @@ impl Store {
     /// See [`Store::remove_cancelled_tasks`]; returns how many were deleted.
     async fn purge_cancelled_tasks(&self, run_id: &str) -> Result<u64> {
         let spec = self.spec(run_id).await?;
-        let stream = self.keys.tasks(&spec.kernel);
+        let stream = self.keys_of(run_id)?.tasks(&spec.kernel);
         let mut c = self.conn();
         let mut from = "-".to_string();
         let mut deleted = 0u64;
@@ -151,7 +161,7 @@ impl Store {
         let mut c = self.conn();
         let reply: Result<Vec<String>> = self
             .timed(c.query_at(
-                &self.keys.runs(),
+                &self.keys().runs(),
                 redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy"),
             ))
             .await;

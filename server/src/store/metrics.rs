@@ -6,55 +6,65 @@ use super::*;
 type Queue = (&'static str, u64, Option<(f64, f64)>);
 
 impl Store {
-    /// How many of the newest 1,000 runs are in each state.
+    /// How many of the newest 1,000 runs (of each slot group) are in each
+    /// state.
     async fn runs_by_state(&self) -> Result<HashMap<String, u64>> {
         let mut c = self.conn();
-        let ids: Vec<String> = self
-            .timed(
-                redis::cmd("ZREVRANGE")
-                    .arg(self.keys.runs())
-                    .arg(0)
-                    .arg(999)
-                    .query_async(&mut c),
-            )
-            .await?;
         let mut by_state: HashMap<String, u64> = HashMap::new();
-        if ids.is_empty() {
-            return Ok(by_state);
-        }
-        let mut p = redis::pipe();
-        for id in &ids {
-            p.cmd("HGET").arg(self.keys.run(id)).arg("state");
-        }
-        let states: Vec<Option<String>> = self.timed(p.query_async(&mut c)).await?;
-        for s in states.into_iter().flatten() {
-            *by_state.entry(s).or_default() += 1;
+        for keys in self.layout().groups() {
+            let ids: Vec<String> = self
+                .timed(
+                    redis::cmd("ZREVRANGE")
+                        .arg(keys.runs())
+                        .arg(0)
+                        .arg(999)
+                        .query_async(&mut c),
+                )
+                .await?;
+            if ids.is_empty() {
+                continue;
+            }
+            let mut p = redis::pipe();
+            for id in &ids {
+                p.cmd("HGET").arg(keys.run(id)).arg("state");
+            }
+            let states: Vec<Option<String>> = self.timed(p.query_async(&mut c)).await?;
+            for s in states.into_iter().flatten() {
+                *by_state.entry(s).or_default() += 1;
+            }
         }
         Ok(by_state)
     }
 
-    /// Per built-in kernel: entries, and the group's pending and lag
-    /// (entries not yet delivered to any agent: what autoscaling watches).
+    /// Per built-in kernel, over every slot group: entries, and the
+    /// consumer group's pending and lag (entries not yet delivered to any
+    /// agent: what autoscaling watches).
     async fn queue_depths(&self) -> Result<Vec<Queue>> {
         let mut c = self.conn();
         let mut queues = Vec::new();
+        let layout = self.layout();
         for k in ttg_proto::kernels::BUILTIN {
-            let key = self.keys.tasks(k.name);
-            let len: u64 = self
-                .timed(redis::cmd("XLEN").arg(&key).query_async(&mut c))
-                .await?;
-            let groups: RedisResult<Vec<HashMap<String, Value>>> = redis::cmd("XINFO")
-                .arg("GROUPS")
-                .arg(&key)
-                .query_async(&mut c)
-                .await;
-            let group = groups.unwrap_or_default().into_iter().next().map(|g| {
-                let num = |f: &str| match g.get(f) {
-                    Some(Value::Int(n)) => *n as f64,
-                    _ => 0.0,
-                };
-                (num("pending"), num("lag"))
-            });
+            let (mut len, mut group): (u64, Option<(f64, f64)>) = (0, None);
+            for keys in layout.groups() {
+                let key = keys.tasks(k.name);
+                let n: u64 = self
+                    .timed(redis::cmd("XLEN").arg(&key).query_async(&mut c))
+                    .await?;
+                len += n;
+                let groups: RedisResult<Vec<HashMap<String, Value>>> = redis::cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(&key)
+                    .query_async(&mut c)
+                    .await;
+                if let Some(g) = groups.unwrap_or_default().into_iter().next() {
+                    let num = |f: &str| match g.get(f) {
+                        Some(Value::Int(n)) => *n as f64,
+                        _ => 0.0,
+                    };
+                    let (p, l) = group.unwrap_or_default();
+                    group = Some((p + num("pending"), l + num("lag")));
+                }
+            }
             queues.push((k.name, len, group));
         }
         Ok(queues)
@@ -64,44 +74,45 @@ impl Store {
     /// scheduler (not yet handed to an agent) and chunks in flight.
     async fn sched_books(&self) -> Result<HashMap<(String, String), (u64, u64)>> {
         let mut c = self.conn();
-        let active = self.active_run_ids().await?;
         let mut out: HashMap<(String, String), (u64, u64)> = HashMap::new();
-        if active.is_empty() {
-            return Ok(out);
-        }
-        let mut p = redis::pipe();
-        for id in &active {
-            p.cmd("HMGET")
-                .arg(self.keys.run(id))
-                .arg(&["sched", "total", "next", "qn", "inflight", "class"]);
-        }
-        let rows: Vec<Vec<Option<String>>> = self.timed(p.query_async(&mut c)).await?;
-        let sched_prefix = format!("{}sched:", self.keys.prefix());
-        for row in rows {
-            let int = |i: usize| {
-                row.get(i)
-                    .cloned()
-                    .flatten()
-                    .and_then(|v| v.parse::<i64>().ok())
-                    .unwrap_or(0)
-                    .max(0) as u64
-            };
-            let Some(Some(key)) = row.first() else {
+        for (keys, active) in self.active_runs_by_group().await? {
+            if active.is_empty() {
                 continue;
-            };
-            let Some(kernel) = key.strip_prefix(&sched_prefix) else {
-                continue;
-            };
-            let class = match int(5) {
-                0 => "high",
-                2 => "low",
-                _ => "normal",
-            };
-            let e = out
-                .entry((kernel.to_string(), class.to_string()))
-                .or_default();
-            e.0 += int(1).saturating_sub(int(2)) + int(3);
-            e.1 += int(4);
+            }
+            let mut p = redis::pipe();
+            for id in &active {
+                p.cmd("HMGET")
+                    .arg(keys.run(id))
+                    .arg(&["sched", "total", "next", "qn", "inflight", "class"]);
+            }
+            let rows: Vec<Vec<Option<String>>> = self.timed(p.query_async(&mut c)).await?;
+            let sched_prefix = format!("{}sched:", keys.prefix());
+            for row in rows {
+                let int = |i: usize| {
+                    row.get(i)
+                        .cloned()
+                        .flatten()
+                        .and_then(|v| v.parse::<i64>().ok())
+                        .unwrap_or(0)
+                        .max(0) as u64
+                };
+                let Some(Some(key)) = row.first() else {
+                    continue;
+                };
+                let Some(kernel) = key.strip_prefix(&sched_prefix) else {
+                    continue;
+                };
+                let class = match int(5) {
+                    0 => "high",
+                    2 => "low",
+                    _ => "normal",
+                };
+                let e = out
+                    .entry((kernel.to_string(), class.to_string()))
+                    .or_default();
+                e.0 += int(1).saturating_sub(int(2)) + int(3);
+                e.1 += int(4);
+            }
         }
         Ok(out)
     }
@@ -112,15 +123,20 @@ impl Store {
     /// pending and the lag (chunks no agent has been given yet), and per
     /// kernel and priority the scheduler's queued and in-flight chunks.
     /// The fleet's counters (chunks completed, failed, reclaimed, dead, …
-    /// since the prefix was first used), as the scripts keep them.
+    /// since the prefix was first used), as the scripts keep them, summed
+    /// over the slot groups.
     pub async fn counters(&self) -> Result<HashMap<String, i64>> {
         let mut c = self.conn();
-        self.timed(
-            redis::cmd("HGETALL")
-                .arg(self.keys.stats())
-                .query_async(&mut c),
-        )
-        .await
+        let mut sum: HashMap<String, i64> = HashMap::new();
+        for keys in self.layout().groups() {
+            let one: HashMap<String, i64> = self
+                .timed(redis::cmd("HGETALL").arg(keys.stats()).query_async(&mut c))
+                .await?;
+            for (k, v) in one {
+                *sum.entry(k).or_default() += v;
+            }
+        }
+        Ok(sum)
     }
 
     pub async fn collect_metrics(&self) -> Result<()> {
@@ -133,17 +149,20 @@ impl Store {
         let by_state = self.runs_by_state().await?;
         let queues = self.queue_depths().await?;
         let books = self.sched_books().await?;
-        // Redis memory, for sizing and alerting (see docs/operations.md).
+        // Redis memory, for sizing and alerting (see docs/operations.md):
+        // the home group's node (with slot groups on a cluster, each
+        // primary's own INFO says its share).
+        let home = self.keys();
         let info: String = self
-            .timed(c.query_at(&self.keys.runs(), redis::cmd("INFO").arg("memory")))
+            .timed(c.query_at(&home.runs(), redis::cmd("INFO").arg("memory")))
             .await?;
-        let runs: u64 = self
-            .timed(
-                redis::cmd("ZCARD")
-                    .arg(self.keys.runs())
-                    .query_async(&mut c),
-            )
-            .await?;
+        let mut runs = 0u64;
+        for keys in self.layout().groups() {
+            let n: u64 = self
+                .timed(redis::cmd("ZCARD").arg(keys.runs()).query_async(&mut c))
+                .await?;
+            runs += n;
+        }
 
         for (field, name) in [
             ("completed", "ttg_chunks_completed_total"),

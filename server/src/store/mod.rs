@@ -28,7 +28,7 @@ use redis::{RedisResult, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use ttg_proto::chunking::chunk_range;
-use ttg_proto::keys::{new_run_id, valid_run_id, Keys};
+use ttg_proto::keys::{new_run_id_in, valid_run_id, Keys, Layout};
 use ttg_proto::reclaim::{reclaim_consumer, Cause, Reclaimed};
 use ttg_proto::records::{
     decode_event, decode_spec, encode, event_body, is_finished, is_terminal, parse_state,
@@ -52,6 +52,7 @@ mod best;
 mod charts;
 mod export;
 mod housekeeping;
+mod layout;
 mod metrics;
 mod results;
 mod runs;
@@ -67,7 +68,11 @@ pub use runs::RunFilter;
 /// Runs and agents in Redis.
 pub struct Store {
     limits: Limits,
-    keys: Keys,
+    /// The installation's slot groups (see [`Layout`]): one until the
+    /// layout stored in Redis says otherwise (see `layout.rs`).
+    layout: std::sync::RwLock<Arc<Layout>>,
+    /// The prefix the groups derive from.
+    prefix: String,
     target: Target,
     conn: Conn,
     /// The connection Submit, Cancel, Retry and Delete write through:
@@ -86,9 +91,11 @@ impl Store {
     /// [`Target::prefix`]); connects lazily.
     pub fn new(target: Target, prefix: &str, deadline: Duration, limits: Limits) -> Result<Self> {
         let conn = target.shared()?;
+        let prefix = target.prefix(prefix);
         Ok(Self {
             limits,
-            keys: Keys::new(target.prefix(prefix)),
+            layout: std::sync::RwLock::new(Arc::new(Layout::new(&prefix, 1))),
+            prefix,
             target,
             writes: conn.clone(),
             conn,
@@ -144,9 +151,27 @@ impl Store {
         }
     }
 
-    /// Key names.
-    pub fn keys(&self) -> &Keys {
-        &self.keys
+    /// The current layout.
+    pub fn layout(&self) -> Arc<Layout> {
+        self.layout
+            .read()
+            .map(|l| l.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    /// The home group's key names (agents, the layout, the control
+    /// channel).
+    pub fn keys(&self) -> Keys {
+        self.layout().home().clone()
+    }
+
+    /// The key names of `run_id`'s group; NotFound for an id naming a
+    /// group the installation does not have.
+    pub fn keys_of(&self, run_id: &str) -> Result<Keys> {
+        self.layout()
+            .of_run(run_id)
+            .cloned()
+            .ok_or_else(|| Error::RunNotFound(run_id.to_string()))
     }
 
     /// A clone of the shared connection.

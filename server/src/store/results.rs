@@ -53,8 +53,8 @@ impl Store {
         F: FnMut(u64, u64, Vec<f64>) -> Fut,
         Fut: Future<Output = bool>,
     {
-        let key = self.keys.results(&spec.run_id);
-        let done_key = self.keys.done(&spec.run_id);
+        let key = self.keys_of(&spec.run_id)?.results(&spec.run_id);
+        let done_key = self.keys_of(&spec.run_id)?.done(&spec.run_id);
         let mut c = self.conn();
         let per_chunk = spec.chunk_size.max(1) * 8 * spec.outputs.len().max(1) as u64;
         let stride = stride.max(1);

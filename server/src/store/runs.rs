@@ -6,6 +6,87 @@ use super::*;
 /// page ends early with a token to continue.
 const LIST_SCAN: usize = 10_000;
 
+/// Runs ListRuns reads from the index, and then by record, at a time.
+const LIST_BATCH: usize = 200;
+
+/// The runs indexes of every slot group merged, newest first (equal submit
+/// times in reverse id order, as ZREVRANGEBYSCORE gives them): a k-way
+/// merge that reads each group's index a batch at a time.
+struct RunsIndex {
+    groups: Vec<IndexCursor>,
+    upper: String,
+    lower: String,
+}
+
+/// One group's runs index as [`RunsIndex`] reads it.
+struct IndexCursor {
+    key: String,
+    /// How far it was read.
+    offset: usize,
+    /// Read and not yet taken.
+    buf: std::collections::VecDeque<(String, f64)>,
+    /// Whether it has more.
+    more: bool,
+}
+
+impl RunsIndex {
+    fn new(layout: &Layout, upper: String, lower: String) -> Self {
+        let groups = layout
+            .groups()
+            .iter()
+            .map(|k| IndexCursor {
+                key: k.runs(),
+                offset: 0,
+                buf: std::collections::VecDeque::new(),
+                more: true,
+            })
+            .collect();
+        Self {
+            groups,
+            upper,
+            lower,
+        }
+    }
+
+    /// The next (run id, submit time) in order, or None at the end.
+    async fn next(&mut self, store: &Store, c: &mut Conn) -> Result<Option<(String, f64)>> {
+        for IndexCursor {
+            key,
+            offset,
+            buf,
+            more,
+        } in self.groups.iter_mut()
+        {
+            if buf.is_empty() && *more {
+                let items: Vec<(String, f64)> = store
+                    .timed(
+                        redis::cmd("ZREVRANGEBYSCORE")
+                            .arg(key.as_str())
+                            .arg(&self.upper)
+                            .arg(&self.lower)
+                            .arg("WITHSCORES")
+                            .arg("LIMIT")
+                            .arg(*offset)
+                            .arg(LIST_BATCH)
+                            .query_async(c),
+                    )
+                    .await?;
+                *offset += items.len();
+                *more = items.len() == LIST_BATCH;
+                buf.extend(items);
+            }
+        }
+        let newest = self
+            .groups
+            .iter()
+            .enumerate()
+            .filter_map(|(g, cur)| cur.buf.front().map(|head| (g, head)))
+            .max_by(|(_, a), (_, b)| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(&b.0)))
+            .map(|(g, _)| g);
+        Ok(newest.and_then(|g| self.groups[g].buf.pop_front()))
+    }
+}
+
 /// What ListRuns selects.
 #[derive(Debug, Clone, Default)]
 pub struct RunFilter {
@@ -26,11 +107,12 @@ pub struct RunFilter {
 impl Store {
     pub(super) async fn run_hash(&self, run_id: &str) -> Result<HashMap<String, Vec<u8>>> {
         check_run_id(run_id)?;
+        let keys = self.keys_of(run_id)?;
         let mut c = self.conn();
         let h: HashMap<String, Vec<u8>> = self
             .timed(
                 redis::cmd("HGETALL")
-                    .arg(self.keys.run(run_id))
+                    .arg(keys.run(run_id))
                     .query_async(&mut c),
             )
             .await?;
@@ -43,11 +125,12 @@ impl Store {
     /// Spec of a run.
     pub async fn spec(&self, run_id: &str) -> Result<RunSpec> {
         check_run_id(run_id)?;
+        let keys = self.keys_of(run_id)?;
         let mut c = self.conn();
         let b: Option<Vec<u8>> = self
             .timed(
                 redis::cmd("HGET")
-                    .arg(self.keys.run(run_id))
+                    .arg(keys.run(run_id))
                     .arg("spec")
                     .query_async(&mut c),
             )
@@ -72,11 +155,12 @@ impl Store {
 
     /// Up to `limit` dead-lettered chunks of a run, with their last error.
     pub async fn dead_chunks(&self, run_id: &str, limit: usize) -> Result<Vec<DeadChunk>> {
+        let keys = self.keys_of(run_id)?;
         let mut c = self.conn();
         let reply: redis::streams::StreamRangeReply = self
             .timed(
                 redis::cmd("XRANGE")
-                    .arg(self.keys.dead_letters(run_id))
+                    .arg(keys.dead_letters(run_id))
                     .arg("-")
                     .arg("+")
                     .arg("COUNT")
@@ -112,11 +196,14 @@ impl Store {
     /// The error for a run that is not in Redis: [`Error::RunGone`] if its
     /// tombstone says it expired or was deleted, else [`Error::RunNotFound`].
     pub async fn not_found(&self, run_id: &str) -> Error {
+        let Ok(keys) = self.keys_of(run_id) else {
+            return Error::RunNotFound(run_id.to_string());
+        };
         let mut c = self.conn();
         let scores: Result<Vec<Option<f64>>> = self
             .timed(
                 redis::cmd("ZMSCORE")
-                    .arg(self.keys.gone())
+                    .arg(keys.gone())
                     .arg(format!("{run_id}:expired"))
                     .arg(format!("{run_id}:deleted"))
                     .query_async(&mut c),
@@ -172,24 +259,18 @@ impl Store {
         let agents = self.live_agents().await?;
         let mut c = self.conn();
         let mut out = Vec::new();
-        let (mut offset, mut scanned) = (0usize, 0usize);
+        let mut scanned = 0usize;
         let mut last_seen: Option<String> = None;
-        const BATCH: usize = 200;
+        let mut index = RunsIndex::new(&self.layout(), upper, lower);
         loop {
-            let items: Vec<(String, f64)> = self
-                .timed(
-                    redis::cmd("ZREVRANGEBYSCORE")
-                        .arg(self.keys.runs())
-                        .arg(&upper)
-                        .arg(&lower)
-                        .arg("WITHSCORES")
-                        .arg("LIMIT")
-                        .arg(offset)
-                        .arg(BATCH)
-                        .query_async(&mut c),
-                )
-                .await?;
-            offset += items.len();
+            let mut items = Vec::new();
+            while items.len() < LIST_BATCH {
+                match index.next(self, &mut c).await? {
+                    Some(item) => items.push(item),
+                    None => break,
+                }
+            }
+            let batch_full = items.len() == LIST_BATCH;
             // Equal scores come in reverse id order: those not below the
             // token were on earlier pages.
             let ids: Vec<String> = items
@@ -200,45 +281,36 @@ impl Store {
                 })
                 .map(|(id, _)| id.clone())
                 .collect();
-            if !ids.is_empty() {
-                let mut p = redis::pipe();
-                for id in &ids {
-                    p.cmd("HGETALL").arg(self.keys.run(id));
+            let hashes = self.run_hashes(&mut c, &ids).await?;
+            for (id, h) in ids.iter().zip(hashes) {
+                scanned += 1;
+                last_seen = Some(id.clone());
+                if h.is_empty() {
+                    continue; // removed since the index was read
                 }
-                let hashes: Vec<HashMap<String, Vec<u8>>> =
-                    self.timed(p.query_async(&mut c)).await?;
-                for (id, h) in ids.iter().zip(hashes) {
-                    scanned += 1;
-                    last_seen = Some(id.clone());
-                    if h.is_empty() {
-                        continue; // removed since the index was read
-                    }
-                    let mut st = match run_status_from_hash(&h, now) {
-                        Ok(st) => st,
-                        Err(e) => {
-                            tracing::warn!(run = %id, error = %e, "skipping corrupt run record");
-                            continue;
-                        }
-                    };
-                    let state = RunState::try_from(st.state).unwrap_or(RunState::Unspecified);
-                    if !f.states.is_empty() && !f.states.contains(&state) {
+                let mut st = match run_status_from_hash(&h, now) {
+                    Ok(st) => st,
+                    Err(e) => {
+                        tracing::warn!(run = %id, error = %e, "skipping corrupt run record");
                         continue;
                     }
-                    let name = st.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("");
-                    if !f.name_contains.is_empty()
-                        && !name.to_lowercase().contains(&f.name_contains)
-                    {
-                        continue;
-                    }
-                    self.annotate(&mut st, &agents);
-                    out.push(st);
-                    if out.len() == f.limit {
-                        // More may follow: the client asks with this token.
-                        return Ok((out, id.clone()));
-                    }
+                };
+                let state = RunState::try_from(st.state).unwrap_or(RunState::Unspecified);
+                if !f.states.is_empty() && !f.states.contains(&state) {
+                    continue;
+                }
+                let name = st.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("");
+                if !f.name_contains.is_empty() && !name.to_lowercase().contains(&f.name_contains) {
+                    continue;
+                }
+                self.annotate(&mut st, &agents);
+                out.push(st);
+                if out.len() == f.limit {
+                    // More may follow: the client asks with this token.
+                    return Ok((out, id.clone()));
                 }
             }
-            if items.len() < BATCH {
+            if !batch_full {
                 return Ok((out, String::new()));
             }
             if scanned >= LIST_SCAN {
@@ -247,11 +319,40 @@ impl Store {
         }
     }
 
+    /// The run hashes of `ids` (empty for a run removed meanwhile), one
+    /// pipeline per slot group.
+    async fn run_hashes(
+        &self,
+        c: &mut Conn,
+        ids: &[String],
+    ) -> Result<Vec<HashMap<String, Vec<u8>>>> {
+        let layout = self.layout();
+        let mut out = vec![HashMap::new(); ids.len()];
+        for keys in layout.groups() {
+            let mine: Vec<usize> = (0..ids.len())
+                .filter(|&i| layout.of_run(&ids[i]).map(Keys::prefix) == Some(keys.prefix()))
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let mut p = redis::pipe();
+            for &i in &mine {
+                p.cmd("HGETALL").arg(keys.run(&ids[i]));
+            }
+            let hashes: Vec<HashMap<String, Vec<u8>>> = self.timed(p.query_async(c)).await?;
+            for (i, h) in mine.into_iter().zip(hashes) {
+                out[i] = h;
+            }
+        }
+        Ok(out)
+    }
+
     /// Re-queue a run's dead chunks with fresh attempts. Returns how many and
     /// the state after.
     pub async fn retry(&self, run_id: &str) -> Result<(u64, RunState)> {
         let spec = self.spec(run_id).await?;
-        let tasks = self.keys.tasks(&spec.kernel);
+        let keys = self.keys_of(run_id)?;
+        let tasks = keys.tasks(&spec.kernel);
         self.ensure_group(&tasks).await?;
         const BATCH: usize = 1_000;
         let mut c = self.writer();
@@ -261,7 +362,7 @@ impl Store {
         let purged: Option<u64> = self
             .timed(
                 redis::cmd("HGET")
-                    .arg(self.keys.run(run_id))
+                    .arg(keys.run(run_id))
                     .arg("purged")
                     .query_async(&mut c),
             )
@@ -271,7 +372,7 @@ impl Store {
             total += self.requeue_missing(&spec, "retry").await?.0;
         }
         loop {
-            let inv = self.scripts.retry(&self.keys, run_id, &tasks, BATCH);
+            let inv = self.scripts.retry(&keys, run_id, &tasks, BATCH);
             let (n, state, read): (i64, String, usize) =
                 self.timed(inv.invoke_async(&mut c)).await?;
             match n {
@@ -285,7 +386,10 @@ impl Store {
             }
             if read < BATCH {
                 tracing::info!(run = %run_id, chunks = total, "dead chunks re-queued");
-                self.replicated(&self.keys.run(run_id)).await;
+                self.replicated(&keys.run(run_id)).await;
+                if total > 0 {
+                    self.ring_home(&spec.kernel, run_id).await;
+                }
                 return Ok((total, parse_state(&state)));
             }
         }
@@ -295,6 +399,7 @@ impl Store {
     /// ended is [`Error::FailedPrecondition`].
     pub async fn cancel(&self, run_id: &str, reason: &str) -> Result<RunState> {
         check_run_id(run_id)?;
+        let keys = self.keys_of(run_id)?;
         let reason: String = reason.chars().take(256).collect();
         let message = match reason.trim() {
             "" => "cancelled".to_string(),
@@ -302,7 +407,7 @@ impl Store {
         };
         let body = event_body(run_id, event::Kind::RunCancelled(RunCancelled { reason }));
         let mut c = self.writer();
-        let inv = self.scripts.cancel(&self.keys, run_id, &body, &message);
+        let inv = self.scripts.cancel(&keys, run_id, &body, &message);
         let (changed, state): (i64, String) = self.timed(inv.invoke_async(&mut c)).await?;
         if state.is_empty() {
             return Err(self.not_found(run_id).await);
@@ -315,7 +420,7 @@ impl Store {
             )));
         }
         tracing::info!(run = %run_id, "run cancelled");
-        self.replicated(&self.keys.run(run_id)).await;
+        self.replicated(&keys.run(run_id)).await;
         Ok(s)
     }
 
@@ -325,7 +430,7 @@ impl Store {
         let mut c = self.conn();
         self.timed(
             redis::cmd("PUBLISH")
-                .arg(self.keys.control_channel())
+                .arg(self.keys().control_channel())
                 .arg(format!("cancel {server_id} {run_id}"))
                 .query_async::<()>(&mut c),
         )

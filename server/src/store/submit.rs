@@ -41,9 +41,9 @@ impl Store {
 
     async fn submit_inner(&self, req: &SubmitRequest) -> Result<(String, u64, u64)> {
         let v = self.validate(req).await?;
-        self.check_runs_in_flight().await?;
+        let group = self.place().await?;
         let created = now_ms();
-        let run_id = new_run_id(created, rand::random());
+        let run_id = new_run_id_in(created, rand::random(), group);
         let current = tracing::Span::current();
         current.record("run_id", run_id.as_str());
         current.record("chunks", v.chunks);
@@ -66,38 +66,56 @@ impl Store {
             max_in_flight: v.max_in_flight,
             weight: v.weight,
         };
-        self.ensure_group(&self.keys.tasks(&v.kernel)).await?;
-        self.write_run(&spec).await?;
+        let keys = self.keys_of(&run_id)?;
+        self.ensure_group(&keys.tasks(&v.kernel)).await?;
+        self.write_run(&keys, &spec).await?;
         tracing::info!(run = %run_id, params = v.params, chunks = v.chunks, kernel = %v.kernel, "run submitted");
         Ok((run_id, v.chunks, v.params))
     }
 
-    /// ResourceExhausted once --max-runs-in-flight runs are QUEUED or RUNNING.
-    async fn check_runs_in_flight(&self) -> Result<()> {
+    /// The slot group a new run goes to: the one with the fewest runs
+    /// QUEUED or RUNNING (ties at random), so load spreads over the groups'
+    /// primaries. ResourceExhausted once --max-runs-in-flight runs are
+    /// QUEUED or RUNNING, installation-wide.
+    async fn place(&self) -> Result<u32> {
         let mut c = self.conn();
-        let active: Option<i64> = self
-            .timed(
-                redis::cmd("HGET")
-                    .arg(self.keys.stats())
-                    .arg("active")
-                    .query_async(&mut c),
-            )
-            .await?;
-        let active = active.unwrap_or(0);
+        let layout = self.layout();
+        let mut per_group = Vec::with_capacity(layout.len());
+        for keys in layout.groups() {
+            let n: Option<i64> = self
+                .timed(
+                    redis::cmd("HGET")
+                        .arg(keys.stats())
+                        .arg("active")
+                        .query_async(&mut c),
+                )
+                .await?;
+            per_group.push(n.unwrap_or(0).max(0));
+        }
+        let active: i64 = per_group.iter().sum();
         if active.max(0) as u64 >= self.limits.max_runs_in_flight {
             return Err(Error::ResourceExhausted(format!(
                 "runs in flight: {active} QUEUED or RUNNING, the limit is {} (--max-runs-in-flight); wait for one to end or cancel one",
                 self.limits.max_runs_in_flight
             )));
         }
-        Ok(())
+        let least = per_group.iter().copied().min().unwrap_or(0);
+        let tied: Vec<usize> = (0..per_group.len())
+            .filter(|&g| per_group[g] == least)
+            .collect();
+        Ok(tied[rand::random::<u32>() as usize % tied.len().max(1)] as u32)
     }
 
     /// The run hash (with the scheduler's fields), its index entry, the
     /// active count, its `RunSubmitted` event, its place in the scheduler
     /// zset of its kernel and class and a ring of the kernel's wake stream,
     /// in one MULTI: a run is claimable exactly when it is stored.
-    async fn write_run(&self, spec: &RunSpec) -> Result<()> {
+    ///
+    /// With several slot groups it also rings the home group's wake stream
+    /// of the kernel, where idle agents wait (see agent/src/worker/claim.rs):
+    /// after the MULTI, as a hint — an agent that misses it finds the run
+    /// at its next claim, within one blocking read.
+    async fn write_run(&self, keys: &Keys, spec: &RunSpec) -> Result<()> {
         let run_id = &spec.run_id;
         let submitted = Event {
             run_id: run_id.clone(),
@@ -115,12 +133,12 @@ impl Store {
         };
         let num = |n: u64| n.to_string().into_bytes();
         let priority = Priority::try_from(spec.priority).unwrap_or_default();
-        let sched = self.keys.sched(&spec.kernel);
-        let wake = self.keys.wake(&spec.kernel);
+        let sched = keys.sched(&spec.kernel);
+        let wake = keys.wake(&spec.kernel);
         let mut p = redis::pipe();
         p.atomic()
             .hset_multiple(
-                self.keys.run(run_id),
+                keys.run(run_id),
                 &[
                     ("state", RunState::Queued.as_str_name().as_bytes().to_vec()),
                     ("spec", encode(spec)),
@@ -148,30 +166,58 @@ impl Store {
             .ignore()
             .zadd(&sched, run_id, sched::initial_score(priority))
             .ignore()
-            .cmd("XADD")
-            .arg(&wake)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(64)
-            .arg("*")
-            .arg("r")
-            .arg(run_id)
+            .add_command(wake_entry(&wake, run_id))
             .ignore()
-            .zadd(self.keys.runs(), run_id, spec.created_ms)
+            .zadd(keys.runs(), run_id, spec.created_ms)
             .ignore()
-            .hincr(self.keys.stats(), "active", 1)
+            .hincr(keys.stats(), "active", 1)
             .ignore()
             .xadd(
-                self.keys.events(run_id),
+                keys.events(run_id),
                 "*",
                 &[(EVENT_FIELD, encode(&submitted))],
             )
             .ignore();
         let mut c = self.writer();
         self.timed(p.query_async::<()>(&mut c)).await?;
-        self.replicated(&self.keys.run(run_id)).await;
+        self.replicated(&keys.run(run_id)).await;
+        self.ring_home(&spec.kernel, run_id).await;
         Ok(())
     }
+}
+
+impl Store {
+    /// With several slot groups: an entry on the home group's wake stream
+    /// of `kernel` (idle agents block there, as one blocking read cannot
+    /// span the slots of several groups on a cluster). A hint: a failure is
+    /// logged, and agents find the work at their next claim anyway.
+    pub(super) async fn ring_home(&self, kernel: &str, run_id: &str) {
+        let layout = self.layout();
+        if layout.is_single() {
+            return;
+        }
+        let mut c = self.conn();
+        let r = self
+            .timed(wake_entry(&layout.home().wake(kernel), run_id).query_async::<()>(&mut c))
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, run = %run_id, "could not wake idle agents; they find the run at their next claim");
+        }
+    }
+}
+
+/// An entry on a wake stream saying `run_id` has work (the stream kept to
+/// its last ~64).
+fn wake_entry(wake: &str, run_id: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(wake)
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(64)
+        .arg("*")
+        .arg("r")
+        .arg(run_id);
+    cmd
 }
 
 /// The part of every task of a run that is the same for all its chunks:

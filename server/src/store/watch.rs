@@ -46,7 +46,7 @@ impl Store {
         after: &str,
         tx: &mpsc::Sender<Result<Event>>,
     ) -> Result<()> {
-        let key = self.keys.events(run_id);
+        let key = self.keys_of(run_id)?.events(run_id);
         let mut c = self.conn();
         let tail: redis::streams::StreamRangeReply = self
             .timed(
@@ -111,7 +111,7 @@ impl Store {
         tx: &mpsc::Sender<Result<Event>>,
         stop: &CancellationToken,
     ) -> Result<()> {
-        let events_key = self.keys.events(run_id);
+        let events_key = self.keys_of(run_id)?.events(run_id);
         let mut last = if after.is_empty() {
             "0-0".to_string()
         } else {
@@ -227,7 +227,7 @@ impl Store {
                             .arg("COUNT")
                             .arg(1)
                             .arg("STREAMS")
-                            .arg(self.keys.events(run_id))
+                            .arg(self.keys_of(run_id)?.events(run_id))
                             .arg(last)
                             .query_async(&mut c),
                     )
@@ -259,7 +259,7 @@ impl Store {
         let state: Option<String> = self
             .timed(
                 redis::cmd("HGET")
-                    .arg(self.keys.run(run_id))
+                    .arg(self.keys_of(run_id)?.run(run_id))
                     .arg("state")
                     .query_async(&mut c),
             )
