@@ -2,12 +2,13 @@
 //! processes on free loopback ports (each with its own bus port), joined by
 //! `redis-cli --cluster create` with a replica per primary, a 1 s node
 //! timeout so a killed primary's replica takes over within seconds, and
-//! AOF on. Killed on drop.
+//! AOF on. Killed on drop. Also [`Install`]: a server and agents on one,
+//! and what the cluster tests ask of it.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::free_port;
+use super::*;
 
 /// One node of a [`RedisCluster`].
 pub struct ClusterNode {
@@ -89,10 +90,7 @@ impl ClusterNode {
     }
 
     fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        super::sigkill(&mut self.child);
     }
 }
 
@@ -270,4 +268,141 @@ impl Drop for RedisCluster {
             n.kill();
         }
     }
+}
+
+// An installation (server, agents) on a cluster, and what the cluster tests ask of it.
+
+/// Unused: with --redis-cluster the processes never read --redis-url.
+pub const NO_NODE: &str = "redis://127.0.0.1:1";
+
+/// A server's flags on the cluster at `seeds`: short leases, so a lost
+/// agent is noticed within a test's patience.
+pub fn server_flags(seeds: &str) -> [&str; 6] {
+    [
+        "--redis-cluster",
+        seeds,
+        "--lease",
+        "1s",
+        "--heartbeat-interval",
+        "250ms",
+    ]
+}
+
+/// Fields drop in order: the agents and the server go before the cluster.
+pub struct Install {
+    pub agents: Vec<Agent>,
+    pub server: ServerProc,
+    pub cluster: RedisCluster,
+    pub prefix: String,
+    next: usize,
+    agent_flags: Vec<String>,
+}
+
+impl Install {
+    pub fn start(agents: usize) -> Install {
+        Self::start_with(agents, &[])
+    }
+
+    /// With extra flags for every agent.
+    pub fn start_with(agents: usize, agent_flags: &[&str]) -> Install {
+        Self::start_full(agents, agent_flags, &[])
+    }
+
+    /// With extra flags for every agent and for the server.
+    pub fn start_full(agents: usize, agent_flags: &[&str], server_flags_extra: &[&str]) -> Install {
+        let cluster = RedisCluster::start(3, 1);
+        let prefix = prefix();
+        let seeds = cluster.seeds();
+        let mut flags = server_flags(&seeds).to_vec();
+        flags.extend_from_slice(server_flags_extra);
+        let server = ServerProc::start(NO_NODE, &prefix, &flags);
+        let mut i = Install {
+            cluster,
+            prefix,
+            server,
+            agents: Vec::new(),
+            next: 0,
+            agent_flags: agent_flags.iter().map(|f| f.to_string()).collect(),
+        };
+        for _ in 0..agents {
+            let a = i.agent();
+            i.agents.push(a);
+        }
+        i
+    }
+
+    pub fn agent(&mut self) -> Agent {
+        self.next += 1;
+        let seeds = self.cluster.seeds();
+        let mut flags = vec!["--redis-cluster", &seeds, "--allow-exec"];
+        flags.extend(self.agent_flags.iter().map(String::as_str));
+        Agent::spawn(
+            &self.server.url,
+            NO_NODE,
+            &self.prefix,
+            &format!("k{}", self.next),
+            2,
+            &flags,
+        )
+    }
+
+    /// A key of this installation (all share its hash tag).
+    pub fn tagged_key(&self) -> String {
+        format!("{{{}}}:runs", self.prefix.trim_end_matches(':'))
+    }
+}
+
+/// Status, or None while the server cannot answer (Redis failing over).
+pub async fn try_status(
+    c: &mut ttg_proto::v1::control_plane_client::ControlPlaneClient<tonic::transport::Channel>,
+    id: &str,
+) -> Option<RunStatus> {
+    c.status(StatusRequest { run_id: id.into() })
+        .await
+        .ok()
+        .map(|r| r.into_inner())
+}
+
+/// A no-work sweep of `params` in chunks of `chunk`, to its end: every
+/// chunk counted once, the exact sum.
+pub async fn sweep_exactly_once(
+    c: &mut ttg_proto::v1::control_plane_client::ControlPlaneClient<tonic::transport::Channel>,
+    params: u64,
+    chunk: u64,
+) {
+    let run = c
+        .submit(submit_req(params, chunk, 0))
+        .await
+        .expect("submit")
+        .into_inner();
+    let (_, events) = run_end(c, &run.run_id).await;
+    assert_exactly_once(&events, params, params.div_ceil(chunk));
+}
+
+/// Submit `req` and wait until `done` of its chunks are done.
+pub async fn submit_until_done(
+    c: &mut ttg_proto::v1::control_plane_client::ControlPlaneClient<tonic::transport::Channel>,
+    req: ttg_proto::v1::SubmitRequest,
+    done: u64,
+) -> ttg_proto::v1::SubmitResponse {
+    let run = c.submit(req).await.expect("submit").into_inner();
+    wait_until(&format!("{done} chunks done"), Duration::from_secs(60), || {
+        let mut c = c.clone();
+        let id = run.run_id.clone();
+        async move { (try_status(&mut c, &id).await?.progress?.chunks_done >= done).then_some(()) }
+    })
+    .await;
+    run
+}
+
+/// Script calls (EVALSHA) node `i` has served.
+pub fn evalsha_calls(cluster: &RedisCluster, i: usize) -> u64 {
+    let stats: String = cluster.nodes[i]
+        .try_query(&["INFO", "commandstats"])
+        .unwrap_or_default();
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|v| v.split(',').next()?.parse().ok())
+        .unwrap_or(0)
 }

@@ -66,10 +66,7 @@ impl Redis {
 
     /// Kill it (SIGKILL): Redis is down until [`Redis::restart`].
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        sigkill(&mut self.child);
     }
 
     /// Start it again on the same port and data folder.
@@ -416,15 +413,20 @@ impl ServerProc {
 
     /// SIGKILL it.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        sigkill(&mut self.child);
     }
 }
 
 impl Drop for ServerProc {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// SIGKILL a child process, if there is one, and reap it.
+pub fn sigkill(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
     }
 }
