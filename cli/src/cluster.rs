@@ -37,7 +37,7 @@ pub struct ClusterOpts {
     /// Use this Redis instead of starting a private redis-server.
     #[arg(long, conflicts_with = "data_dir")]
     pub redis_url: Option<String>,
-    /// Start a private Redis Cluster of this many primaries (3..=16), each with a replica, instead of one redis-server: to try TTG on a cluster and its failover (kill a primary: its replica takes over within seconds). Its data lives in the cluster's temporary folder.
+    /// Start a private Redis Cluster of this many primaries (3..=16), each with a replica, instead of one redis-server, and spread runs over them (one slot group per primary): to try TTG on a cluster and its failover (kill a primary: its replica takes over within seconds). Its data lives in the cluster's temporary folder.
     #[arg(long, value_name = "PRIMARIES", conflicts_with_all = ["redis_url", "data_dir"])]
     pub redis_cluster: Option<u32>,
     /// Keep the private Redis's data (its AOF) in this folder: runs survive Ctrl-C, and a later `up --data-dir DIR` finds them again [default: a temporary folder, removed on exit].
@@ -360,6 +360,11 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
+        // A private cluster: one slot group per primary, so runs spread
+        // over all of them (a fresh installation: the number is free).
+        if let Some(n) = opts.redis_cluster {
+            cmd.arg("--slot-groups").arg(n.to_string());
+        }
         sys::child_dies_with_us(&mut cmd, libc::SIGTERM);
         cluster.server = Some(cmd.spawn()?);
         // Healthy, and ours: the server we started is still running (it

@@ -36,7 +36,8 @@ pub struct LocalRedisCluster {
 }
 
 impl LocalRedisCluster {
-    /// `redis-cluster 127.0.0.1:p1,…` for banners: no password.
+    /// `cluster of N primaries + N replicas on 127.0.0.1:p1,…` for
+    /// banners: no password.
     pub fn describe(&self) -> String {
         let ports: Vec<String> = self.nodes.iter().map(|(p, _)| p.to_string()).collect();
         format!(

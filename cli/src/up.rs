@@ -86,7 +86,7 @@ fn banner(
     let redis_mode = match (&opts.redis_url, &opts.data_dir) {
         (Some(_), _) => String::new(),
         (None, _) if opts.redis_cluster.is_some() => {
-            "\n          (private, in a temporary folder: runs are gone on exit; SIGKILL a primary and its replica takes over in ~2 s)"
+            "\n          (private, in a temporary folder: runs are gone on exit; runs spread over one slot group per primary; SIGKILL a primary and its replica takes over in ~2 s)"
                 .to_string()
         }
         (None, Some(d)) => format!(

@@ -418,6 +418,33 @@ fn up_with_a_redis_cluster_serves_sweeps_across_a_failover() {
             .ok_or(format!("{code}: {out}{err}"))
     };
     sweep().expect("a sweep on the cluster");
+    // One slot group per primary: runs are placed by load, so three
+    // submitted at once go one to each group (ids of groups 1 and 2 end in
+    // -1 and -2).
+    let (mut groups, mut ids) = (std::collections::BTreeSet::new(), Vec::new());
+    for _ in 0..3 {
+        let (code, out, err) = ctl(
+            h,
+            &[
+                "--server",
+                &server,
+                "submit",
+                "--params",
+                "100000",
+                "--arg",
+                "work_ms=1",
+                "-q",
+            ],
+        );
+        assert_eq!(code, 0, "{err}");
+        ids.push(out.trim().to_string());
+    }
+    for id in &ids {
+        groups.insert(ttg_proto::keys::run_group(id));
+        let (code, _, err) = ctl(h, &["--server", &server, "cancel", id]);
+        assert_eq!(code, 0, "{err}");
+    }
+    assert_eq!(groups.into_iter().collect::<Vec<_>>(), [0, 1, 2]);
 
     // SIGKILL the primary of the installation's slot.
     let node = |p: u16| {
