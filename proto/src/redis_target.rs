@@ -272,6 +272,21 @@ pub enum Conn {
 }
 
 impl Conn {
+    /// Redis WAIT at the primary that serves `key`: how many replicas hold
+    /// what this connection wrote there, waiting up to `timeout` for
+    /// `replicas`. It covers only this connection's writes, so it must go
+    /// through the connection that wrote and to the node holding the key.
+    pub async fn wait_replicas(
+        &mut self,
+        key: &str,
+        replicas: u32,
+        timeout: Duration,
+    ) -> RedisResult<u32> {
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(replicas).arg(timeout.as_millis() as u64);
+        self.query_at(key, &cmd).await
+    }
+
     /// `cmd` on the primary that serves `key`. For commands without keys
     /// (INFO, CONFIG GET), which a cluster client would send to every node,
     /// so they describe the node holding the installation.

@@ -216,7 +216,6 @@ impl Claimer {
                 self.groups_ready = false;
             }
             self.layout_read = Some(std::time::Instant::now());
-            self.empty_until = vec![std::time::Instant::now(); w.layout().len()];
         }
         if !self.groups_ready {
             w.ensure_groups().await?;

@@ -177,10 +177,8 @@ impl Worker {
             return;
         };
         let mut c = self.completions.clone();
-        let mut cmd = redis::cmd("WAIT");
-        cmd.arg(want).arg(timeout.as_millis() as u64);
-        let got: RedisResult<u32> = c.query_at(&self.keys_of(run_id).run(run_id), &cmd).await;
-        match got {
+        let key = self.keys_of(run_id).run(run_id);
+        match c.wait_replicas(&key, want, timeout).await {
             Ok(n) if n >= want => {}
             Ok(n) => {
                 metrics::counter!("ttg_agent_completions_unreplicated_total").increment(1);

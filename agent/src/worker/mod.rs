@@ -68,8 +68,9 @@ pub struct Worker {
     /// The installation's slot groups, as Redis says (see
     /// [`Worker::settle_layout`]); one until it has.
     layout: std::sync::RwLock<Arc<Layout>>,
-    /// The prefix the groups derive from.
-    prefix: String,
+    /// The home group's keys: the installation's prefix in every layout,
+    /// so they never change (the groups derive from it).
+    home: Keys,
     target: Target,
     conn: Conn,
     /// --redis-wait-replicas and its timeout, when set.
@@ -127,7 +128,7 @@ impl Worker {
             agent_id,
             instance: format!("{:032x}", rand::random::<u128>()),
             layout: std::sync::RwLock::new(Arc::new(Layout::new(&target.prefix(prefix), 1))),
-            prefix: target.prefix(prefix),
+            home: Keys::new(target.prefix(prefix)),
             target,
             completions: conn.clone(),
             conn,
@@ -159,8 +160,8 @@ impl Worker {
     }
 
     /// The home group's keys (the agent registry, the layout).
-    pub(super) fn home(&self) -> Keys {
-        self.layout().home().clone()
+    pub(super) fn home(&self) -> &Keys {
+        &self.home
     }
 
     /// The keys of `run_id`'s group (home for an id naming a group the
@@ -191,7 +192,7 @@ impl Worker {
         }
         tracing::info!(groups, "runs are spread over slot groups");
         if let Ok(mut l) = self.layout.write() {
-            *l = Arc::new(Layout::new(&self.prefix, groups));
+            *l = Arc::new(Layout::new(self.home.prefix(), groups));
         }
         Ok(true)
     }

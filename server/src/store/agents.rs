@@ -122,7 +122,7 @@ impl Store {
         let mut c = self.conn();
         let inv = self
             .scripts
-            .claim_agent_id(&self.keys(), agent_id, &hex, now_ms(), keep_ms);
+            .claim_agent_id(self.keys(), agent_id, &hex, now_ms(), keep_ms);
         let taken: i64 = self.timed(inv.invoke_async(&mut c)).await?;
         Ok(taken == 1)
     }
@@ -200,9 +200,9 @@ impl Store {
     /// reaper dies, another takes over when that passes).
     pub async fn claim_reap(&self, agent_id: &str, hold: Duration) -> Result<Option<AgentInfo>> {
         let mut c = self.conn();
-        let inv =
-            self.scripts
-                .claim_reap(&self.keys(), agent_id, now_ms(), hold.as_millis() as u64);
+        let inv = self
+            .scripts
+            .claim_reap(self.keys(), agent_id, now_ms(), hold.as_millis() as u64);
         let won: i64 = self.timed(inv.invoke_async(&mut c)).await?;
         if won != 1 {
             return Ok(None);

@@ -43,7 +43,7 @@ impl Store {
                 "--slot-groups {w}: this installation has {groups} (fixed once there is more than one: its runs' keys depend on it); start with --slot-groups {groups} or without the flag"
             )));
         }
-        let layout = Arc::new(Layout::new(&self.prefix, groups));
+        let layout = Arc::new(Layout::new(self.home.prefix(), groups));
         if let Ok(mut l) = self.layout.write() {
             *l = layout;
         }

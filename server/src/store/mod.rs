@@ -71,8 +71,9 @@ pub struct Store {
     /// The installation's slot groups (see [`Layout`]): one until the
     /// layout stored in Redis says otherwise (see `layout.rs`).
     layout: std::sync::RwLock<Arc<Layout>>,
-    /// The prefix the groups derive from.
-    prefix: String,
+    /// The home group's keys: the installation's prefix in every layout,
+    /// so they never change (the groups derive from it).
+    home: Keys,
     target: Target,
     conn: Conn,
     /// The connection Submit, Cancel, Retry and Delete write through:
@@ -95,7 +96,7 @@ impl Store {
         Ok(Self {
             limits,
             layout: std::sync::RwLock::new(Arc::new(Layout::new(&prefix, 1))),
-            prefix,
+            home: Keys::new(prefix),
             target,
             writes: conn.clone(),
             conn,
@@ -132,9 +133,7 @@ impl Store {
             return;
         };
         let mut c = self.writer();
-        let mut cmd = redis::cmd("WAIT");
-        cmd.arg(want).arg(timeout.as_millis() as u64);
-        match self.timed(c.query_at::<u32>(key, &cmd)).await {
+        match self.timed(c.wait_replicas(key, want, timeout)).await {
             Ok(n) if n >= want => {}
             Ok(n) => {
                 ::metrics::counter!("ttg_server_writes_unreplicated_total").increment(1);
@@ -161,8 +160,8 @@ impl Store {
 
     /// The home group's key names (agents, the layout, the control
     /// channel).
-    pub fn keys(&self) -> Keys {
-        self.layout().home().clone()
+    pub fn keys(&self) -> &Keys {
+        &self.home
     }
 
     /// The key names of `run_id`'s group; NotFound for an id naming a

@@ -328,9 +328,9 @@ impl Store {
     ) -> Result<Vec<HashMap<String, Vec<u8>>>> {
         let layout = self.layout();
         let mut out = vec![HashMap::new(); ids.len()];
-        for keys in layout.groups() {
+        for (g, keys) in layout.groups().iter().enumerate() {
             let mine: Vec<usize> = (0..ids.len())
-                .filter(|&i| layout.of_run(&ids[i]).map(Keys::prefix) == Some(keys.prefix()))
+                .filter(|&i| ttg_proto::keys::run_group(&ids[i]) as usize == g)
                 .collect();
             if mine.is_empty() {
                 continue;
