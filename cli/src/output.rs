@@ -114,8 +114,10 @@ pub fn status_text(st: &RunStatus) -> String {
         st.chunks_queued,
         if st.claims > 0 {
             format!(
-                "; waited {:.0} ms on average (longest {} ms) from queue to claim",
-                st.queue_wait_mean_ms, st.queue_wait_max_ms
+                "; waited {:.0} ms on average (longest {} ms) from queue to claim; used {} of agent time",
+                st.queue_wait_mean_ms,
+                st.queue_wait_max_ms,
+                agent_time(st.agent_ms)
             )
         } else {
             String::new()
@@ -198,4 +200,14 @@ pub fn aggregate_text(a: &Aggregate) -> String {
         a.max,
         thousands(a.mean, 4)
     )
+}
+
+/// Agent time as a person reads it: `850 ms`, `12.4 s`, `3.2 min`, `5.1 h`.
+fn agent_time(ms: u64) -> String {
+    match ms {
+        0..=999 => format!("{ms} ms"),
+        1_000..=119_999 => format!("{:.1} s", ms as f64 / 1e3),
+        120_000..=7_199_999 => format!("{:.1} min", ms as f64 / 60e3),
+        _ => format!("{:.1} h", ms as f64 / 3_600e3),
+    }
 }

@@ -63,7 +63,7 @@ pub struct Args {
     /// Most chunks this run may hold at once across all agents (claimed, not yet completed), 1..=1000000; the other slots stay free for other runs [default: no cap].
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_in_flight: Option<u32>,
-    /// Fair-share weight within the run's class, 1..=100: with fewer chunks in flight per unit of weight, a run is served first [default: 1].
+    /// Fair-share weight within the run's class, 1..=100: a run gets agent time in proportion to its weight (the run with the least agent time used per unit of weight is served first) [default: 1].
     #[arg(long, value_name = "W", value_parser = clap::value_parser!(u32).range(1..=100))]
     pub weight: Option<u32>,
     /// Watch the run to its end after submitting.

@@ -5,19 +5,17 @@
 -- KEYS (1 + 3 per kernel): the scheduler's tick counter; then for each
 --   kernel the agent offers: its wake stream, its sched zset and its
 --   tasks stream.
--- ARGV (2 + 2 per run): n (1 ..= 1000), key prefix; then per run the
---   caller holds computed chunks of whose completions are still in flight:
---   run id, how many (they count as settled when runs are compared, so a
---   run of short chunks is not put behind by its own finished chunk; caps
---   still count them).
+-- ARGV (2): n (1 ..= 1000), key prefix.
 -- Returns {handed out per kernel, wake ids}: wake ids, when nothing was
 --   handed out, holds each wake stream's last id ('0-0' if it has none),
 --   for the caller to block on with XREAD: work queued after this call
 --   rings a wake stream, so none is missed.
 -- Choice: the highest class with a claimable run, except that every 20th
 --   chunk handed out (the scheduler's tick) goes to the lowest class with
---   one; within a class, the run with the fewest chunks in flight per unit
---   of weight, ties to the one handed fewer chunks so far: a
+--   one; within a class, the run with the least virtual agent time (see
+--   prelude.lua), ties to the one with fewer chunks in flight. A run
+--   served while more than CATCH_UP behind the least-served other
+--   claimable run of its class is first lifted to that distance. A
 --   turn is max(1, n / 2) chunks while another run of the class competes
 --   (one for an agent claiming one to three free slots), else up to the
 --   next aging tick's worth. The zset's head is read once per call and
@@ -30,8 +28,6 @@
 --   active run is always queued, in the tasks stream, done or dead, and a
 --   run never holds more than its max_in_flight.
 local want, prefix = tonumber(ARGV[1]), ARGV[2]
-local settling = {}
-for k = 3, #ARGV - 1, 2 do settling[ARGV[k]] = tonumber(ARGV[k + 1]) end
 local nk = (#KEYS - 1) / 3
 local AGING = 20
 local function wkey(i) return KEYS[2 + (i - 1) * 3] end
@@ -49,49 +45,15 @@ local function lowest_of(i)
   end
   return nil
 end
--- A run's score as this caller compares it: its chunks the caller has
--- computed (completions in flight) not counted, unless the run has
--- reached its cap (caps count them).
-local function seen_score(id, class, infl, cap, weight, claims)
-  local real = sched_score(class, infl, cap, weight, claims)
-  local a = settling[id]
-  if not a or capped(real) then return real end
-  local left = infl - a
-  if left < 0 then left = 0 end
-  return sched_score(class, left, cap, weight, claims)
-end
--- The same from the run hash (for a run met in a zset).
-local function seen_score_of(id, score)
-  if not settling[id] or capped(score) then return score end
-  local v = redis.call('HMGET', prefix .. 'run:' .. id, 'inflight', 'cap', 'weight', 'claims', 'class')
-  return seen_score(id, num(v[5]), num(v[1]), num(v[2]), num(v[3]), num(v[4]))
-end
 -- Per kernel, the zset's first `want + 1` members in order, walked locally:
 -- a served run is put back at its new score, so most turns need no read.
 -- `whole`: the list is the whole zset.
 local lists = {}
 local function load(i)
   local r = redis.call('ZRANGE', zkey(i), 0, want, 'WITHSCORES')
-  local l, seen = {}, {}
-  for j = 1, #r, 2 do
-    l[#l + 1] = {id = r[j], score = seen_score_of(r[j], tonumber(r[j + 1]))}
-    seen[r[j]] = true
-  end
-  local whole = #l <= want
-  local moved = false
-  for id in pairs(settling) do
-    if not seen[id] then
-      local sc = redis.call('ZSCORE', zkey(i), id)
-      if sc then
-        l[#l + 1] = {id = id, score = seen_score_of(id, tonumber(sc))}
-        moved = true
-      end
-    else
-      moved = true
-    end
-  end
-  if moved then table.sort(l, function(x, y) return x.score < y.score end) end
-  lists[i] = {l = l, whole = whole}
+  local l = {}
+  for j = 1, #r, 2 do l[#l + 1] = {id = r[j], score = tonumber(r[j + 1])} end
+  lists[i] = {l = l, whole = #l <= want}
 end
 for i = 1, nk do load(i) end
 -- The lowest class any kernel has a run of (its last member's), so that
@@ -174,6 +136,8 @@ while given < want and rounds < want + 16 do
   -- alone as many as wanted; never past the next aging tick if a lower
   -- class has runs.
   local m = 1
+  -- The least vtime level of the other claimable runs of the class.
+  local rival
   if not aging then
     m = math.min(QUANTUM, want - given)
     if lowest_class > class then m = math.min(m, AGING - 1 - pos) end
@@ -183,7 +147,11 @@ while given < want and rounds < want + 16 do
       -- capped runs sort after), or another kernel's best.
       local e, _j
       if i == bi then e = lists[i].l[bj + 1] else _j, e = first_of(i) end
-      if e and class_of(e.score) == class and not capped(e.score) then alone = false end
+      if e and class_of(e.score) == class and not capped(e.score) then
+        alone = false
+        local l = level_in(e.score)
+        if not rival or l < rival then rival = l end
+      end
     end
     if alone then
       m = want - given
@@ -192,7 +160,8 @@ while given < want and rounds < want + 16 do
   end
   local run = prefix .. 'run:' .. best.id
   local v = redis.call('HMGET', run, 'state', 'next', 'total', 'qn', 'inflight', 'cap',
-    'weight', 'task', 'params', 'csize', 'created_ms', 'wait_max', 'claims', 'wait_sum', 'class')
+    'weight', 'task', 'params', 'csize', 'created_ms', 'wait_max', 'claims', 'wait_sum', 'class',
+    'served', 'nserved', 'vbase')
   local z = zkey(bi)
   local new_score
   if not v[8] or not active(v[1]) then
@@ -201,6 +170,17 @@ while given < want and rounds < want + 16 do
     local nxt, total, qn, infl, cap = num(v[2]), num(v[3]), num(v[4]), num(v[5]), num(v[6])
     local tpl, params, csize, created = v[8], num(v[9]), num(v[10]), num(v[11])
     if cap > 0 then m = math.min(m, cap - infl) end
+    local weight, served, nserved, vbase = num(v[7]), num(v[16]), num(v[17]), num(v[18])
+    -- The catch-up bound: at most CATCH_UP behind the least-served rival.
+    local lifted = false
+    if rival then
+      local floor_vt = rival * UNIT - CATCH_UP
+      local vt = vtime(infl, weight, served, nserved, vbase)
+      if vt < floor_vt then
+        vbase = vbase + floor_vt - vt
+        lifted = true
+      end
+    end
     local tasks = tkey(bi)
     local n, popped, wsum, wmax = 0, 0, 0, num(v[12])
     -- Fields 2, 3, 4 (index, start, end) and 9 (queued ms), as varints.
@@ -242,11 +222,12 @@ while given < want and rounds < want + 16 do
     local claims = num(v[13]) + n
     redis.call('HSET', run, 'next', nxt, 'qn', qn, 'inflight', infl,
       'wait_max', wmax, 'claims', claims, 'wait_sum', num(v[14]) + wsum)
+    if lifted then redis.call('HSET', run, 'vbase', fmt(vbase)) end
     if total - nxt + qn <= 0 then
       redis.call('ZREM', z, best.id)
     else
-      redis.call('ZADD', z, fmt(sched_score(num(v[15]), infl, cap, num(v[7]), claims)), best.id)
-      new_score = seen_score(best.id, num(v[15]), infl, cap, num(v[7]), claims)
+      new_score = sched_score(num(v[15]), infl, cap, vtime(infl, weight, served, nserved, vbase))
+      redis.call('ZADD', z, fmt(new_score), best.id)
     end
     added[bi] = added[bi] + n
     given = given + n

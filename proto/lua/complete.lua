@@ -7,10 +7,13 @@
 -- KEYS (9): run hash, done bitmap, results hash, events stream, tasks
 --   stream, dead bitmap, stats hash, expiring zset, extremes string (per
 --   chunk, its K (min, max) f64 pairs, at offset chunk * 16 K).
--- ARGV (4 + 5 per chunk): group, run id, consumer, K (outputs); then per
---   chunk: entry id, chunk index, point count, ChunkCompleted event body,
---   stats (little-endian f64: K (min, max) pairs, then K (sum, index of
---   the first min, index of the first max) triples).
+-- ARGV (5 + 5 per chunk): group, run id, consumer, K (outputs), compute
+--   µs of the batch's chunks (the agent's measure, charged to the run's
+--   agent time for the chunks held, each at most as long as the held one
+--   first in the batch was: its entry id's ms); then per chunk: entry id,
+--   chunk index, point count, ChunkCompleted event body, stats
+--   (little-endian f64: K (min, max) pairs, then K (sum, index of the
+--   first min, index of the first max) triples).
 -- Returns {codes, state}: per chunk 1 counted, 0 duplicate, 2 run not
 --   active, -1 run unknown, -3 not held by the caller; the run's state after.
 -- Invariant: first result wins — a chunk's values are stored and counted
@@ -25,7 +28,7 @@
 local run = KEYS[1]
 local K = tonumber(ARGV[4])
 local S = 5
-local n = (#ARGV - 4) / S
+local n = (#ARGV - 5) / S
 local stats_fmt = '<' .. string.rep('d', 5 * K)
 local ids, held, codes = {}, {}, {}
 -- Chunks this call does not count and that are not done: the values the
@@ -38,7 +41,7 @@ local function dropped()
   if #drop > 0 then redis.call('HDEL', KEYS[3], unpack(drop)) end
 end
 for i = 0, n - 1 do
-  local b = 5 + i * S
+  local b = 6 + i * S
   local id = ARGV[b]
   codes[i + 1] = -3
   if #redis.call('XPENDING', KEYS[5], ARGV[1], id, id, 1, ARGV[3]) > 0 then
@@ -55,7 +58,12 @@ end
 if #ids == 0 then dropped(); return {codes, ''} end
 redis.call('XACK', KEYS[5], ARGV[1], unpack(ids))
 redis.call('XDEL', KEYS[5], unpack(ids))
-release(run, #ids)
+local ts = now_ms()
+local used = (tonumber(ARGV[5]) or 0) * #ids / n
+local most = #ids * (ts - (tonumber(string.match(ids[1], '^(%d+)')) or ts) + 1) * 1000
+if used > most then used = most end
+if used < 0 then used = 0 end
+release(run, #ids, floor(used))
 local function fld(name, k) if k == 0 then return name end return name .. ':' .. k end
 local want = {'state', 'total', 'done', 'dead', 'count', 'ff_n'}
 for k = 0, K - 1 do want[#want + 1] = fld('min', k); want[#want + 1] = fld('max', k) end
@@ -65,7 +73,7 @@ if not state or not active(state) then
   local code = 2
   if not state then code = -1; state = '' end
   for i = 0, n - 1 do
-    if held[i] then codes[i + 1] = code; drop_unless_done(ARGV[5 + i * S + 1]) end
+    if held[i] then codes[i + 1] = code; drop_unless_done(ARGV[6 + i * S + 1]) end
   end
   dropped()
   return {codes, state}
@@ -75,11 +83,10 @@ local mn, mx, mn_s, mx_s, amin, amax, sum = {}, {}, {}, {}, {}, {}, {}
 for k = 0, K - 1 do
   mn[k], mx[k], sum[k] = tonumber(v[7 + 2 * k]), tonumber(v[8 + 2 * k]), 0
 end
-local ts = now_ms()
 local ts_f = f_varint(3, ts)
 local counted, dups = 0, 0
 for i = 0, n - 1 do
-  local b = 5 + i * S
+  local b = 6 + i * S
   local chunk = ARGV[b + 1]
   if not held[i] then
     -- not ours: code stays -3

@@ -56,34 +56,59 @@ end
 local function active(state) return state == 'QUEUED' or state == 'RUNNING' end
 -- The scheduler (docs/scheduling.md). A run with chunks to hand out is a
 -- member of its kernel's sched zset, scored by its class (high 0, normal
--- 1, low 2; CLASS apart), then by its chunks in flight per unit of weight,
--- then by the chunks it was handed so far (at equal load, the run that has
--- had less goes first: a run of short chunks beside one of long chunks
--- wins the ties, so it holds its half of the slots, and equal runs
--- progress together; equal scores fall back to run id order: oldest); a run
--- at its max_in_flight scores CAPOFF into its class, after every run of
--- the class that is not, and is skipped. Run hash fields: next (its next
--- fresh chunk), qn (chunks re-queued in run:<id>:queue, handed out first),
--- inflight (deliveries in the tasks stream), cap, weight, claims, class,
--- sched (its zset's key), wake (its kernel's wake stream, rung when it
--- becomes claimable).
+-- 1, low 2; CLASS apart), then by its virtual agent time (vtime, in UNIT
+-- steps), then by its chunks in flight (equal vtimes: the run holding
+-- fewer slots goes first; then run id order: oldest). vtime is the agent
+-- time the run has used per unit of weight, in ms: vbase + (served +
+-- inflight x mean) / weight, where served is the compute time of its
+-- completed deliveries (as their agents measured it, each bounded by how
+-- long the delivery was held), mean is served per charged delivery (the
+-- in-flight chunks' expected cost, 0 until one is charged) and vbase is
+-- the catch-up floor: a run found more than CATCH_UP behind the
+-- least-served other run of its class (new, retried, or back from its
+-- cap) is lifted to that distance (claim.lua), so it gets the free slots
+-- first but for a bounded time. A run at its max_in_flight scores CAPOFF
+-- into its class, after every run of the class that is not, and is
+-- skipped. Run hash fields: next (its next fresh chunk), qn (chunks
+-- re-queued in run:<id>:queue, handed out first), inflight (deliveries in
+-- the tasks stream), cap, weight, class, served (µs), nserved, vbase
+-- (ms), sched (its zset's key), wake (its kernel's wake stream, rung when
+-- it becomes claimable).
 -- These helpers touch keys named by the run hash (its queue list, zset and
--- wake stream) beside a script's declared KEYS: fine on one Redis node;
--- on Redis Cluster they must share the run's slot (#22).
+-- wake stream) beside a script's declared KEYS: they share the run's slot
+-- (its slot group's hash tag, keys.rs).
 local CLASS = 2 ^ 46
 local CAPOFF = 2 ^ 45
-local SEQ = 2 ^ 20 -- claims beyond break no ties (a run has at most 10^6 chunks)
-local LEVELS = 2 ^ 25
-local function sched_score(class, inflight, cap, weight, claims)
+local TIE = 2 ^ 10 -- in-flight counts beyond break no ties
+local UNIT = 16 -- ms of vtime per level
+local LEVELS = 2 ^ 35 -- 17 years of agent time at weight 1; beyond, runs tie on vtime
+local CATCH_UP = 60000 -- ms of vtime (a minute of one agent's time at weight 1)
+local function vtime(inflight, weight, served, nserved, vbase)
+  if weight < 1 then weight = 1 end
+  local mean = 0
+  if nserved > 0 then mean = served / nserved end
+  return vbase + (served + inflight * mean) / 1000 / weight
+end
+local function level_of(vt)
+  local level = floor(vt / UNIT)
+  if level >= LEVELS then return LEVELS - 1 end
+  if level < 0 then return 0 end
+  return level
+end
+local function sched_score(class, inflight, cap, vt)
   local base = class * CLASS
   if cap > 0 and inflight >= cap then return base + CAPOFF end
-  if weight < 1 then weight = 1 end
-  local level = floor(inflight * 100 / weight)
-  if level >= LEVELS then level = LEVELS - 1 end
-  if claims >= SEQ then claims = SEQ - 1 end
-  return base + level * SEQ + claims
+  local t = inflight
+  if t >= TIE then t = TIE - 1 end
+  return base + level_of(vt) * TIE + t
 end
 local function capped(score) return score % CLASS >= CAPOFF end
+-- The vtime level a score holds (nil for a capped run's).
+local function level_in(score)
+  local r = score % CLASS
+  if r >= CAPOFF then return nil end
+  return floor(r / TIE)
+end
 -- Exact integer text of a score (Lua would print 14 digits).
 local function fmt(x) return string.format('%.0f', x) end
 local function run_id_of(run) return string.match(run, 'run:([%w%-]+)$') end
@@ -91,10 +116,13 @@ local function run_id_of(run) return string.match(run, 'run:([%w%-]+)$') end
 -- out while active.
 local function sched_view(run)
   return redis.call('HMGET', run, 'sched', 'wake', 'state', 'next', 'total', 'qn',
-    'inflight', 'cap', 'weight', 'claims', 'class')
+    'inflight', 'cap', 'weight', 'class', 'served', 'nserved', 'vbase')
 end
 local function has_work(v) return active(v[3]) and num(v[5]) - num(v[4]) + num(v[6]) > 0 end
-local function score_of(v, inflight) return sched_score(num(v[11]), inflight, num(v[8]), num(v[9]), num(v[10])) end
+local function score_of(v, inflight, served, nserved)
+  return sched_score(num(v[10]), inflight, num(v[8]),
+    vtime(inflight, num(v[9]), served or num(v[11]), nserved or num(v[12]), num(v[13])))
+end
 local function ring(v, run) redis.call('XADD', v[2], 'MAXLEN', '~', 64, '*', 'r', run_id_of(run)) end
 -- Put a run in its zset with its current score, or take it out, as its
 -- state and queue say; ring the wake stream when it becomes claimable.
@@ -114,17 +142,25 @@ local function reschedule(run)
 end
 -- `n` deliveries of the run left the tasks stream's pending list: one
 -- read, one write and (if it still has chunks to hand out) its new score;
--- the wake stream is rung if that took it back under its cap.
-local function release(run, n)
+-- the wake stream is rung if that took it back under its cap. `used`:
+-- the agent-µs the deliveries took (nil: none charged, e.g. reclaimed
+-- from a dead agent; they still count as in flight no more).
+local function release(run, n, used)
   if n <= 0 then return end
   local v = sched_view(run)
   if not v[7] then return end
   local old = num(v[7])
   local left = old - n
   if left < 0 then left = 0 end
-  redis.call('HSET', run, 'inflight', left)
+  local served, nserved = num(v[11]), num(v[12])
+  if used then
+    served, nserved = served + used, nserved + n
+    redis.call('HSET', run, 'inflight', left, 'served', fmt(served), 'nserved', nserved)
+  else
+    redis.call('HSET', run, 'inflight', left)
+  end
   if not v[1] or not has_work(v) then return end
-  redis.call('ZADD', v[1], fmt(score_of(v, left)), run_id_of(run))
+  redis.call('ZADD', v[1], fmt(score_of(v, left, served, nserved)), run_id_of(run))
   local cap = num(v[8])
   if cap > 0 and old >= cap and left < cap then ring(v, run) end
 end

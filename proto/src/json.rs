@@ -44,6 +44,7 @@ pub fn status_json(st: &RunStatus) -> Value {
         "max_in_flight": spec.max_in_flight,
         "weight": spec.weight.max(1),
         "queue_wait": {"claims": st.claims, "mean_ms": st.queue_wait_mean_ms, "max_ms": st.queue_wait_max_ms},
+        "agent_ms": st.agent_ms,
         "fail_fast": spec.fail_fast,
         "params_done": p.params_done,
         "aggregate": aggregate_json(&st.aggregate.unwrap_or_default()),

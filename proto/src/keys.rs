@@ -29,7 +29,7 @@ impl Keys {
     }
 
     /// Scheduler zset of one kernel: the runs with chunks to hand out,
-    /// scored by class, then chunks in flight per unit of weight (see
+    /// scored by class, then agent time used per unit of weight (see
     /// prelude.lua and claim.lua).
     pub fn sched(&self, kernel: &str) -> String {
         format!("{}sched:{kernel}", self.prefix)

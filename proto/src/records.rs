@@ -300,6 +300,7 @@ pub fn run_status_from_hash(
             0.0
         },
         queue_wait_max_ms: int("wait_max").max(0) as u64,
+        agent_ms: int("served").max(0) as u64 / 1000,
         aggregate: Some(Aggregate {
             count,
             sum,

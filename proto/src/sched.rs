@@ -68,10 +68,6 @@ pub struct ClaimReply {
 /// MULTI delivers them (and any entry appended before the scheduler, e.g.
 /// by an older server) to `consumer`, so no other agent can take them in
 /// between and none is left undelivered. Loads the script after NOSCRIPT.
-///
-/// `settling`: per run, the chunks the caller has computed whose
-/// completions are still in flight (they count as settled when runs are
-/// compared; see claim.lua).
 pub async fn claim<C: redis::aio::ConnectionLike>(
     conn: &mut C,
     scripts: &Scripts,
@@ -79,7 +75,6 @@ pub async fn claim<C: redis::aio::ConnectionLike>(
     kernels: &[String],
     consumer: &str,
     n: usize,
-    settling: &[(String, u32)],
 ) -> redis::RedisResult<ClaimReply> {
     let mut read = redis::cmd("XREADGROUP");
     read.arg("GROUP")
@@ -97,7 +92,7 @@ pub async fn claim<C: redis::aio::ConnectionLike>(
     let mut p = redis::pipe();
     p.atomic()
         .ignore_errors()
-        .add_command(scripts.claim_cmd(keys, kernels, n, settling))
+        .add_command(scripts.claim_cmd(keys, kernels, n))
         .add_command(read);
     // Errors per command: the read runs even if the script failed (say
     // NOSCRIPT after a Redis restart), and what it delivered is ours to

@@ -559,7 +559,6 @@ async fn submitted_runs_hand_out_chunks_that_tile_the_range_exactly() {
             &["placeholder".to_string()],
             "probe",
             10,
-            &[],
         )
         .await
         .expect("claim");

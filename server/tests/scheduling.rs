@@ -47,9 +47,12 @@ fn assert_books(st: &RunStatus, params: u64) {
 }
 
 /// A 300-param run submitted into a busy 6,000-param run (3 agents × 1)
-/// finishes while most of the big run is still queued: it gets its share
-/// of the agents instead of waiting behind every queued chunk (a FIFO
-/// would hand it out only after all 60 big chunks).
+/// finishes while most of the big run is still queued: it gets the agents
+/// instead of waiting behind every queued chunk (a FIFO would hand it out
+/// only after all 60 big chunks). It has used far less agent time than the
+/// big run, so every slot that frees goes to it until it is done: all
+/// three agents compute its chunks, where a share of slots by chunks in
+/// flight would leave one agent on the big run's 100 ms chunks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_run_beside_a_big_one_finishes_long_before_it() {
     let _g = SERIAL.lock().await;
@@ -87,8 +90,130 @@ async fn a_small_run_beside_a_big_one_finishes_long_before_it() {
     );
     assert!(st.queue_wait_max_ms > 0 || st.claims == 30, "{st:?}");
     assert_eq!(st.claims, 30, "each chunk claimed once");
+    let events = watch_all(&mut c, &small.run_id, "").await;
+    let mut by_agent = std::collections::BTreeMap::<String, usize>::new();
+    for e in &events {
+        if let Some(event::Kind::ChunkCompleted(k)) = &e.kind {
+            *by_agent.entry(k.agent_id.clone()).or_default() += 1;
+        }
+    }
+    assert_eq!(
+        by_agent.len(),
+        3,
+        "every agent computed the small run's chunks: {by_agent:?}"
+    );
+    assert!(
+        by_agent.values().all(|&n| n >= 4),
+        "the small run held every slot that freed: {by_agent:?}"
+    );
+    // 30 chunks of 10 ms, each charged its compute time.
+    assert!(
+        (280..3_000).contains(&st.agent_ms),
+        "agent time {} ms",
+        st.agent_ms
+    );
     let big_end = wait_finished(&mut c, &big.run_id, Duration::from_secs(60)).await;
     assert_books(&big_end, 6_000);
+}
+
+/// Completions charge their run the compute time their agent measured,
+/// bounded by how long the chunk was held; a run that arrives far behind
+/// the least-served run of its class is lifted to CATCH_UP (one minute of
+/// agent time) behind it, so it takes the free slots first, for a bounded
+/// time, and then shares them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_time_is_charged_and_a_newcomers_lead_is_bounded() {
+    let redis = Redis::start();
+    let p = prefix();
+    let keys = Keys::new(&p);
+    let server = Server::start(&redis.url, &p).await;
+    let mut c = control(&server.url).await;
+    let mut conn = redis.async_conn().await;
+    let tasks = keys.tasks("placeholder");
+    let scripts = Scripts::new();
+    let old = c
+        .submit(req(1_000, 10, 0, Priority::Normal))
+        .await
+        .expect("submit")
+        .into_inner();
+    let held = std::time::Instant::now();
+    let got = read_group(&mut conn, &tasks, "tester", 2).await;
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    // One chunk reports 20 ms; the other claims 11 days, and is charged no
+    // more than it was held.
+    let mut used = Vec::new();
+    for ((id, e), us) in got.iter().zip([20_000u64, 10u64.pow(12)]) {
+        let values: Vec<f64> = (e.task.start..e.task.end).map(|x| x as f64).collect();
+        let chunk = tester_chunk(&old.run_id, id, &e.task, &values).with_compute_us(us);
+        let (codes, _) = scripts
+            .complete(&mut conn, &keys, &old.run_id, &tasks, "tester", &[chunk])
+            .await
+            .expect("complete");
+        assert_eq!(codes, vec![1]);
+        used.push(status(&mut c, &old.run_id).await.agent_ms);
+    }
+    let most = held.elapsed().as_millis() as u64 + 2;
+    assert_eq!(used[0], 20, "the agent's measure");
+    assert!(
+        (20 + 40..=20 + most).contains(&used[1]),
+        "charged {} ms: 20 ms plus the held time of the other (40..={most} ms)",
+        used[1]
+    );
+    // The old run has used 10 minutes of agent time over 6 chunks; one more
+    // claim puts its score there (vtime 600 s + 1 in flight x 100 s).
+    let run = |id: &str| format!("{p}run:{id}");
+    let _: () = redis::cmd("HSET")
+        .arg(run(&old.run_id))
+        .arg(&["served", "600000000", "nserved", "6"])
+        .query_async(&mut conn)
+        .await
+        .expect("hset");
+    let a = read_group(&mut conn, &tasks, "tester", 1).await;
+    assert_eq!(a[0].1.task.run_id, old.run_id);
+    let new = c
+        .submit(req(1_000, 10, 0, Priority::Normal))
+        .await
+        .expect("submit")
+        .into_inner();
+    // The newcomer goes first, lifted to one minute behind the old run.
+    let b = read_group(&mut conn, &tasks, "tester", 1).await;
+    assert_eq!(b[0].1.task.run_id, new.run_id);
+    let vbase: i64 = redis::cmd("HGET")
+        .arg(run(&new.run_id))
+        .arg("vbase")
+        .query_async(&mut conn)
+        .await
+        .expect("vbase");
+    assert_eq!(vbase, 700_000 - 60_000);
+    let more = read_group(&mut conn, &tasks, "tester", 3).await;
+    assert!(
+        more.iter().all(|(_, e)| e.task.run_id == new.run_id),
+        "the newcomer takes the free slots while it is behind"
+    );
+    // Once the newcomer has used its minute (and more), the old run's turn
+    // comes again.
+    let _: () = redis::cmd("HSET")
+        .arg(run(&new.run_id))
+        .arg(&["served", "70000000", "nserved", "3"])
+        .query_async(&mut conn)
+        .await
+        .expect("hset");
+    let (id, e) = &b[0];
+    let values: Vec<f64> = (e.task.start..e.task.end).map(|x| x as f64).collect();
+    scripts
+        .complete(
+            &mut conn,
+            &keys,
+            &new.run_id,
+            &tasks,
+            "tester",
+            &[tester_chunk(&new.run_id, id, &e.task, &values)],
+        )
+        .await
+        .expect("complete");
+    let next = read_group(&mut conn, &tasks, "tester", 1).await;
+    assert_eq!(next[0].1.task.run_id, old.run_id, "the old run's turn");
+    server.stop().await;
 }
 
 /// High before normal before low; a low run still gets chunks while the

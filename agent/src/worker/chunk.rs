@@ -58,9 +58,9 @@ impl Worker {
         let abort = run_cancel.child_token();
         self.hold(&c, &claim, abort.clone());
         drop(claim);
-        let (outcome, compute_ms) = self.compute(&c, &abort).await;
-        // Computed before the slot is free: the claim the free slot makes
-        // next tells the scheduler this chunk is settling (see settling()).
+        let (outcome, took) = self.compute(&c, &abort).await;
+        // Computed before the slot is free: the lease no longer holds the
+        // entry as computing (see lease.rs).
         if let Ok(mut h) = self.held.lock() {
             if let Some(h) = h.get_mut(&c.entry_id) {
                 h.computed = true;
@@ -71,7 +71,7 @@ impl Worker {
         // completion is sent: its start is on the slot's critical path, the
         // completion is not.
         tokio::task::yield_now().await;
-        self.settle(&c, outcome, compute_ms, claimed_at).await;
+        self.settle(&c, outcome, took, claimed_at).await;
         metrics::gauge!("ttg_agent_in_flight").decrement(1.0);
         if let Ok(mut h) = self.held.lock() {
             h.remove(&c.entry_id);
@@ -154,13 +154,13 @@ impl Worker {
         &self,
         c: &Claimed,
         abort: &CancellationToken,
-    ) -> (Result<(Vec<f64>, usize), KernelError>, u64) {
+    ) -> (Result<(Vec<f64>, usize), KernelError>, Duration) {
         let t = &c.task;
         let span = c.span("compute", &self.agent_id);
         let began = Instant::now();
         let sweep = match self.sweep_of(t).await {
             Ok(s) => s,
-            Err(e) => return (Err(e), 0),
+            Err(e) => return (Err(e), Duration::ZERO),
         };
         let input = ChunkInput {
             run_id: t.run_id.clone(),
@@ -192,7 +192,7 @@ impl Worker {
             Err(KernelError::Cancelled) => ttg_proto::telemetry::set_error(&span, "cancelled"),
             Ok(_) => {}
         }
-        (outcome, began.elapsed().as_millis() as u64)
+        (outcome, began.elapsed())
     }
 
     /// Keep the moving average of compute time that sets the prefetch depth.
@@ -217,7 +217,7 @@ impl Worker {
         &self,
         c: &Claimed,
         outcome: Result<(Vec<f64>, usize), KernelError>,
-        compute_ms: u64,
+        took: Duration,
         claimed_at: Instant,
     ) {
         let (run_id, task, attempt) = (&c.task.run_id, &c.task, c.attempt);
@@ -230,7 +230,7 @@ impl Worker {
                     task,
                     attempt,
                     (&values, outputs),
-                    compute_ms,
+                    took,
                 );
                 tracing::Instrument::instrument(done, ack.clone()).await;
                 metrics::counter!("ttg_agent_chunks_computed_total").increment(1);

@@ -38,20 +38,6 @@ const HOLD_EXTRA: usize = MAX_BATCH;
 const PREFETCH_BELOW: Duration = Duration::from_millis(10);
 
 impl Worker {
-    /// Per run, the chunks this agent has computed whose completions are
-    /// still in flight: the scheduler counts them as settled when it
-    /// compares runs, so a run of short chunks is not put behind its
-    /// neighbours by the very chunk that just freed the slot.
-    pub(super) fn settling(&self) -> Vec<(String, u32)> {
-        let mut by_run: HashMap<String, u32> = HashMap::new();
-        if let Ok(h) = self.held.lock() {
-            for e in h.values().filter(|e| e.computed) {
-                *by_run.entry(e.info.run_id.clone()).or_default() += 1;
-            }
-        }
-        by_run.into_iter().collect()
-    }
-
     /// Every tasks stream this agent reads: each kernel's, in every slot
     /// group.
     pub(super) fn streams(&self) -> Vec<String> {
@@ -385,18 +371,7 @@ impl Claimer {
         let Some(conn) = self.blocking.as_mut() else {
             return Ok(ClaimReply::default());
         };
-        let settling = w.settling();
-        match sched::claim(
-            conn,
-            &w.scripts,
-            keys,
-            &self.kernels,
-            &w.agent_id,
-            count,
-            &settling,
-        )
-        .await
-        {
+        match sched::claim(conn, &w.scripts, keys, &self.kernels, &w.agent_id, count).await {
             Ok(r) => {
                 self.backoff.reset();
                 Ok(r)

@@ -36,9 +36,10 @@ impl Worker {
         task: &Task,
         attempt: u32,
         (values, outputs): (&[f64], usize),
-        compute_ms: u64,
+        took: Duration,
     ) {
         let run_id = &task.run_id;
+        let compute_ms = took.as_millis().min(u64::MAX as u128) as u64;
         let body = |sum| {
             event_body(
                 run_id,
@@ -66,7 +67,8 @@ impl Worker {
                     outputs,
                     values,
                     body,
-                ),
+                )
+                .with_compute_us(took.as_micros().min(u64::MAX as u128) as u64),
                 done: tx,
             });
             !std::mem::replace(&mut b.sending, true)

@@ -23,6 +23,9 @@ pub struct ChunkResult {
     /// first min, index of the first max) triples. Binary: the script
     /// unpacks it without parsing decimals.
     pub stats: Vec<u8>,
+    /// Microseconds the agent computed the chunk for: charged to its run's
+    /// agent time, which the scheduler shares (docs/scheduling.md).
+    pub compute_us: u64,
 }
 
 impl ChunkResult {
@@ -88,7 +91,14 @@ impl ChunkResult {
             packed: pack_values(values),
             event: event(first_sum),
             stats: extremes,
+            compute_us: 0,
         }
+    }
+
+    /// The same, with the time the agent computed it for.
+    pub fn with_compute_us(mut self, us: u64) -> Self {
+        self.compute_us = us;
+        self
     }
 
     /// Number of outputs the chunk carries.

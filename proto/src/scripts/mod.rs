@@ -91,23 +91,14 @@ fn source(name: &str) -> &'static str {
 }
 
 /// KEYS and ARGV of claim.lua, in its header's order.
-fn claim_keys_args(
-    keys: &Keys,
-    kernels: &[String],
-    n: usize,
-    settling: &[(String, u32)],
-) -> (Vec<String>, Vec<String>) {
+fn claim_keys_args(keys: &Keys, kernels: &[String], n: usize) -> (Vec<String>, Vec<String>) {
     let mut k = vec![keys.sched_ticks()];
     for kernel in kernels {
         k.push(keys.wake(kernel));
         k.push(keys.sched(kernel));
         k.push(keys.tasks(kernel));
     }
-    let mut a = vec![n.clamp(1, 1000).to_string(), keys.prefix().to_string()];
-    for (run, count) in settling {
-        a.push(run.clone());
-        a.push(count.to_string());
-    }
+    let a = vec![n.clamp(1, 1000).to_string(), keys.prefix().to_string()];
     (k, a)
 }
 
@@ -128,6 +119,12 @@ fn complete_keys_args(
         run_id.into(),
         consumer.into(),
         outputs.to_string().into(),
+        chunks
+            .iter()
+            .map(|c| c.borrow().compute_us)
+            .fold(0u64, u64::saturating_add)
+            .to_string()
+            .into(),
     ];
     for c in chunks {
         let c = c.borrow();
@@ -416,15 +413,9 @@ impl Scripts {
     /// `claim.lua`: hand up to `n` chunks of `kernels` out. Reply
     /// `(Vec<i64>, Vec<String>)`: see [`crate::sched::claim`], which runs
     /// it with the read that delivers them to a consumer, in one MULTI.
-    pub fn claim<'a>(
-        &'a self,
-        keys: &Keys,
-        kernels: &[String],
-        n: usize,
-        settling: &[(String, u32)],
-    ) -> ScriptInvocation<'a> {
+    pub fn claim<'a>(&'a self, keys: &Keys, kernels: &[String], n: usize) -> ScriptInvocation<'a> {
         let mut inv = self.claim.prepare_invoke();
-        let (k, a) = claim_keys_args(keys, kernels, n, settling);
+        let (k, a) = claim_keys_args(keys, kernels, n);
         for key in k {
             inv.key(key);
         }
@@ -436,14 +427,8 @@ impl Scripts {
 
     /// The same call as [`Scripts::claim`] as an `EVALSHA` command, to run
     /// inside a MULTI; [`Scripts::load_claim`] loads it after NOSCRIPT.
-    pub fn claim_cmd(
-        &self,
-        keys: &Keys,
-        kernels: &[String],
-        n: usize,
-        settling: &[(String, u32)],
-    ) -> Cmd {
-        let (k, a) = claim_keys_args(keys, kernels, n, settling);
+    pub fn claim_cmd(&self, keys: &Keys, kernels: &[String], n: usize) -> Cmd {
+        let (k, a) = claim_keys_args(keys, kernels, n);
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.claim.get_hash()).arg(k.len()).arg(k).arg(a);
         cmd
@@ -614,12 +599,7 @@ mod tests {
             ("claim_agent_id", s.claim_agent_id(&keys, "a", "d", 1, 2), 0),
             (
                 "claim",
-                s.claim(
-                    &keys,
-                    &["k1".to_string(), "k2".to_string()],
-                    8,
-                    &[("r".to_string(), 1), ("s".to_string(), 2)],
-                ),
+                s.claim(&keys, &["k1".to_string(), "k2".to_string()], 8),
                 2,
             ),
         ];

@@ -122,17 +122,9 @@ pub async fn claim_read(
     n: usize,
 ) -> redis::streams::StreamReadReply {
     let scripts = ttg_proto::scripts::Scripts::new();
-    let reply = ttg_proto::sched::claim(
-        conn,
-        &scripts,
-        keys,
-        &[kernel.to_string()],
-        consumer,
-        n,
-        &[],
-    )
-    .await
-    .expect("claim");
+    let reply = ttg_proto::sched::claim(conn, &scripts, keys, &[kernel.to_string()], consumer, n)
+        .await
+        .expect("claim");
     redis::streams::StreamReadReply { keys: reply.keys }
 }
 
