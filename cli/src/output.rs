@@ -211,3 +211,17 @@ fn agent_time(ms: u64) -> String {
         _ => format!("{:.1} h", ms as f64 / 3_600e3),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::agent_time;
+
+    #[test]
+    fn agent_time_reads_in_the_unit_a_person_expects() {
+        assert_eq!(agent_time(0), "0 ms");
+        assert_eq!(agent_time(341), "341 ms");
+        assert_eq!(agent_time(12_400), "12.4 s");
+        assert_eq!(agent_time(192_000), "3.2 min");
+        assert_eq!(agent_time(18_360_000), "5.1 h");
+    }
+}
