@@ -79,9 +79,9 @@ local function active(state) return state == 'QUEUED' or state == 'RUNNING' end
 -- (its slot group's hash tag, keys.rs).
 local CLASS = 2 ^ 46
 local CAPOFF = 2 ^ 45
-local TIE = 2 ^ 10 -- in-flight counts beyond break no ties
-local UNIT = 16 -- ms of vtime per level
-local LEVELS = 2 ^ 35 -- 17 years of agent time at weight 1; beyond, runs tie on vtime
+local TIE = 2 ^ 6 -- in-flight counts beyond break no ties (ties are fresh runs')
+local UNIT = 1 -- ms of vtime per level
+local LEVELS = 2 ^ 39 -- 17 years of agent time at weight 1; beyond, runs tie on vtime
 local CATCH_UP = 60000 -- ms of vtime (a minute of one agent's time at weight 1)
 local function vtime(inflight, weight, served, nserved, vbase)
   if weight < 1 then weight = 1 end

@@ -216,6 +216,51 @@ async fn agent_time_is_charged_and_a_newcomers_lead_is_bounded() {
     server.stop().await;
 }
 
+/// Weights share agent time: a weight-3 run beside a weight-1 run, both
+/// of 10 ms chunks on 3 agents, gets about three times the agent time, so
+/// when it has done its 300 chunks the other has done about 100.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weighted_run_gets_its_weight_in_agent_time() {
+    let _g = SERIAL.lock().await;
+    let redis = Redis::start();
+    let p = prefix();
+    let server = ServerProc::start(&redis.url, &p, FAST);
+    let _ag = agents(&server.url, &redis.url, &p, 3, 1);
+    let mut c = control(&server.url).await;
+    let light = c
+        .submit(req(3_000, 10, 1, Priority::Normal))
+        .await
+        .expect("submit")
+        .into_inner();
+    let mut r = req(3_000, 10, 1, Priority::Normal);
+    r.weight = 3;
+    let heavy = c.submit(r).await.expect("submit").into_inner();
+    let h = wait_finished(&mut c, &heavy.run_id, Duration::from_secs(60)).await;
+    assert_books(&h, 3_000);
+    let l = wait_finished(&mut c, &light.run_id, Duration::from_secs(60)).await;
+    assert_books(&l, 3_000);
+    // The light run's chunks completed while the heavy run was going.
+    let (mut chunks, mut ms) = (0u64, 0u64);
+    for e in watch_all(&mut c, &light.run_id, "").await {
+        if let Some(event::Kind::ChunkCompleted(k)) = &e.kind {
+            if e.time_ms <= h.finished_ms {
+                chunks += 1;
+                ms += k.compute_ms;
+            }
+        }
+    }
+    assert!(
+        (70..=135).contains(&chunks),
+        "the weight-1 run did {chunks} of its 300 chunks while the weight-3 run did its 300 (about 100 expected)"
+    );
+    let ratio = h.agent_ms as f64 / ms.max(1) as f64;
+    assert!(
+        (2.3..=4.0).contains(&ratio),
+        "agent time {} ms (weight 3) against {ms} ms (weight 1) meanwhile: {ratio:.2}",
+        h.agent_ms
+    );
+}
+
 /// High before normal before low; a low run still gets chunks while the
 /// normal one is busy (every 20th chunk goes to the lowest class with work).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
