@@ -62,25 +62,17 @@ async fn a_small_run_beside_a_big_one_finishes_long_before_it() {
     let _ag = agents(&server.url, &redis.url, &p, 3, 1);
     let mut c = control(&server.url).await;
     // 60 chunks of 100 ms.
-    let big = c
-        .submit(req(6_000, 100, 1, Priority::Normal))
-        .await
-        .expect("submit")
-        .into_inner();
+    let big = submit_run(&mut c, req(6_000, 100, 1, Priority::Normal)).await;
     wait_until("the big run is running", Duration::from_secs(20), || {
         let mut c = c.clone();
-        let id = big.run_id.clone();
+        let id = big.clone();
         async move { (status(&mut c, &id).await.chunks_in_flight == 3).then_some(()) }
     })
     .await;
     // 30 chunks of 10 ms.
-    let small = c
-        .submit(req(300, 10, 1, Priority::Normal))
-        .await
-        .expect("submit")
-        .into_inner();
-    let st = wait_finished(&mut c, &small.run_id, Duration::from_secs(30)).await;
-    let big_now = status(&mut c, &big.run_id).await;
+    let small = submit_run(&mut c, req(300, 10, 1, Priority::Normal)).await;
+    let st = wait_finished(&mut c, &small, Duration::from_secs(30)).await;
+    let big_now = status(&mut c, &big).await;
     assert_books(&st, 300);
     assert!(
         big_now.chunks_queued >= 30,
@@ -90,7 +82,7 @@ async fn a_small_run_beside_a_big_one_finishes_long_before_it() {
     );
     assert!(st.queue_wait_max_ms > 0 || st.claims == 30, "{st:?}");
     assert_eq!(st.claims, 30, "each chunk claimed once");
-    let events = watch_all(&mut c, &small.run_id, "").await;
+    let events = watch_all(&mut c, &small, "").await;
     let mut by_agent = std::collections::BTreeMap::<String, usize>::new();
     for e in &events {
         if let Some(event::Kind::ChunkCompleted(k)) = &e.kind {
@@ -112,7 +104,7 @@ async fn a_small_run_beside_a_big_one_finishes_long_before_it() {
         "agent time {} ms",
         st.agent_ms
     );
-    let big_end = wait_finished(&mut c, &big.run_id, Duration::from_secs(60)).await;
+    let big_end = wait_finished(&mut c, &big, Duration::from_secs(60)).await;
     assert_books(&big_end, 6_000);
 }
 
@@ -131,11 +123,7 @@ async fn agent_time_is_charged_and_a_newcomers_lead_is_bounded() {
     let mut conn = redis.async_conn().await;
     let tasks = keys.tasks("placeholder");
     let scripts = Scripts::new();
-    let old = c
-        .submit(req(1_000, 10, 0, Priority::Normal))
-        .await
-        .expect("submit")
-        .into_inner();
+    let old = submit_run(&mut c, req(1_000, 10, 0, Priority::Normal)).await;
     let held = std::time::Instant::now();
     let got = read_group(&mut conn, &tasks, "tester", 2).await;
     tokio::time::sleep(Duration::from_millis(40)).await;
@@ -144,13 +132,13 @@ async fn agent_time_is_charged_and_a_newcomers_lead_is_bounded() {
     let mut used = Vec::new();
     for ((id, e), us) in got.iter().zip([20_000u64, 10u64.pow(12)]) {
         let values: Vec<f64> = (e.task.start..e.task.end).map(|x| x as f64).collect();
-        let chunk = tester_chunk(&old.run_id, id, &e.task, &values).with_compute_us(us);
+        let chunk = tester_chunk(&old, id, &e.task, &values).with_compute_us(us);
         let (codes, _) = scripts
-            .complete(&mut conn, &keys, &old.run_id, &tasks, "tester", &[chunk])
+            .complete(&mut conn, &keys, &old, &tasks, "tester", &[chunk])
             .await
             .expect("complete");
         assert_eq!(codes, vec![1]);
-        used.push(status(&mut c, &old.run_id).await.agent_ms);
+        used.push(status(&mut c, &old).await.agent_ms);
     }
     let most = held.elapsed().as_millis() as u64 + 2;
     assert_eq!(used[0], 20, "the agent's measure");
@@ -163,23 +151,19 @@ async fn agent_time_is_charged_and_a_newcomers_lead_is_bounded() {
     // claim puts its score there (vtime 600 s + 1 in flight x 100 s).
     let run = |id: &str| format!("{p}run:{id}");
     let _: () = redis::cmd("HSET")
-        .arg(run(&old.run_id))
+        .arg(run(&old))
         .arg(&["served", "600000000", "nserved", "6"])
         .query_async(&mut conn)
         .await
         .expect("hset");
     let a = read_group(&mut conn, &tasks, "tester", 1).await;
-    assert_eq!(a[0].1.task.run_id, old.run_id);
-    let new = c
-        .submit(req(1_000, 10, 0, Priority::Normal))
-        .await
-        .expect("submit")
-        .into_inner();
+    assert_eq!(a[0].1.task.run_id, old);
+    let new = submit_run(&mut c, req(1_000, 10, 0, Priority::Normal)).await;
     // The newcomer goes first, lifted to one minute behind the old run.
     let b = read_group(&mut conn, &tasks, "tester", 1).await;
-    assert_eq!(b[0].1.task.run_id, new.run_id);
+    assert_eq!(b[0].1.task.run_id, new);
     let vbase: i64 = redis::cmd("HGET")
-        .arg(run(&new.run_id))
+        .arg(run(&new))
         .arg("vbase")
         .query_async(&mut conn)
         .await
@@ -187,13 +171,13 @@ async fn agent_time_is_charged_and_a_newcomers_lead_is_bounded() {
     assert_eq!(vbase, 700_000 - 60_000);
     let more = read_group(&mut conn, &tasks, "tester", 3).await;
     assert!(
-        more.iter().all(|(_, e)| e.task.run_id == new.run_id),
+        more.iter().all(|(_, e)| e.task.run_id == new),
         "the newcomer takes the free slots while it is behind"
     );
     // Once the newcomer has used its minute (and more), the old run's turn
     // comes again.
     let _: () = redis::cmd("HSET")
-        .arg(run(&new.run_id))
+        .arg(run(&new))
         .arg(&["served", "70000000", "nserved", "3"])
         .query_async(&mut conn)
         .await
@@ -204,15 +188,15 @@ async fn agent_time_is_charged_and_a_newcomers_lead_is_bounded() {
         .complete(
             &mut conn,
             &keys,
-            &new.run_id,
+            &new,
             &tasks,
             "tester",
-            &[tester_chunk(&new.run_id, id, &e.task, &values)],
+            &[tester_chunk(&new, id, &e.task, &values)],
         )
         .await
         .expect("complete");
     let next = read_group(&mut conn, &tasks, "tester", 1).await;
-    assert_eq!(next[0].1.task.run_id, old.run_id, "the old run's turn");
+    assert_eq!(next[0].1.task.run_id, old, "the old run's turn");
     server.stop().await;
 }
 
@@ -227,21 +211,17 @@ async fn a_weighted_run_gets_its_weight_in_agent_time() {
     let server = ServerProc::start(&redis.url, &p, FAST);
     let _ag = agents(&server.url, &redis.url, &p, 3, 1);
     let mut c = control(&server.url).await;
-    let light = c
-        .submit(req(3_000, 10, 1, Priority::Normal))
-        .await
-        .expect("submit")
-        .into_inner();
+    let light = submit_run(&mut c, req(3_000, 10, 1, Priority::Normal)).await;
     let mut r = req(3_000, 10, 1, Priority::Normal);
     r.weight = 3;
-    let heavy = c.submit(r).await.expect("submit").into_inner();
-    let h = wait_finished(&mut c, &heavy.run_id, Duration::from_secs(60)).await;
+    let heavy = submit_run(&mut c, r).await;
+    let h = wait_finished(&mut c, &heavy, Duration::from_secs(60)).await;
     assert_books(&h, 3_000);
-    let l = wait_finished(&mut c, &light.run_id, Duration::from_secs(60)).await;
+    let l = wait_finished(&mut c, &light, Duration::from_secs(60)).await;
     assert_books(&l, 3_000);
     // The light run's chunks completed while the heavy run was going.
     let (mut chunks, mut ms) = (0u64, 0u64);
-    for e in watch_all(&mut c, &light.run_id, "").await {
+    for e in watch_all(&mut c, &light, "").await {
         if let Some(event::Kind::ChunkCompleted(k)) = &e.kind {
             if e.time_ms <= h.finished_ms {
                 chunks += 1;
@@ -271,25 +251,13 @@ async fn higher_classes_go_first_and_a_low_run_does_not_starve() {
     let server = ServerProc::start(&redis.url, &p, FAST);
     let mut c = control(&server.url).await;
     // Queued before any agent exists, so the order is the scheduler's alone.
-    let normal = c
-        .submit(req(4_000, 50, 1, Priority::Normal))
-        .await
-        .expect("submit")
-        .into_inner();
-    let low = c
-        .submit(req(500, 50, 1, Priority::Low))
-        .await
-        .expect("submit")
-        .into_inner();
-    let high = c
-        .submit(req(1_000, 50, 1, Priority::High))
-        .await
-        .expect("submit")
-        .into_inner();
+    let normal = submit_run(&mut c, req(4_000, 50, 1, Priority::Normal)).await;
+    let low = submit_run(&mut c, req(500, 50, 1, Priority::Low)).await;
+    let high = submit_run(&mut c, req(1_000, 50, 1, Priority::High)).await;
     let _ag = agents(&server.url, &redis.url, &p, 2, 1);
-    let h = wait_finished(&mut c, &high.run_id, Duration::from_secs(60)).await;
-    let n = wait_finished(&mut c, &normal.run_id, Duration::from_secs(60)).await;
-    let l = wait_finished(&mut c, &low.run_id, Duration::from_secs(60)).await;
+    let h = wait_finished(&mut c, &high, Duration::from_secs(60)).await;
+    let n = wait_finished(&mut c, &normal, Duration::from_secs(60)).await;
+    let l = wait_finished(&mut c, &low, Duration::from_secs(60)).await;
     assert_books(&h, 1_000);
     assert_books(&n, 4_000);
     assert_books(&l, 500);
@@ -306,14 +274,14 @@ async fn higher_classes_go_first_and_a_low_run_does_not_starve() {
     };
     // The 20 high chunks were handed out first: the normal run only got
     // the slots the high run's last chunks left (2 agents).
-    let normal_early = before(normal.run_id.clone(), h.finished_ms).await;
+    let normal_early = before(normal.clone(), h.finished_ms).await;
     assert!(
         normal_early <= 3,
         "the normal run completed {normal_early} chunks before the high run ended"
     );
     // Every 20th chunk went to the low run while the others were busy,
     // but it was not served as an equal.
-    let low_early = before(low.run_id.clone(), n.finished_ms).await;
+    let low_early = before(low.clone(), n.finished_ms).await;
     assert!(
         (1..10).contains(&low_early),
         "the low run completed {low_early} of 10 chunks before the normal run ended"
@@ -343,16 +311,12 @@ async fn a_capped_run_never_holds_more_than_its_cap() {
     let mut c = control(&server.url).await;
     let mut capped = req(2_400, 30, 1, Priority::Normal);
     capped.max_in_flight = 2;
-    let capped = c.submit(capped).await.expect("submit").into_inner();
-    let free = c
-        .submit(req(2_400, 30, 1, Priority::Normal))
-        .await
-        .expect("submit")
-        .into_inner();
+    let capped = submit_run(&mut c, capped).await;
+    let free = submit_run(&mut c, req(2_400, 30, 1, Priority::Normal)).await;
     let (mut max_capped, mut max_free, mut samples) = (0, 0, 0);
     loop {
-        let a = status(&mut c, &capped.run_id).await;
-        let b = status(&mut c, &free.run_id).await;
+        let a = status(&mut c, &capped).await;
+        let b = status(&mut c, &free).await;
         assert!(
             a.chunks_in_flight <= 2,
             "the capped run held {} chunks",
@@ -372,9 +336,9 @@ async fn a_capped_run_never_holds_more_than_its_cap() {
         max_free >= 3,
         "the other slots went to the uncapped run ({max_free})"
     );
-    assert_books(&status(&mut c, &capped.run_id).await, 2_400);
+    assert_books(&status(&mut c, &capped).await, 2_400);
     assert_books(
-        &wait_finished(&mut c, &free.run_id, Duration::from_secs(60)).await,
+        &wait_finished(&mut c, &free, Duration::from_secs(60)).await,
         2_400,
     );
     let mut over = req(10, 10, 0, Priority::Normal);
@@ -394,19 +358,11 @@ async fn fair_share_survives_an_agent_kill() {
     let server = ServerProc::start(&redis.url, &p, FAST);
     let ag = agents(&server.url, &redis.url, &p, 3, 1);
     let mut c = control(&server.url).await;
-    let a = c
-        .submit(req(3_000, 50, 1, Priority::Normal))
-        .await
-        .expect("submit")
-        .into_inner();
-    let b = c
-        .submit(req(3_000, 50, 1, Priority::Normal))
-        .await
-        .expect("submit")
-        .into_inner();
+    let a = submit_run(&mut c, req(3_000, 50, 1, Priority::Normal)).await;
+    let b = submit_run(&mut c, req(3_000, 50, 1, Priority::Normal)).await;
     wait_until("both runs progress", Duration::from_secs(20), || {
         let mut c = c.clone();
-        let (a, b) = (a.run_id.clone(), b.run_id.clone());
+        let (a, b) = (a.clone(), b.clone());
         async move {
             let (x, y) = (status(&mut c, &a).await, status(&mut c, &b).await);
             (done(&x) >= 5 && done(&y) >= 5).then_some(())
@@ -414,10 +370,7 @@ async fn fair_share_survives_an_agent_kill() {
     })
     .await;
     // Fair: neither run is far ahead of the other.
-    let (x, y) = (
-        status(&mut c, &a.run_id).await,
-        status(&mut c, &b.run_id).await,
-    );
+    let (x, y) = (status(&mut c, &a).await, status(&mut c, &b).await);
     assert!(
         done(&x).abs_diff(done(&y)) <= 4,
         "{} vs {}",
@@ -425,12 +378,12 @@ async fn fair_share_survives_an_agent_kill() {
         done(&y)
     );
     ag[1].signal("KILL");
-    let sa = wait_finished(&mut c, &a.run_id, Duration::from_secs(60)).await;
-    let sb = wait_finished(&mut c, &b.run_id, Duration::from_secs(60)).await;
+    let sa = wait_finished(&mut c, &a, Duration::from_secs(60)).await;
+    let sb = wait_finished(&mut c, &b, Duration::from_secs(60)).await;
     assert_books(&sa, 3_000);
     assert_books(&sb, 3_000);
-    let ea = watch_all(&mut c, &a.run_id, "").await;
-    let eb = watch_all(&mut c, &b.run_id, "").await;
+    let ea = watch_all(&mut c, &a, "").await;
+    let eb = watch_all(&mut c, &b, "").await;
     assert_exactly_once(&ea, 3_000, 60);
     assert_exactly_once(&eb, 3_000, 60);
     assert!(
@@ -450,28 +403,20 @@ async fn the_scheduler_survives_a_server_restart() {
     let p = prefix();
     let mut server = ServerProc::start(&redis.url, &p, FAST);
     let mut c = control(&server.url).await;
-    let normal = c
-        .submit(req(3_000, 50, 1, Priority::Normal))
-        .await
-        .expect("submit")
-        .into_inner();
-    let high = c
-        .submit(req(2_000, 50, 1, Priority::High))
-        .await
-        .expect("submit")
-        .into_inner();
+    let normal = submit_run(&mut c, req(3_000, 50, 1, Priority::Normal)).await;
+    let high = submit_run(&mut c, req(2_000, 50, 1, Priority::High)).await;
     let _ag = agents(&server.url, &redis.url, &p, 3, 1);
     wait_until("the high run progresses", Duration::from_secs(20), || {
         let mut c = c.clone();
-        let id = high.run_id.clone();
+        let id = high.clone();
         async move { (done(&status(&mut c, &id).await) >= 5).then_some(()) }
     })
     .await;
     server.kill();
     server.spawn();
     let mut c = control(&server.url).await;
-    let h = wait_finished(&mut c, &high.run_id, Duration::from_secs(60)).await;
-    let n = wait_finished(&mut c, &normal.run_id, Duration::from_secs(60)).await;
+    let h = wait_finished(&mut c, &high, Duration::from_secs(60)).await;
+    let n = wait_finished(&mut c, &normal, Duration::from_secs(60)).await;
     assert_books(&h, 2_000);
     assert_books(&n, 3_000);
     assert!(h.finished_ms < n.finished_ms, "high ended first");
@@ -487,21 +432,17 @@ async fn a_failed_chunk_is_handed_out_again_first() {
     let keys = Keys::new(&p);
     let server = Server::start(&redis.url, &p).await;
     let mut c = control(&server.url).await;
-    let run = c
-        .submit(req(100, 10, 0, Priority::Normal))
-        .await
-        .expect("submit")
-        .into_inner();
+    let run = submit_run(&mut c, req(100, 10, 0, Priority::Normal)).await;
     let mut conn = redis.async_conn().await;
     let tasks = keys.tasks("placeholder");
     let got = read_group(&mut conn, &tasks, "tester", 3).await;
     let chunks: Vec<u64> = got.iter().map(|(_, e)| e.task.chunk_index).collect();
     assert_eq!(chunks, vec![0, 1, 2]);
-    assert_eq!(status(&mut c, &run.run_id).await.chunks_in_flight, 3);
+    assert_eq!(status(&mut c, &run).await.chunks_in_flight, 3);
     let (id, entry) = &got[1];
     let body = |dead| {
         event_body(
-            &run.run_id,
+            &run,
             event::Kind::ChunkFailed(ChunkFailed {
                 chunk_index: 1,
                 dead,
@@ -521,12 +462,12 @@ async fn a_failed_chunk_is_handed_out_again_first() {
         dead_body: &dead_body,
     };
     let (code, state): (i64, String) = Scripts::new()
-        .fail(&keys, &run.run_id, &tasks, "tester", &f)
+        .fail(&keys, &run, &tasks, "tester", &f)
         .invoke_async(&mut conn)
         .await
         .expect("fail");
     assert_eq!(Failure::from_reply(code, &state), Failure::Requeued);
-    let st = status(&mut c, &run.run_id).await;
+    let st = status(&mut c, &run).await;
     assert_eq!((st.chunks_in_flight, st.chunks_queued), (2, 8));
     let again = read_group(&mut conn, &tasks, "tester", 2).await;
     let next: Vec<(u64, u32)> = again

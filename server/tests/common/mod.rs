@@ -99,6 +99,11 @@ pub fn submit_req(params: u64, chunk_size: u64, work_ms: u64) -> SubmitRequest {
     }
 }
 
+/// Submit `r`, which the test expects to be accepted: the new run's id.
+pub async fn submit_run(c: &mut ControlPlaneClient<Channel>, r: SubmitRequest) -> String {
+    c.submit(r).await.expect("submit").into_inner().run_id
+}
+
 pub async fn status(c: &mut ControlPlaneClient<Channel>, run_id: &str) -> RunStatus {
     c.status(StatusRequest {
         run_id: run_id.to_string(),
