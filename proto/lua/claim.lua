@@ -136,7 +136,7 @@ while given < want and rounds < want + 16 do
   -- alone as many as wanted; never past the next aging tick if a lower
   -- class has runs.
   local m = 1
-  -- The least vtime level of the other claimable runs of the class.
+  -- The least vtime level (ms) of the other claimable runs of the class.
   local rival
   if not aging then
     m = math.min(QUANTUM, want - given)
@@ -174,7 +174,7 @@ while given < want and rounds < want + 16 do
     -- The catch-up bound: at most CATCH_UP behind the least-served rival.
     local lifted = false
     if rival then
-      local floor_vt = rival * UNIT - CATCH_UP
+      local floor_vt = rival - CATCH_UP
       local vt = vtime(infl, weight, served, nserved, vbase)
       if vt < floor_vt then
         vbase = vbase + floor_vt - vt

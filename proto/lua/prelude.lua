@@ -56,8 +56,8 @@ end
 local function active(state) return state == 'QUEUED' or state == 'RUNNING' end
 -- The scheduler (docs/scheduling.md). A run with chunks to hand out is a
 -- member of its kernel's sched zset, scored by its class (high 0, normal
--- 1, low 2; CLASS apart), then by its virtual agent time (vtime, in UNIT
--- steps), then by its chunks in flight (equal vtimes: the run holding
+-- 1, low 2; CLASS apart), then by its virtual agent time (vtime, in whole
+-- ms), then by its chunks in flight (equal vtimes: the run holding
 -- fewer slots goes first; then run id order: oldest). vtime is the agent
 -- time the run has used per unit of weight, in ms: vbase + (served +
 -- inflight x mean) / weight, where served is the compute time of its
@@ -80,8 +80,7 @@ local function active(state) return state == 'QUEUED' or state == 'RUNNING' end
 local CLASS = 2 ^ 46
 local CAPOFF = 2 ^ 45
 local TIE = 2 ^ 6 -- in-flight counts beyond break no ties (ties are fresh runs')
-local UNIT = 1 -- ms of vtime per level
-local LEVELS = 2 ^ 39 -- 17 years of agent time at weight 1; beyond, runs tie on vtime
+local LEVELS = 2 ^ 39 -- vtime levels, in ms: 17 years of agent time at weight 1; beyond, runs tie on vtime
 local CATCH_UP = 60000 -- ms of vtime (a minute of one agent's time at weight 1)
 local function vtime(inflight, weight, served, nserved, vbase)
   if weight < 1 then weight = 1 end
@@ -90,7 +89,7 @@ local function vtime(inflight, weight, served, nserved, vbase)
   return vbase + (served + inflight * mean) / 1000 / weight
 end
 local function level_of(vt)
-  local level = floor(vt / UNIT)
+  local level = floor(vt)
   if level >= LEVELS then return LEVELS - 1 end
   if level < 0 then return 0 end
   return level

@@ -59,8 +59,8 @@ impl Worker {
         self.hold(&c, &claim, abort.clone());
         drop(claim);
         let (outcome, took) = self.compute(&c, &abort).await;
-        // Computed before the slot is free: the lease no longer holds the
-        // entry as computing (see lease.rs).
+        // Computed before the slot is free: a reclaim the lease check finds
+        // from now on no longer aborts it (see lease.rs).
         if let Ok(mut h) = self.held.lock() {
             if let Some(h) = h.get_mut(&c.entry_id) {
                 h.computed = true;
