@@ -45,13 +45,14 @@ def p1(args, tmp):
              f"(min {min(walls):.3f}, max {max(walls):.3f}); sum {sums}")]
 
 
-def stream_scripts():
-    """The completion script exactly as the agents load it: proto/lua/prelude.lua
-    then proto/lua/complete.lua (what ttg_proto::scripts::Scripts builds), so
-    redis-benchmark runs the same code."""
+def stream_scripts(name="complete"):
+    """A script exactly as the agents load it (the completion by default):
+    proto/lua/prelude.lua then proto/lua/<name>.lua (what
+    ttg_proto::scripts::Scripts builds), so redis-benchmark runs the same
+    code."""
     lua = os.path.join(os.path.dirname(__file__), "..", "proto", "lua")
-    read = lambda name: open(os.path.join(lua, name + ".lua")).read()
-    return read("prelude") + "\n" + read("complete")
+    read = lambda n: open(os.path.join(lua, n + ".lua")).read()
+    return read("prelude") + "\n" + read(name)
 
 
 def redis_limit(tmp, chunks, agents, concurrency, batch, cbatch):
@@ -98,7 +99,7 @@ def redis_limit(tmp, chunks, agents, concurrency, batch, cbatch):
         per_chunk = lambda k: ["1-0", str(k), "100", body, "s" * 40]
         script = cbatch * rate(["EVALSHA", sha, "9", "b:run", "b:done:__rand_int__", "b:results",
                                 "b:events", "b:tasks", "b:deadbits", "b:stats", "b:expiring", "b:ext",
-                                "agents", "run", "c", "1", *[a for k in range(cbatch) for a in per_chunk(k)]],
+                                "agents", "run", "c", "1", "0", *[a for k in range(cbatch) for a in per_chunk(k)]],
                                max(1, chunks // cbatch))
         # The HSETNXs of one call go in one write, as the agents send them.
         stores = rate(["HSETNX", "b:results", "__rand_int__", values], chunks, concurrency * cbatch)
@@ -347,7 +348,9 @@ def m1(args, tmp):
         peak = max(s.redis_mem + [r.info("memory", "used_memory")])
         results = int(r.call("MEMORY", "USAGE", f"ttg:run:{run_id}:results", "SAMPLES", "0"))
         events = int(r.call("MEMORY", "USAGE", f"ttg:run:{run_id}:events", "SAMPLES", "0"))
-        n_events = int(r.call("XLEN", f"ttg:run:{run_id}:events"))
+        # A completion's events share one entry: count events, not entries.
+        n_entries = int(r.call("XLEN", f"ttg:run:{run_id}:events"))
+        n_events = len(c.events(run_id))
         deadline = time.time() + 60
         while c.ctl("status", run_id, check=False).returncode == 0:
             if time.time() > deadline:
@@ -365,7 +368,7 @@ def m1(args, tmp):
              f"{before / 2**20:.1f} → {peak / 2**20:.1f} → {after / 2**20:.1f} MiB",
              f"before → peak → after expiry; results {results / 1e7:.2f} B/param "
              f"({results / 2**20:.1f} MiB), events {events / n_events:.0f} B/event × {n_events:,} "
-             f"({n_events / 10_000:.2f} per chunk); run {wall:.1f} s")]
+             f"({n_events / 10_000:.2f} per chunk, in {n_entries:,} entries); run {wall:.1f} s")]
 
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))

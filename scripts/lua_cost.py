@@ -8,8 +8,10 @@ each chunk's values, then the script) on real pending deliveries with
 batches of 1, 8 and 32 chunks of P2's shape (100
 packed f64 values, a 60-byte event body), and of 32 chunks with 3 outputs (#18's named outputs). Prints Redis's instructions per
 chunk (Ir, callgrind's count: stable on a noisy shared machine, unlike wall
-time). Also counts XREADGROUP COUNT 8 per entry delivered, and reports the
-biggest functions of the batch-32 case.
+time). Also counts XREADGROUP COUNT 8 per entry delivered, claims as
+agents make them (claim.lua and its XREADGROUP in one MULTI) of 1 and of
+32 chunks per entry handed out, and reports the biggest functions of the
+completion's batch-32 case.
 
     python3 scripts/lua_cost.py            # needs valgrind and redis-server
 
@@ -85,7 +87,9 @@ def main():
             args = []
             for c, _ in chunks:
                 args += [next(ids), c, 100, body, stats(outputs)]
-            cmds += [("EVALSHA", sha, 9, *key_set, "agents", "run", "w", outputs, *args), ("EXEC",)]
+            # ARGV[5]: the batch's compute µs, charged to the run's agent time.
+            cmds += [("EVALSHA", sha, 9, *key_set, "agents", "run", "w", outputs, 50 * len(chunks), *args),
+                     ("EXEC",)]
             r.pipeline(cmds)
 
         for i in range(20):
@@ -109,6 +113,32 @@ def main():
             r.call("XREADGROUP", "GROUP", "agents", f"c{i % 3}", "COUNT", 8, "STREAMS", "b:tasks", ">")
         ir, _ = dump(pid, d)
         rows.append(("XREADGROUP COUNT 8, per entry", ir / (CALLS * 8)))
+        # Claims as agents make them (one MULTI: claim.lua, which chooses
+        # the run and appends its entries, then XREADGROUP) from one run of
+        # P2's shape: per claim of 1 chunk (the fixed cost) and per chunk
+        # of claims of 32.
+        claim = r.call("SCRIPT", "LOAD", stream_scripts("claim")).decode()
+        ck = ["c:sched:ticks", "c:wake:k", "c:sched:k", "c:tasks:k"]
+        r.call("XGROUP", "CREATE", "c:tasks:k", "agents", "$", "MKSTREAM")
+        r.call("HSET", "c:run:r1", "state", "RUNNING", "next", 0, "total", 10 ** 7, "qn", 0, "inflight", 0,
+               "cap", 0, "weight", 1, "task", b"\x0a\x02r1\x12\x0bplaceholder" + b"\x00" * 24,
+               "params", 10 ** 9, "csize", 100, "created_ms", int(time.time() * 1000), "class", 1,
+               "sched", "c:sched:k", "wake", "c:wake:k", "served", 0, "nserved", 0, "vbase", 0)
+        r.call("ZADD", "c:sched:k", 2 ** 46, "r1")
+
+        def claims(count):
+            for _ in range(CALLS):
+                r.pipeline([("MULTI",), ("EVALSHA", claim, len(ck), *ck, count, "c:"),
+                            ("XREADGROUP", "GROUP", "agents", "a", "COUNT", count, "STREAMS", "c:tasks:k", ">"),
+                            ("EXEC",)])
+
+        claims(4)
+        for count in (1, 32):
+            subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
+            r.call("PING")
+            claims(count)
+            ir, _ = dump(pid, d)
+            rows.append((f"claim COUNT {count} (claim.lua + XREADGROUP), per entry", ir / (CALLS * count)))
         for name, per in rows:
             print(f"{name:40s} {per:10,.0f} Ir per chunk")
         print("\nbiggest functions, batch 32 (self Ir over all calls):")
