@@ -99,21 +99,27 @@ end
 -- read-ahead (short chunks: a turn costs a run-hash read and write and a
 -- zset update, ~12 µs, which one chunk per turn would pay per chunk).
 local QUANTUM = math.max(1, floor(want / 2))
-local tick = num(redis.call('GET', KEYS[1]))
+-- The aging tick's counter: read (and advanced) only while a lower class
+-- than the best's has runs, so it counts the chunks handed out while one
+-- waits, and a claim among runs of one class costs no GET or INCRBY.
+local tick, tick_from
+local added, given, rounds = {}, 0, 0
+local function pos_now()
+  if not tick then tick, tick_from = num(redis.call('GET', KEYS[1])), given end
+  return (tick + given - tick_from) % AGING
+end
 -- Now, in ms: the first entry's id says it (Redis's clock), no TIME call.
 local ts
-local added, given, rounds = {}, 0, 0
 for i = 1, nk do added[i] = 0 end
 while given < want and rounds < want + 16 do
   rounds = rounds + 1
-  local pos = (tick + given) % AGING
   local best, bi, bj
   for i = 1, nk do
     local j, e = first_of(i)
     if j and (not best or e.score < best.score) then best, bi, bj = e, i, j end
   end
   -- The aging tick matters only if a lower class than the best's has runs.
-  local aging = pos == AGING - 1 and (not best or lowest_class > class_of(best.score))
+  local aging = (not best or lowest_class > class_of(best.score)) and pos_now() == AGING - 1
   if aging then
     local low, li
     for i = 1, nk do
@@ -140,7 +146,7 @@ while given < want and rounds < want + 16 do
   local rival
   if not aging then
     m = math.min(QUANTUM, want - given)
-    if lowest_class > class then m = math.min(m, AGING - 1 - pos) end
+    if lowest_class > class then m = math.min(m, AGING - 1 - pos_now()) end
     local alone = true
     for i = 1, nk do
       -- The next run of the class after the best in its list (claimable:
@@ -155,7 +161,7 @@ while given < want and rounds < want + 16 do
     end
     if alone then
       m = want - given
-      if lowest_class > class then m = math.min(m, AGING - 1 - pos) end
+      if lowest_class > class then m = math.min(m, AGING - 1 - pos_now()) end
     end
   end
   local run = prefix .. 'run:' .. best.id
@@ -234,7 +240,7 @@ while given < want and rounds < want + 16 do
   end
   if bj then put_back(bi, bj, best.id, new_score) else load(bi) end
 end
-if given > 0 then redis.call('INCRBY', KEYS[1], given) end
+if tick and given > tick_from then redis.call('INCRBY', KEYS[1], given - tick_from) end
 local wakes = {}
 if given == 0 then
   for i = 1, nk do
