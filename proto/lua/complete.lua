@@ -13,7 +13,10 @@
 --   first in the batch was: its entry id's ms); then per chunk: entry id,
 --   chunk index, point count, ChunkCompleted event body, stats
 --   (little-endian f64: K (min, max) pairs, then K (sum, index of the
---   first min, index of the first max) triples).
+--   first min, index of the first max) triples). Chunks in entry id order
+--   cost least (one ownership lookup for the batch); any order is correct.
+--   The batch's ChunkCompleted events go in as one entry of the events
+--   stream (prelude.lua, emit_batch).
 -- Returns {codes, state}: per chunk 1 counted, 0 duplicate, 2 run not
 --   active, -1 run unknown, -3 not held by the caller; the run's state after.
 -- Invariant: first result wins — a chunk's values are stored and counted
@@ -40,11 +43,23 @@ end
 local function dropped()
   if #drop > 0 then redis.call('HDEL', KEYS[3], unpack(drop)) end
 end
+-- Which entries are pending for the caller: one XPENDING over the range
+-- from the first entry id to the last (agents send them in order; the
+-- caller's other deliveries in the range come along, at most 2n + 64),
+-- then one lookup per entry that read did not show (out of order, past
+-- its limit, or not the caller's).
+local mine = {}
+if n > 1 then
+  for _, e in ipairs(redis.call('XPENDING', KEYS[5], ARGV[1], ARGV[6], ARGV[6 + (n - 1) * S],
+      2 * n + 64, ARGV[3])) do
+    mine[e[1]] = true
+  end
+end
 for i = 0, n - 1 do
   local b = 6 + i * S
   local id = ARGV[b]
   codes[i + 1] = -3
-  if #redis.call('XPENDING', KEYS[5], ARGV[1], id, id, 1, ARGV[3]) > 0 then
+  if mine[id] or #redis.call('XPENDING', KEYS[5], ARGV[1], id, id, 1, ARGV[3]) > 0 then
     held[i] = true
     ids[#ids + 1] = id
   elseif redis.call('GETBIT', KEYS[2], ARGV[b + 1]) == 1 then
@@ -83,8 +98,22 @@ local mn, mx, mn_s, mx_s, amin, amax, sum = {}, {}, {}, {}, {}, {}, {}
 for k = 0, K - 1 do
   mn[k], mx[k], sum[k] = tonumber(v[7 + 2 * k]), tonumber(v[8 + 2 * k]), 0
 end
+-- Each ChunkCompleted event is its body, the time (field 3) and the
+-- run's progress after it (field 4: total, done, dead, count), built in
+-- one concatenation: the parts that do not change per chunk are encoded
+-- once per batch (progress_of's encoding, unrolled).
 local ts_f = f_varint(3, ts)
+local total_f = '\8' .. varint(total)
+local dead_f = '\24' .. varint(dead)
 local counted, dups = 0, 0
+-- The batch's ChunkCompleted events, each length-delimited, appended as
+-- one entry (emit_batch).
+local evs = {}
+-- Extremes waiting to be written: chunks ext_at .. ext_next - 1.
+local ext_at, ext_next, ext
+local function put_ext()
+  if ext_at then redis.call('SETRANGE', KEYS[9], ext_at * 16 * K, table.concat(ext)) end
+end
 for i = 0, n - 1 do
   local b = 6 + i * S
   local chunk = ARGV[b + 1]
@@ -99,6 +128,7 @@ for i = 0, n - 1 do
     if dead > 0 and redis.call('GETBIT', KEYS[6], chunk) == 1 then
       redis.call('SETBIT', KEYS[6], chunk, 0)
       dead = dead - 1
+      dead_f = '\24' .. varint(dead)
     end
     done = done + 1
     count = count + tonumber(ARGV[b + 2])
@@ -110,12 +140,26 @@ for i = 0, n - 1 do
       if not mn[k] or lo < mn[k] then mn[k] = lo; mn_s[k] = true; amin[k] = x[t + 2] end
       if not mx[k] or hi > mx[k] then mx[k] = hi; mx_s[k] = true; amax[k] = x[t + 3] end
     end
-    -- The chunk's extremes, for Best to know which chunks to read.
-    redis.call('SETRANGE', KEYS[9], chunk * 16 * K, string.sub(st, 1, 16 * K))
-    redis.call('XADD', KEYS[4], '*', 'e', ARGV[b + 3] .. ts_f .. progress_of(total, done, dead, count))
+    -- The chunk's extremes, for Best to know which chunks to read:
+    -- written by one SETRANGE per run of consecutive chunks.
+    local at = tonumber(chunk)
+    if ext_at and at == ext_next then
+      ext[#ext + 1] = string.sub(st, 1, 16 * K)
+    else
+      put_ext()
+      ext_at, ext = at, {string.sub(st, 1, 16 * K)}
+    end
+    ext_next = at + 1
+    local body, d, c = ARGV[b + 3], varint(done), varint(count)
+    local m = #total_f + 1 + #d + #dead_f + 1 + #c
+    -- Length-delimited, as emit_batch takes it.
+    evs[#evs + 1] = varint(#body + #ts_f + 2 + m) .. body .. ts_f .. '\34' .. char(m) .. total_f
+      .. '\16' .. d .. dead_f .. '\32' .. c
   end
 end
+put_ext()
 dropped()
+emit_batch(KEYS[4], evs, ts)
 if dups > 0 then redis.call('HINCRBY', KEYS[7], 'duplicates', dups) end
 if counted == 0 then return {codes, state} end
 redis.call('HINCRBY', KEYS[7], 'completed', counted)

@@ -46,6 +46,33 @@ end
 local function emit(run, events, body, ts)
   redis.call('XADD', events, '*', 'e', body .. f_varint(3, ts) .. progress(run))
 end
+-- Append the events `evs` (whole Event messages, each length-delimited,
+-- in order) as one entry of the events stream: one XADD for a batch
+-- rather than one per event. Its field 'b' holds them; its id is the last
+-- event's, and the events before it take the sequence numbers just below,
+-- in one ms above the stream's last entry, so every event keeps an id of
+-- its own (records.rs, decode_events). Nothing deletes single entries of
+-- an events stream, so its last entry's id is its top; were it not, the
+-- events go in one entry each rather than the call fail.
+local function emit_batch(events, evs, ts)
+  local n = #evs
+  if n == 0 then return end
+  if n == 1 then
+    redis.call('XADD', events, '*', 'b', evs[1])
+    return
+  end
+  local ms, seq = ts, 0
+  local last = redis.call('XREVRANGE', events, '+', '-', 'COUNT', 1)[1]
+  if last then
+    local lm, ls = string.match(last[1], '^(%d+)-(%d+)$')
+    lm, ls = tonumber(lm), tonumber(ls)
+    if lm and lm >= ms then ms, seq = lm, ls + 1 end
+  end
+  local r = redis.pcall('XADD', events, string.format('%.0f-%.0f', ms, seq + n - 1), 'b', table.concat(evs))
+  if type(r) == 'table' and r.err then
+    for i = 1, n do redis.call('XADD', events, '*', 'b', evs[i]) end
+  end
+end
 local function aggregate(run)
   local v = redis.call('HMGET', run, 'count', 'sum', 'min', 'max')
   local c, s = num(v[1]), num(v[2])

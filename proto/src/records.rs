@@ -22,6 +22,10 @@
 //!   body (`run_id` and its `kind`); the scripts append `time_ms` and `progress`
 //!   (and whole terminal events) as extra protobuf fields, which is valid
 //!   protobuf: fields may come in any order and concatenated messages merge.
+//!   A completion's ChunkCompleted events go in as one entry instead: `b` =
+//!   the events, each length-delimited; the entry's id is its last event's
+//!   and the others take the sequence numbers just below (prelude.lua's
+//!   `emit_batch`), so every event has an id of its own ([`decode_events`]).
 
 use std::collections::HashMap;
 
@@ -42,6 +46,8 @@ pub const ATTEMPT_FIELD: &str = "a";
 pub const TRACEPARENT_FIELD: &str = "tp";
 /// Events stream entry field holding the protobuf Event.
 pub const EVENT_FIELD: &str = "e";
+/// Events stream entry field holding several events, each length-delimited.
+pub const EVENTS_FIELD: &str = "b";
 
 /// A record read from Redis could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +155,65 @@ pub fn decode_event(id: &str, bytes: &[u8]) -> Result<Event, DecodeError> {
     })?;
     e.id = id.to_string();
     Ok(e)
+}
+
+/// A stream id `<ms>-<seq>` as numbers (None if it is not one).
+pub fn parse_stream_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+/// The events an events-stream entry holds, in order, each with its id:
+/// the entry's own for a single event (`e`); for a batch (`b`, n events),
+/// the entry's id is the last event's and event `k` has sequence number
+/// `seq - (n - 1 - k)` in the same ms. An entry with neither field is an
+/// error, as is a batch whose ids would not fit below its own.
+pub fn decode_events(id: &str, fields: &HashMap<String, Value>) -> Result<Vec<Event>, DecodeError> {
+    let bulk = |k: &str| match fields.get(k) {
+        Some(Value::BulkString(b)) => Some(b.as_slice()),
+        _ => None,
+    };
+    if let Some(b) = bulk(EVENT_FIELD) {
+        return Ok(vec![decode_event(id, b)?]);
+    }
+    let field = |detail: String| DecodeError::Field {
+        what: "events entry",
+        detail,
+    };
+    let mut buf = bulk(EVENTS_FIELD)
+        .ok_or_else(|| field(format!("entry {id} without an `e` or `b` field")))?;
+    let (ms, seq) =
+        parse_stream_id(id).ok_or_else(|| field(format!("entry id {id:?} is not <ms>-<seq>")))?;
+    let mut events = Vec::new();
+    while !buf.is_empty() {
+        events.push(Event::decode_length_delimited(&mut buf).map_err(|source| {
+            DecodeError::Protobuf {
+                what: "event",
+                source,
+            }
+        })?);
+    }
+    let n = events.len() as u64;
+    let first = (seq + 1).checked_sub(n).ok_or_else(|| {
+        field(format!(
+            "entry {id} holds {n} events, more than its id has room for"
+        ))
+    })?;
+    for (k, e) in events.iter_mut().enumerate() {
+        e.id = format!("{ms}-{}", first + k as u64);
+    }
+    Ok(events)
+}
+
+/// Whether event id `id` comes after `cursor`: a stream id, or `<ms>` (as
+/// Redis reads it, `<ms>-0`); anything else, such as `$` or empty, is
+/// before every id.
+pub fn event_after(id: &str, cursor: &str) -> bool {
+    let cursor = parse_stream_id(cursor).or_else(|| Some((cursor.parse().ok()?, 0)));
+    match (parse_stream_id(id), cursor) {
+        (Some(a), Some(c)) => a > c,
+        _ => true,
+    }
 }
 
 /// Body of an event (run id and kind); the scripts add time and progress.
@@ -440,5 +505,47 @@ mod tests {
     fn garbage_is_an_error_not_a_panic() {
         assert!(decode_task(&[0xff, 0xff, 0xff]).is_err());
         assert!(decode_event("1-0", &[0x0a, 0x05, 0x01]).is_err());
+        let batch =
+            |b: &[u8]| HashMap::from([(EVENTS_FIELD.to_string(), Value::BulkString(b.to_vec()))]);
+        assert!(decode_events("1-5", &batch(&[0x05, 0x0a])).is_err());
+        assert!(decode_events("1-5", &HashMap::new()).is_err());
+    }
+
+    #[test]
+    fn a_batch_entry_gives_each_event_its_own_id() {
+        let ev = |chunk: u64| Event {
+            run_id: "r".into(),
+            kind: Some(event::Kind::ChunkCompleted(crate::v1::ChunkCompleted {
+                chunk_index: chunk,
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let mut b = Vec::new();
+        for c in 0..3 {
+            ev(c).encode_length_delimited(&mut b).expect("encode");
+        }
+        let fields = HashMap::from([(EVENTS_FIELD.to_string(), Value::BulkString(b))]);
+        let got = decode_events("1700-12", &fields).expect("decodes");
+        let ids: Vec<&str> = got.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["1700-10", "1700-11", "1700-12"]);
+        let chunks: Vec<u64> = got
+            .iter()
+            .map(|e| match &e.kind {
+                Some(event::Kind::ChunkCompleted(c)) => c.chunk_index,
+                _ => u64::MAX,
+            })
+            .collect();
+        assert_eq!(chunks, [0, 1, 2]);
+        // Three events cannot end at sequence number 1.
+        assert!(decode_events("1700-1", &fields).is_err());
+        let single = HashMap::from([(EVENT_FIELD.to_string(), Value::BulkString(encode(&ev(7))))]);
+        assert_eq!(decode_events("5-0", &single).expect("single")[0].id, "5-0");
+        assert!(event_after("1700-11", "1700-10"));
+        assert!(!event_after("1700-10", "1700-10"));
+        assert!(event_after("1700-0", "999-99"));
+        assert!(event_after("1-0", "$"));
+        assert!(event_after("1-0", ""));
+        assert!(event_after("7-1", "7") && !event_after("7-0", "7"));
     }
 }

@@ -391,7 +391,9 @@ async fn a_chunk_completed_twice_is_counted_once() {
         completed, 2,
         "one ChunkCompleted per chunk, not per delivery"
     );
-    // The encoded event in Redis is plain protobuf: decodable by any client.
+    // The encoded events in Redis are plain protobuf, decodable by any
+    // client: one Event (`e`), or a completion's events, each
+    // length-delimited (`b`).
     let raw: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
         .arg(keys.events(&run.run_id))
         .arg("-")
@@ -399,12 +401,24 @@ async fn a_chunk_completed_twice_is_counted_once() {
         .query_async(&mut conn)
         .await
         .expect("events");
+    let mut decoded = 0;
     for e in raw.ids {
-        let Some(redis::Value::BulkString(b)) = e.map.get("e") else {
-            panic!("event field")
-        };
-        ttg_proto::v1::Event::decode(b.as_slice()).expect("event decodes");
+        match (e.map.get("e"), e.map.get("b")) {
+            (Some(redis::Value::BulkString(b)), _) => {
+                ttg_proto::v1::Event::decode(b.as_slice()).expect("event decodes");
+                decoded += 1;
+            }
+            (None, Some(redis::Value::BulkString(b))) => {
+                let mut buf = b.as_slice();
+                while !buf.is_empty() {
+                    ttg_proto::v1::Event::decode_length_delimited(&mut buf).expect("event decodes");
+                    decoded += 1;
+                }
+            }
+            other => panic!("event field: {other:?}"),
+        }
     }
+    assert_eq!(decoded, events.len());
     server.stop().await;
 }
 

@@ -27,13 +27,113 @@ fn raw_events(redis: &Redis, keys: &Keys, run_id: &str) -> Vec<Event> {
         .expect("xrange");
     page.ids
         .iter()
-        .map(|e| match e.map.get("e") {
-            Some(redis::Value::BulkString(b)) => {
-                Event::decode(b.as_slice()).expect("prost decodes it")
+        .flat_map(|e| match (e.map.get("e"), e.map.get("b")) {
+            (Some(redis::Value::BulkString(b)), _) => {
+                vec![Event::decode(b.as_slice()).expect("prost decodes it")]
+            }
+            // A completion's batch: its events, each length-delimited.
+            (None, Some(redis::Value::BulkString(b))) => {
+                let mut buf = b.as_slice();
+                let mut out = Vec::new();
+                while !buf.is_empty() {
+                    out.push(Event::decode_length_delimited(&mut buf).expect("prost decodes it"));
+                }
+                out
             }
             other => panic!("event without payload: {other:?}"),
         })
         .collect()
+}
+
+/// The ids of a Watch's events from `after`, following or not.
+async fn watch_ids(
+    c: &mut ttg_proto::v1::control_plane_client::ControlPlaneClient<tonic::transport::Channel>,
+    run_id: &str,
+    after: &str,
+    follow: bool,
+) -> Vec<String> {
+    watch_events(c, run_id, after, follow)
+        .await
+        .into_iter()
+        .map(|e| e.id)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_completions_is_one_entry_and_each_event_keeps_its_id() {
+    let redis = Redis::start();
+    let p = prefix();
+    let keys = Keys::new(&p);
+    let server = Server::start(&redis.url, &p).await;
+    let mut c = control(&server.url).await;
+    let id = submit_run(&mut c, submit_req(20, 2, 0)).await;
+    let tasks = keys.tasks("placeholder");
+    let scripts = Scripts::new();
+    let mut conn = redis.async_conn().await;
+    let got = read_group(&mut conn, &tasks, "tester", 10).await;
+    assert_eq!(got.len(), 10);
+    let result = |(entry, t): &(String, ttg_proto::records::TaskEntry)| {
+        let values: Vec<f64> = (t.task.start..t.task.end).map(|p| p as f64).collect();
+        tester_chunk(&id, entry, &t.task, &values)
+    };
+    // Two completions: chunks 0-3 in one call, 4-9 in the next.
+    for (batch, end) in [(&got[..4], "RUNNING"), (&got[4..], "SUCCEEDED")] {
+        let results: Vec<_> = batch.iter().map(result).collect();
+        let (codes, state): (Vec<i64>, String) = scripts
+            .complete(&mut conn, &keys, &id, &tasks, "tester", &results)
+            .await
+            .expect("complete");
+        assert_eq!((codes, state.as_str()), (vec![1; batch.len()], end));
+    }
+    // Each completion is one entry of the stream, holding its events.
+    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(keys.events(&id))
+        .arg("-")
+        .arg("+")
+        .query(&mut redis.conn())
+        .expect("xrange");
+    let batches: Vec<&str> = entries
+        .ids
+        .iter()
+        .filter(|e| e.map.contains_key("b"))
+        .map(|e| e.id.as_str())
+        .collect();
+    assert_eq!(batches.len(), 2, "{:?}", entries.ids);
+    assert_eq!(raw_events(&redis, &keys, &id).len(), 1 + 10 + 1);
+    // Every event has an id of its own, in order; the batch's last is the
+    // entry's.
+    let ids = events_in_redis(&redis, &p, &id)
+        .into_iter()
+        .map(|e| e.id)
+        .collect::<Vec<_>>();
+    let parsed: Vec<(u64, u64)> = ids
+        .iter()
+        .map(|i| ttg_proto::records::parse_stream_id(i).expect("a stream id"))
+        .collect();
+    assert!(parsed.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    assert_eq!(ids[4], batches[0]);
+    assert_eq!(ids[10], batches[1]);
+    // A Watch gives the same ids, and resumes after any of them, inside a
+    // batch too, with exactly the events after it.
+    assert_eq!(watch_ids(&mut c, &id, "", false).await, ids);
+    assert_eq!(watch_ids(&mut c, &id, "", true).await, ids);
+    for k in [1, 2, 4, 5, 9, 10] {
+        assert_eq!(
+            watch_ids(&mut c, &id, &ids[k], false).await,
+            ids[k + 1..],
+            "after {k}"
+        );
+        assert_eq!(
+            watch_ids(&mut c, &id, &ids[k], true).await,
+            ids[k + 1..],
+            "after {k}"
+        );
+    }
+    let st = status(&mut c, &id).await;
+    assert_eq!(st.aggregate.expect("agg").sum, (0..20).sum::<u64>() as f64);
+    // With nothing left to hand out, a claim answers (with nothing).
+    assert!(read_group(&mut conn, &tasks, "tester", 10).await.is_empty());
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

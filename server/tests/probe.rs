@@ -453,6 +453,25 @@ async fn a_completion_from_anyone_but_the_holder_stores_nothing() {
         .await
         .expect("script");
     assert_eq!(codes, vec![1]);
+    // A batch out of id order, mixing the holder's deliveries with a
+    // made-up id and one already counted: each entry is judged on its own
+    // (the script reads the batch's id range, then looks up what that
+    // read did not show).
+    let mixed = vec![
+        forged(&ids[9], 9),
+        forged(&ids[8], 8),
+        forged("1-5", 5),
+        forged(&ids[7], 7),
+        forged(&ids[0], 0),
+        forged(&ids[2], 2),
+    ];
+    let (codes, _): (Vec<i64>, String) = scripts
+        .complete(&mut conn, &keys, &run.run_id, &tasks, "eve", &mixed)
+        .await
+        .expect("script");
+    assert_eq!(codes, vec![1, 1, -3, 1, 0, 1]);
+    let st = status(&mut c, &run.run_id).await;
+    assert_eq!(st.progress.expect("progress").chunks_done, 5);
     server.stop().await;
 }
 

@@ -138,10 +138,13 @@ impl Worker {
             };
             while !round.is_empty() {
                 let (run_id, stream) = (round[0].run_id.clone(), round[0].stream.clone());
-                let (group, rest): (Vec<_>, Vec<_>) = round
+                let (mut group, rest): (Vec<_>, Vec<_>) = round
                     .into_iter()
                     .partition(|p| p.run_id == run_id && p.stream == stream);
                 round = rest;
+                // In entry id order: the script checks that the batch is
+                // ours with one XPENDING over its id range (complete.lua).
+                group.sort_by_key(|p| ttg_proto::records::parse_stream_id(&p.chunk.entry_id));
                 let chunks: Vec<&ChunkResult> = group.iter().map(|p| &p.chunk).collect();
                 let keys = &self.keys_of(&run_id);
                 let reply: Option<(Vec<i64>, String)> = self

@@ -31,8 +31,8 @@ use ttg_proto::chunking::chunk_range;
 use ttg_proto::keys::{new_run_id_in, valid_run_id, Keys, Layout};
 use ttg_proto::reclaim::{reclaim_consumer, Cause, Reclaimed};
 use ttg_proto::records::{
-    decode_event, decode_spec, encode, event_body, is_finished, is_terminal, parse_state,
-    run_status_from_hash, unpack_values, EVENT_FIELD, TASK_FIELD,
+    decode_events, decode_spec, encode, event_after, event_body, is_finished, is_terminal,
+    parse_state, run_status_from_hash, unpack_values, EVENT_FIELD, TASK_FIELD,
 };
 use ttg_proto::redis_target::{Conn, Target};
 use ttg_proto::v1::{

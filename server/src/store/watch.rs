@@ -83,13 +83,13 @@ impl Store {
                 return Ok(());
             };
             for e in page.ids {
-                let Some(Value::BulkString(bytes)) = e.map.get(EVENT_FIELD) else {
-                    continue;
-                };
-                match decode_event(&e.id, bytes.as_slice()) {
-                    Ok(ev) => {
-                        if tx.send(Ok(ev)).await.is_err() {
-                            return Ok(());
+                match decode_events(&e.id, &e.map) {
+                    Ok(evs) => {
+                        // The first entry may be a batch that `after` is inside.
+                        for ev in evs.into_iter().filter(|ev| event_after(&ev.id, after)) {
+                            if tx.send(Ok(ev)).await.is_err() {
+                                return Ok(());
+                            }
                         }
                     }
                     Err(err) => {
@@ -179,14 +179,13 @@ impl Store {
         tx: &mpsc::Sender<Result<Event>>,
     ) -> Result<Forwarded> {
         let mut events = Vec::with_capacity(entries.len());
+        // Events up to the cursor were sent (or not asked for): the first
+        // entry read may be a batch the cursor is inside.
+        let cursor = last.clone();
         for entry in entries {
             *last = entry.id.clone();
-            let Some(Value::BulkString(bytes)) = entry.map.get(EVENT_FIELD) else {
-                tracing::warn!(run = %run_id, id = %entry.id, "event without payload skipped");
-                continue;
-            };
-            match decode_event(&entry.id, bytes) {
-                Ok(ev) => events.push(ev),
+            match decode_events(&entry.id, &entry.map) {
+                Ok(evs) => events.extend(evs.into_iter().filter(|ev| event_after(&ev.id, &cursor))),
                 Err(e) => {
                     tracing::warn!(run = %run_id, id = %entry.id, error = %e, "corrupt event skipped");
                 }

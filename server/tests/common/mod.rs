@@ -139,11 +139,22 @@ pub async fn watch_all(
     run_id: &str,
     after: &str,
 ) -> Vec<Event> {
+    watch_events(c, run_id, after, true).await
+}
+
+/// Every event of a Watch from `after`: to the run's end if `follow`, else
+/// to the last event stored now.
+pub async fn watch_events(
+    c: &mut ControlPlaneClient<Channel>,
+    run_id: &str,
+    after: &str,
+    follow: bool,
+) -> Vec<Event> {
     let mut s = c
         .watch(WatchRequest {
             run_id: run_id.into(),
             after_event_id: after.into(),
-            no_follow: false,
+            no_follow: !follow,
         })
         .await
         .expect("watch")

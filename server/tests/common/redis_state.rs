@@ -15,12 +15,7 @@ pub fn events_in_redis(redis: &Redis, prefix: &str, run_id: &str) -> Vec<Event> 
     reply
         .ids
         .iter()
-        .map(|e| match e.map.get("e") {
-            Some(redis::Value::BulkString(b)) => {
-                ttg_proto::records::decode_event(&e.id, b).expect("event")
-            }
-            other => panic!("event field {other:?}"),
-        })
+        .flat_map(|e| ttg_proto::records::decode_events(&e.id, &e.map).expect("event entry"))
         .collect()
 }
 
