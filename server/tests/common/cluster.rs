@@ -20,7 +20,25 @@ pub struct ClusterNode {
 }
 
 impl ClusterNode {
+    /// Start the node; if its process exits before it answers (a port
+    /// taken between `free_port` and the bind, say by another test's
+    /// process), start it again on fresh ports, up to 5 times.
     fn spawn(&mut self) {
+        for attempt in 1..=5 {
+            if self.try_spawn() {
+                return;
+            }
+            assert!(attempt < 5, "cluster node {} did not start", self.port);
+            // A fresh node: no identity from the attempt that failed.
+            let _ = std::fs::remove_dir_all(&self.dir);
+            self.port = free_port();
+            self.bus = free_port();
+        }
+    }
+
+    /// One start: whether the node answers PING within 10 s (false at
+    /// once if its process exits).
+    fn try_spawn(&mut self) -> bool {
         std::fs::create_dir_all(&self.dir).expect("node dir");
         let child = Command::new("redis-server")
             .args([
@@ -49,13 +67,17 @@ impl ClusterNode {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.try_query::<String>(&["PING"]).is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "cluster node {} did not start",
-                self.port
-            );
+            let exited = self
+                .child
+                .as_mut()
+                .is_none_or(|c| !matches!(c.try_wait(), Ok(None)));
+            if exited || Instant::now() >= deadline {
+                self.kill();
+                return false;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+        true
     }
 
     /// `redis://127.0.0.1:<port>`.
