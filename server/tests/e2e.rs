@@ -8,7 +8,6 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::*;
-use prost::Message;
 use ttg_proto::keys::{Keys, GROUP};
 use ttg_proto::records::{decode_task, encode};
 use ttg_proto::scripts::{ChunkResult, Completion, Scripts};
@@ -392,33 +391,8 @@ async fn a_chunk_completed_twice_is_counted_once() {
         "one ChunkCompleted per chunk, not per delivery"
     );
     // The encoded events in Redis are plain protobuf, decodable by any
-    // client: one Event (`e`), or a completion's events, each
-    // length-delimited (`b`).
-    let raw: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(keys.events(&run.run_id))
-        .arg("-")
-        .arg("+")
-        .query_async(&mut conn)
-        .await
-        .expect("events");
-    let mut decoded = 0;
-    for e in raw.ids {
-        match (e.map.get("e"), e.map.get("b")) {
-            (Some(redis::Value::BulkString(b)), _) => {
-                ttg_proto::v1::Event::decode(b.as_slice()).expect("event decodes");
-                decoded += 1;
-            }
-            (None, Some(redis::Value::BulkString(b))) => {
-                let mut buf = b.as_slice();
-                while !buf.is_empty() {
-                    ttg_proto::v1::Event::decode_length_delimited(&mut buf).expect("event decodes");
-                    decoded += 1;
-                }
-            }
-            other => panic!("event field: {other:?}"),
-        }
-    }
-    assert_eq!(decoded, events.len());
+    // client, and they are the Watch's.
+    assert_eq!(raw_events(&redis, &keys, &run.run_id).len(), events.len());
     server.stop().await;
 }
 

@@ -8,42 +8,13 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use prost::Message;
 use ttg_proto::keys::Keys;
 use ttg_proto::reclaim::{reclaim_entry, Cause};
 use ttg_proto::records::event_body;
 use ttg_proto::scripts::{ChunkResult, FailedAttempt, Scripts};
 use ttg_proto::v1::{
-    event, ChunkCompleted, ChunkFailed, Event, Progress, RetryRequest, RunStarted, RunState,
+    event, ChunkCompleted, ChunkFailed, Progress, RetryRequest, RunStarted, RunState,
 };
-
-/// Every entry of the run's event stream, decoded strictly with prost.
-fn raw_events(redis: &Redis, keys: &Keys, run_id: &str) -> Vec<Event> {
-    let page: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(keys.events(run_id))
-        .arg("-")
-        .arg("+")
-        .query(&mut redis.conn())
-        .expect("xrange");
-    page.ids
-        .iter()
-        .flat_map(|e| match (e.map.get("e"), e.map.get("b")) {
-            (Some(redis::Value::BulkString(b)), _) => {
-                vec![Event::decode(b.as_slice()).expect("prost decodes it")]
-            }
-            // A completion's batch: its events, each length-delimited.
-            (None, Some(redis::Value::BulkString(b))) => {
-                let mut buf = b.as_slice();
-                let mut out = Vec::new();
-                while !buf.is_empty() {
-                    out.push(Event::decode_length_delimited(&mut buf).expect("prost decodes it"));
-                }
-                out
-            }
-            other => panic!("event without payload: {other:?}"),
-        })
-        .collect()
-}
 
 /// The ids of a Watch's events from `after`, following or not.
 async fn watch_ids(

@@ -19,6 +19,37 @@ pub fn events_in_redis(redis: &Redis, prefix: &str, run_id: &str) -> Vec<Event> 
         .collect()
 }
 
+/// Every event of the run's stream, decoded strictly with prost alone, as
+/// any client could: one Event (`e`), or a completion's events, each
+/// length-delimited (`b`). Ids are not set (see `events_in_redis`).
+pub fn raw_events(redis: &Redis, keys: &ttg_proto::keys::Keys, run_id: &str) -> Vec<Event> {
+    use prost::Message;
+    let page: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(keys.events(run_id))
+        .arg("-")
+        .arg("+")
+        .query(&mut redis.conn())
+        .expect("xrange");
+    page.ids
+        .iter()
+        .flat_map(|e| match (e.map.get("e"), e.map.get("b")) {
+            (Some(redis::Value::BulkString(b)), _) => {
+                vec![Event::decode(b.as_slice()).expect("prost decodes it")]
+            }
+            // A completion's batch: its events, each length-delimited.
+            (None, Some(redis::Value::BulkString(b))) => {
+                let mut buf = b.as_slice();
+                let mut out = Vec::new();
+                while !buf.is_empty() {
+                    out.push(Event::decode_length_delimited(&mut buf).expect("prost decodes it"));
+                }
+                out
+            }
+            other => panic!("event without payload: {other:?}"),
+        })
+        .collect()
+}
+
 /// Chunk indices of the ChunkCompleted events (one per chunk counted).
 pub fn completed_chunks(events: &[Event]) -> Vec<u64> {
     events
