@@ -18,8 +18,10 @@
 --   claimable run of its class is first lifted to that distance. A
 --   turn is max(1, n / 2) chunks while another run of the class competes
 --   (one for an agent claiming one to three free slots), else up to the
---   next aging tick's worth. The zset's head is read once per call and
---   walked locally: a run served is put back at its new score. A run
+--   next aging tick's worth. The zset's first claimable runs are read
+--   (a few, more only if the call runs out of them; capped runs skipped
+--   a class at a time) and walked locally: a run served is put back at
+--   its new score. A run
 --   takes its re-queued chunks first (reclaimed ones at the front), then
 --   fresh ones.
 -- Invariant: a chunk leaves its run's queue (`next`, the re-queue list) in
@@ -45,47 +47,80 @@ local function lowest_of(i)
   end
   return nil
 end
--- Per kernel, the zset's first `want + 1` members in order, walked locally:
--- a served run is put back at its new score, so most turns need no read.
--- `whole`: the list is the whole zset.
+-- Per kernel, its first claimable runs in score order, walked locally: a
+-- served run is put back at its new score, so most turns need no read. A
+-- claim reads a few (a turn needs the best run and the next one of its
+-- class; each score costs Redis a float's formatting and Lua its parsing)
+-- and twice as many each time the local list runs out. A capped run sorts
+-- after the claimable runs of its class, so the read skips to the next
+-- class at the first capped one: however many runs are capped, a claim
+-- reads at most one of them per class. `whole`: the list holds every
+-- claimable run.
 local lists = {}
 local function load(i)
-  local r = redis.call('ZRANGE', zkey(i), 0, want, 'WITHSCORES')
-  local l = {}
-  for j = 1, #r, 2 do l[#l + 1] = {id = r[j], score = tonumber(r[j + 1])} end
-  lists[i] = {l = l, whole = #l <= want}
+  local k = 4
+  if lists[i] then k = math.max(4, math.min(2 * lists[i].k, want + 1)) end
+  local z, l, from, whole = zkey(i), {}, '-inf', false
+  for _ = 1, 4 do
+    local ask = k - #l
+    local r = redis.call('ZRANGEBYSCORE', z, from, '+inf', 'WITHSCORES', 'LIMIT', 0, ask)
+    local skip
+    for j = 1, #r, 2 do
+      local score = tonumber(r[j + 1])
+      if capped(score) then skip = class_of(score) break end
+      l[#l + 1] = {id = r[j], score = score}
+    end
+    if skip then
+      from = fmt((skip + 1) * CLASS)
+    else
+      whole = #r < 2 * ask
+      break
+    end
+    if #l >= k then break end
+  end
+  lists[i] = {l = l, whole = whole, k = k}
 end
 for i = 1, nk do load(i) end
--- The lowest class any kernel has a run of (its last member's), so that
--- the aging tick costs nothing when every run is of one class.
+-- The lowest class any kernel has a claimable run of, so that the aging
+-- tick costs nothing when every run is of one class: the list's last
+-- run's class, or if the list is not whole, a count of each lower class's
+-- claimable range (ZCOUNT answers an integer, no score).
 local lowest_class = -1
 for i = 1, nk do
-  local L, last = lists[i], nil
-  if L.whole then
-    last = L.l[#L.l]
-  else
-    local r = redis.call('ZRANGE', zkey(i), -1, -1, 'WITHSCORES')
-    if r[2] then last = {score = tonumber(r[2])} end
-  end
-  if last then lowest_class = math.max(lowest_class, class_of(last.score)) end
-end
--- Kernel i's first claimable entry (index, entry), reloading once if the
--- local list ran out while the zset has more.
-local function first_of(i)
-  for pass = 1, 2 do
-    local L = lists[i]
-    for j, e in ipairs(L.l) do
-      if not capped(e.score) then return j, e end
+  local L = lists[i]
+  local last = L.l[#L.l]
+  if last then
+    local c = class_of(last.score)
+    if not L.whole then
+      for h = 2, c + 1, -1 do
+        if redis.call('ZCOUNT', zkey(i), fmt(h * CLASS), '(' .. fmt(h * CLASS + CAPOFF)) > 0 then
+          c = h
+          break
+        end
+      end
     end
-    if L.whole or pass == 2 then return nil end
-    load(i)
+    if c > lowest_class then lowest_class = c end
   end
 end
--- Put `id` back in kernel i's list at `score` (nil: it left the zset).
+-- Kernel i's best claimable run (index 1 of its list, reloading once if
+-- the list ran out while the zset has more), and the one after it.
+local function first_of(i)
+  if #lists[i].l == 0 and not lists[i].whole then load(i) end
+  local e = lists[i].l[1]
+  if e then return 1, e end
+  return nil
+end
+local function second_of(i)
+  if #lists[i].l < 2 and not lists[i].whole then load(i) end
+  return lists[i].l[2]
+end
+-- Put `id` back in kernel i's list at `score` (nil: it left the zset); a
+-- capped run is no longer claimable, and one past the list's last read
+-- run is left for a reload to find.
 local function put_back(i, j, id, score)
   local L = lists[i].l
   table.remove(L, j)
-  if not score then return end
+  if not score or capped(score) then return end
   local last = L[#L]
   if not lists[i].whole and last and score > last.score then return end
   local k = #L + 1
@@ -152,8 +187,8 @@ while given < want and rounds < want + 16 do
       -- The next run of the class after the best in its list (claimable:
       -- capped runs sort after), or another kernel's best.
       local e, _j
-      if i == bi then e = lists[i].l[bj + 1] else _j, e = first_of(i) end
-      if e and class_of(e.score) == class and not capped(e.score) then
+      if i == bi then e = second_of(i) else _j, e = first_of(i) end
+      if e and class_of(e.score) == class then
         alone = false
         local l = level_in(e.score)
         if not rival or l < rival then rival = l end

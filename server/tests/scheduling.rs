@@ -482,3 +482,51 @@ async fn a_failed_chunk_is_handed_out_again_first() {
     assert!(!again[0].1.traceparent.is_empty() || got[0].1.traceparent.is_empty());
     server.stop().await;
 }
+
+/// Capped runs do not hide claimable ones: with more high runs at their cap
+/// than a claim reads scores of, a small claim still reaches the normal run
+/// behind them (a capped run sorts after its class's claimable runs, and
+/// the claim skips the rest of a class at its first capped run), and no
+/// capped run gets a chunk past its cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capped_runs_of_a_higher_class_do_not_hide_a_lower_one() {
+    let redis = Redis::start();
+    let p = prefix();
+    let keys = Keys::new(&p);
+    let server = Server::start(&redis.url, &p).await;
+    let mut c = control(&server.url).await;
+    let mut high = Vec::new();
+    for _ in 0..12 {
+        let mut r = req(30, 10, 0, Priority::High);
+        r.max_in_flight = 1;
+        high.push(submit_run(&mut c, r).await);
+    }
+    let normal = submit_run(&mut c, req(20, 10, 0, Priority::Normal)).await;
+    let mut conn = redis.async_conn().await;
+    let tasks = keys.tasks("placeholder");
+    let mut per_run = std::collections::HashMap::<String, u64>::new();
+    for _ in 0..20 {
+        let got = read_group(&mut conn, &tasks, "tester", 2).await;
+        if got.is_empty() {
+            break;
+        }
+        for (_, e) in got {
+            *per_run.entry(e.task.run_id).or_default() += 1;
+        }
+    }
+    for id in &high {
+        assert_eq!(
+            per_run.get(id),
+            Some(&1),
+            "one chunk each for the capped runs"
+        );
+        assert_eq!(status(&mut c, id).await.chunks_in_flight, 1);
+    }
+    assert_eq!(
+        per_run.get(&normal),
+        Some(&2),
+        "the normal run was reached: {per_run:?}"
+    );
+    assert_eq!(per_run.values().sum::<u64>(), 14);
+    server.stop().await;
+}
