@@ -69,7 +69,7 @@ start() {
     redis-server --port "$p" --cluster-port $((p + 10000)) --bind 127.0.0.1 \
       --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 1000 \
       --repl-diskless-sync-delay 0 \
-      --appendonly yes --dir "$DIR/$p" --logfile "$DIR/$p/redis.log" \
+      --appendonly yes --save "" --dir "$DIR/$p" --logfile "$DIR/$p/redis.log" \
       --daemonize yes --pidfile "$DIR/$p/pid"
     addrs+=("127.0.0.1:$p")
   done
