@@ -10,7 +10,8 @@ packed f64 values, a 60-byte event body), and of 32 chunks with 3 outputs (#18's
 chunk (Ir, callgrind's count: stable on a noisy shared machine, unlike wall
 time). Also counts XREADGROUP COUNT 8 per entry delivered, claims as
 agents make them (claim.lua and its XREADGROUP in one MULTI) of 1 and of
-32 chunks per entry handed out, and reports the biggest functions of the
+32 chunks per entry handed out, claims of 20 with 10,000 chunks queued as
+one run and as 1,000 runs (P8c's shape), and reports the biggest functions of the
 completion's batch-32 case.
 
     python3 scripts/lua_cost.py            # needs valgrind and redis-server
@@ -119,26 +120,49 @@ def main():
         # of claims of 32.
         claim = r.call("SCRIPT", "LOAD", stream_scripts("claim")).decode()
         ck = ["c:sched:ticks", "c:wake:k", "c:sched:k", "c:tasks:k"]
-        r.call("XGROUP", "CREATE", "c:tasks:k", "agents", "$", "MKSTREAM")
-        r.call("HSET", "c:run:r1", "state", "RUNNING", "next", 0, "total", 10 ** 7, "qn", 0, "inflight", 0,
-               "cap", 0, "weight", 1, "task", b"\x0a\x02r1\x12\x0bplaceholder" + b"\x00" * 24,
-               "params", 10 ** 9, "csize", 100, "created_ms", int(time.time() * 1000), "class", 1,
-               "sched", "c:sched:k", "wake", "c:wake:k", "served", 0, "nserved", 0, "vbase", 0)
-        r.call("ZADD", "c:sched:k", 2 ** 46, "r1")
 
-        def claims(count):
-            for _ in range(CALLS):
-                r.pipeline([("MULTI",), ("EVALSHA", claim, len(ck), *ck, count, "c:"),
-                            ("XREADGROUP", "GROUP", "agents", "a", "COUNT", count, "STREAMS", "c:tasks:k", ">"),
-                            ("EXEC",)])
+        def queue(pre, runs, chunks):
+            """`runs` normal-priority runs of `chunks` chunks each, queued
+            for kernel k under key prefix `pre` as Submit leaves them."""
+            r.call("XGROUP", "CREATE", f"{pre}tasks:k", "agents", "$", "MKSTREAM")
+            for j in range(runs):
+                r.call("HSET", f"{pre}run:r{j}", "state", "RUNNING", "next", 0, "total", chunks, "qn", 0,
+                       "inflight", 0, "cap", 0, "weight", 1,
+                       "task", b"\x0a\x02r1\x12\x0bplaceholder" + b"\x00" * 24,
+                       "params", chunks * 100, "csize", 100, "created_ms", int(time.time() * 1000), "class", 1,
+                       "sched", f"{pre}sched:k", "wake", f"{pre}wake:k", "served", 0, "nserved", 0, "vbase", 0)
+                r.call("ZADD", f"{pre}sched:k", 2 ** 46, f"r{j}")
+            return [f"{pre}sched:ticks", f"{pre}wake:k", f"{pre}sched:k", f"{pre}tasks:k"]
 
-        claims(4)
+        def claims(pre, ck, count, calls=CALLS):
+            got = 0
+            for _ in range(calls):
+                out = r.pipeline([("MULTI",), ("EVALSHA", claim, len(ck), *ck, count, pre),
+                                  ("XREADGROUP", "GROUP", "agents", "a", "COUNT", count, "STREAMS", ck[3], ">"),
+                                  ("EXEC",)])
+                read = out[-1][1]
+                got += len(read[0][1]) if read else 0
+            return got
+
+        ck = queue("c:", 1, 10 ** 7)
+        claims("c:", ck, 4)
         for count in (1, 32):
             subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
             r.call("PING")
-            claims(count)
+            claims("c:", ck, count)
             ir, _ = dump(pid, d)
             rows.append((f"claim COUNT {count} (claim.lua + XREADGROUP), per entry", ir / (CALLS * count)))
+        # P8c's shape: claims of 20 over 10,000 chunks queued as one run, or
+        # as 1,000 runs of 10 (each claim then takes two runs' turns).
+        for runs in (1, 1_000):
+            pre = f"m{runs}:"
+            ck = queue(pre, runs, 10_000 // runs)
+            claims(pre, ck, 20, 5)
+            subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
+            r.call("PING")
+            got = claims(pre, ck, 20, 100)
+            ir, _ = dump(pid, d)
+            rows.append((f"claim COUNT 20, {runs:,} run(s) queued, per entry", ir / max(1, got)))
         for name, per in rows:
             print(f"{name:40s} {per:10,.0f} Ir per chunk")
         print("\nbiggest functions, batch 32 (self Ir over all calls):")

@@ -49,7 +49,7 @@ local function lowest_of(i)
 end
 -- Per kernel, its first claimable runs in score order, walked locally: a
 -- served run is put back at its new score, so most turns need no read. A
--- claim reads a few (a turn needs the best run and the next one of its
+-- claim reads a few (up to four; a turn needs the best run and the next one of its
 -- class; each score costs Redis a float's formatting and Lua its parsing)
 -- and twice as many each time the local list runs out. A capped run sorts
 -- after the claimable runs of its class, so the read skips to the next
@@ -58,12 +58,17 @@ end
 -- claimable run.
 local lists = {}
 local function load(i)
-  local k = 4
-  if lists[i] then k = math.max(4, math.min(2 * lists[i].k, want + 1)) end
-  local z, l, from, whole = zkey(i), {}, '-inf', false
+  local k = math.min(4, want + 1)
+  if lists[i] then k = math.max(k, math.min(2 * lists[i].k, want + 1)) end
+  local z, l, from, whole = zkey(i), {}, nil, false
   for _ = 1, 4 do
     local ask = k - #l
-    local r = redis.call('ZRANGEBYSCORE', z, from, '+inf', 'WITHSCORES', 'LIMIT', 0, ask)
+    local r
+    if from then
+      r = redis.call('ZRANGEBYSCORE', z, from, '+inf', 'WITHSCORES', 'LIMIT', 0, ask)
+    else
+      r = redis.call('ZRANGE', z, 0, ask - 1, 'WITHSCORES')
+    end
     local skip
     for j = 1, #r, 2 do
       local score = tonumber(r[j + 1])
