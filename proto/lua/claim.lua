@@ -107,27 +107,29 @@ for i = 1, nk do
     if c > lowest_class then lowest_class = c end
   end
 end
--- Kernel i's best claimable run (index 1 of its list, reloading once if
+-- Kernel i's best claimable run (the head of its list, reloading once if
 -- the list ran out while the zset has more), and the one after it.
 local function first_of(i)
   if #lists[i].l == 0 and not lists[i].whole then load(i) end
-  local e = lists[i].l[1]
-  if e then return 1, e end
-  return nil
+  return lists[i].l[1]
 end
 local function second_of(i)
   if #lists[i].l < 2 and not lists[i].whole then load(i) end
   return lists[i].l[2]
 end
--- Put `id` back in kernel i's list at `score` (nil: it left the zset); a
--- capped run is no longer claimable, and one past the list's last read
--- run is left for a reload to find.
-local function put_back(i, j, id, score)
+-- Put `id` back in kernel i's list at `score` (nil: it left the zset),
+-- keeping the list a prefix of the claimable runs in score order: a capped
+-- run is no longer claimable, and one past the list's last read run (or
+-- any, once the list is empty while the zset has more) is left for a
+-- reload to find.
+local function put_back(i, id, score)
   local L = lists[i].l
-  table.remove(L, j)
+  for x = 1, #L do
+    if L[x].id == id then table.remove(L, x) break end
+  end
   if not score or capped(score) then return end
   local last = L[#L]
-  if not lists[i].whole and last and score > last.score then return end
+  if not lists[i].whole and (not last or score > last.score) then return end
   local k = #L + 1
   for x = 1, #L do
     if score < L[x].score then k = x break end
@@ -153,10 +155,10 @@ local ts
 for i = 1, nk do added[i] = 0 end
 while given < want and rounds < want + 16 do
   rounds = rounds + 1
-  local best, bi, bj
+  local best, bi
   for i = 1, nk do
-    local j, e = first_of(i)
-    if j and (not best or e.score < best.score) then best, bi, bj = e, i, j end
+    local e = first_of(i)
+    if e and (not best or e.score < best.score) then best, bi = e, i end
   end
   -- The aging tick matters only if a lower class than the best's has runs.
   local aging = (not best or lowest_class > class_of(best.score)) and pos_now() == AGING - 1
@@ -169,12 +171,7 @@ while given < want and rounds < want + 16 do
         low, li = t, i
       end
     end
-    if low then
-      best, bi, bj = low, li, nil
-      for j, e in ipairs(lists[li].l) do
-        if e.id == low.id then bj = j end
-      end
-    end
+    if low then best, bi = low, li end
   end
   if not best then break end
   local class = class_of(best.score)
@@ -191,8 +188,8 @@ while given < want and rounds < want + 16 do
     for i = 1, nk do
       -- The next run of the class after the best in its list (claimable:
       -- capped runs sort after), or another kernel's best.
-      local e, _j
-      if i == bi then e = second_of(i) else _j, e = first_of(i) end
+      local e
+      if i == bi then e = second_of(i) else e = first_of(i) end
       if e and class_of(e.score) == class then
         alone = false
         local l = level_in(e.score)
@@ -278,7 +275,7 @@ while given < want and rounds < want + 16 do
     added[bi] = added[bi] + n
     given = given + n
   end
-  if bj then put_back(bi, bj, best.id, new_score) else load(bi) end
+  put_back(bi, best.id, new_score)
 end
 if tick and given > tick_from then redis.call('INCRBY', KEYS[1], given - tick_from) end
 local wakes = {}
