@@ -36,13 +36,16 @@ local function wkey(i) return KEYS[2 + (i - 1) * 3] end
 local function zkey(i) return KEYS[3 + (i - 1) * 3] end
 local function tkey(i) return KEYS[4 + (i - 1) * 3] end
 local function class_of(score) return floor(score / CLASS) end
+-- The score range of class c's claimable runs, as ZRANGEBYSCORE and ZCOUNT
+-- take it (a capped run sorts after the claimable runs of its class).
+local function claimable(c) return fmt(c * CLASS), '(' .. fmt(c * CLASS + CAPOFF) end
 -- Kernel i's aging candidate: the best claimable run of its lowest class
--- with one (a capped run sorts after the claimable runs of its class).
+-- with one.
 local function lowest_of(i)
   local z = zkey(i)
   for c = 2, 0, -1 do
-    local r = redis.call('ZRANGEBYSCORE', z, fmt(c * CLASS), '(' .. fmt(c * CLASS + CAPOFF),
-      'WITHSCORES', 'LIMIT', 0, 1)
+    local lo, hi = claimable(c)
+    local r = redis.call('ZRANGEBYSCORE', z, lo, hi, 'WITHSCORES', 'LIMIT', 0, 1)
     if #r > 0 then return {id = r[1], score = tonumber(r[2])} end
   end
   return nil
@@ -98,7 +101,8 @@ for i = 1, nk do
     local c = class_of(last.score)
     if not L.whole then
       for h = 2, c + 1, -1 do
-        if redis.call('ZCOUNT', zkey(i), fmt(h * CLASS), '(' .. fmt(h * CLASS + CAPOFF)) > 0 then
+        local lo, hi = claimable(h)
+        if redis.call('ZCOUNT', zkey(i), lo, hi) > 0 then
           c = h
           break
         end
