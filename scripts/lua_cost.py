@@ -119,7 +119,6 @@ def main():
         # P2's shape: per claim of 1 chunk (the fixed cost) and per chunk
         # of claims of 32.
         claim = r.call("SCRIPT", "LOAD", stream_scripts("claim")).decode()
-        ck = ["c:sched:ticks", "c:wake:k", "c:sched:k", "c:tasks:k"]
 
         def queue(pre, runs, chunks):
             """`runs` normal-priority runs of `chunks` chunks each, queued
